@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine: `make demo` runs a LaneExperiment locally on
+# synthetic data, `make test` runs the whole suite. Both build .venv from pinned packages.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.lanex-installed
+
+.PHONY: venv system horovod test demo bench clean
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade 'pip==25.3'
+	$(PIP) install -q -c requirements/lock.txt -e '.[trainer,operator,dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# Debian packages the tests use: Open MPI for mpirun/horovodrun.
+system:
+	@command -v mpirun >/dev/null 2>&1 || bash scripts/install_system_packages.sh
+
+horovod: venv system
+	bash scripts/build_horovod.sh $(PY)
+
+test: venv system horovod
+	$(PY) -m pytest -q -ra
+
+demo: venv
+	$(VENV)/bin/lanex run examples/quickstart.yaml
+
+bench: venv
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .lanex

@@ -1,0 +1,1 @@
+"""TuSimple-format data: synthetic generation, download, preparation and the training dataset."""

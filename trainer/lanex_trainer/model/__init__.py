@@ -1,0 +1,1 @@
+"""SCNN lane-detection models: backbones, spatial message passing and heads."""
