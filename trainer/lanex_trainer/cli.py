@@ -85,7 +85,108 @@ def eval_command(
         typer.echo(f"Accuracy {scores['accuracy']:.6f}  FP {scores['fp']:.6f}  FN {scores['fn']:.6f}")
 
 
+def _configure_logging() -> None:
+    import logging
+    import os
+
+    rank = os.environ.get("RANK") or os.environ.get("HOROVOD_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "0"
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+
+
+def train_command(
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of training settings (snake_case)."),
+    data_root: Optional[Path] = typer.Option(None, help="Prepared dataset root."),
+    output_dir: Optional[Path] = typer.Option(None, help="Where checkpoints, logs and results go."),
+    backbone: Optional[str] = typer.Option(None, help="vgg16_bn or small."),
+    pretrained_weights: Optional[Path] = typer.Option(None, help="torchvision vgg16_bn state_dict file."),
+    height: Optional[int] = typer.Option(None, help="Input height (multiple of 16)."),
+    width: Optional[int] = typer.Option(None, help="Input width (multiple of 16)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per worker per step (env BATCH_SIZE)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs."),
+    max_iterations: Optional[int] = typer.Option(None, help="Stop after this many steps."),
+    lr: Optional[float] = typer.Option(None, help="Base learning rate per worker batch."),
+    warmup_iterations: Optional[int] = typer.Option(None, help="Warm-up steps."),
+    loader_workers: Optional[int] = typer.Option(None, help="DataLoader workers (env NUM_WORKERS)."),
+    use_workers: Optional[bool] = typer.Option(None, "--use-workers/--no-use-workers", help="Multi-process loading (env USE_WORKERS)."),
+    validation: Optional[bool] = typer.Option(None, "--val/--no-val", help="Per-epoch validation (env USE_VAL)."),
+    val_batch_size: Optional[int] = typer.Option(None, help="Validation batch per worker (env VAL_BATCH_SIZE)."),
+    backend: Optional[str] = typer.Option(None, help="auto, torch or horovod."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue from the newest checkpoint."),
+    sync_batchnorm: Optional[bool] = typer.Option(None, "--sync-batchnorm/--no-sync-batchnorm", help="SyncBatchNorm."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    setting: List[str] = typer.Option([], "--set", help="Any other TrainConfig field as key=value (YAML value)."),
+) -> None:
+    """Train SCNN on a prepared dataset (single process, or one rank of a distributed job)."""
+    import yaml
+
+    from lanex_trainer.config import ConfigError, build_config
+
+    _configure_logging()
+    overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config"}}
+    for item in setting:
+        key, sep, value = item.partition("=")
+        if not sep:
+            typer.echo(f"error: --set {item!r}: expected key=value", err=True)
+            raise typer.Exit(2)
+        overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    try:
+        cfg = build_config(file=config, overrides=overrides)
+        from lanex_trainer.train import run_training
+
+        results = run_training(cfg)
+    except ConfigError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    summary = {k: results.get(k) for k in ("accuracy", "fp", "fn", "epochs", "steps", "images_per_second", "checkpoint")}
+    typer.echo(json.dumps(summary))
+
+
+def predict_command(
+    checkpoint: Path = typer.Option(..., help="A checkpoint written by `lanex train` (best.pt, final.pt, ...)."),
+    images: List[Path] = typer.Option(..., "--images", help="Image files or directories (searched recursively)."),
+    out: Path = typer.Option(..., help="Output directory: predictions.json and overlays/."),
+    overlays: bool = typer.Option(True, help="Write overlay PNGs of the detected lanes."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """TuSimple-format predictions (with measured run_time) and lane overlays."""
+    from lanex_trainer.predict import PredictError, predict
+
+    _configure_logging()
+    try:
+        summary = predict(checkpoint, images, out, write_overlays=overlays, device=device)
+    except PredictError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(json.dumps(summary))
+
+
+def launch_command(
+    command: List[str] = typer.Argument(..., help="The training command, after `--`."),
+    backend: str = typer.Option("auto", help="horovod, torch or auto (sets LANEX_BACKEND for the ranks)."),
+    processes: Optional[int] = typer.Option(None, help="Processes in all (default RUNAI_MPI_NUM_WORKERS, hostfile slots, or 1)."),
+    launcher: str = typer.Option("auto", help="auto, torchrun, mpirun or horovodrun."),
+    master_port: int = typer.Option(29500, help="Rendezvous port for torchrun/mpirun."),
+    termination_log: Optional[Path] = typer.Option(None, help="Write the results (or the failure) here, e.g. /dev/termination-log."),
+    results: Optional[Path] = typer.Option(None, help="results.json to report (default: <--output-dir>/results.json)."),
+) -> None:
+    """Start distributed training: mpirun/horovodrun in an MPIJob launcher, torchrun elsewhere."""
+    from lanex_trainer.launch import LaunchError, plan_launch, results_path_of, run_launch
+
+    try:
+        plan = plan_launch(command, backend, processes, launcher, master_port=master_port)
+        code = run_launch(plan, termination_log, results or results_path_of(command))
+    except LaunchError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    raise typer.Exit(code)
+
+
 def register(app: typer.Typer) -> None:
     """Attach the trainer's commands to the top-level `lanex` app."""
     app.add_typer(data_app, name="data")
     app.command("eval")(eval_command)
+    app.command("train")(train_command)
+    app.command("predict")(predict_command)
+    app.command("launch", context_settings={"allow_interspersed_args": False})(launch_command)

@@ -1,0 +1,692 @@
+"""The LaneExperiment API: one typed source of truth for the spec, the status and their validation.
+
+The CRD schema (`api.crd`), the field reference (`api.docs`) and the operator's InvalidSpec
+messages are all generated from these models, so a field is declared, documented and
+constrained exactly once. Defaults reproduce the run of NetApp TR-4896 (3 workers x 1 GPU,
+batch 33, 4 loader workers, Horovod, ANF storage class, NetApp snapshot class).
+
+YAML uses camelCase (`gpusPerWorker`), Python snake_case (`gpus_per_worker`). The spec is
+strict: no type coercion ("3" is not an int), unknown fields are errors, so what the CRD
+schema rejects the models reject too and vice versa.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from lanex_operator.api.quantity import QUANTITY_PATTERN, is_quantity, parse_quantity
+
+GROUP = "lanex.dev"
+VERSION = "v1alpha1"
+KIND = "LaneExperiment"
+PLURAL = "laneexperiments"
+SINGULAR = "laneexperiment"
+SHORT_NAME = "lx"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Child names append at most "-train-worker-NN" (16 characters) and must stay DNS labels (63).
+MAX_EXPERIMENT_NAME_LENGTH = 40
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+# Environment variables of TR-4896's training script, set by lanex from typed fields.
+RESERVED_ENV_NAMES = (
+    "USE_WORKERS",
+    "NUM_WORKERS",
+    "BATCH_SIZE",
+    "USE_VAL",
+    "VAL_BATCH_SIZE",
+    "ENABLE_SNAPSHOT",
+    "PVC_NAME",
+    "RUNAI_MPI_NUM_WORKERS",
+)
+
+
+class Phase(str, Enum):
+    """Where an experiment is in its lifecycle (`status.phase`)."""
+
+    PENDING = "Pending"
+    PROVISIONING_DATASET = "ProvisioningDataset"
+    DOWNLOADING = "Downloading"
+    SHARING_VOLUME = "SharingVolume"
+    TRAINING = "Training"
+    SNAPSHOTTING = "Snapshotting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class FailureReason(str, Enum):
+    """Why an experiment failed (`status.reason` and the `Failed` condition's reason)."""
+
+    INVALID_SPEC = "InvalidSpec"
+    DATASET_FAILED = "DatasetFailed"
+    DOWNLOAD_FAILED = "DownloadFailed"
+    TRAINING_FAILED = "TrainingFailed"
+    SNAPSHOT_FAILED = "SnapshotFailed"
+    TIMEOUT = "Timeout"
+
+
+class ConditionType(str, Enum):
+    """Condition types: one per step, the two terminal ones, and the operator's warnings."""
+
+    PREFLIGHT = "Preflight"
+    DATASET_READY = "DatasetReady"
+    DATA_PREPARED = "DataPrepared"
+    VOLUME_SHARED = "VolumeShared"
+    TRAINED = "Trained"
+    SNAPSHOTTED = "Snapshotted"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
+    STORAGE_TIER = "StorageTier"
+
+
+class InvalidSpecError(ValueError):
+    """A LaneExperiment that cannot run; the message names every bad field as `spec.a.b: why`."""
+
+    def __init__(self, message: str, problems: Optional[list[str]] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems = problems if problems is not None else [message]
+
+
+# --- shared field types -----------------------------------------------------------------
+
+
+def _int_to_text(value: Any) -> Any:
+    # Kubernetes quantities are int-or-string ("cpu: 2"); keep them as text internally.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _check_quantity(value: str) -> str:
+    if not is_quantity(value):
+        raise PydanticCustomError(
+            "quantity",
+            "'{value}' is not a Kubernetes quantity (examples: 100Gi, 500M, 1.5Ti)",
+            {"value": value},
+        )
+    return value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_int_to_text),
+    AfterValidator(_check_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+
+def _utc_text(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# RFC 3339 in UTC with a Z, the way Kubernetes writes times.
+def _check_positive(value: str) -> str:
+    if parse_quantity(value) <= 0:
+        raise PydanticCustomError("positive_quantity", "must be a positive quantity (got '{value}')", {"value": value})
+    return value
+
+
+PositiveQuantity = Annotated[Quantity, AfterValidator(_check_positive)]
+
+Timestamp = Annotated[datetime, PlainSerializer(_utc_text, return_type=str, when_used="json")]
+
+
+class SpecModel(BaseModel):
+    """Base of every spec section: camelCase aliases, strict types, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        strict=True,
+        frozen=True,
+    )
+
+
+def _section(model: type[BaseModel], description: str) -> Any:
+    # A section whose fields all have defaults may be left out; `default: {}` in the CRD lets
+    # the API server fill in the nested defaults the same way pydantic does.
+    return Field(default_factory=model, description=description, json_schema_extra={"default": {}})
+
+
+# --- spec: dataset ----------------------------------------------------------------------
+
+
+class DownloadUrl(SpecModel):
+    """One archive or file to download into the dataset volume."""
+
+    url: str = Field(
+        description="http://, https:// or file:// URL of an archive (zip/tar) or file; archives are extracted.",
+        pattern=r"^(https?|file)://\S+$",
+    )
+    sha256: Optional[str] = Field(
+        None,
+        description="Expected SHA-256 of the downloaded file (64 hex digits); the download fails on mismatch.",
+        pattern=r"^[0-9a-fA-F]{64}$",
+    )
+
+
+class DownloadSource(SpecModel):
+    """Download the dataset (TuSimple train set and test labels) from configurable URLs."""
+
+    urls: list[DownloadUrl] = Field(description="Files to download, in order.", min_length=1)
+
+
+class SyntheticSource(SpecModel):
+    """Generate a synthetic road-scene dataset in the exact TuSimple layout (no download)."""
+
+    clips: int = Field(300, description="Number of training+validation clips to generate.", ge=1)
+    seed: int = Field(0, description="Random seed; the same seed gives byte-identical data.", ge=0)
+    test_clips: Optional[int] = Field(
+        None, description="Number of test clips (default: clips // 4).", ge=1
+    )
+
+
+class ExistingClaimSource(SpecModel):
+    """Use a PersistentVolumeClaim that already holds the dataset (it is never deleted by lanex)."""
+
+    claim_name: str = Field(
+        description="Name of the PVC in the experiment's namespace.",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+    )
+
+
+class SnapshotSource(SpecModel):
+    """Restore the dataset volume from a VolumeSnapshot taken by an earlier experiment."""
+
+    snapshot_name: str = Field(
+        description="Name of the VolumeSnapshot in the experiment's namespace.",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+    )
+
+
+DATASET_SOURCES = ("download", "synthetic", "existingClaim", "fromSnapshot")
+
+
+class DatasetSpec(SpecModel):
+    """The dataset volume and where its data comes from (exactly one source)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [{"required": [source]} for source in DATASET_SOURCES],
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.download), has(self.synthetic), has(self.existingClaim),"
+                    " has(self.fromSnapshot)].filter(x, x).size() == 1",
+                    "message": "exactly one of download, synthetic, existingClaim, fromSnapshot must be set",
+                }
+            ],
+        }
+    )
+
+    download: Optional[DownloadSource] = Field(None, description="Download the data from URLs.")
+    synthetic: Optional[SyntheticSource] = Field(None, description="Generate synthetic TuSimple-format data.")
+    existing_claim: Optional[ExistingClaimSource] = Field(
+        None, description="Use an existing PVC that holds the data."
+    )
+    from_snapshot: Optional[SnapshotSource] = Field(
+        None, description="Restore a new PVC from a VolumeSnapshot (data already prepared)."
+    )
+    storage_class_name: str = Field(
+        "azurenetappfiles",
+        description="StorageClass of the dataset PVC (TR-4896: Trident on Azure NetApp Files).",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+    )
+    size: PositiveQuantity = Field(
+        "100Gi",
+        description="Requested size of the dataset PVC, a Kubernetes quantity; a restore gets at least the snapshot's restoreSize.",
+    )
+    prepare_backoff_limit: int = Field(
+        2, description="Retries of the download/prepare Job before the experiment fails.", ge=0, le=20
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> "DatasetSpec":
+        chosen = self.sources()
+        if len(chosen) != 1:
+            got = ", ".join(chosen) if chosen else "none"
+            raise PydanticCustomError(
+                "dataset_source",
+                "exactly one of download, synthetic, existingClaim, fromSnapshot must be set (got: {got})",
+                {"got": got},
+            )
+        return self
+
+    def sources(self) -> list[str]:
+        """The camelCase names of the sources that are set."""
+        values = (self.download, self.synthetic, self.existing_claim, self.from_snapshot)
+        return [name for name, value in zip(DATASET_SOURCES, values) if value is not None]
+
+    def source_kind(self) -> str:
+        """`download`, `synthetic`, `existingClaim` or `fromSnapshot`."""
+        return self.sources()[0]
+
+    def source_description(self) -> str:
+        """A one-line, reproducible description of the source (recorded in status.provenance)."""
+        if self.download is not None:
+            return "download:" + ",".join(
+                entry.url + (f"#sha256={entry.sha256}" if entry.sha256 else "") for entry in self.download.urls
+            )
+        if self.synthetic is not None:
+            test = f",testClips={self.synthetic.test_clips}" if self.synthetic.test_clips else ""
+            return f"synthetic:clips={self.synthetic.clips},seed={self.synthetic.seed}{test}"
+        if self.existing_claim is not None:
+            return f"existingClaim:{self.existing_claim.claim_name}"
+        assert self.from_snapshot is not None
+        return f"fromSnapshot:{self.from_snapshot.snapshot_name}"
+
+
+# --- spec: training ---------------------------------------------------------------------
+
+
+class ValidationSpec(SpecModel):
+    """Validation pass after each epoch (TR-4896's USE_VAL and VAL_BATCH_SIZE)."""
+
+    enabled: bool = Field(True, description="Run validation after each epoch (env USE_VAL).")
+    batch_size: int = Field(99, description="Validation batch size per worker (env VAL_BATCH_SIZE).", ge=1)
+
+
+class ResourceRequirements(SpecModel):
+    """Extra resources for each worker container; GPUs come from gpusPerWorker."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Resource requests, e.g. {cpu: 4, memory: 32Gi}."
+    )
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="Resource limits, e.g. {memory: 64Gi}.")
+
+
+class Toleration(SpecModel):
+    """A pod toleration (same meaning as in a Pod spec)."""
+
+    key: Optional[str] = Field(None, description="Taint key to tolerate; empty with Exists tolerates every taint.")
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists or Equal.")
+    value: Optional[str] = Field(None, description="Taint value to match with Equal.")
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = Field(
+        None, description="Taint effect to tolerate; empty tolerates all effects."
+    )
+    toleration_seconds: Optional[int] = Field(
+        None, description="How long a NoExecute taint is tolerated, in seconds.", ge=0
+    )
+
+
+class EnvVar(SpecModel):
+    """An extra environment variable for the training containers."""
+
+    name: str = Field(
+        description="Variable name; TR-4896's variables set by lanex (BATCH_SIZE, ...) are not allowed here.",
+        pattern=ENV_NAME_PATTERN,
+        min_length=1,
+        json_schema_extra={"not": {"enum": list(RESERVED_ENV_NAMES)}},
+    )
+    value: str = Field("", description="Variable value (a string: quote numbers).")
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> "EnvVar":
+        if self.name in RESERVED_ENV_NAMES:
+            raise PydanticCustomError(
+                "reserved_env",
+                "{name} is set by lanex from a typed training field; set that field instead",
+                {"name": self.name, "field": "name"},
+            )
+        return self
+
+
+class TrainingSpec(SpecModel):
+    """The distributed training job (an MPIJob with one launcher and `workers` workers)."""
+
+    image: str = Field(
+        "ghcr.io/lanex/trainer:0.1.0",
+        description="Trainer image (runs `lanex data ...`, `lanex launch` and `lanex train`, and sshd on workers).",
+        pattern=r"^\S+$",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Pull policy of the trainer image."
+    )
+    backend: Literal["horovod", "torch"] = Field(
+        "horovod", description="Distributed backend: horovod (TR-4896) or torch (DistributedDataParallel)."
+    )
+    backbone: Literal["vgg16_bn", "small"] = Field(
+        "vgg16_bn", description="SCNN backbone: vgg16_bn (the paper's) or small (fast, for CPUs and demos)."
+    )
+    workers: int = Field(3, description="Number of worker pods (TR-4896: 3 nodes).", ge=1, le=512)
+    gpus_per_worker: int = Field(
+        1, description="GPUs per worker (nvidia.com/gpu); one process per GPU; 0 runs on CPU.", ge=0, le=16
+    )
+    batch_size: int = Field(33, description="Training batch size per process (env BATCH_SIZE).", ge=1)
+    loader_workers: int = Field(4, description="Data-loader processes per training process (env NUM_WORKERS).", ge=0)
+    use_workers: bool = Field(True, description="Load data in worker processes (env USE_WORKERS).")
+    validation: ValidationSpec = _section(ValidationSpec, "Validation after each epoch.")
+    epochs: int = Field(30, description="Number of training epochs.", ge=1, le=10000)
+    learning_rate: float = Field(
+        0.05, description="Base learning rate of SGD (momentum 0.9, poly decay).", gt=0, le=10
+    )
+    height: int = Field(288, description="Input height in pixels, a multiple of 16.", ge=16, le=2048, multiple_of=16)
+    width: int = Field(800, description="Input width in pixels, a multiple of 16.", ge=16, le=4096, multiple_of=16)
+    large_shm: bool = Field(
+        True, description="Mount a memory-backed /dev/shm in the pods (runai --large-shm), needed by data loaders."
+    )
+    resources: ResourceRequirements = _section(ResourceRequirements, "Extra worker resources (CPU, memory).")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the worker pods require.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of the worker pods.")
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        description="Extra environment variables for launcher and workers (names must be unique).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    active_deadline_seconds: Optional[int] = Field(
+        None, description="Fail training (reason Timeout) after this many seconds; unset means no limit.", ge=1
+    )
+
+    @model_validator(mode="after")
+    def _unique_env(self) -> "TrainingSpec":
+        seen: set[str] = set()
+        for entry in self.env:
+            if entry.name in seen:
+                raise PydanticCustomError(
+                    "duplicate_env", "variable {name} is set twice", {"name": entry.name, "field": "env"}
+                )
+            seen.add(entry.name)
+        return self
+
+    def processes(self) -> int:
+        """Training processes in total: one per GPU, or one per worker on CPU."""
+        return self.workers * max(1, self.gpus_per_worker)
+
+
+# --- spec: scheduler, snapshot, retention, storage --------------------------------------
+
+
+class SchedulerSpec(SpecModel):
+    """Which scheduler places the pods: RUN:ai (with a project) or the default Kubeflow/Kubernetes one."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"properties": {"type": {"enum": ["runai"]}}, "required": ["project"]},
+                {"properties": {"type": {"enum": ["kubeflow"]}}, "not": {"required": ["project"]}},
+            ],
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.type == 'runai' ? has(self.project) : !has(self.project)",
+                    "message": "project is required with type runai and not allowed with type kubeflow",
+                }
+            ],
+        }
+    )
+
+    type: Literal["runai", "kubeflow"] = Field(
+        "kubeflow", description="runai (schedulerName runai-scheduler, label project) or kubeflow (default scheduler)."
+    )
+    project: Optional[str] = Field(
+        None,
+        description="RUN:ai project (required with runai); create the experiment in namespace runai-<project>.",
+        pattern=DNS_LABEL_PATTERN,
+        max_length=57,
+    )
+
+    @model_validator(mode="after")
+    def _project_matches_type(self) -> "SchedulerSpec":
+        if self.type == "runai" and self.project is None:
+            raise PydanticCustomError(
+                "missing_project", "required when scheduler type is runai", {"field": "project"}
+            )
+        if self.type == "kubeflow" and self.project is not None:
+            raise PydanticCustomError(
+                "unexpected_project", "only allowed when scheduler type is runai", {"field": "project"}
+            )
+        return self
+
+
+class SnapshotSpec(SpecModel):
+    """The CSI VolumeSnapshot of the dataset volume taken when training ends."""
+
+    enabled: bool = Field(True, description="Snapshot the dataset volume (data, model, logs) after training.")
+    volume_snapshot_class_name: str = Field(
+        "netapp-csi-snapclass",
+        description="VolumeSnapshotClass of the snapshot (TR-4896: Trident's).",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+    )
+    on_failure: bool = Field(False, description="Also snapshot when training failed (to keep logs and checkpoints).")
+    ready_timeout_seconds: int = Field(
+        900, description="How long to wait for readyToUse before failing with SnapshotFailed.", ge=1
+    )
+
+
+RetentionPolicy = Literal["Retain", "Delete"]
+
+
+class RetentionSpec(SpecModel):
+    """What happens to the experiment's storage when the LaneExperiment is deleted."""
+
+    dataset: RetentionPolicy = Field("Retain", description="Retain or Delete the dataset PVC created by lanex.")
+    snapshots: RetentionPolicy = Field(
+        "Retain", description="Retain or Delete the VolumeSnapshots (one used as a PVC dataSource is never deleted)."
+    )
+
+
+ServiceLevel = Literal["Standard", "Premium", "Ultra"]
+
+
+class StorageSpec(SpecModel):
+    """Azure NetApp Files service level of the dataset volume (changed by moving its capacity pool)."""
+
+    service_level: Optional[ServiceLevel] = Field(
+        None, description="Service level of the dataset volume: Standard, Premium or Ultra; unset keeps the pool's."
+    )
+    training_service_level: Optional[ServiceLevel] = Field(
+        None, description="Service level used only while training runs, then moved back."
+    )
+
+
+class LaneExperimentSpec(SpecModel):
+    """A lane-detection training experiment: dataset volume, training job, snapshot, retention."""
+
+    dataset: DatasetSpec = Field(description="The dataset volume and its source.")
+    training: TrainingSpec = _section(TrainingSpec, "The distributed training job.")
+    scheduler: SchedulerSpec = _section(SchedulerSpec, "Scheduler of the training pods.")
+    snapshot: SnapshotSpec = _section(SnapshotSpec, "Snapshot of the dataset volume after training.")
+    retention: RetentionSpec = _section(RetentionSpec, "What deletion keeps.")
+    storage: StorageSpec = _section(StorageSpec, "Storage service level (Azure NetApp Files).")
+
+
+def training_config_hash(spec: LaneExperimentSpec) -> str:
+    """SHA-256 of the canonical JSON of the effective training spec (defaults included)."""
+    document = spec.training.model_dump(mode="json", by_alias=True)
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+class StatusModel(BaseModel):
+    """Base of the status models: camelCase, lenient on read (kopf adds its own fields)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Condition(StatusModel):
+    """A Kubernetes-style condition (`kubectl wait --for=condition=Succeeded lx/NAME`)."""
+
+    type: str = Field(description="Condition type, e.g. DatasetReady, Trained, Succeeded, Failed.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field("", description="CamelCase reason of the last transition.")
+    message: str = Field("", description="Human-readable details.")
+    last_transition_time: Optional[Timestamp] = Field(None, description="When status last changed (RFC 3339).")
+    observed_generation: Optional[int] = Field(None, description="metadata.generation the condition was set for.")
+
+
+class ChildNames(StatusModel):
+    """Names of the objects the experiment created or uses."""
+
+    dataset_claim: Optional[str] = Field(None, description="Dataset PVC.")
+    prepare_job: Optional[str] = Field(None, description="Download/prepare Job.")
+    mpi_job: Optional[str] = Field(None, description="Training MPIJob.")
+    snapshots: list[str] = Field(default_factory=list, description="VolumeSnapshots taken.")
+
+
+class SnapshotError(StatusModel):
+    """An error reported by the snapshot controller."""
+
+    message: str = Field("", description="Error message.")
+    time: Optional[Timestamp] = Field(None, description="When the error was reported.")
+
+
+class SnapshotRecord(StatusModel):
+    """A VolumeSnapshot taken by the experiment."""
+
+    name: str = Field(description="VolumeSnapshot name.")
+    content_name: Optional[str] = Field(None, description="Bound VolumeSnapshotContent.")
+    ready_to_use: bool = Field(False, description="Whether the snapshot can be restored.")
+    restore_size: Optional[Quantity] = Field(None, description="Minimum size of a volume restored from it.")
+    creation_time: Optional[Timestamp] = Field(None, description="Point in time of the snapshot.")
+    error: Optional[SnapshotError] = Field(None, description="Last error from the snapshot controller.")
+
+
+class Results(StatusModel):
+    """Evaluation results written by the launcher (TuSimple metric on the test split)."""
+
+    accuracy: Optional[float] = Field(None, description="TuSimple accuracy (0..1).")
+    fp: Optional[float] = Field(None, description="False-positive rate.")
+    fn: Optional[float] = Field(None, description="False-negative rate.")
+    checkpoint: Optional[str] = Field(None, description="Path of the final checkpoint on the dataset volume.")
+    images_per_second: Optional[float] = Field(None, description="Training throughput, all processes together.")
+    epochs: Optional[int] = Field(None, description="Epochs completed.")
+
+
+class Provenance(StatusModel):
+    """What it takes to trace and reproduce a result."""
+
+    trainer_image: Optional[str] = Field(None, description="Trainer image that produced the result.")
+    config_hash: Optional[str] = Field(None, description="SHA-256 of the canonical JSON of spec.training.")
+    dataset_source: Optional[str] = Field(None, description="Where the data came from (URLs, seed, claim, snapshot).")
+    result_snapshot: Optional[str] = Field(None, description="VolumeSnapshot holding data, model and logs.")
+
+
+class StorageMove(StatusModel):
+    """A change of the dataset volume's service level (capacity pool change)."""
+
+    from_level: Optional[str] = Field(None, alias="from", description="Service level before the move.")
+    to: str = Field(description="Service level after the move.")
+    start: Optional[Timestamp] = Field(None, description="When the move started.")
+    end: Optional[Timestamp] = Field(None, description="When the move ended.")
+    result: Optional[str] = Field(None, description="Succeeded, Failed or InProgress, with the reason on failure.")
+
+
+class LaneExperimentStatus(StatusModel):
+    """Observed state of a LaneExperiment, written only by the operator."""
+
+    phase: Optional[Phase] = Field(None, description="Lifecycle phase.")
+    reason: Optional[FailureReason] = Field(None, description="Failure reason when phase is Failed.")
+    message: Optional[str] = Field(None, description="Details of the current phase or failure.")
+    conditions: list[Condition] = Field(default_factory=list, description="One condition per step, plus Succeeded/Failed.")
+    observed_generation: Optional[int] = Field(None, description="Last metadata.generation acted upon.")
+    children: ChildNames = Field(default_factory=ChildNames, description="Names of the child objects.")
+    snapshots: list[SnapshotRecord] = Field(default_factory=list, description="VolumeSnapshots taken.")
+    results: Optional[Results] = Field(None, description="Evaluation results of the trained model.")
+    start_time: Optional[Timestamp] = Field(None, description="When the operator started the experiment.")
+    completion_time: Optional[Timestamp] = Field(None, description="When the experiment succeeded or failed.")
+    provenance: Optional[Provenance] = Field(None, description="Trainer image, config hash, data source, snapshot.")
+    storage_moves: list[StorageMove] = Field(default_factory=list, description="Service-level changes of the volume.")
+
+
+# --- validation at the edge -------------------------------------------------------------
+
+# Short messages for the errors users make most; anything else keeps pydantic's wording.
+_MESSAGES = {
+    "missing": "required field is missing",
+    "extra_forbidden": "unknown field",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be a boolean (true or false)",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "multiple_of": "must be a multiple of {multiple_of}",
+    "literal_error": "must be one of {expected}",
+    "string_pattern_mismatch": "does not match the pattern {pattern}",
+    "string_too_short": "must have at least {min_length} character(s)",
+    "string_too_long": "must have at most {max_length} characters",
+    "too_short": "must have at least {min_length} item(s)",
+    "too_long": "must have at most {max_length} item(s)",
+}
+_SHOW_INPUT = {"missing", "extra_forbidden", "model_type", "model_attributes_type", "dict_type"}
+
+
+def field_path(loc: tuple[Any, ...], root: str = "spec") -> str:
+    """`('training', 'env', 0, 'name')` -> `spec.training.env[0].name`."""
+    path = root
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def describe_errors(errors: list[dict[str, Any]], root: str = "spec") -> list[str]:
+    """One `path: what is wrong` line per pydantic error."""
+    problems = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        context = error.get("ctx") or {}
+        if "field" in context:  # cross-field checks name the field they blame
+            loc = loc + (context["field"],)
+        template = _MESSAGES.get(error["type"])
+        message = template.format(**context) if template else str(error["msg"])
+        if error["type"] in _MESSAGES and error["type"] not in _SHOW_INPUT:
+            message += f" (got {error['input']!r})"
+        problems.append(f"{field_path(loc, root)}: {message}")
+    return problems
+
+
+def parse_spec(spec: Any) -> LaneExperimentSpec:
+    """Validate a LaneExperiment spec (a dict from YAML or the API server) into the typed model.
+
+    Raises InvalidSpecError whose message lists every problem as `spec.path: reason`.
+    """
+    from pydantic import ValidationError
+
+    if not isinstance(spec, dict):
+        raise InvalidSpecError(f"spec: must be an object (got {type(spec).__name__})")
+    try:
+        return LaneExperimentSpec.model_validate(spec)
+    except ValidationError as error:
+        problems = describe_errors(error.errors(include_url=False))
+        raise InvalidSpecError("; ".join(problems), problems) from None

@@ -1,0 +1,172 @@
+"""The typed training configuration, validated once at the edge.
+
+Sources, lowest precedence first: defaults, a YAML/JSON config file, TR-4896's environment
+interface (`BATCH_SIZE`, `NUM_WORKERS`, ... so its job definitions keep working), then explicit
+command-line flags. Everything downstream receives a `TrainConfig` and never reads the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot be used; the message names the field and the source."""
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run needs. Units and reasons are in each field's description."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_root: Path = Field(description="Prepared TuSimple dataset root (holds lanex_index/).")
+    output_dir: Path = Field(description="Checkpoints, TensorBoard logs, results.json and curves go here.")
+    backbone: Literal["vgg16_bn", "small"] = Field("vgg16_bn", description="SCNN backbone; 'small' is for CPU.")
+    pretrained_weights: Optional[Path] = Field(
+        None, description="torchvision vgg16_bn ImageNet state_dict file; never downloaded."
+    )
+    height: int = Field(288, ge=16, description="Input height in pixels (multiple of 16).")
+    width: int = Field(800, ge=16, description="Input width in pixels (multiple of 16).")
+    batch_size: int = Field(33, ge=1, description="Images per worker per step (TR-4896: BATCH_SIZE).")
+    epochs: int = Field(12, ge=1, description="Passes over the training split.")
+    max_iterations: Optional[int] = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides epochs when smaller)."
+    )
+    lr: float = Field(0.01, gt=0, description="Base learning rate for one worker's batch (see lr_scaling).")
+    lr_scaling: Literal["linear", "none"] = Field(
+        "linear", description="'linear' multiplies lr by the world size (global batch grows with workers)."
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay.")
+    warmup_iterations: int = Field(
+        100, ge=0, description="Linear warm-up steps from lr/10, then poly decay (power poly_power) to 0."
+    )
+    poly_power: float = Field(0.9, gt=0, description="Exponent of the poly learning-rate decay.")
+    amp: bool = Field(True, description="bf16 autocast on CUDA; ignored on CPU.")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA (faster convolutions).")
+    use_workers: bool = Field(True, description="Multi-process data loading (TR-4896: USE_WORKERS).")
+    loader_workers: int = Field(4, ge=0, description="DataLoader worker processes (TR-4896: NUM_WORKERS).")
+    validation: bool = Field(True, description="Validate after every epoch (TR-4896: USE_VAL).")
+    val_batch_size: int = Field(99, ge=1, description="Validation images per worker per step (TR-4896: VAL_BATCH_SIZE).")
+    checkpoint_every: int = Field(200, ge=1, description="Optimizer steps between checkpoints (also at every epoch end).")
+    keep_checkpoints: int = Field(3, ge=1, description="Newest periodic checkpoints kept on disk.")
+    resume: bool = Field(True, description="Continue from the newest valid checkpoint in output_dir.")
+    seed: int = Field(0, description="Seeds model init, shuffling and augmentation.")
+    backend: Literal["auto", "torch", "horovod"] = Field(
+        "auto", description="Distributed backend; 'auto' picks Horovod under horovodrun, else torch."
+    )
+    sync_batchnorm: bool = Field(False, description="SyncBatchNorm across workers (torch backend).")
+    fp16_allreduce: bool = Field(False, description="Horovod fp16 gradient compression.")
+    collective_timeout_s: int = Field(
+        300, ge=10, description="A collective that waits longer (e.g. a dead rank) fails the job."
+    )
+    background_weight: float = Field(0.4, gt=0, description="Cross-entropy weight of the background class.")
+    existence_loss_weight: float = Field(0.1, ge=0, description="Weight of the lane-existence BCE term.")
+    lane_width_px: int = Field(16, ge=1, description="Painted lane width in 1280x720 pixels for targets.")
+    augment: bool = Field(True, description="Geometric and photometric augmentation of training images.")
+    existence_threshold: float = Field(0.5, gt=0, lt=1, description="Post-processing: keep a lane above this.")
+    point_threshold: float = Field(0.3, gt=0, lt=1, description="Post-processing: keep a row's arg-max above this.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses one GPU per local rank if any.")
+    log_every: int = Field(10, ge=1, description="Steps between progress/TensorBoard updates.")
+    enable_snapshot: bool = Field(False, description="TR-4896's ENABLE_SNAPSHOT: logged only (the operator snapshots).")
+    pvc_name: Optional[str] = Field(None, description="TR-4896's PVC_NAME: logged only.")
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value % 16:
+            raise ValueError(f"must be a multiple of 16, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_exist(self) -> "TrainConfig":
+        if self.pretrained_weights is not None and not self.pretrained_weights.is_file():
+            raise ValueError(f"pretrained_weights: no such file {self.pretrained_weights}")
+        return self
+
+    def fingerprint(self) -> str:
+        """sha256 of the settings that change what is learned (not paths or logging)."""
+        ignored = {"data_root", "output_dir", "resume", "log_every", "pvc_name", "enable_snapshot"}
+        payload = {k: v for k, v in self.model_dump(mode="json").items() if k not in ignored}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _env_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"environment variable {name}={raw!r}: expected true/false or 1/0")
+
+
+def _env_int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError as error:
+        raise ConfigError(f"environment variable {name}={raw!r}: expected an integer") from error
+
+
+# TR-4896's job definitions set these (plus lanex's own launcher variable); each maps onto one field.
+TR4896_ENV = {
+    "USE_WORKERS": ("use_workers", _env_bool),
+    "NUM_WORKERS": ("loader_workers", _env_int),
+    "BATCH_SIZE": ("batch_size", _env_int),
+    "USE_VAL": ("validation", _env_bool),
+    "VAL_BATCH_SIZE": ("val_batch_size", _env_int),
+    "ENABLE_SNAPSHOT": ("enable_snapshot", _env_bool),
+    "PVC_NAME": ("pvc_name", lambda _name, raw: raw),
+    # Set by `lanex launch --backend` for every rank it starts.
+    "LANEX_BACKEND": ("backend", lambda _name, raw: raw),
+}
+
+
+def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """TR-4896's environment interface as TrainConfig fields."""
+    settings: dict[str, Any] = {}
+    for variable, (field, convert) in TR4896_ENV.items():
+        if variable in environ:
+            settings[field] = convert(variable, environ[variable])
+    return settings
+
+
+def settings_from_file(path: Path) -> dict[str, Any]:
+    """A YAML or JSON mapping of TrainConfig fields (snake_case)."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file {path}: not found") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path}: not valid YAML/JSON: {error}") from error
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings, got {type(loaded).__name__}")
+    return loaded
+
+
+def build_config(
+    file: Optional[Path] = None,
+    environ: Optional[Mapping[str, str]] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> TrainConfig:
+    """Merge defaults < file < environment < overrides and validate once."""
+    merged: dict[str, Any] = {}
+    if file is not None:
+        merged.update(settings_from_file(file))
+    merged.update(settings_from_env(os.environ if environ is None else environ))
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return TrainConfig(**merged)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigError(f"invalid training config: {problems}") from error

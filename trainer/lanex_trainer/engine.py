@@ -1,0 +1,158 @@
+"""One training epoch and one evaluation pass, independent of how they are wired or launched.
+
+Both take their collaborators as arguments (model, loss, optimizer, loader, scheduler, device,
+the `Distributed` handle) and hold no state between calls. Evaluation sums counts over ranks
+(loss x images, per-image metric values) and divides once, so any number of ranks gives the
+single-process numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+from lanex_trainer.distributed import Distributed
+from lanex_trainer.evaluation.postprocess import PostprocessSettings, lanes_from_probabilities
+from lanex_trainer.losses import SCNNLoss
+
+
+@dataclass
+class EpochStats:
+    steps: int
+    images: int  # images this rank trained on
+    loss_sum: float  # sum of per-step losses on this rank
+    seconds: float
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.steps, 1)
+
+
+def autocast_for(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    non_blocking = device.type == "cuda"
+    images = batch["image"].to(device, non_blocking=non_blocking)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, batch["seg"].to(device, non_blocking=non_blocking), batch["exist"].to(device, non_blocking=non_blocking)
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    criterion: SCNNLoss,
+    optimizer: torch.optim.Optimizer,
+    loader,
+    scheduler,
+    device: torch.device,
+    epoch: int,
+    *,
+    dist: Distributed,
+    first_step: int,
+    max_steps: int,
+    amp: bool = True,
+    channels_last: bool = False,
+    on_step: Optional[Callable[[int, float], None]] = None,
+) -> EpochStats:
+    """Train until the loader is exhausted or `max_steps` optimizer steps have been taken in all.
+
+    `first_step` is the global step count before this call; `on_step(step, loss)` runs after each
+    optimizer step with the new global count (checkpointing and logging hook).
+    """
+    model.train()
+    step, images, loss_sum = first_step, 0, 0.0
+    started = time.perf_counter()
+    progress = tqdm(loader, desc=f"epoch {epoch}", disable=not dist.is_main, leave=False, mininterval=2.0)
+    for batch in progress:
+        if step >= max_steps:
+            break
+        inputs, seg_target, exist_target = to_device(batch, device, channels_last)
+        with autocast_for(device, amp):
+            seg_logits, exist_logits = model(inputs)
+        loss = criterion(seg_logits, exist_logits, seg_target, exist_target).total
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        value = loss.item()
+        loss_sum += value
+        images += inputs.shape[0]
+        progress.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.4g}")
+        if on_step is not None:
+            on_step(step, value)
+    return EpochStats(steps=step - first_step, images=images, loss_sum=loss_sum, seconds=time.perf_counter() - started)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    fp: float
+    fn: float
+    images: int
+    predictions: list[dict]  # this rank's predictions (TuSimple lines)
+
+    def metrics(self) -> dict:
+        return {"loss": self.loss, "accuracy": self.accuracy, "fp": self.fp, "fn": self.fn, "images": self.images}
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    criterion: SCNNLoss,
+    loader,
+    entries: Sequence[dict],
+    device: torch.device,
+    *,
+    dist: Distributed,
+    postprocess: PostprocessSettings,
+    amp: bool = True,
+    channels_last: bool = False,
+) -> EvalResult:
+    """Loss and TuSimple metrics over the loader's images, combined over all ranks.
+
+    `entries[i]` is the index entry (raw_file, h_samples, lanes) of dataset item i. Predictions get
+    `run_time` 0: validation scores lane quality; latency is measured by `lanex predict`.
+    """
+    from lanex_trainer.evaluation.tusimple import evaluate as tusimple_evaluate
+
+    model.eval()
+    loss_sum, count = 0.0, 0
+    predictions: list[dict] = []
+    ground_truth: list[dict] = []
+    for batch in loader:
+        inputs, seg_target, exist_target = to_device(batch, device, channels_last)
+        with autocast_for(device, amp):
+            seg_logits, exist_logits = model(inputs)
+        loss = criterion(seg_logits, exist_logits, seg_target, exist_target).total
+        loss_sum += loss.item() * inputs.shape[0]
+        count += inputs.shape[0]
+        batch_entries = [entries[int(i)] for i in batch["index"]]
+        lanes = lanes_from_probabilities(
+            seg_logits.float().softmax(dim=1), exist_logits.float().sigmoid(),
+            [e["h_samples"] for e in batch_entries], postprocess,
+        )
+        for entry, image_lanes in zip(batch_entries, lanes):
+            predictions.append({"raw_file": entry["raw_file"], "lanes": image_lanes, "run_time": 0})
+            ground_truth.append({"raw_file": entry["raw_file"], "lanes": entry["lanes"], "h_samples": entry["h_samples"]})
+    if count:
+        scores = tusimple_evaluate(predictions, ground_truth)
+        sums = [loss_sum, count, scores["accuracy"] * count, scores["fp"] * count, scores["fn"] * count]
+    else:
+        sums = [0.0, 0, 0.0, 0.0, 0.0]
+    totals = dist.all_reduce_sum(torch.tensor(sums, dtype=torch.float64)).tolist()
+    total = max(totals[1], 1.0)
+    return EvalResult(
+        loss=totals[0] / total, accuracy=totals[2] / total, fp=totals[3] / total, fn=totals[4] / total,
+        images=int(totals[1]), predictions=predictions,
+    )

@@ -1,0 +1,335 @@
+"""`lanex train`: wires data, model, optimiser and checkpoints into a (distributed) run.
+
+Rank 0 alone writes into `output_dir` (checkpoints, TensorBoard, results.json, curves); every
+rank reads the checkpoint that rank 0 chose, so all resume at the same step. A resumed run sees
+exactly the batches, augmentations and random states an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from lanex_trainer.checkpoint import atomic_torch_save, load_latest_checkpoint, save_checkpoint
+from lanex_trainer.config import ConfigError, TrainConfig
+from lanex_trainer.distributed import Distributed, init_distributed
+from lanex_trainer.engine import EvalResult, evaluate, train_one_epoch
+from lanex_trainer.evaluation.postprocess import PostprocessSettings
+from lanex_trainer.losses import SCNNLoss
+from lanex_trainer.sampling import ResumableDistributedSampler, evaluation_shard
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+BEST_MODEL = "best.pt"
+FINAL_MODEL = "final.pt"
+
+
+def warmup_poly(total_steps: int, warmup_steps: int, power: float):
+    """lr factor: linear from 0.1 to 1 over the warm-up, then (1 - progress)^power."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return 0.1 + 0.9 * step / warmup_steps
+        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return max(0.0, 1.0 - progress) ** power
+
+    return factor
+
+
+def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("device: 'cuda' requested but no GPU is visible")
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def log_effective_config(cfg: TrainConfig, dist: Distributed) -> None:
+    if dist.is_main:
+        log.info(
+            "effective training config (world size %d, backend %s, launcher %s): %s",
+            dist.world_size, dist.backend, dist.world.launcher, cfg.model_dump_json(),
+        )
+        if cfg.enable_snapshot or cfg.pvc_name:
+            log.info(
+                "ENABLE_SNAPSHOT=%s PVC_NAME=%s noted: snapshots are taken by the lanex operator after training",
+                cfg.enable_snapshot, cfg.pvc_name,
+            )
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Train per `cfg` in the job described by the environment; returns the results (all ranks)."""
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    dist = init_distributed(cfg.backend, use_cuda, cfg.collective_timeout_s, cfg.sync_batchnorm, cfg.fp16_allreduce)
+    try:
+        return Trainer(cfg, dist).run()
+    finally:
+        dist.shutdown()
+
+
+class Trainer:
+    """Holds one run's collaborators; `run()` is the loop."""
+
+    def __init__(self, cfg: TrainConfig, dist: Distributed):
+        from lanex_trainer.data.dataset import LaneDataset
+        from lanex_trainer.data.prepare import is_prepared, load_index
+        from lanex_trainer.model.scnn import build_model
+
+        self.cfg, self.dist = cfg, dist
+        log_effective_config(cfg, dist)
+        if not is_prepared(cfg.data_root):
+            raise ConfigError(f"data_root {cfg.data_root}: not prepared; run `lanex data prepare --root {cfg.data_root}`")
+        self.device = pick_device(cfg, dist.world.local_rank)
+        self.channels_last = cfg.channels_last and self.device.type == "cuda"
+        seed_everything(cfg.seed)
+
+        self.train_entries = load_index(cfg.data_root, "train")
+        self.val_entries = load_index(cfg.data_root, "val") if cfg.validation else []
+        self.test_entries = load_index(cfg.data_root, "test")
+        if not self.train_entries:
+            raise ConfigError(f"data_root {cfg.data_root}: the train split is empty")
+
+        def dataset(entries, augment):
+            return LaneDataset(entries, cfg.data_root, cfg.height, cfg.width, augment=augment,
+                               lane_width_px=cfg.lane_width_px, seed=cfg.seed)
+
+        self.train_set = dataset(self.train_entries, cfg.augment)
+        self.sampler = ResumableDistributedSampler(len(self.train_set), dist.world_size, dist.rank, seed=cfg.seed)
+        self.loader_workers = cfg.loader_workers if cfg.use_workers else 0
+        self.train_loader = self._loader(self.train_set, cfg.batch_size, sampler=self.sampler)
+        self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_iterations is not None:
+            self.total_steps = min(self.total_steps, cfg.max_iterations)
+
+        model = build_model(cfg.backbone, input_size=(cfg.height, cfg.width), pretrained_weights=cfg.pretrained_weights)
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.criterion = SCNNLoss(background_weight=cfg.background_weight, existence_weight=cfg.existence_loss_weight).to(self.device)
+        self.lr = cfg.lr * (dist.world_size if cfg.lr_scaling == "linear" else 1)
+        self.postprocess = PostprocessSettings(cfg.existence_threshold, cfg.point_threshold)
+        self.out = cfg.output_dir
+        self.checkpoints = self.out / "checkpoints"
+        self.writer = None
+        self.history: list[dict] = []
+        self.best: Optional[dict] = None
+
+    def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
+        from lanex_trainer.data.dataset import loader_worker_init
+
+        workers = self.loader_workers
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+            pin_memory=self.device.type == "cuda", drop_last=False,
+            worker_init_fn=loader_worker_init, persistent_workers=workers > 0,
+            # Workers' base seed from a private generator: the global RNG (dropout) stays
+            # untouched, so a resumed run replays the same random stream.
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+            prefetch_factor=4 if workers else None,
+        )
+
+    def _eval_loader(self, entries):
+        from lanex_trainer.data.dataset import LaneDataset
+
+        dataset = LaneDataset(entries, self.cfg.data_root, self.cfg.height, self.cfg.width, augment=False,
+                              lane_width_px=self.cfg.lane_width_px, seed=self.cfg.seed)
+        shard = Subset(dataset, evaluation_shard(len(dataset), self.dist.world_size, self.dist.rank))
+        return self._loader(shard, self.cfg.val_batch_size)
+
+    # -- checkpoint state -------------------------------------------------------------------
+    def _state(self, optimizer, scheduler, epoch: int, batch_in_epoch: int, step: int) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
+            "rng": rng_state(self.device),
+            "config": self.cfg.model_dump(mode="json"),
+            "fingerprint": self.cfg.fingerprint(),
+            "history": self.history, "best": self.best,
+            "world_size": self.dist.world_size,
+        }
+
+    def _resume_state(self) -> Optional[dict]:
+        """Rank 0 picks the newest readable checkpoint; every rank loads that same file."""
+        chosen = None
+        if self.cfg.resume and self.dist.is_main:
+            found = load_latest_checkpoint(self.checkpoints)
+            chosen = str(found[0]) if found else None
+        chosen = self.dist.broadcast_object(chosen)
+        if chosen is None:
+            return None
+        state = torch.load(chosen, map_location="cpu", weights_only=False)
+        if state["fingerprint"] != self.cfg.fingerprint():
+            raise ConfigError(
+                f"output_dir {self.out}: checkpoint {chosen} was written with a different training config; "
+                "use a new output_dir, or --no-resume to start over there"
+            )
+        if self.dist.is_main:
+            log.info("resuming from %s (epoch %d, step %d)", chosen, state["epoch"], state["step"])
+        return state
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg, dist = self.cfg, self.dist
+        resume = self._resume_state()
+        if resume:
+            self.model.load_state_dict(resume["model"])
+        train_model = dist.wrap_model(self.model, self.device)
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_poly(self.total_steps, cfg.warmup_iterations, cfg.poly_power))
+        epoch, batch_in_epoch, step = 0, 0, 0
+        if resume:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            epoch, batch_in_epoch, step = resume["epoch"], resume["batch_in_epoch"], resume["step"]
+            self.history, self.best = resume["history"], resume["best"]
+        optimizer = dist.wrap_optimizer(optimizer, self.model)
+        dist.broadcast_initial_state(self.model, optimizer)
+        if resume:
+            restore_rng_state(resume["rng"], self.device)
+        if dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+
+        train_seconds, trained_images = 0.0, 0
+        while epoch < cfg.epochs and step < self.total_steps:
+            self.sampler.set_epoch(epoch, start_index=batch_in_epoch * cfg.batch_size)
+            self.train_set.set_epoch(epoch)
+            epoch_first_step = step - batch_in_epoch
+
+            def on_step(new_step: int, loss: float, epoch=epoch, epoch_first_step=epoch_first_step) -> None:
+                if dist.is_main and new_step % cfg.log_every == 0:
+                    self.writer.add_scalar("train/loss", loss, new_step)
+                    self.writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], new_step)
+                if dist.is_main and new_step % cfg.checkpoint_every == 0:
+                    save_checkpoint(self._state(optimizer, scheduler, epoch, new_step - epoch_first_step, new_step),
+                                    self.checkpoints, new_step, cfg.keep_checkpoints)
+
+            stats = train_one_epoch(
+                train_model, self.criterion, optimizer, self.train_loader, scheduler, self.device, epoch,
+                dist=dist, first_step=step, max_steps=self.total_steps, amp=cfg.amp,
+                channels_last=self.channels_last, on_step=on_step,
+            )
+            step += stats.steps
+            train_seconds += stats.seconds
+            trained_images += stats.images
+            finished_epoch = step - epoch_first_step >= self.steps_per_epoch
+            record = {"epoch": epoch, "step": step, "train_loss": stats.mean_loss,
+                      "images_per_second": stats.images * dist.world_size / max(stats.seconds, 1e-9)}
+            if cfg.validation and self.val_entries:
+                val = self._evaluate(train_model, self.val_entries)
+                record.update({f"val_{k}": v for k, v in val.metrics().items()})
+            self.history.append(record)
+            self._log_epoch(record)
+            if finished_epoch:
+                epoch, batch_in_epoch = epoch + 1, 0
+            else:
+                batch_in_epoch = step - epoch_first_step
+            if dist.is_main:
+                state = self._state(optimizer, scheduler, epoch, batch_in_epoch, step)
+                save_checkpoint(state, self.checkpoints, step, cfg.keep_checkpoints)
+                self._track_best(record, state)
+        return self._finish(train_model, optimizer, scheduler, epoch, step, trained_images, train_seconds)
+
+    def _evaluate(self, model, entries) -> EvalResult:
+        return evaluate(model, self.criterion, self._eval_loader(entries), entries, self.device, dist=self.dist,
+                        postprocess=self.postprocess, amp=self.cfg.amp, channels_last=self.channels_last)
+
+    def _log_epoch(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
+        for key, value in record.items():
+            if key not in {"epoch", "step"}:
+                self.writer.add_scalar(f"epoch/{key}", value, record["step"])
+        log.info("epoch %s", json.dumps(record))
+
+    def _track_best(self, record: dict, state: dict) -> None:
+        """Best by validation accuracy, else validation loss, else training loss."""
+        if "val_accuracy" in record:
+            score = (record["val_accuracy"], -record["val_loss"])
+        else:
+            score = (0.0, -record.get("val_loss", record["train_loss"]))
+        if self.best is None or tuple(self.best["score"]) < score:
+            self.best = {"score": list(score), "epoch": record["epoch"], "step": record["step"]}
+            state["best"] = self.best
+            atomic_torch_save(state, self.out / BEST_MODEL)
+
+    def _finish(self, train_model, optimizer, scheduler, epoch, step, trained_images, train_seconds) -> dict:
+        cfg, dist = self.cfg, self.dist
+        final_state = self._state(optimizer, scheduler, epoch, 0, step) if dist.is_main else None
+        if dist.is_main:
+            atomic_torch_save(final_state, self.out / FINAL_MODEL)
+        best_path = self.out / BEST_MODEL
+        test = None
+        if self.test_entries:
+            dist.barrier()  # rank 0's best/final model is on disk before any rank reads it
+            chosen = best_path if best_path.exists() else self.out / FINAL_MODEL
+            self.model.load_state_dict(torch.load(chosen, map_location="cpu", weights_only=False)["model"])
+            test = self._evaluate(train_model, self.test_entries)
+            if dist.is_main:
+                self._write_predictions(test, self.out / "test_predictions.json")
+        results = {
+            "epochs": epoch, "steps": step, "world_size": dist.world_size, "backend": dist.backend,
+            "images_per_second": trained_images * dist.world_size / max(train_seconds, 1e-9),
+            "train_seconds": train_seconds,
+            "checkpoint": str(best_path if best_path.exists() else self.out / FINAL_MODEL),
+            "config_hash": cfg.fingerprint(),
+            "best": self.best, "history": self.history,
+        }
+        last_val = next((r for r in reversed(self.history) if "val_accuracy" in r), None)
+        if last_val:
+            results["validation"] = {k[4:]: v for k, v in last_val.items() if k.startswith("val_")}
+        if test is not None:
+            results["test"] = test.metrics()
+        for key in ("accuracy", "fp", "fn"):
+            source = results.get("test") or results.get("validation")
+            results[key] = source[key] if source else None
+        if dist.is_main:
+            self.writer.close()
+            (self.out / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+            from lanex_trainer.curves import plot_curves
+
+            plot_curves(self.history, self.out / "curves.png")
+        return results
+
+    def _write_predictions(self, result: EvalResult, path: Path) -> None:
+        # Only rank 0's share is in `result.predictions` when distributed; the metrics are global.
+        path.write_text("".join(json.dumps(p) + "\n" for p in result.predictions))
