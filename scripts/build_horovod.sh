@@ -101,7 +101,13 @@ patch_text third_party/gloo/CMakeLists.txt "-std=c++11" "-std=c++17"
 patch_text third_party/gloo/cmake/Cuda.cmake '"-std=c++11"' '"-std=c++17"'
 # Horovod's CUDA kernels ask nvcc for C++11, which CUDA 13's headers no longer accept.
 patch_text horovod/common/ops/cuda/CMakeLists.txt "set(CMAKE_CUDA_STANDARD 11)" "set(CMAKE_CUDA_STANDARD 17)"
-log "patched the sdist for C++17"
+if [ "$GPU" != "1" ]; then
+    # Horovod turns on its CUDA code whenever torch is a CUDA build and torch finds any CUDA_HOME (even a
+    # partial toolkit); the CPU flavour must not depend on what happens to be under /usr/local/cuda.
+    patch_text cmake/Modules/FindPytorch.cmake \
+        "print(True if ((torch.version.cuda is not None) and (CUDA_HOME is not None)) else False)" "print(False)"
+fi
+log "patched the sdist for C++17 ($FLAVOUR)"
 
 export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
 if [ "$WITH_MPI" = "1" ]; then

@@ -222,6 +222,28 @@ def test_random_images_score_exactly_like_the_reference():
     assert (per_image.fn == 1.0).sum() > 10 and (per_image.fp < 0).sum() >= 0
 
 
+def test_distances_equal_to_a_slanted_threshold_are_decided_like_scikit_learn():
+    # Slopes 3/4, 21/20 and 12/5 give thresholds of exactly 25, 29 and 52 px: with integer shifts
+    # of that size, the last bit of the fitted slope decides every point.
+    rng = np.random.default_rng(5)
+    predictions, ground_truth = [], []
+    for index in range(120):
+        slope = float(rng.choice([0.75, -0.75, 1.05, -1.05, 2.4, -2.4]))
+        shift = round(20 / math.cos(math.atan(slope)))
+        start = float(rng.integers(0, 300)) if slope > 0 else float(rng.integers(1000, 1280))
+        gt = np.array(slanted(start, slope))
+        gt[(gt < 0) | (gt >= 1280) | (rng.random(len(gt)) < 0.3)] = -2
+        pred = np.where(gt >= 0, gt + rng.choice([-shift, shift], len(gt)), -2)
+        raw_file = f"clips/tie/{index}/20.jpg"
+        predictions.append(pred_entry([pred.tolist()], raw_file=raw_file))
+        ground_truth.append(gt_entry([gt.tolist()], raw_file=raw_file))
+    per_image = evaluate_per_image(predictions, ground_truth)
+    for row, (pred, gt) in enumerate(zip(predictions, ground_truth)):
+        expected = reference.bench(pred["lanes"], gt["lanes"], gt["h_samples"], pred["run_time"])
+        assert (per_image.accuracy[row], per_image.fp[row], per_image.fn[row]) == expected, gt["raw_file"]
+    assert 0.2 < per_image.accuracy.mean() < 0.9  # ties fall both ways, so the bits mattered
+
+
 def test_shard_sums_combine_to_the_whole_dataset_score():
     rng = np.random.default_rng(7)
     pairs = [random_image(rng, index) for index in range(60)]

@@ -44,6 +44,7 @@ Resource = tuple[str, str, str]  # (group, version, plural); group '' is the cor
 ObjectKey = tuple[Resource, str | None, str]  # (resource, namespace or None, name)
 
 SYSTEM_USER_AGENT = "lanex-cluster-sim"
+_NAMESPACE_URL = re.compile(r"/api/v1/namespaces(?:/(?P<name>[^/]+)(?:/(?P<sub>status|finalize))?)?/?")
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,6 +342,31 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return payload
 
     # ---- HTTP entry
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock's URL parser reads `/api/v1/namespaces[/NAME]` as a namespace without a resource
+        # (and crashes on the bare collection); parse the Namespace resource's own URLs here.
+        match = _NAMESPACE_URL.fullmatch(raw_request.path)
+        if match is None:
+            return await super().__call__(raw_request)
+        body = await raw_request.read()
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = None
+        request = rendering.Request(
+            id=len(self._requests), raw_request=raw_request, url=raw_request.url, method=raw_request.method,
+            params=dict(raw_request.query), headers=dict(raw_request.headers), cookies=dict(raw_request.cookies),
+            data=data, body=body, text=body.decode("utf-8", "replace"),
+            resource=kmock.resource("", "v1", "namespaces"), namespace=None, name=match["name"],
+            subresource=match["sub"],
+        )
+        self._requests.append(request)
+        try:
+            return await self._handle(request)
+        except Exception as exc:
+            return await self._render_error(exc)
+
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         res = request.resource

@@ -23,9 +23,13 @@ def data_synth(
     seed: int = typer.Option(0, help="Random seed; the same seed gives byte-identical output."),
 ) -> None:
     """Write a synthetic road-scene dataset in the exact TuSimple layout."""
-    from lanex_trainer.data.synth import generate_dataset
+    from lanex_trainer.data.synth import SynthError, generate_dataset
 
-    summary = generate_dataset(out, clips=clips, test_clips=test_clips, seed=seed)
+    try:
+        summary = generate_dataset(out, clips=clips, test_clips=test_clips, seed=seed)
+    except SynthError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
     typer.echo(json.dumps(summary, indent=2))
 
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 BEST_MODEL = "best.pt"
 FINAL_MODEL = "final.pt"
+OVERLAY_IMAGES = 8  # test images drawn with their predicted lanes at the end of a run
 
 
 def warmup_poly(total_steps: int, warmup_steps: int, power: float):
@@ -306,6 +307,7 @@ class Trainer:
             test = self._evaluate(train_model, self.test_entries)
             if dist.is_main:
                 self._write_predictions(test, self.out / "test_predictions.json")
+                self._write_overlays(test.predictions[:OVERLAY_IMAGES])
         results = {
             "epochs": epoch, "steps": step, "world_size": dist.world_size, "backend": dist.backend,
             "images_per_second": trained_images * dist.world_size / max(train_seconds, 1e-9),
@@ -329,6 +331,16 @@ class Trainer:
 
             plot_curves(self.history, self.out / "curves.png")
         return results
+
+    def _write_overlays(self, predictions: list[dict]) -> None:
+        from lanex_trainer.predict import draw_overlay
+
+        by_raw_file = {e["raw_file"]: e for e in self.test_entries}
+        for prediction in predictions:
+            entry = by_raw_file[prediction["raw_file"]]
+            name = Path(entry["raw_file"]).with_suffix("").as_posix().replace("/", "_") + ".png"
+            draw_overlay(self.cfg.data_root / entry["image"], prediction["lanes"], entry["h_samples"],
+                         self.out / "overlays" / name)
 
     def _write_predictions(self, result: EvalResult, path: Path) -> None:
         # Only rank 0's share is in `result.predictions` when distributed; the metrics are global.

@@ -1,6 +1,7 @@
-"""The LaneExperiment API: one typed source of truth for the spec, the status and their validation.
+"""The LaneExperiment API: one typed source of truth for the spec and its validation.
 
-The CRD schema (`api.crd`), the field reference (`api.docs`) and the operator's InvalidSpec
+The status models live in `api.status` and are re-exported here, so `api.models` names the
+whole API. The CRD schema (`api.crd`), the field reference (`api.docs`) and the operator's InvalidSpec
 messages are all generated from these models, so a field is declared, documented and
 constrained exactly once. Defaults reproduce the run of NetApp TR-4896 (3 workers x 1 GPU,
 batch 33, 4 loader workers, Horovod, ANF storage class, NetApp snapshot class).
@@ -14,24 +15,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
-from enum import Enum
-from typing import Annotated, Any, Literal, Optional
+import re
+from typing import Any, Literal, Optional
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    WithJsonSchema,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from lanex_operator.api.quantity import QUANTITY_PATTERN, is_quantity, parse_quantity
+from lanex_operator.api.fields import PositiveQuantity, Quantity
+from lanex_operator.api.status import (  # noqa: F401  (re-exported: api.models names the whole API)
+    ChildNames,
+    Condition,
+    ConditionType,
+    FailureReason,
+    LaneExperimentStatus,
+    Phase,
+    Provenance,
+    Results,
+    SnapshotError,
+    SnapshotRecord,
+    StorageMove,
+)
 
 GROUP = "lanex.dev"
 VERSION = "v1alpha1"
@@ -60,45 +64,6 @@ RESERVED_ENV_NAMES = (
 )
 
 
-class Phase(str, Enum):
-    """Where an experiment is in its lifecycle (`status.phase`)."""
-
-    PENDING = "Pending"
-    PROVISIONING_DATASET = "ProvisioningDataset"
-    DOWNLOADING = "Downloading"
-    SHARING_VOLUME = "SharingVolume"
-    TRAINING = "Training"
-    SNAPSHOTTING = "Snapshotting"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-
-
-class FailureReason(str, Enum):
-    """Why an experiment failed (`status.reason` and the `Failed` condition's reason)."""
-
-    INVALID_SPEC = "InvalidSpec"
-    DATASET_FAILED = "DatasetFailed"
-    DOWNLOAD_FAILED = "DownloadFailed"
-    TRAINING_FAILED = "TrainingFailed"
-    SNAPSHOT_FAILED = "SnapshotFailed"
-    TIMEOUT = "Timeout"
-
-
-class ConditionType(str, Enum):
-    """Condition types: one per step, the two terminal ones, and the operator's warnings."""
-
-    PREFLIGHT = "Preflight"
-    DATASET_READY = "DatasetReady"
-    DATA_PREPARED = "DataPrepared"
-    VOLUME_SHARED = "VolumeShared"
-    TRAINED = "Trained"
-    SNAPSHOTTED = "Snapshotted"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
-    STORAGE_TIER = "StorageTier"
-
-
 class InvalidSpecError(ValueError):
     """A LaneExperiment that cannot run; the message names every bad field as `spec.a.b: why`."""
 
@@ -106,58 +71,6 @@ class InvalidSpecError(ValueError):
         super().__init__(message)
         self.message = message
         self.problems = problems if problems is not None else [message]
-
-
-# --- shared field types -----------------------------------------------------------------
-
-
-def _int_to_text(value: Any) -> Any:
-    # Kubernetes quantities are int-or-string ("cpu: 2"); keep them as text internally.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-def _check_quantity(value: str) -> str:
-    if not is_quantity(value):
-        raise PydanticCustomError(
-            "quantity",
-            "'{value}' is not a Kubernetes quantity (examples: 100Gi, 500M, 1.5Ti)",
-            {"value": value},
-        )
-    return value
-
-
-Quantity = Annotated[
-    str,
-    BeforeValidator(_int_to_text),
-    AfterValidator(_check_quantity),
-    WithJsonSchema(
-        {
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": QUANTITY_PATTERN,
-            "x-kubernetes-int-or-string": True,
-        }
-    ),
-]
-
-
-def _utc_text(value: datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# RFC 3339 in UTC with a Z, the way Kubernetes writes times.
-def _check_positive(value: str) -> str:
-    if parse_quantity(value) <= 0:
-        raise PydanticCustomError("positive_quantity", "must be a positive quantity (got '{value}')", {"value": value})
-    return value
-
-
-PositiveQuantity = Annotated[Quantity, AfterValidator(_check_positive)]
-
-Timestamp = Annotated[datetime, PlainSerializer(_utc_text, return_type=str, when_used="json")]
 
 
 class SpecModel(BaseModel):
@@ -405,6 +318,12 @@ class TrainingSpec(SpecModel):
         description="Extra environment variables for launcher and workers (names must be unique).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+    backoff_limit: int = Field(
+        3,
+        description="Launcher restarts (each resumes from the last checkpoint) before training fails.",
+        ge=0,
+        le=100,
+    )
     active_deadline_seconds: Optional[int] = Field(
         None, description="Fail training (reason Timeout) after this many seconds; unset means no limit.", ge=1
     )
@@ -514,7 +433,9 @@ class StorageSpec(SpecModel):
 class LaneExperimentSpec(SpecModel):
     """A lane-detection training experiment: dataset volume, training job, snapshot, retention."""
 
-    dataset: DatasetSpec = Field(description="The dataset volume and its source.")
+    dataset: DatasetSpec = Field(
+        description="The dataset volume and its source: exactly one of download, synthetic, existingClaim, fromSnapshot."
+    )
     training: TrainingSpec = _section(TrainingSpec, "The distributed training job.")
     scheduler: SchedulerSpec = _section(SchedulerSpec, "Scheduler of the training pods.")
     snapshot: SnapshotSpec = _section(SnapshotSpec, "Snapshot of the dataset volume after training.")
@@ -527,100 +448,6 @@ def training_config_hash(spec: LaneExperimentSpec) -> str:
     document = spec.training.model_dump(mode="json", by_alias=True)
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-# --- status -----------------------------------------------------------------------------
-
-
-class StatusModel(BaseModel):
-    """Base of the status models: camelCase, lenient on read (kopf adds its own fields)."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-
-class Condition(StatusModel):
-    """A Kubernetes-style condition (`kubectl wait --for=condition=Succeeded lx/NAME`)."""
-
-    type: str = Field(description="Condition type, e.g. DatasetReady, Trained, Succeeded, Failed.")
-    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field("", description="CamelCase reason of the last transition.")
-    message: str = Field("", description="Human-readable details.")
-    last_transition_time: Optional[Timestamp] = Field(None, description="When status last changed (RFC 3339).")
-    observed_generation: Optional[int] = Field(None, description="metadata.generation the condition was set for.")
-
-
-class ChildNames(StatusModel):
-    """Names of the objects the experiment created or uses."""
-
-    dataset_claim: Optional[str] = Field(None, description="Dataset PVC.")
-    prepare_job: Optional[str] = Field(None, description="Download/prepare Job.")
-    mpi_job: Optional[str] = Field(None, description="Training MPIJob.")
-    snapshots: list[str] = Field(default_factory=list, description="VolumeSnapshots taken.")
-
-
-class SnapshotError(StatusModel):
-    """An error reported by the snapshot controller."""
-
-    message: str = Field("", description="Error message.")
-    time: Optional[Timestamp] = Field(None, description="When the error was reported.")
-
-
-class SnapshotRecord(StatusModel):
-    """A VolumeSnapshot taken by the experiment."""
-
-    name: str = Field(description="VolumeSnapshot name.")
-    content_name: Optional[str] = Field(None, description="Bound VolumeSnapshotContent.")
-    ready_to_use: bool = Field(False, description="Whether the snapshot can be restored.")
-    restore_size: Optional[Quantity] = Field(None, description="Minimum size of a volume restored from it.")
-    creation_time: Optional[Timestamp] = Field(None, description="Point in time of the snapshot.")
-    error: Optional[SnapshotError] = Field(None, description="Last error from the snapshot controller.")
-
-
-class Results(StatusModel):
-    """Evaluation results written by the launcher (TuSimple metric on the test split)."""
-
-    accuracy: Optional[float] = Field(None, description="TuSimple accuracy (0..1).")
-    fp: Optional[float] = Field(None, description="False-positive rate.")
-    fn: Optional[float] = Field(None, description="False-negative rate.")
-    checkpoint: Optional[str] = Field(None, description="Path of the final checkpoint on the dataset volume.")
-    images_per_second: Optional[float] = Field(None, description="Training throughput, all processes together.")
-    epochs: Optional[int] = Field(None, description="Epochs completed.")
-
-
-class Provenance(StatusModel):
-    """What it takes to trace and reproduce a result."""
-
-    trainer_image: Optional[str] = Field(None, description="Trainer image that produced the result.")
-    config_hash: Optional[str] = Field(None, description="SHA-256 of the canonical JSON of spec.training.")
-    dataset_source: Optional[str] = Field(None, description="Where the data came from (URLs, seed, claim, snapshot).")
-    result_snapshot: Optional[str] = Field(None, description="VolumeSnapshot holding data, model and logs.")
-
-
-class StorageMove(StatusModel):
-    """A change of the dataset volume's service level (capacity pool change)."""
-
-    from_level: Optional[str] = Field(None, alias="from", description="Service level before the move.")
-    to: str = Field(description="Service level after the move.")
-    start: Optional[Timestamp] = Field(None, description="When the move started.")
-    end: Optional[Timestamp] = Field(None, description="When the move ended.")
-    result: Optional[str] = Field(None, description="Succeeded, Failed or InProgress, with the reason on failure.")
-
-
-class LaneExperimentStatus(StatusModel):
-    """Observed state of a LaneExperiment, written only by the operator."""
-
-    phase: Optional[Phase] = Field(None, description="Lifecycle phase.")
-    reason: Optional[FailureReason] = Field(None, description="Failure reason when phase is Failed.")
-    message: Optional[str] = Field(None, description="Details of the current phase or failure.")
-    conditions: list[Condition] = Field(default_factory=list, description="One condition per step, plus Succeeded/Failed.")
-    observed_generation: Optional[int] = Field(None, description="Last metadata.generation acted upon.")
-    children: ChildNames = Field(default_factory=ChildNames, description="Names of the child objects.")
-    snapshots: list[SnapshotRecord] = Field(default_factory=list, description="VolumeSnapshots taken.")
-    results: Optional[Results] = Field(None, description="Evaluation results of the trained model.")
-    start_time: Optional[Timestamp] = Field(None, description="When the operator started the experiment.")
-    completion_time: Optional[Timestamp] = Field(None, description="When the experiment succeeded or failed.")
-    provenance: Optional[Provenance] = Field(None, description="Trainer image, config hash, data source, snapshot.")
-    storage_moves: list[StorageMove] = Field(default_factory=list, description="Service-level changes of the volume.")
 
 
 # --- validation at the edge -------------------------------------------------------------
@@ -676,13 +503,28 @@ def describe_errors(errors: list[dict[str, Any]], root: str = "spec") -> list[st
     return problems
 
 
+def check_experiment_name(name: Any) -> str:
+    """Raise InvalidSpecError unless `name` can name a LaneExperiment and all of its children."""
+    if not isinstance(name, str) or not name:
+        raise InvalidSpecError(f"metadata.name: required, a non-empty string (got {name!r})")
+    if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
+        raise InvalidSpecError(
+            f"metadata.name: must have at most {MAX_EXPERIMENT_NAME_LENGTH} characters so that child names"
+            f" stay valid (got {len(name)}: {name!r})"
+        )
+    if not re.match(DNS_LABEL_PATTERN, name):
+        raise InvalidSpecError(
+            f"metadata.name: must be lower-case letters, digits and '-', starting and ending with a letter"
+            f" or digit (got {name!r})"
+        )
+    return name
+
+
 def parse_spec(spec: Any) -> LaneExperimentSpec:
     """Validate a LaneExperiment spec (a dict from YAML or the API server) into the typed model.
 
     Raises InvalidSpecError whose message lists every problem as `spec.path: reason`.
     """
-    from pydantic import ValidationError
-
     if not isinstance(spec, dict):
         raise InvalidSpecError(f"spec: must be an object (got {type(spec).__name__})")
     try:

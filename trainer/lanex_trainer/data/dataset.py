@@ -62,7 +62,7 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class _Draw:
+class Draw:
     """One item's random draw: the geometric matrix parts and the photometric factors."""
 
     angle_deg: float = 0.0
@@ -77,8 +77,8 @@ class _Draw:
         return self.angle_deg != 0.0 or self.scale != 1.0 or self.shift != (0.0, 0.0)
 
 
-def _draw(rng: np.random.Generator, config: AugmentConfig, width: int, height: int) -> _Draw:
-    return _Draw(
+def random_draw(rng: np.random.Generator, config: AugmentConfig, width: int, height: int) -> Draw:
+    return Draw(
         angle_deg=float(rng.uniform(-config.rotation_deg, config.rotation_deg)),
         scale=float(rng.uniform(*config.scale)),
         shift=(
@@ -151,6 +151,8 @@ def decode_bgr(path: Path, height: int, width: int, source_size: Optional[tuple[
     flag, factor = reduction_flag(source_size, height, width)
     image = cv2.imdecode(data, flag)
     if image is None:
+        if _looks_truncated(data):
+            raise DecodeError(f"corrupt image {path}: truncated JPEG (no end-of-image marker, {data.size} bytes)")
         raise DecodeError(f"cannot decode image {path}: not a readable image ({data.size} bytes)")
     if _looks_truncated(data):
         problem = _confirm_truncated(path)
@@ -168,10 +170,10 @@ def decode_image(path: Path, height: int, width: int) -> np.ndarray:
 
 def normalise(image_rgb: np.ndarray) -> torch.Tensor:
     """RGB uint8 [H, W, 3] -> ImageNet-normalised float32 tensor [3, H, W] (for inference)."""
-    return _to_tensor(image_rgb[:, :, ::-1], _Draw())
+    return to_tensor(image_rgb[:, :, ::-1], Draw())
 
 
-def _affine(draw: _Draw, sx: float, sy: float, width: int, height: int) -> np.ndarray:
+def affine_matrix(draw: Draw, sx: float, sy: float, width: int, height: int) -> np.ndarray:
     """3x3 matrix from source pixel coordinates to output pixel coordinates (pixel centres aligned)."""
     resize = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
     if not draw.geometric:
@@ -183,7 +185,7 @@ def _affine(draw: _Draw, sx: float, sy: float, width: int, height: int) -> np.nd
     return augment @ resize
 
 
-def _lookup_tables(image_bgr: np.ndarray, draw: _Draw) -> list[np.ndarray]:
+def _lookup_tables(image_bgr: np.ndarray, draw: Draw) -> list[np.ndarray]:
     """One float32 table per output channel (R, G, B): jitter, clip to 0..255, normalise."""
     values = np.arange(256, dtype=np.float64)
     pivot = 0.0
@@ -200,13 +202,27 @@ def _lookup_tables(image_bgr: np.ndarray, draw: _Draw) -> list[np.ndarray]:
     return tables
 
 
-def _to_tensor(image_bgr: np.ndarray, draw: _Draw) -> torch.Tensor:
+def to_tensor(image_bgr: np.ndarray, draw: Draw) -> torch.Tensor:
     height, width = image_bgr.shape[:2]
     out = np.empty((3, height, width), dtype=np.float32)
     blue, green, red = cv2.split(np.ascontiguousarray(image_bgr))
     for channel, (plane, table) in enumerate(zip((red, green, blue), _lookup_tables(image_bgr, draw))):
         cv2.LUT(plane, table, dst=out[channel])
     return torch.from_numpy(out)
+
+
+def resample(image: np.ndarray, factor: int, label_matrix: np.ndarray, draw: Draw, height: int, width: int) -> np.ndarray:
+    """Map the decoded (DCT-reduced by `factor`) image into output space with one bilinear pass."""
+    if not draw.geometric:
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    # decoded pixel u covers source pixels [u * factor, (u + 1) * factor): its centre is (u + 0.5) * factor - 0.5
+    offset = 0.5 * factor - 0.5
+    from_decoded = np.array([[factor, 0.0, offset], [0.0, factor, offset], [0.0, 0.0, 1.0]])
+    matrix = (label_matrix @ from_decoded)[:2]
+    fill = tuple(255.0 * m for m in reversed(IMAGENET_MEAN))  # BGR mean: normalises to 0
+    return cv2.warpAffine(
+        image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill
+    )
 
 
 def draw_targets(
@@ -286,30 +302,18 @@ class LaneDataset(torch.utils.data.Dataset):
         entry = self.entries[index]
         source_size = (int(entry["width"]), int(entry["height"]))
         image, factor = decode_bgr(self.root / entry["image"], self.height, self.width, source_size)
-        draw = _draw(self.rng(index), self.augment_config, self.width, self.height) if self.augment else _Draw()
-        label_matrix = _affine(draw, self.width / source_size[0], self.height / source_size[1], self.width, self.height)
-        image = self._resample(image, factor, label_matrix, draw)
+        draw = random_draw(self.rng(index), self.augment_config, self.width, self.height) if self.augment else Draw()
+        label_matrix = affine_matrix(draw, self.width / source_size[0], self.height / source_size[1], self.width, self.height)
+        image = resample(image, factor, label_matrix, draw, self.height, self.width)
         slots = assign_slots(entry["lanes"], entry["h_samples"], image_width=source_size[0])
         thickness = max(1, round(self.lane_width_px * self.width / TUSIMPLE_WIDTH * draw.scale))
         seg = draw_targets(slots, entry["h_samples"], label_matrix, self.height, self.width, thickness)
         return {
-            "image": _to_tensor(image, draw),
+            "image": to_tensor(image, draw),
             "seg": torch.from_numpy(seg).long(),
             "exist": torch.tensor([0.0 if lane is None else 1.0 for lane in slots], dtype=torch.float32),
             "index": index,
         }
-
-    def _resample(self, image: np.ndarray, factor: int, label_matrix: np.ndarray, draw: _Draw) -> np.ndarray:
-        """Map the decoded (reduced) image into output space with one bilinear pass."""
-        if not draw.geometric:
-            return cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
-        # decoded pixel centre (u + 0.5) * factor - 0.5 is the source pixel it covers
-        from_decoded = np.array([[factor, 0.0, 0.5 * factor - 0.5], [0.0, factor, 0.5 * factor - 0.5], [0.0, 0.0, 1.0]])
-        matrix = (label_matrix @ from_decoded)[:2]
-        fill = tuple(255.0 * m for m in reversed(IMAGENET_MEAN))  # BGR mean: normalises to 0
-        return cv2.warpAffine(
-            image, matrix, (self.width, self.height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill
-        )
 
 
 def loader_worker_init(worker_id: int) -> None:

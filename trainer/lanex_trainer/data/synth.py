@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -55,6 +55,7 @@ LANE_SLOTS: dict[int, tuple[tuple[float, ...], ...]] = {
     5: ((-2.5, -1.5, -0.5, 0.5, 1.5), (-1.5, -0.5, 0.5, 1.5, 2.5)),
 }
 MIN_VALID_POINTS = 6
+MAX_LAYOUT_DRAWS = 1000  # layouts are redrawn if a lane shows too few points (never seen in practice)
 NOISE_MARGIN = 128
 CHUNK_SIZE = 16
 
@@ -182,7 +183,7 @@ def sample_road(rng: np.random.Generator) -> RoadSpec:
     """Draw a scene whose every lane has enough visible points and is >= 150 px from its neighbour."""
     counts = list(LANE_COUNT_PROBS)
     count = int(rng.choice(counts, p=[LANE_COUNT_PROBS[c] for c in counts]))
-    while True:
+    for _ in range(MAX_LAYOUT_DRAWS):
         horizon_y = float(rng.uniform(215.0, 285.0))
         vanish_x = float(rng.uniform(IMAGE_WIDTH / 2 - 140, IMAGE_WIDTH / 2 + 140))
         curvature = 0.0 if rng.random() < 0.4 else float(rng.choice([-1.0, 1.0]) * rng.uniform(60.0, 300.0))
@@ -213,6 +214,9 @@ def sample_road(rng: np.random.Generator) -> RoadSpec:
         )
         if all(_valid_count(lane) >= MIN_VALID_POINTS for lane in lane_labels(road)):
             return road
+    raise SynthError(
+        f"no {count}-lane layout with {MIN_VALID_POINTS}+ visible points per lane in {MAX_LAYOUT_DRAWS} draws"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,28 +281,38 @@ def _draw_markings(road: RoadSpec, image: np.ndarray) -> None:
             cv2.fillPoly(image, [np.round(polygon * 16).astype(np.int32)], lane.color_bgr, cv2.LINE_AA, shift=4)
 
 
+def _draw_car(image: np.ndarray, centre: float, bottom: float, width: float, height: float, body: tuple) -> None:
+    """A rear view: shadow ellipse, body, cabin, dark rear window, two wheels."""
+    def box(x0: float, y0: float, x1: float, y1: float, color: tuple) -> None:
+        cv2.rectangle(image, (int(x0), int(y0)), (int(x1), int(y1)), color, -1)
+
+    left, right, top = centre - width / 2, centre + width / 2, bottom - height
+    shadow_axes = (int(width * 0.6), max(int(height * 0.08), 2))
+    cv2.ellipse(image, (int(centre), int(bottom)), shadow_axes, 0, 0, 360, (20, 20, 20), -1)
+    box(left, top + height * 0.3, right, bottom - height * 0.08, body)
+    box(left + width * 0.15, top, right - width * 0.15, top + height * 0.35, body)
+    box(left + width * 0.2, top + height * 0.06, right - width * 0.2, top + height * 0.3, tuple(c * 0.35 for c in body))
+    for wheel_x in (left + width * 0.05, right - width * 0.2):
+        box(wheel_x, bottom - height * 0.12, wheel_x + width * 0.15, bottom, (15, 15, 15))
+
+
 def _draw_cars(rng: np.random.Generator, road: RoadSpec, image: np.ndarray) -> tuple[tuple[int, int, int, int], ...]:
-    """Car-like boxes standing on the road, sized by perspective, often straddling a marking."""
+    """Car-like boxes standing on the road, sized by perspective, often straddling a marking.
+
+    Returns each car's bounding box (x0, y0, x1, y1), shadow included: the markings it hides.
+    """
     count = int(rng.choice([0, 1, 2], p=[0.7, 0.2, 0.1]))
     boxes = []
-    bottoms = sorted(float(v) for v in rng.uniform(0.3, 0.9, size=count))
-    for t in bottoms:  # far cars first so nearer ones are painted over them
-        y1 = road.horizon_y + t * (IMAGE_HEIGHT - 1 - road.horizon_y)
+    for t in sorted(float(v) for v in rng.uniform(0.3, 0.9, size=count)):  # far cars first, nearer ones over them
+        bottom = road.horizon_y + t * (IMAGE_HEIGHT - 1 - road.horizon_y)
         width = 0.75 * road.lane_width * t
         height = width * float(rng.uniform(0.55, 0.8))
         lane_pos = float(rng.uniform(-1.5, 1.5))
-        centre = float(curve_x(road, IMAGE_WIDTH / 2 + lane_pos * road.lane_width, np.array([y1]))[0])
-        x0, x1, y0 = centre - width / 2, centre + width / 2, y1 - height
-        body = tuple(float(c) for c in rng.uniform(20, 230, size=3))
-        dark = tuple(float(c) * 0.35 for c in body)
-        cv2.ellipse(image, (int(centre), int(y1)), (int(width * 0.6), max(int(height * 0.08), 2)), 0, 0, 360, (20, 20, 20), -1)
-        cv2.rectangle(image, (int(x0), int(y0 + height * 0.3)), (int(x1), int(y1 - height * 0.08)), body, -1)
-        cv2.rectangle(image, (int(x0 + width * 0.15), int(y0)), (int(x1 - width * 0.15), int(y0 + height * 0.35)), body, -1)
-        cv2.rectangle(image, (int(x0 + width * 0.2), int(y0 + height * 0.06)), (int(x1 - width * 0.2), int(y0 + height * 0.3)), dark, -1)
-        for wheel_x in (x0 + width * 0.05, x1 - width * 0.2):
-            cv2.rectangle(image, (int(wheel_x), int(y1 - height * 0.12)), (int(wheel_x + width * 0.15), int(y1)), (15, 15, 15), -1)
-        shadow_half, shadow_low = width * 0.6, height * 0.08  # the ellipse under the car
-        boxes.append((int(centre - shadow_half) - 2, int(y0) - 2, int(centre + shadow_half) + 2, int(y1 + shadow_low) + 2))
+        centre = float(curve_x(road, IMAGE_WIDTH / 2 + lane_pos * road.lane_width, np.array([bottom]))[0])
+        _draw_car(image, centre, bottom, width, height, tuple(float(c) for c in rng.uniform(20, 230, size=3)))
+        reach = width * 0.6  # the shadow ellipse is wider than the body
+        top, low = bottom - height, bottom + height * 0.08
+        boxes.append((int(centre - reach) - 2, int(top) - 2, int(centre + reach) + 2, int(low) + 2))
     return tuple(boxes)
 
 
@@ -372,12 +386,7 @@ def split_counts(clips: int) -> dict[str, int]:
         raise SynthError(f"clips={clips}: need at least {len(TRAIN_SPLITS)} (one per TuSimple label file)")
     counts = {name: max(1, round(share * clips)) for name, share, _ in TRAIN_SPLITS[1:]}
     first = TRAIN_SPLITS[0][0]
-    counts = {first: clips - sum(counts.values()), **counts}
-    if counts[first] < 1:  # only possible for tiny counts where rounding up the others eats it all
-        largest = max(list(counts)[1:], key=counts.__getitem__)
-        counts[largest] -= 1 - counts[first]
-        counts[first] = 1
-    return counts
+    return {first: clips - sum(counts.values()), **counts}  # >= 1: the other shares sum to 0.32
 
 
 def plan_clips(clips: int, test_clips: int) -> list[ClipJob]:
@@ -397,23 +406,31 @@ def plan_clips(clips: int, test_clips: int) -> list[ClipJob]:
 
 
 def _render_chunk(out: str, seed: int, jobs: Sequence[ClipJob]) -> list[tuple[str, int, float]]:
-    """Worker: render and write a chunk of clips; return (label line, lane count, ms) per clip."""
+    """Worker: render and write a chunk of clips; return (label line, lane count, ms) per clip.
+
+    OpenCV runs single-threaded here (processes give the parallelism); the caller's setting is
+    restored because the serial path runs in the caller's process.
+    """
+    threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
-    noise = noise_tile(seed)
-    results = []
-    for job in jobs:
-        start = time.perf_counter()
-        clip = render_clip(seed, job.stream, job.index, noise)
-        path = Path(out) / job.raw_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode_jpeg(clip.image))
-        elapsed_ms = (time.perf_counter() - start) * 1e3
-        line = json.dumps({"lanes": clip.lanes, "h_samples": list(H_SAMPLES), "raw_file": job.raw_file})
-        results.append((line, len(clip.lanes), elapsed_ms))
-    return results
+    try:
+        noise = noise_tile(seed)
+        results = []
+        for job in jobs:
+            start = time.perf_counter()
+            clip = render_clip(seed, job.stream, job.index, noise)
+            path = Path(out) / job.raw_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(encode_jpeg(clip.image))
+            elapsed_ms = (time.perf_counter() - start) * 1e3
+            line = json.dumps({"lanes": clip.lanes, "h_samples": list(H_SAMPLES), "raw_file": job.raw_file})
+            results.append((line, len(clip.lanes), elapsed_ms))
+        return results
+    finally:
+        cv2.setNumThreads(threads)
 
 
-def _chunks(jobs: Sequence[ClipJob], size: int) -> Iterable[Sequence[ClipJob]]:
+def _chunks(jobs: Sequence[ClipJob], size: int) -> list[Sequence[ClipJob]]:
     return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
 
@@ -425,6 +442,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _check_output(out: Path, parameters: dict) -> dict | None:
     """The stored summary if `out` already holds this exact dataset; refuse foreign contents."""
+    if out.exists() and not out.is_dir():
+        raise SynthError(f"{out} exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
         return None
     manifest_path = out / MANIFEST_NAME
@@ -448,13 +467,40 @@ def _workers_for(chunks: int, workers: int | None) -> int:
     return max(1, min(workers, chunks))
 
 
+def _render_all(out: Path, seed: int, jobs: list[ClipJob], workers: int | None) -> tuple[list, int]:
+    """Render and write every clip, in chunks spread over processes; results in job order."""
+    chunks = _chunks(jobs, CHUNK_SIZE)
+    pool_size = _workers_for(len(chunks), workers)
+    if pool_size == 1:
+        results = [_render_chunk(str(out), seed, chunk) for chunk in chunks]
+    else:
+        with ProcessPoolExecutor(max_workers=pool_size) as pool:
+            results = list(pool.map(_render_chunk, [str(out)] * len(chunks), [seed] * len(chunks), chunks))
+    return [result for chunk in results for result in chunk], pool_size
+
+
+def _write_labels(out: Path, jobs: list[ClipJob], results: list) -> tuple[dict[str, int], dict[str, int]]:
+    """Write the four label files; return lines per file and the lane-count histogram."""
+    lines: dict[str, list[str]] = {name: [] for name, _, _ in TRAIN_SPLITS}
+    lines[TEST_LABEL_FILE] = []
+    histogram: dict[str, int] = {}
+    for job, (line, lane_count, _) in zip(jobs, results):
+        lines[job.label_file].append(line)
+        histogram[str(lane_count)] = histogram.get(str(lane_count), 0) + 1
+    for name, file_lines in lines.items():
+        _write_atomic(out / name, "".join(f"{line}\n" for line in file_lines))
+    return {name: len(file_lines) for name, file_lines in lines.items()}, dict(sorted(histogram.items()))
+
+
 def generate_dataset(
     out: Path, clips: int, test_clips: int | None, seed: int, *, workers: int | None = None
 ) -> dict:
     """Write `clips` training and `test_clips` (default clips // 4) test clips under `out`.
 
-    Idempotent: a finished dataset with the same parameters is left as it is and its summary is
-    returned with `"reused": true`. Raises SynthError for a non-empty `out` holding anything else.
+    Returns a JSON-serialisable summary: lines per label file, lane-count histogram, wall seconds
+    and mean milliseconds per image (render + encode + write, in its worker). Idempotent: a
+    finished dataset with the same parameters is left as it is and its summary is returned with
+    `"reused": true`. Raises SynthError for bad counts or a non-empty `out` holding anything else.
     """
     out = Path(out)
     test_clips = max(1, clips // 4) if test_clips is None else test_clips
@@ -470,34 +516,17 @@ def generate_dataset(
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / MANIFEST_NAME, json.dumps({"parameters": parameters, "complete": False}, indent=2))
     jobs = plan_clips(clips, test_clips)
-    chunks = _chunks(jobs, CHUNK_SIZE)
-    pool_size = _workers_for(len(chunks), workers)
-    if pool_size == 1:
-        results = [_render_chunk(str(out), seed, chunk) for chunk in chunks]
-    else:
-        with ProcessPoolExecutor(max_workers=pool_size) as pool:
-            results = list(pool.map(_render_chunk, [str(out)] * len(chunks), [seed] * len(chunks), chunks))
-
-    lines: dict[str, list[str]] = {name: [] for name, _, _ in TRAIN_SPLITS}
-    lines[TEST_LABEL_FILE] = []
-    histogram: dict[str, int] = {}
-    render_ms = []
-    for job, (line, lane_count, elapsed_ms) in zip(jobs, (r for chunk in results for r in chunk)):
-        lines[job.label_file].append(line)
-        histogram[str(lane_count)] = histogram.get(str(lane_count), 0) + 1
-        render_ms.append(elapsed_ms)
-    for name, file_lines in lines.items():
-        _write_atomic(out / name, "".join(f"{line}\n" for line in file_lines))
-
+    results, pool_size = _render_all(out, seed, jobs, workers)
+    label_files, histogram = _write_labels(out, jobs, results)
     summary = {
         "out": str(out),
         "seed": seed,
-        "label_files": {name: len(file_lines) for name, file_lines in lines.items()},
-        "lanes_histogram": dict(sorted(histogram.items())),
+        "label_files": label_files,
+        "lanes_histogram": histogram,
         "images": len(jobs),
         "workers": pool_size,
         "seconds": round(time.perf_counter() - start, 3),
-        "ms_per_image": round(float(np.mean(render_ms)), 2),
+        "ms_per_image": round(float(np.mean([elapsed for _, _, elapsed in results])), 2),
         "reused": False,
     }
     manifest = {"parameters": parameters, "complete": True, "summary": summary}

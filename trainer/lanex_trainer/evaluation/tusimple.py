@@ -3,8 +3,9 @@
 Why this module exists: the official ``evaluate/lane.py`` (TuSimple/tusimple-benchmark) runs one
 scikit-learn fit and one Python loop per lane, about a millisecond per image. Validation during
 training and ``lanex eval`` need the same numbers much faster and without scikit-learn, so here the
-per-lane least-squares slope is closed-form and every image of the same ``h_samples`` length is
-scored in one batch of numpy array operations.
+per-lane least-squares slope is closed-form and images are scored in batches of numpy array
+operations: images with the same number of rows, ground-truth lanes and predicted lanes form dense
+(images, lanes, rows) arrays, so there is no padding and no per-lane Python.
 
 Rules, per ground-truth image (identical to the official script):
 
@@ -35,10 +36,11 @@ Choices where the official script is silent or stricter, made on purpose:
 * non-numeric or non-finite lane values, empty ``h_samples`` and ground-truth lanes whose length is
   not ``len(h_samples)`` are errors (the official script fails on them too, without saying where).
 
-Exactness: the slope is computed in closed form instead of by LAPACK, so it can differ from
-scikit-learn's in the last bits. Counts only change if a point distance equals the threshold to
-within ~1e-14 relative on a lane that is neither vertical nor fitted from < 2 points; vertical lanes
-(k exactly 0) give the threshold 20.0 exactly in both.
+Exactness: slopes are computed in closed form for all lanes at once; that can differ from
+scikit-learn's LAPACK fit in the last bit, which matters only when a point distance equals the
+threshold (e.g. integer lanes of slope 3/4, threshold 25). Lanes with such a tie are re-fitted
+the way scikit-learn does (centre by the means, LAPACK gelsd through ``numpy.linalg.lstsq``), so
+the counts agree with the official script bit for bit there too.
 """
 
 from __future__ import annotations
@@ -64,8 +66,11 @@ MISSING_X = -100.0
 """Every negative x, on both sides, is replaced by this before comparing."""
 SCORED_LANES = 4
 """TuSimple scores at most 4 lanes per image."""
-_CHUNK_IMAGES = 1024
-"""Images scored per numpy batch; bounds memory to a few tens of MB."""
+_CHUNK_IMAGES = 128
+"""Images per numpy batch: about a megabyte of distances, which stays in cache (faster than big)."""
+_TIE_TOLERANCE = 1e-10
+"""Relative gap between a point distance and a threshold below which the closed-form slope's last
+bits could flip the count: such lanes are re-fitted exactly as scikit-learn does."""
 _SEQUENCES = (list, tuple, np.ndarray)
 """What the in-memory API accepts as a list of lanes or a lane (JSON gives lists)."""
 _EXTRA_FIELD_RULES = {
@@ -154,52 +159,17 @@ class _Source:
 
 
 @dataclass
-class _Batch:
-    """Images with one ``h_samples`` length, their lanes flattened in image order."""
+class _Bucket:
+    """Images that share (#rows, #ground-truth lanes, #predicted lanes): dense arrays, no padding."""
 
-    length: int
-    gt_source: _Source
-    pred_source: _Source
-    rows: list[int] = field(default_factory=list)
-    h_samples: list[list[Any]] = field(default_factory=list)
-    gt_lanes: list[list[Any]] = field(default_factory=list)
-    gt_counts: list[int] = field(default_factory=list)
+    rows: int
+    gt_lanes: int
+    pred_lanes: int
+    images: list[int] = field(default_factory=list)
+    gt_records: list[Mapping[str, Any]] = field(default_factory=list)
     gt_positions: list[int] = field(default_factory=list)
-    pred_lanes: list[list[Any]] = field(default_factory=list)
-    pred_counts: list[int] = field(default_factory=list)
+    pred_records: list[Mapping[str, Any]] = field(default_factory=list)
     pred_positions: list[int] = field(default_factory=list)
-
-    def add(self, row: int, gt: Mapping[str, Any], gt_at: int, pred: Mapping[str, Any], pred_at: int) -> None:
-        self.rows.append(row)
-        self.h_samples.append(gt["h_samples"])
-        self.gt_lanes.extend(gt["lanes"])
-        self.gt_counts.append(len(gt["lanes"]))
-        self.gt_positions.append(gt_at)
-        self.pred_lanes.extend(pred["lanes"])
-        self.pred_counts.append(len(pred["lanes"]))
-        self.pred_positions.append(pred_at)
-
-    def split(self, size: int) -> Iterable[_Batch]:
-        """Consecutive sub-batches of at most `size` images."""
-        gt_start = pred_start = 0
-        for start in range(0, len(self.rows), size):
-            stop = start + size
-            gt_stop = gt_start + sum(self.gt_counts[start:stop])
-            pred_stop = pred_start + sum(self.pred_counts[start:stop])
-            yield _Batch(
-                self.length,
-                self.gt_source,
-                self.pred_source,
-                self.rows[start:stop],
-                self.h_samples[start:stop],
-                self.gt_lanes[gt_start:gt_stop],
-                self.gt_counts[start:stop],
-                self.gt_positions[start:stop],
-                self.pred_lanes[pred_start:pred_stop],
-                self.pred_counts[start:stop],
-                self.pred_positions[start:stop],
-            )
-            gt_start, pred_start = gt_stop, pred_stop
 
 
 def evaluate_files(pred_path: str | Path, gt_path: str | Path) -> dict[str, float | int]:
@@ -221,7 +191,7 @@ def evaluate(
     """Score in-memory records: ``{accuracy, fp, fn, images}``, means over the ground-truth images.
 
     Predictions need ``raw_file``, ``lanes`` and ``run_time`` (ms); ground truth needs
-    ``raw_file``, ``lanes`` and ``h_samples``.
+    ``raw_file``, ``lanes`` and ``h_samples``. Lanes may be lists, tuples or numpy arrays.
     """
     return evaluate_per_image(predictions, ground_truth).sums().scores()
 
@@ -240,13 +210,14 @@ def load_json_lines(path: str | Path) -> tuple[list[Any], list[int]]:
     """
     records: list[Any] = []
     line_numbers: list[int] = []
+    decode = json.loads
     try:
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
-                if not line.strip():
+                if line.isspace():
                     continue
                 try:
-                    records.append(json.loads(line))
+                    records.append(decode(line))
                 except json.JSONDecodeError as error:
                     raise EvaluationError(
                         f"{path} line {number}: invalid JSON: {error.msg} (column {error.colno})"
@@ -276,26 +247,32 @@ def _evaluate_records(
     accuracy = np.zeros(len(raw_files))
     fp = np.zeros(len(raw_files))
     fn = np.zeros(len(raw_files))
-    batches: dict[int, _Batch] = {}
-    for row, raw_file in enumerate(raw_files):
-        gt_at = gt_index[raw_file]
-        pred_at = pred_index[raw_file]
+    buckets: dict[tuple[int, int, int], _Bucket] = {}
+    for image, raw_file in enumerate(raw_files):
+        gt_at, pred_at = gt_index[raw_file], pred_index[raw_file]
         gt, pred = ground_truth[gt_at], predictions[pred_at]
-        length = len(gt["h_samples"])
-        _check_lane_lengths(gt["lanes"], length, gt_source, gt_at, raw_file)
-        _check_lane_lengths(pred["lanes"], length, pred_source, pred_at, raw_file)
-        if _disqualified(pred, gt):
-            fn[row] = 1.0
+        rows = len(gt["h_samples"])
+        _check_lane_lengths(gt["lanes"], rows, gt_source, gt_at, raw_file)
+        _check_lane_lengths(pred["lanes"], rows, pred_source, pred_at, raw_file)
+        gt_lanes, pred_lanes = len(gt["lanes"]), len(pred["lanes"])
+        if pred["run_time"] > MAX_RUN_TIME_MS or pred_lanes > gt_lanes + EXTRA_LANES_ALLOWED:
+            fn[image] = 1.0  # too slow or too many lanes: 0, 0, 1 without comparing
             continue
-        batch = batches.get(length)
-        if batch is None:
-            batch = batches[length] = _Batch(length, gt_source, pred_source)
-        batch.add(row, gt, gt_at, pred, pred_at)
+        key = (rows, gt_lanes, pred_lanes)
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = _Bucket(*key)
+        bucket.images.append(image)
+        bucket.gt_records.append(gt)
+        bucket.gt_positions.append(gt_at)
+        bucket.pred_records.append(pred)
+        bucket.pred_positions.append(pred_at)
 
-    for batch in batches.values():
-        for chunk in batch.split(_CHUNK_IMAGES):
-            rows = np.asarray(chunk.rows, dtype=np.intp)
-            accuracy[rows], fp[rows], fn[rows] = _score_batch(chunk)
+    for bucket in buckets.values():
+        for start in range(0, len(bucket.images), _CHUNK_IMAGES):
+            chunk = slice(start, start + _CHUNK_IMAGES)
+            images = np.asarray(bucket.images[chunk], dtype=np.intp)
+            accuracy[images], fp[images], fn[images] = _score_bucket(bucket, chunk, gt_source, pred_source)
     return PerImageScores(raw_files, accuracy, fp, fn)
 
 
@@ -303,18 +280,20 @@ def _index_by_raw_file(records: Sequence[Any], source: _Source, extra_field: str
     """Map raw_file -> record index, checking each record's fields once at the edge."""
     index: dict[str, int] = {}
     for position, record in enumerate(records):
-        if not isinstance(record, Mapping):
+        if not isinstance(record, dict) and not isinstance(record, Mapping):
             raise EvaluationError(f"{source.at(position)}: expected a JSON object, got {type(record).__name__}")
-        for name in ("raw_file", "lanes", extra_field):
-            if name not in record:
-                raise EvaluationError(f"{source.at(position)}: missing field {name!r}")
-        raw_file = record["raw_file"]
+        try:
+            raw_file, lanes, extra = record["raw_file"], record["lanes"], record[extra_field]
+        except KeyError as error:
+            raise EvaluationError(f"{source.at(position)}: missing field {error.args[0]!r}") from None
         if not isinstance(raw_file, str):
             raise EvaluationError(f"{source.at(position)}: 'raw_file' must be a string, got {raw_file!r}")
-        if not isinstance(record["lanes"], _SEQUENCES):
+        if not isinstance(lanes, _SEQUENCES):
             raise EvaluationError(f"{source.at(position)} ({raw_file!r}): 'lanes' must be a list of lanes")
-        if not _valid_extra_field(record[extra_field], extra_field):
-            raise EvaluationError(f"{source.at(position)} ({raw_file!r}): {_EXTRA_FIELD_RULES[extra_field]}")
+        if not _valid_extra_field(extra, extra_field):
+            raise EvaluationError(
+                f"{source.at(position)} ({raw_file!r}): {_EXTRA_FIELD_RULES[extra_field]}, got {extra!r}"
+            )
         if raw_file in index:
             raise EvaluationError(
                 f"{source.at(position)}: raw_file {raw_file!r} already appears at {source.at(index[raw_file])}"
@@ -329,130 +308,139 @@ def _valid_extra_field(value: Any, name: str) -> bool:
     return isinstance(value, _SEQUENCES) and len(value) > 0
 
 
-def _check_lane_lengths(lanes: list[Any], length: int, source: _Source, position: int, raw_file: str) -> None:
-    for lane_number, lane in enumerate(lanes):
-        if not isinstance(lane, _SEQUENCES) or len(lane) != length:
-            size = f"{len(lane)} values" if isinstance(lane, _SEQUENCES) else f"a {type(lane).__name__}"
-            raise EvaluationError(
-                f"{source.at(position)} ({raw_file!r}): lane {lane_number} has {size}, "
-                f"expected {length} (one x per h_sample)"
-            )
-
-
-def _disqualified(pred: Mapping[str, Any], gt: Mapping[str, Any]) -> bool:
-    """Too slow or too many lanes: the official script scores these 0, 0, 1 without comparing."""
-    return pred["run_time"] > MAX_RUN_TIME_MS or len(pred["lanes"]) > len(gt["lanes"]) + EXTRA_LANES_ALLOWED
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _score_batch(batch: _Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Accuracy, FP rate and FN rate of images that share one h_samples length."""
-    length = batch.length
-    images = len(batch.rows)
-    gt_counts = np.asarray(batch.gt_counts, dtype=np.intp)
-    pred_counts = np.asarray(batch.pred_counts, dtype=np.intp)
-    ys = _to_matrix(batch.h_samples, length, np.ones(images, dtype=np.intp), batch.gt_source, batch.gt_positions, "h_samples")
-    gt = _to_matrix(batch.gt_lanes, length, gt_counts, batch.gt_source, batch.gt_positions, "lanes")
-    pred = _to_matrix(batch.pred_lanes, length, pred_counts, batch.pred_source, batch.pred_positions, "lanes")
+def _check_lane_lengths(lanes: Sequence[Any], rows: int, source: _Source, position: int, raw_file: str) -> None:
+    """Every lane needs one x per h_sample; the official script refuses the whole submission."""
+    try:
+        if not any(map(rows.__ne__, map(len, lanes))):
+            return
+    except TypeError:
+        pass  # a lane without a length: find and name it below
+    for lane_number, lane in enumerate(lanes):
+        if not isinstance(lane, _SEQUENCES) or len(lane) != rows:
+            size = f"{len(lane)} values" if isinstance(lane, _SEQUENCES) else f"a {type(lane).__name__}"
+            raise EvaluationError(
+                f"{source.at(position)} ({raw_file!r}): lane {lane_number} has {size}, "
+                f"expected {rows} (one x per h_sample)"
+            )
 
-    gt_image = np.repeat(np.arange(images), gt_counts)
-    thresholds = _lane_thresholds(gt, ys[gt_image])
-    best = _best_accuracies(gt, gt_image, thresholds, pred, pred_counts, images)
 
-    max_gt = int(gt_counts.max(initial=0))
-    gt_slot = np.arange(len(gt_image)) - np.repeat(np.cumsum(gt_counts) - gt_counts, gt_counts)
-    padded = np.zeros((images, max_gt))
-    padded[gt_image, gt_slot] = best
-    total = np.zeros(images)
-    for slot in range(max_gt):  # left to right, like the official sum(line_accs)
-        total = total + padded[:, slot]
-    lowest = np.full((images, max_gt), np.inf)
-    lowest[gt_image, gt_slot] = best
-    many = gt_counts > SCORED_LANES
-    if max_gt:
-        total = np.where(many, total - lowest.min(axis=1), total)
+def _score_bucket(
+    bucket: _Bucket, chunk: slice, gt_source: _Source, pred_source: _Source
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Accuracy, FP rate and FN rate of the images `chunk` of one bucket."""
+    rows, gt_lanes, pred_lanes = bucket.rows, bucket.gt_lanes, bucket.pred_lanes
+    gt_records, pred_records = bucket.gt_records[chunk], bucket.pred_records[chunk]
+    ys = _to_array([gt["h_samples"] for gt in gt_records], (len(gt_records), rows), gt_source,
+                   bucket.gt_positions[chunk], "h_samples")
+    gt = _to_array([lane for record in gt_records for lane in record["lanes"]], (len(gt_records), gt_lanes, rows),
+                   gt_source, bucket.gt_positions[chunk], "lanes")
+    pred = _to_array([lane for record in pred_records for lane in record["lanes"]],
+                     (len(pred_records), pred_lanes, rows), pred_source, bucket.pred_positions[chunk], "lanes")
 
-    missed = np.bincount(gt_image, weights=best < LANE_MATCH_THRESHOLD, minlength=images)
-    matched = gt_counts - missed
-    missed = np.where(many & (missed > 0), missed - 1, missed)
-    false_positives = pred_counts - matched
-    scored_lanes = np.maximum(np.minimum(gt_counts, SCORED_LANES), 1)
-    accuracy = total / scored_lanes
-    fp = np.divide(false_positives, pred_counts, out=np.zeros(images), where=pred_counts > 0)
-    fn = missed / scored_lanes
-    return accuracy, fp, fn
+    best = _best_accuracies(gt, ys, pred)  # (images, gt_lanes)
+    total = np.zeros(len(gt_records))
+    for lane in range(gt_lanes):  # left to right, like the official sum(line_accs)
+        total = total + best[:, lane]
+    missed = (best < LANE_MATCH_THRESHOLD).sum(axis=1)
+    false_positives = pred_lanes - (gt_lanes - missed)
+    if gt_lanes > SCORED_LANES:
+        total = total - best.min(axis=1)
+        missed = np.where(missed > 0, missed - 1, missed)
+    scored = max(min(gt_lanes, SCORED_LANES), 1)
+    fp = false_positives / pred_lanes if pred_lanes else np.zeros(len(gt_records))
+    return total / scored, fp, missed / scored
+
+
+def _best_accuracies(gt: np.ndarray, ys: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Best point accuracy of each ground-truth lane over its image's predicted lanes (0 if none).
+
+    gt: (images, G, rows), ys: (images, rows), pred: (images, P, rows) -> (images, G).
+    """
+    images, gt_lanes, rows = gt.shape
+    if pred.shape[1] == 0 or gt_lanes == 0:
+        return np.zeros((images, gt_lanes))
+    lane_ys = np.broadcast_to(ys[:, None, :], gt.shape)
+    thresholds = _lane_thresholds(gt, lane_ys)  # (images, G)
+    truth = np.where(gt >= 0, gt, MISSING_X)[:, :, None, :]
+    guess = np.where(pred >= 0, pred, MISSING_X)[:, None, :, :]
+    # |d| - t < 0 exactly when |d| < t (IEEE subtraction of finite numbers keeps the sign and is
+    # zero only for equal operands), and |(|d| - t)| tells how close each point is to a tie.
+    margin = np.abs(guess - truth)
+    margin -= thresholds[:, :, None, None]
+    hits = (margin < 0).sum(axis=3)  # (images, G, P)
+    tied = (np.abs(margin) <= _TIE_TOLERANCE * thresholds[:, :, None, None]).any(axis=(2, 3))
+    for image, lane in zip(*np.nonzero(tied)):
+        exact = _lapack_threshold(gt[image, lane], ys[image])
+        hits[image, lane] = (np.abs(guess[image, 0] - truth[image, lane, 0]) < exact).sum(axis=1)
+    return hits.max(axis=2) / rows
 
 
 def _lane_thresholds(gt: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """20 / cos(atan(k)) per ground-truth lane, k the least-squares slope of x on y over x >= 0."""
+    """20 / cos(atan(k)) per ground-truth lane (last axis: rows), k the least-squares slope of x on
+    y over the points with x >= 0, and 0 with fewer than two such points."""
     valid = gt >= 0
-    points = valid.sum(axis=1)
+    points = valid.sum(axis=-1)
     per_lane = np.maximum(points, 1)
-    y_mean = np.where(valid, ys, 0.0).sum(axis=1) / per_lane
-    x_mean = np.where(valid, gt, 0.0).sum(axis=1) / per_lane
-    dy = np.where(valid, ys - y_mean[:, None], 0.0)
-    dx = np.where(valid, gt - x_mean[:, None], 0.0)
-    covariance = (dy * dx).sum(axis=1)
-    spread = (dy * dy).sum(axis=1)
-    slope = np.divide(covariance, spread, out=np.zeros(len(gt)), where=(points > 1) & (spread > 0))
+    y_mean = np.where(valid, ys, 0.0).sum(axis=-1) / per_lane
+    x_mean = np.where(valid, gt, 0.0).sum(axis=-1) / per_lane
+    dy = np.where(valid, ys - y_mean[..., None], 0.0)
+    dx = np.where(valid, gt - x_mean[..., None], 0.0)
+    covariance = np.einsum("...r,...r->...", dy, dx)
+    spread = np.einsum("...r,...r->...", dy, dy)
+    slope = np.divide(covariance, spread, out=np.zeros(points.shape), where=(points > 1) & (spread > 0))
+    return _threshold(slope)
+
+
+def _threshold(slope: np.ndarray | float) -> np.ndarray:
     return PIXEL_THRESHOLD / np.cos(np.arctan(slope))
 
 
-def _best_accuracies(
-    gt: np.ndarray,
-    gt_image: np.ndarray,
-    thresholds: np.ndarray,
-    pred: np.ndarray,
-    pred_counts: np.ndarray,
-    images: int,
-) -> np.ndarray:
-    """Best point accuracy of each ground-truth lane over its image's predicted lanes (0 if none)."""
-    length = gt.shape[1]
-    max_pred = int(pred_counts.max(initial=0))
-    if max_pred == 0 or len(gt) == 0:
-        return np.zeros(len(gt))
-    # Padding rows are NaN: they never hit, so they cannot raise a maximum that starts at 0.
-    padded = np.full((images, max_pred, length), np.nan)
-    pred_image = np.repeat(np.arange(images), pred_counts)
-    pred_slot = np.arange(len(pred_image)) - np.repeat(np.cumsum(pred_counts) - pred_counts, pred_counts)
-    padded[pred_image, pred_slot] = np.where(pred >= 0, pred, MISSING_X)
-    truth = np.where(gt >= 0, gt, MISSING_X)
-    hits = np.abs(padded[gt_image] - truth[:, None, :]) < thresholds[:, None, None]
-    return hits.sum(axis=2).max(axis=1) / length
+def _lapack_threshold(lane: np.ndarray, ys: np.ndarray) -> float:
+    """The threshold with the slope computed the way scikit-learn's LinearRegression does it.
+
+    Centre y and x by their means, then solve with LAPACK's gelsd (what scipy's and numpy's
+    ``lstsq`` call): the same operations on the same numbers, so the same last bits. Used only for
+    lanes where a point distance ties with the threshold, where those bits decide the count.
+    """
+    valid = lane >= 0
+    if valid.sum() < 2:
+        return float(_threshold(0.0))
+    ys_centred = ys[valid][:, None] - np.average(ys[valid][:, None], axis=0)
+    xs_centred = lane[valid] - np.average(lane[valid], axis=0)
+    slope = np.linalg.lstsq(ys_centred, xs_centred, rcond=None)[0][0]
+    return float(_threshold(slope))
 
 
-def _to_matrix(
-    rows: list[list[Any]], length: int, counts: np.ndarray, source: _Source, positions: list[int], field_name: str
+def _to_array(
+    values: list[Any], shape: tuple[int, ...], source: _Source, positions: list[int], field_name: str
 ) -> np.ndarray:
-    """Rows of equal length as a float matrix; a non-numeric or non-finite value names its record."""
-    if not rows:
-        return np.zeros((0, length))
+    """Nested lists as a float array of `shape`; a non-numeric or non-finite value names its record."""
     try:
-        matrix = np.array(rows)
+        array = np.array(values)
     except (ValueError, TypeError):
-        matrix = None
-    if matrix is None or matrix.dtype.kind not in "iuf" or matrix.shape != (len(rows), length):
-        _raise_bad_value(rows, counts, source, positions, field_name)
-    matrix = matrix.astype(np.float64, copy=False)
-    if not np.isfinite(matrix).all():
-        _raise_bad_value(rows, counts, source, positions, field_name)
-    return matrix
+        array = None
+    if array is None or array.dtype.kind not in "iuf" or array.size != math.prod(shape):
+        _raise_bad_value(values, shape, source, positions, field_name)
+    array = array.astype(np.float64, copy=False).reshape(shape)
+    if not np.isfinite(array).all():
+        _raise_bad_value(values, shape, source, positions, field_name)
+    return array
 
 
 def _raise_bad_value(
-    rows: list[list[Any]], counts: np.ndarray, source: _Source, positions: list[int], field_name: str
+    values: list[Any], shape: tuple[int, ...], source: _Source, positions: list[int], field_name: str
 ) -> None:
-    image_of_row = np.repeat(np.arange(len(counts)), counts)
-    first_row = np.cumsum(counts) - counts
-    for row_number, row in enumerate(rows):
+    per_record = shape[1] if len(shape) == 3 else 1
+    for row_number, row in enumerate(values):
         for point, value in enumerate(row):
             if not _is_number(value):
-                image = int(image_of_row[row_number])
-                where = field_name if field_name == "h_samples" else f"lane {row_number - int(first_row[image])}"
+                record, lane = divmod(row_number, per_record)
+                where = field_name if len(shape) == 2 else f"lane {lane}"
                 raise EvaluationError(
-                    f"{source.at(positions[image])}: {where}, value {point} is {value!r}, expected a finite number"
+                    f"{source.at(positions[record])}: {where}, value {point} is {value!r}, expected a finite number"
                 )
     raise EvaluationError(f"{source.name}: {field_name} could not be read as numbers")

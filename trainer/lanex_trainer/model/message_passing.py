@@ -30,11 +30,12 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 
-def _im2col(padded_rows: torch.Tensor, length: int, kernel: int) -> torch.Tensor:
-    """``[B, L + k - 1, C]`` contiguous -> ``[B * L, k * C]``: row ``l`` holds the window ``l .. l+k-1``.
+def _im2col(padded_rows: torch.Tensor, length: int, kernel: int, out: torch.Tensor) -> torch.Tensor:
+    """``[B, L + k - 1, C]`` contiguous -> ``out: [B * L, k * C]``, row ``l`` holding window ``l .. l+k-1``.
 
     A window of ``k`` consecutive padded positions is ``k * C`` consecutive numbers in memory, so the
-    im2col matrix is a strided view; ``reshape`` copies it once into a GEMM-ready layout.
+    im2col matrix is a strided view; one ``copy_`` into a reused buffer makes it GEMM-ready (much
+    cheaper than ``reshape``/``contiguous`` on an overlapping view, which allocate and take a slow path).
     """
     batch, padded_length, channels = padded_rows.shape
     windows = padded_rows.as_strided(
@@ -42,7 +43,8 @@ def _im2col(padded_rows: torch.Tensor, length: int, kernel: int) -> torch.Tensor
         (padded_length * channels, channels, 1),
         padded_rows.storage_offset(),
     )
-    return windows.reshape(batch * length, kernel * channels)
+    out.view(batch, length, kernel * channels).copy_(windows)
+    return out
 
 
 def _forward_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -78,9 +80,10 @@ class _Sweep(torch.autograd.Function):
             padded[:, :, pad : pad + length].copy_(x)
             activations = x.new_zeros(num_slices, batch, length, channels)
             product = x.new_empty(batch * length, channels)
+            columns = x.new_empty(batch * length, kernel * channels)
             order = _slice_order(num_slices, reverse)
             for previous, current in zip(order[:-1], order[1:]):
-                torch.mm(_im2col(padded[previous], length, kernel), matrix, out=product)
+                torch.mm(_im2col(padded[previous], length, kernel, columns), matrix, out=product)
                 torch.clamp_min(product.view(batch, length, channels), 0, out=activations[current])
                 padded[current, :, pad : pad + length].add_(activations[current])
             ctx.save_for_backward(padded, activations, work_weight)
@@ -103,13 +106,14 @@ class _Sweep(torch.autograd.Function):
             grad_slices = grad_output.contiguous().clone()
             # grad at the conv outputs (pre-ReLU), zero-padded for the transposed conv and dW.
             grad_conv = padded.new_zeros(num_slices, batch, padded_length, channels)
-            passed = activations > 0
+            passed = (activations > 0).to(padded.dtype)
             product = padded.new_empty(batch * length, channels)
+            columns = padded.new_empty(batch * length, kernel * channels)
             order = _slice_order(num_slices, ctx.reverse)
             for previous, current in zip(order[::-1][1:], order[::-1][:-1]):
                 interior = grad_conv[current, :, pad : pad + length]
                 torch.mul(grad_slices[current], passed[current], out=interior)
-                torch.mm(_im2col(grad_conv[current], length, kernel), matrix, out=product)
+                torch.mm(_im2col(grad_conv[current], length, kernel, columns), matrix, out=product)
                 grad_slices[previous].add_(product.view(batch, length, channels))
             grad_weight = None
             if ctx.needs_input_grad[1] and num_slices > 1:

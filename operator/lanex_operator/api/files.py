@@ -1,0 +1,77 @@
+"""Reading LaneExperiment YAML files (the local runner, `lanex submit` and the examples' tests).
+
+Errors name the file and the field, so `lanex run bad.yaml` tells the user exactly what to fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Union
+
+from lanex_operator.api.models import (
+    API_VERSION,
+    KIND,
+    InvalidSpecError,
+    LaneExperimentSpec,
+    check_experiment_name,
+    parse_spec,
+)
+
+_TOP_LEVEL = ("apiVersion", "kind", "metadata", "spec")
+
+
+class ExperimentFileError(InvalidSpecError):
+    """An experiment file that cannot be read or does not hold a valid LaneExperiment."""
+
+
+def load_experiment_document(document: Any, source: str = "<document>") -> tuple[dict[str, Any], LaneExperimentSpec]:
+    """Validate one parsed LaneExperiment document; errors are prefixed with `source`."""
+    if not isinstance(document, dict):
+        raise ExperimentFileError(f"{source}: expected a LaneExperiment mapping, got {type(document).__name__}")
+    problems = [f"{key}: unknown top-level field" for key in document if key not in _TOP_LEVEL]
+    if document.get("apiVersion") != API_VERSION:
+        problems.append(f"apiVersion: must be {API_VERSION} (got {document.get('apiVersion')!r})")
+    if document.get("kind") != KIND:
+        problems.append(f"kind: must be {KIND} (got {document.get('kind')!r})")
+    metadata = document.get("metadata")
+    if not isinstance(metadata, dict):
+        problems.append("metadata: required, a mapping with at least a name")
+        metadata = {}
+    else:
+        try:
+            check_experiment_name(metadata.get("name"))
+        except InvalidSpecError as error:
+            problems.extend(error.problems)
+    spec = None
+    if "spec" not in document:
+        problems.append("spec: required field is missing")
+    else:
+        try:
+            spec = parse_spec(document["spec"])
+        except InvalidSpecError as error:
+            problems.extend(error.problems)
+    if problems or spec is None:
+        located = [f"{source}: {problem}" for problem in problems]
+        raise ExperimentFileError("; ".join(located), located)
+    return dict(metadata), spec
+
+
+def load_experiment_file(path: Union[str, Path]) -> tuple[dict[str, Any], LaneExperimentSpec]:
+    """Read a YAML file holding one LaneExperiment: (metadata, validated spec)."""
+    import yaml
+
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ExperimentFileError(f"{source}: cannot read: {error.strerror or error}") from None
+    try:
+        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        reason = getattr(error, "problem", None) or str(error)
+        raise ExperimentFileError(f"{source}: invalid YAML{line}: {reason}") from None
+    if len(documents) != 1:
+        raise ExperimentFileError(f"{source}: expected exactly one YAML document, found {len(documents)}")
+    return load_experiment_document(documents[0], source)

@@ -1,0 +1,271 @@
+"""Pure builders: (experiment metadata, spec, plan) -> the manifests of the experiment's children.
+
+No API calls, no clock, no randomness: the same inputs give the same dicts, so the reconciler
+can create a child idempotently and tests can compare manifests field by field. Commands,
+environment and mounts come verbatim from the plan (`lanex_operator.plan`), which the local
+runner uses too. Owner references are added by the operator (kopf.adopt), not here, because
+retention decides which children the experiment owns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Mapping, Optional
+
+from lanex_operator.api.models import LaneExperimentSpec
+from lanex_operator.api.quantity import max_quantity
+from lanex_operator.plan import DATA_VOLUME, SHM_VOLUME, ContainerRun, ExperimentPlan
+
+MANAGED_BY = "lanex"
+EXPERIMENT_LABEL = "lanex.dev/experiment"
+RUNAI_SCHEDULER = "runai-scheduler"
+GPU_RESOURCE = "nvidia.com/gpu"
+SNAPSHOT_API_GROUP = "snapshot.storage.k8s.io"
+
+Manifest = dict[str, Any]
+
+
+def labels_for(plan: ExperimentPlan, component: str) -> dict[str, str]:
+    """Labels every child carries (`lanex logs`/`lanex get` select on them)."""
+    return {
+        "app.kubernetes.io/name": "lanex",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/component": component,
+        EXPERIMENT_LABEL: plan.name,
+    }
+
+
+def provenance_annotations(plan: ExperimentPlan) -> dict[str, str]:
+    """Annotations that let a child be traced back to its inputs without the experiment."""
+    return {
+        "lanex.dev/trainer-image": plan.trainer_image,
+        "lanex.dev/config-hash": plan.config_hash,
+        "lanex.dev/dataset-source": plan.dataset_source,
+    }
+
+
+def pvc_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: ExperimentPlan) -> Manifest:
+    """The dataset PVC, ReadWriteMany from the start (no PV patch needed where RWX is supported)."""
+    _check_meta(meta, plan)
+    if not plan.dataset.creates_claim:
+        raise ValueError(f"{plan.name}: dataset uses the existing claim {plan.dataset.claim_name!r}; no PVC to build")
+    if plan.dataset.restore_from is not None:
+        raise ValueError(f"{plan.name}: dataset restores snapshot {plan.dataset.restore_from!r}; use restore_pvc_for")
+    return _claim(plan, plan.dataset.size)
+
+
+def restore_pvc_for(
+    meta: Mapping[str, Any],
+    spec: LaneExperimentSpec,
+    plan: ExperimentPlan,
+    restore_size: Optional[str] = None,
+) -> Manifest:
+    """The dataset PVC restored from `dataset.fromSnapshot`, at least as large as the snapshot's restoreSize."""
+    _check_meta(meta, plan)
+    if plan.dataset.restore_from is None:
+        raise ValueError(f"{plan.name}: dataset.fromSnapshot is not set; use pvc_for")
+    size = max_quantity(plan.dataset.size, restore_size) if restore_size else plan.dataset.size
+    claim = _claim(plan, size)
+    claim["spec"]["dataSource"] = {
+        "apiGroup": SNAPSHOT_API_GROUP,
+        "kind": "VolumeSnapshot",
+        "name": plan.dataset.restore_from,
+    }
+    return claim
+
+
+def prepare_job_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: ExperimentPlan) -> Manifest:
+    """The batch/v1 Job that downloads or synthesises the data and prepares it on the volume."""
+    _check_meta(meta, plan)
+    if plan.prepare is None:
+        raise ValueError(f"{plan.name}: the dataset is restored from a snapshot and needs no prepare Job")
+    labels = labels_for(plan, "prepare")
+    container = {
+        **_container("prepare", plan.prepare.container),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": plan.names.prepare_job,
+            "namespace": plan.namespace,
+            "labels": labels,
+            "annotations": provenance_annotations(plan),
+        },
+        "spec": {
+            "backoffLimit": plan.prepare.backoff_limit,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "volumes": [_data_volume(plan)],
+                },
+            },
+        },
+    }
+
+
+def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: ExperimentPlan) -> Manifest:
+    """The kubeflow.org/v2beta1 MPIJob: one launcher running `lanex launch`, `workers` GPU workers.
+
+    With the runai scheduler the job and its pods carry `project: <project>` and the pods use
+    `runai-scheduler`; RUN:ai users create the experiment in their project's namespace
+    (`runai-<project>`), which is where the MPIJob is created too.
+    """
+    _check_meta(meta, plan)
+    train = plan.train
+    labels = labels_for(plan, "training")
+    if spec.scheduler.type == "runai":
+        labels["project"] = str(spec.scheduler.project)
+
+    launcher = {
+        **_container("launcher", train.launcher),
+        "terminationMessagePath": plan.paths.termination_log,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    worker = _container("worker", train.worker)
+    resources = _worker_resources(spec, train.gpus_per_worker)
+    if resources:
+        worker["resources"] = resources
+
+    volumes = [_data_volume(plan)]
+    if train.large_shm:
+        volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
+
+    launcher_pod: dict[str, Any] = {"containers": [launcher], "volumes": volumes}
+    worker_pod: dict[str, Any] = {"containers": [worker], "volumes": [dict(volume) for volume in volumes]}
+    if spec.training.node_selector:
+        worker_pod["nodeSelector"] = dict(spec.training.node_selector)
+    if spec.training.tolerations:
+        worker_pod["tolerations"] = [
+            toleration.model_dump(by_alias=True, exclude_none=True) for toleration in spec.training.tolerations
+        ]
+    if spec.scheduler.type == "runai":
+        launcher_pod["schedulerName"] = RUNAI_SCHEDULER
+        worker_pod["schedulerName"] = RUNAI_SCHEDULER
+
+    run_policy: dict[str, Any] = {"cleanPodPolicy": "Running", "backoffLimit": train.backoff_limit}
+    if train.active_deadline_seconds is not None:
+        run_policy["activeDeadlineSeconds"] = train.active_deadline_seconds
+
+    return {
+        "apiVersion": "kubeflow.org/v2beta1",
+        "kind": "MPIJob",
+        "metadata": {
+            "name": plan.names.mpijob,
+            "namespace": plan.namespace,
+            "labels": dict(labels),
+            "annotations": provenance_annotations(plan),
+        },
+        "spec": {
+            "slotsPerWorker": train.slots_per_worker,
+            "mpiImplementation": "OpenMPI",
+            "runPolicy": run_policy,
+            "mpiReplicaSpecs": {
+                "Launcher": {
+                    "replicas": 1,
+                    "restartPolicy": "OnFailure",
+                    "template": {"metadata": {"labels": {**labels, "lanex.dev/role": "launcher"}}, "spec": launcher_pod},
+                },
+                "Worker": {
+                    "replicas": train.workers,
+                    "restartPolicy": "OnFailure",
+                    "template": {"metadata": {"labels": {**labels, "lanex.dev/role": "worker"}}, "spec": worker_pod},
+                },
+            },
+        },
+    }
+
+
+def snapshot_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: ExperimentPlan, at: datetime) -> Manifest:
+    """The snapshot.storage.k8s.io/v1 VolumeSnapshot of the dataset PVC, named `<experiment>-<UTC time>`."""
+    _check_meta(meta, plan)
+    if plan.snapshot is None:
+        raise ValueError(f"{plan.name}: snapshot.enabled is false")
+    return {
+        "apiVersion": f"{SNAPSHOT_API_GROUP}/v1",
+        "kind": "VolumeSnapshot",
+        "metadata": {
+            "name": plan.names.snapshot(at),
+            "namespace": plan.namespace,
+            "labels": labels_for(plan, "snapshot"),
+            "annotations": provenance_annotations(plan),
+        },
+        "spec": {
+            "volumeSnapshotClassName": plan.snapshot.volume_snapshot_class_name,
+            "source": {"persistentVolumeClaimName": plan.snapshot.source_claim},
+        },
+    }
+
+
+def pv_is_shared(pv: Mapping[str, Any]) -> bool:
+    """True when a PersistentVolume can already be mounted by pods on several nodes."""
+    return "ReadWriteMany" in (pv.get("spec") or {}).get("accessModes", [])
+
+
+def pv_rwx_patch() -> Manifest:
+    """TR-4896's `kubectl patch pv NAME -p '{"spec":{"accessModes":["ReadWriteMany"]}}'` as a merge patch."""
+    return {"spec": {"accessModes": ["ReadWriteMany"]}}
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _check_meta(meta: Mapping[str, Any], plan: ExperimentPlan) -> None:
+    # A plan built for another experiment would give children the wrong names.
+    name, namespace = meta.get("name"), meta.get("namespace", plan.namespace)
+    if name != plan.name or namespace != plan.namespace:
+        raise ValueError(
+            f"plan is for {plan.namespace}/{plan.name}, metadata names {namespace}/{name}: build the plan from this experiment"
+        )
+
+
+def _claim(plan: ExperimentPlan, size: str) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": plan.dataset.claim_name,
+            "namespace": plan.namespace,
+            "labels": labels_for(plan, "dataset"),
+            "annotations": {"lanex.dev/dataset-source": plan.dataset_source},
+        },
+        "spec": {
+            "accessModes": list(plan.dataset.access_modes),
+            "storageClassName": plan.dataset.storage_class_name,
+            "volumeMode": "Filesystem",
+            "resources": {"requests": {"storage": size}},
+        },
+    }
+
+
+def _container(name: str, run: ContainerRun) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": name,
+        "image": run.image,
+        "imagePullPolicy": run.image_pull_policy,
+        "command": list(run.command),
+    }
+    if run.env:
+        container["env"] = [{"name": key, "value": value} for key, value in run.env]
+    container["volumeMounts"] = [{"name": mount.volume, "mountPath": mount.path} for mount in run.mounts]
+    return container
+
+
+def _data_volume(plan: ExperimentPlan) -> dict[str, Any]:
+    return {"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": plan.dataset.claim_name}}
+
+
+def _worker_resources(spec: LaneExperimentSpec, gpus: int) -> dict[str, dict[str, str]]:
+    requests = dict(spec.training.resources.requests)
+    limits = dict(spec.training.resources.limits)
+    if gpus > 0:
+        limits[GPU_RESOURCE] = str(gpus)
+    resources = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    return resources

@@ -1,0 +1,56 @@
+"""Timing settings of the operator, in one typed place.
+
+Why it exists: production wants patient intervals (minutes), tests and the benchmark want the same
+code to move in fractions of a second. Every interval is a field with its unit and purpose, read
+once from `LANEX_OPERATOR_*` environment variables at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+ENV_PREFIX = "LANEX_OPERATOR_"
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    """Intervals and timeouts, all in seconds."""
+
+    # Re-check an experiment at least this often even without any event (missed events, timeouts).
+    resync_seconds: float = 30.0
+    # Re-run a failed preflight check (a missing storage class may be installed later).
+    preflight_retry_seconds: float = 60.0
+    # Fail with DatasetFailed when the dataset PVC is not Bound within this time.
+    dataset_bound_timeout_seconds: float = 1800.0
+    # Delay before retrying after a retryable API error (5xx, 409, 429, connection errors).
+    retry_delay_seconds: float = 5.0
+    # How long a successful existence check (storage class, snapshot class, APIs) is trusted.
+    preflight_cache_seconds: float = 10.0
+    # Timeout of one API request made by the reconciler.
+    request_timeout_seconds: float = 30.0
+    # kopf: watch-stream server timeout and backoffs between API retries (comma-separated).
+    watch_server_timeout_seconds: float = 300.0
+    api_error_backoffs: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Read `LANEX_OPERATOR_<FIELD>` (upper case) for each field; errors name the variable."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            variable = ENV_PREFIX + field.name.upper()
+            raw = environ.get(variable)
+            if raw is None:
+                continue
+            try:
+                if field.name == "api_error_backoffs":
+                    values[field.name] = tuple(float(part) for part in raw.split(",") if part.strip())
+                else:
+                    values[field.name] = float(raw)
+            except ValueError as exc:
+                raise ValueError(f"{variable}={raw!r}: expected a number of seconds") from exc
+            if field.name != "api_error_backoffs" and float(values[field.name]) <= 0:  # type: ignore[arg-type]
+                raise ValueError(f"{variable}={raw!r}: must be > 0")
+        return cls(**values)  # type: ignore[arg-type]

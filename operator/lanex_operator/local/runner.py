@@ -1,0 +1,214 @@
+"""`lanex run`: a LaneExperiment on this machine, through the same plan as on the cluster.
+
+The experiment's volume is a directory of the workspace; each step of the plan runs as local
+processes with that directory standing in for `/mnt`: the prepare step's script, then
+`lanex launch` (torchrun or horovodrun on localhost) for training, then a local snapshot.
+Progress is recorded in `<workspace>/experiments/<name>/state.json` after every step, so
+running the same file again continues from the first unfinished step (training itself resumes
+from its newest checkpoint) and never redoes or overwrites finished work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+from lanex_operator.api.models import LaneExperimentSpec
+from lanex_operator.local.snapshots import SnapshotError, SnapshotStore
+from lanex_operator.plan import ExperimentPlan, StepName, plan_for
+
+LOCAL_NAMESPACE = "local"
+STATE_FILE = "state.json"
+
+
+class LocalRunError(RuntimeError):
+    """A step failed or cannot start; the message names the step and what to do."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Workspace:
+    """Layout of the local workspace (default `./.lanex`)."""
+
+    root: Path
+
+    def volume(self, claim: str) -> Path:
+        return self.root / "volumes" / claim
+
+    def experiment_dir(self, name: str) -> Path:
+        return self.root / "experiments" / name
+
+    @property
+    def snapshots(self) -> SnapshotStore:
+        return SnapshotStore(self.root / "snapshots")
+
+
+@dataclass
+class RunState:
+    """What has happened to one local experiment; persisted after every change."""
+
+    path: Path
+    data: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path, config_hash: str, dataset_source: str) -> "RunState":
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if data.get("configHash") != config_hash or data.get("datasetSource") != dataset_source:
+                raise LocalRunError(
+                    f"experiment state {path} was made by a different spec (training config or dataset changed); "
+                    "give the experiment a new metadata.name, or delete that directory to start over"
+                )
+            return cls(path, data)
+        return cls(path, {"phase": "Pending", "configHash": config_hash, "datasetSource": dataset_source,
+                          "steps": {}, "startTime": _now()})
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.path.with_suffix(".tmp")
+        temp.write_text(json.dumps(self.data, indent=2))
+        os.replace(temp, self.path)
+
+    def done(self, step: StepName) -> bool:
+        return self.data["steps"].get(step.value, {}).get("state") == "Done"
+
+    def mark(self, step: StepName, state: str, **details) -> None:
+        entry = self.data["steps"].setdefault(step.value, {})
+        entry.update(state=state, time=_now(), **details)
+        self.save()
+
+
+PHASE_OF_STEP = {
+    StepName.DATASET: "ProvisioningDataset", StepName.PREPARE: "Downloading", StepName.SHARE: "SharingVolume",
+    StepName.TRAIN: "Training", StepName.SNAPSHOT: "Snapshotting",
+}
+
+
+class LocalRunner:
+    def __init__(self, name: str, spec: LaneExperimentSpec, workspace: Path, echo: Callable[[str], None] = print,
+                 python_bin: Optional[Path] = None):
+        self.name, self.spec, self.echo = name, spec, echo
+        self.workspace = Workspace(workspace.resolve())
+        claim = plan_for(name, LOCAL_NAMESPACE, spec).names.dataset_claim
+        self.volume = self.workspace.volume(claim)
+        self.exp_dir = self.workspace.experiment_dir(name)
+        self.plan: ExperimentPlan = plan_for(
+            name, LOCAL_NAMESPACE, spec, mount_root=str(self.volume), termination_log=str(self.exp_dir / "termination-log")
+        )
+        self.state = RunState.load(self.exp_dir / STATE_FILE, self.plan.config_hash, self.plan.dataset_source)
+        self.bin_dir = python_bin or Path(sys.executable).parent
+
+    # -- process environment --------------------------------------------------------------------
+    def _env(self, extra: dict[str, str], processes: int = 1) -> dict[str, str]:
+        env = {**os.environ, **extra}
+        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        # Share the machine's cores between the training processes instead of oversubscribing.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        return env
+
+    def _run(self, step: StepName, argv: list[str], env: dict[str, str], log_name: str) -> None:
+        """Run one step's process tree, its output both on the terminal and in the step's log."""
+        log_path = self.exp_dir / "logs" / log_name
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            log.write(f"\n=== {_now()} {' '.join(argv)[:500]}\n".encode())
+            process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            assert process.stdout is not None
+            for chunk in iter(lambda: process.stdout.read1(4096), b""):
+                log.write(chunk)
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            code = process.wait()
+        if code != 0:
+            raise LocalRunError(f"step {step.value} failed (exit code {code}); its log is {log_path}")
+
+    # -- steps --------------------------------------------------------------------------------
+    def _dataset(self) -> dict:
+        step = self.plan.dataset
+        if step.restore_from:
+            if not self.volume.exists():
+                self.workspace.snapshots.restore(step.restore_from, self.volume)
+            return {"volume": str(self.volume), "restoredFrom": step.restore_from}
+        if not step.creates_claim and not self.volume.is_dir():
+            raise LocalRunError(
+                f"spec.dataset.existingClaim.claimName: no local volume {self.volume}; "
+                f"create it or restore a snapshot there with `lanex snapshots restore NAME --to {step.claim_name}`"
+            )
+        self.volume.mkdir(parents=True, exist_ok=True)
+        return {"volume": str(self.volume)}
+
+    def _prepare(self) -> dict:
+        prepare = self.plan.prepare
+        assert prepare is not None
+        self._run(StepName.PREPARE, list(prepare.container.command), self._env(prepare.container.env_dict()), "prepare.log")
+        return {}
+
+    def _train(self) -> dict:
+        train = self.plan.train
+        # No MPI hostfile here: `lanex launch` picks torchrun (or horovodrun) on localhost.
+        argv = list(train.launcher.command)
+        env = self._env(train.launcher.env_dict(), processes=train.processes)
+        self._run(StepName.TRAIN, argv, env, "train.log")
+        results_file = Path(self.plan.paths.output_dir) / "results.json"
+        if not results_file.is_file():
+            raise LocalRunError(f"step train finished without writing {results_file}")
+        results = json.loads(results_file.read_text())
+        return {"results": {k: results.get(k) for k in ("accuracy", "fp", "fn", "checkpoint", "images_per_second", "epochs")}}
+
+    def _snapshot(self) -> dict:
+        name = self.plan.names.snapshot(datetime.now(timezone.utc))
+        info = self.workspace.snapshots.create(self.volume, name, experiment=self.name)
+        return {"snapshot": info.name, "files": info.files, "bytes": info.bytes}
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        started = time.monotonic()
+        actions = {StepName.DATASET: self._dataset, StepName.PREPARE: self._prepare, StepName.SHARE: lambda: {"note": "local directories are shared by all processes"},
+                   StepName.TRAIN: self._train, StepName.SNAPSHOT: self._snapshot}
+        try:
+            for step in self.plan.steps:
+                if self.state.done(step):
+                    self.echo(f"[lanex] {step.value}: already done, skipping")
+                    continue
+                self.state.data["phase"] = PHASE_OF_STEP[step]
+                self.state.mark(step, "Running")
+                self.echo(f"[lanex] {step.value}: running")
+                details = actions[step]()
+                self.state.mark(step, "Done", **details)
+                if "results" in details:
+                    self.state.data["results"] = details["results"]
+                if "snapshot" in details:
+                    self.state.data.setdefault("snapshots", []).append(details["snapshot"])
+            self.state.data["phase"] = "Succeeded"
+        except (LocalRunError, SnapshotError) as error:
+            self.state.data.update(phase="Failed", message=str(error))
+            self.state.save()
+            raise LocalRunError(str(error)) from error
+        self.state.data["completionTime"] = _now()
+        self.state.data["seconds"] = self.state.data.get("seconds", 0) + round(time.monotonic() - started, 1)
+        self.state.save()
+        return self.summary()
+
+    def summary(self) -> dict:
+        data = self.state.data
+        results = data.get("results") or {}
+        output = Path(self.plan.paths.output_dir)
+        return {
+            "name": self.name, "phase": data["phase"], "workers": self.plan.train.processes,
+            "accuracy": results.get("accuracy"), "fp": results.get("fp"), "fn": results.get("fn"),
+            "snapshot": (data.get("snapshots") or [None])[-1], "seconds": data.get("seconds"),
+            "results": str(output / "results.json"), "curves": str(output / "curves.png"),
+            "overlays": str(output / "overlays"), "checkpoint": results.get("checkpoint"),
+        }

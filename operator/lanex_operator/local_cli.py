@@ -1,0 +1,106 @@
+"""`lanex run` and `lanex snapshots` for local experiments (no cluster needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DEFAULT_WORKSPACE = Path(".lanex")
+
+snapshots_app = typer.Typer(help="Snapshots of experiment volumes (local workspace, or the cluster with --cluster).",
+                            no_args_is_help=True)
+
+
+def run_command(
+    experiment: Path = typer.Argument(..., help="LaneExperiment YAML file."),
+    workspace: Path = typer.Option(DEFAULT_WORKSPACE, help="Local workspace: volumes, experiments, snapshots."),
+) -> None:
+    """Run a LaneExperiment on this machine: data, distributed training, evaluation, snapshot."""
+    from rich.console import Console
+
+    from lanex_operator.api import ExperimentFileError, load_experiment_file
+    from lanex_operator.local.runner import LocalRunError, LocalRunner
+    from lanex_operator.api.models import InvalidSpecError
+
+    console = Console(stderr=True)
+    try:
+        metadata, spec = load_experiment_file(experiment)
+        runner = LocalRunner(metadata["name"], spec, workspace, echo=lambda text: console.print(text, style="bold cyan"))
+    except (ExperimentFileError, InvalidSpecError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    except LocalRunError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    try:
+        summary = runner.run()
+    except LocalRunError as error:
+        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"run `lanex run {experiment}` again to continue from the failed step", err=True)
+        raise typer.Exit(1) from error
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: run `lanex run {experiment}` again to resume", err=True)
+        raise typer.Exit(130)
+    print_summary(summary)
+
+
+def _fmt(value: Optional[float], digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "PHASE", "WORKERS", "ACCURACY", "FP", "FN", "SNAPSHOT", "DURATION"):
+        table.add_column(column)
+    seconds = summary.get("seconds")
+    duration = "-" if seconds is None else f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
+    table.add_row(summary["name"], summary["phase"], str(summary["workers"]), _fmt(summary["accuracy"]),
+                  _fmt(summary["fp"]), _fmt(summary["fn"]), summary["snapshot"] or "-", duration)
+    console = Console()
+    console.print(table)
+    for key in ("results", "curves", "overlays", "checkpoint"):
+        if summary.get(key):
+            console.print(f"{key + ':':12}{summary[key]}")
+
+
+@snapshots_app.command("list")
+def snapshots_list(
+    workspace: Path = typer.Option(DEFAULT_WORKSPACE, help="Local workspace."),
+    experiment: Optional[str] = typer.Option(None, help="Only this experiment's snapshots."),
+) -> None:
+    """List local snapshots, oldest first."""
+    from lanex_operator.local.runner import Workspace
+
+    for info in Workspace(workspace).snapshots.list():
+        if experiment and info.experiment != experiment:
+            continue
+        typer.echo(f"{info.name}\t{info.created}\t{info.files} files\t{info.bytes / 1e6:.1f} MB\t{info.experiment or '-'}")
+
+
+@snapshots_app.command("restore")
+def snapshots_restore(
+    name: str = typer.Argument(..., help="Snapshot name."),
+    to: str = typer.Option(..., "--to", help="Name of the new volume (claim) to restore into."),
+    workspace: Path = typer.Option(DEFAULT_WORKSPACE, help="Local workspace."),
+) -> None:
+    """Restore a snapshot into a new local volume, verified file by file against its manifest."""
+    from lanex_operator.local.runner import Workspace
+    from lanex_operator.local.snapshots import SnapshotError
+
+    space = Workspace(workspace)
+    try:
+        target = space.snapshots.restore(name, space.volume(to))
+    except SnapshotError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"restored {name} into {target} (verified)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
+    app.add_typer(snapshots_app, name="snapshots")

@@ -1,0 +1,395 @@
+"""The cluster's own controllers, simulated over HTTP against the emulator.
+
+Why it exists: the operator only creates objects and waits for other controllers to move them on.
+Here those controllers are played by small watch loops that talk to the emulator through its HTTP
+API, as real controllers talk to the apiserver:
+
+* a CSI provisioner (Trident on ANF): binds PVCs to new PVs that start ReadWriteOnce, like the
+  volume in TR-4896 that had to be patched to ReadWriteMany; restores PVCs whose dataSource is a
+  ready VolumeSnapshot (size at least its restoreSize);
+* the Job controller: one pod per Job, success or failure with a termination message;
+* the mpi-operator: Created -> Running -> Succeeded/Failed conditions and a launcher pod whose
+  termination message is the trainer's results JSON;
+* the snapshot controller: VolumeSnapshotContent, readyToUse, restoreSize, creationTime, or an error.
+
+Every step can be made to fail or stall through `SimKnobs`, keyed by the experiment name (the
+`lanex.dev/experiment` label) or by the object's own name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import string
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from k8s.emulator import SYSTEM_USER_AGENT, now_rfc3339
+
+EXPERIMENT_LABEL = "lanex.dev/experiment"
+log = logging.getLogger("lanex.tests.cluster_sim")
+
+DEFAULT_RESULTS = {"accuracy": 0.9512, "fp": 0.0621, "fn": 0.0544,
+                   "checkpoint": "/mnt/experiments/exp/checkpoints/best.pt"}
+
+
+@dataclasses.dataclass
+class SimKnobs:
+    """How the simulated cluster behaves. Failure maps: experiment or object name -> message."""
+
+    pv_access_modes: tuple[str, ...] = ("ReadWriteOnce",)
+    bind_delay: float = 0.05
+    fail_binding: dict[str, str] = dataclasses.field(default_factory=dict)
+    job_duration: float = 0.1
+    fail_jobs: dict[str, str] = dataclasses.field(default_factory=dict)
+    mpijob_start_delay: float = 0.05
+    mpijob_duration: float = 0.15
+    fail_mpijobs: dict[str, str] = dataclasses.field(default_factory=dict)
+    training_results: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RESULTS))
+    snapshot_delay: float = 0.05
+    fail_snapshots: dict[str, str] = dataclasses.field(default_factory=dict)
+    stall_snapshots: set[str] = dataclasses.field(default_factory=set)
+    paused: set[str] = dataclasses.field(default_factory=set)  # kinds whose controller holds its next step
+
+    def failure(self, table: Mapping[str, str], obj: Mapping[str, Any]) -> str | None:
+        meta = obj.get("metadata", {})
+        for key in (meta.get("name"), (meta.get("labels") or {}).get(EXPERIMENT_LABEL)):
+            if key is not None and key in table:
+                return table[key]
+        return None
+
+    def matches(self, names: set[str], obj: Mapping[str, Any]) -> bool:
+        meta = obj.get("metadata", {})
+        return meta.get("name") in names or (meta.get("labels") or {}).get(EXPERIMENT_LABEL) in names
+
+
+def _suffix() -> str:
+    return "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+
+
+def parse_quantity(value: str) -> int:
+    """Bytes in a Kubernetes quantity such as 100Gi, 1T or 5368709120."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
+    for suffix in sorted(units, key=len, reverse=True):
+        if value.endswith(suffix):
+            return int(float(value[: -len(suffix)]) * units[suffix])
+    return int(float(value))
+
+
+class ClusterSimulation:
+    """Runs the simulated controllers as tasks on the emulator's event loop, over HTTP."""
+
+    def __init__(self, base_url: str, knobs: SimKnobs | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.knobs = knobs or SimKnobs()
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._busy: set[tuple[str, str]] = set()
+        self._done: set[tuple[str, str]] = set()
+        self.errors: list[str] = []
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(headers={"User-Agent": f"{SYSTEM_USER_AGENT}/1"})
+        watches = {
+            "/api/v1/persistentvolumeclaims": self._on_pvc,
+            "/apis/batch/v1/jobs": self._on_job,
+            "/apis/kubeflow.org/v2beta1/mpijobs": self._on_mpijob,
+            "/apis/snapshot.storage.k8s.io/v1/volumesnapshots": self._on_snapshot,
+        }
+        for path, handler in watches.items():
+            self._tasks.append(asyncio.create_task(self._watch(path, handler)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._session is not None:
+            await self._session.close()
+
+    # ---- HTTP plumbing
+
+    async def request(self, method: str, path: str, body: Any = None,
+                      content_type: str = "application/merge-patch+json") -> dict[str, Any]:
+        assert self._session is not None
+        headers = {"Content-Type": content_type} if body is not None else {}
+        async with self._session.request(method, self.base_url + path, data=None if body is None else json.dumps(body),
+                                         headers=headers) as response:
+            payload = await response.json()
+            if response.status >= 400:
+                raise RuntimeError(f"{method} {path}: {response.status} {payload.get('message')}")
+            return payload
+
+    async def _watch(self, path: str, handler: Any) -> None:
+        """List-then-watch with resumption, dispatching every object state to a level-triggered handler."""
+        assert self._session is not None
+        since = ""
+        while True:
+            try:
+                url = f"{self.base_url}{path}?watch=true" + (f"&resourceVersion={since}" if since else "")
+                async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=None)) as response:
+                    async for line in response.content:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":
+                            since = ""
+                            break
+                        obj = event["object"]
+                        since = obj["metadata"]["resourceVersion"]
+                        if event["type"] != "DELETED":
+                            self._spawn(handler, obj)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the emulator restarts watches; keep going like a controller would
+                log.debug("watch %s broke: %r", path, exc)
+                await asyncio.sleep(0.05)
+
+    def _spawn(self, handler: Any, obj: dict[str, Any]) -> None:
+        key = (obj["kind"], obj["metadata"]["uid"])
+        if key in self._busy or key in self._done:
+            return
+        self._busy.add(key)
+
+        async def run() -> None:
+            try:
+                finished = await handler(obj)
+                if finished:
+                    self._done.add(key)
+            except Exception as exc:
+                self.errors.append(f"{key}: {exc!r}")
+                log.warning("simulated controller failed on %s: %r", key, exc)
+            finally:
+                self._busy.discard(key)
+
+        self._tasks.append(asyncio.create_task(run()))
+
+    async def _hold(self, kind: str) -> None:
+        while kind in self.knobs.paused:
+            await asyncio.sleep(0.02)
+
+    async def event(self, obj: Mapping[str, Any], reason: str, message: str, type_: str = "Warning") -> None:
+        meta = obj["metadata"]
+        namespace = meta.get("namespace") or "default"
+        await self.request("POST", f"/api/v1/namespaces/{namespace}/events", {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
+            "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],
+                               "namespace": namespace, "uid": meta["uid"]},
+            "reason": reason, "message": message, "type": type_, "source": {"component": "cluster-sim"},
+            "firstTimestamp": now_rfc3339(), "lastTimestamp": now_rfc3339(), "count": 1,
+        }, content_type="application/json")
+
+    # ---- CSI provisioner
+
+    async def _on_pvc(self, pvc: dict[str, Any]) -> bool:
+        if (pvc.get("status") or {}).get("phase") == "Bound" or pvc["metadata"].get("deletionTimestamp"):
+            return True
+        await self._hold("PersistentVolumeClaim")
+        await asyncio.sleep(self.knobs.bind_delay)
+        meta, spec = pvc["metadata"], pvc.get("spec", {})
+        namespace, name = meta["namespace"], meta["name"]
+        failure = self.knobs.failure(self.knobs.fail_binding, pvc)
+        if failure:
+            await self.event(pvc, "ProvisioningFailed", failure)
+            return True
+        size = spec.get("resources", {}).get("requests", {}).get("storage", "1Gi")
+        source = spec.get("dataSource") or spec.get("dataSourceRef")
+        if source and source.get("kind") == "VolumeSnapshot":
+            status = await self._ready_snapshot(pvc, namespace, source["name"])
+            if status is None:
+                return True
+            if parse_quantity(size) < parse_quantity(status.get("restoreSize", "0")):
+                await self.event(pvc, "ProvisioningFailed", f"requested volume size {size} is less than the "
+                                                            f"size {status['restoreSize']} of the snapshot")
+                return True
+        pv_name = f"pvc-{meta['uid']}"
+        await self.request("POST", "/api/v1/persistentvolumes", {
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": pv_name, "annotations": {"pv.kubernetes.io/provisioned-by": "csi.trident.netapp.io"}},
+            "spec": {"capacity": {"storage": size}, "accessModes": list(self.knobs.pv_access_modes),
+                     "persistentVolumeReclaimPolicy": "Delete", "storageClassName": spec.get("storageClassName"),
+                     "volumeMode": "Filesystem",
+                     "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": namespace,
+                                  "name": name, "uid": meta["uid"]},
+                     "csi": {"driver": "csi.trident.netapp.io", "volumeHandle": pv_name}},
+        }, content_type="application/json")
+        await self.request("PATCH", f"/api/v1/persistentvolumes/{pv_name}/status", {"status": {"phase": "Bound"}})
+        await self.request("PATCH", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}",
+                           {"spec": {"volumeName": pv_name}})
+        await self.request("PATCH", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}/status", {
+            "status": {"phase": "Bound", "accessModes": list(self.knobs.pv_access_modes),
+                       "capacity": {"storage": size}}})
+        return True
+
+    async def _ready_snapshot(self, pvc: dict[str, Any], namespace: str, name: str,
+                              patience: float = 30.0) -> dict[str, Any] | None:
+        """Wait, like the provisioner does, for the restore source to be ready; None when it never is."""
+        path = f"/apis/snapshot.storage.k8s.io/v1/namespaces/{namespace}/volumesnapshots/{name}"
+        waited, reported = 0.0, False
+        while waited < patience:
+            try:
+                status = (await self.request("GET", path)).get("status") or {}
+                if status.get("readyToUse"):
+                    return status
+            except RuntimeError:
+                if not reported:
+                    await self.event(pvc, "ProvisioningFailed", f"volumesnapshot {name} not found")
+                    reported = True
+            await asyncio.sleep(0.1)
+            waited += 0.1
+        return None
+
+    # ---- Job controller
+
+    async def _on_job(self, job: dict[str, Any]) -> bool:
+        status = job.get("status") or {}
+        if any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in status.get("conditions") or []):
+            return True
+        await self._hold("Job")
+        meta = job["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        base = f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}/status"
+        start = now_rfc3339()
+        await self.request("PATCH", base, {"status": {"active": 1, "startTime": start}})
+        pod = await self._pod(job, f"{name}-{_suffix()}", {"batch.kubernetes.io/job-name": name, "job-name": name,
+                                                          "batch.kubernetes.io/controller-uid": meta["uid"]})
+        await asyncio.sleep(self.knobs.job_duration)
+        await self._hold("Job")
+        failure = self.knobs.failure(self.knobs.fail_jobs, job)
+        if failure:
+            await self._terminate(pod, exit_code=1, message=failure)
+            await self.request("PATCH", base, {"status": {"active": 0, "failed": 1 + job["spec"].get("backoffLimit", 0),
+                                                          "conditions": [{
+                "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit", "lastTransitionTime": now_rfc3339()}]}})
+        else:
+            await self._terminate(pod, exit_code=0, message="prepared /mnt/tusimple_data")
+            await self.request("PATCH", base, {"status": {"active": 0, "succeeded": 1, "completionTime": now_rfc3339(),
+                                                          "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now_rfc3339()},
+                {"type": "Complete", "status": "True", "lastTransitionTime": now_rfc3339()}]}})
+        return True
+
+    async def _pod(self, owner: dict[str, Any], name: str, labels: dict[str, str]) -> dict[str, Any]:
+        meta = owner["metadata"]
+        template = self._pod_template(owner)
+        pod = await self.request("POST", f"/api/v1/namespaces/{meta['namespace']}/pods", {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels, "ownerReferences": [{
+                "apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"], "uid": meta["uid"],
+                "controller": True, "blockOwnerDeletion": True}]},
+            "spec": template.get("spec") or {"containers": [{"name": "main", "image": "busybox"}]},
+        }, content_type="application/json")
+        await self.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{name}/status",
+                           {"status": {"phase": "Running", "startTime": now_rfc3339()}})
+        return pod
+
+    @staticmethod
+    def _pod_template(owner: Mapping[str, Any]) -> Mapping[str, Any]:
+        spec = owner.get("spec") or {}
+        if "template" in spec:
+            return spec["template"]
+        launcher = (spec.get("mpiReplicaSpecs") or {}).get("Launcher") or {}
+        return launcher.get("template") or {}
+
+    async def _terminate(self, pod: Mapping[str, Any], exit_code: int, message: str) -> None:
+        meta = pod["metadata"]
+        containers = (pod.get("spec") or {}).get("containers") or [{"name": "main"}]
+        await self.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", {
+            "status": {"phase": "Succeeded" if exit_code == 0 else "Failed", "containerStatuses": [{
+                "name": containers[0].get("name", "main"), "ready": False, "restartCount": 0,
+                "state": {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                                         "message": message, "finishedAt": now_rfc3339()}}}]}})
+
+    # ---- mpi-operator
+
+    async def _on_mpijob(self, mpijob: dict[str, Any]) -> bool:
+        conditions = (mpijob.get("status") or {}).get("conditions") or []
+        if any(c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True" for c in conditions):
+            return True
+        await self._hold("MPIJob")
+        meta = mpijob["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        base = f"/apis/kubeflow.org/v2beta1/namespaces/{namespace}/mpijobs/{name}/status"
+        workers = mpijob["spec"]["mpiReplicaSpecs"]["Worker"].get("replicas", 1)
+        created = {"type": "Created", "status": "True", "reason": "MPIJobCreated",
+                   "message": f"MPIJob {namespace}/{name} is created.", "lastTransitionTime": now_rfc3339()}
+        await self.request("PATCH", base, {"status": {"conditions": [created]}})
+        await asyncio.sleep(self.knobs.mpijob_start_delay)
+        launcher = await self._pod(mpijob, f"{name}-launcher-{_suffix()}", {
+            "training.kubeflow.org/job-name": name, "training.kubeflow.org/job-role": "launcher",
+            "training.kubeflow.org/operator-name": "mpi-operator"})
+        running = {"type": "Running", "status": "True", "reason": "MPIJobRunning",
+                   "message": f"MPIJob {namespace}/{name} is running.", "lastTransitionTime": now_rfc3339()}
+        await self.request("PATCH", base, {"status": {"startTime": now_rfc3339(), "conditions": [created, running],
+                                                      "replicaStatuses": {"Launcher": {"active": 1},
+                                                                          "Worker": {"active": workers}}}})
+        await asyncio.sleep(self.knobs.mpijob_duration)
+        await self._hold("MPIJob")
+        failure = self.knobs.failure(self.knobs.fail_mpijobs, mpijob)
+        done = dict(running, status="False", lastTransitionTime=now_rfc3339())
+        if failure:
+            await self._terminate(launcher, exit_code=1, message=failure)
+            final = {"type": "Failed", "status": "True", "reason": "MPIJobFailed",
+                     "message": f"MPIJob {namespace}/{name} has failed because 1 Launcher replica(s) failed.",
+                     "lastTransitionTime": now_rfc3339()}
+            replicas = {"Launcher": {"failed": 1}, "Worker": {}}
+        else:
+            await self._terminate(launcher, exit_code=0, message=json.dumps(self.knobs.training_results))
+            final = {"type": "Succeeded", "status": "True", "reason": "MPIJobSucceeded",
+                     "message": f"MPIJob {namespace}/{name} successfully completed.", "lastTransitionTime": now_rfc3339()}
+            replicas = {"Launcher": {"succeeded": 1}, "Worker": {}}
+        await self.request("PATCH", base, {"status": {"completionTime": now_rfc3339(), "conditions": [created, done, final],
+                                                      "replicaStatuses": replicas}})
+        return True
+
+    # ---- snapshot controller
+
+    async def _on_snapshot(self, snapshot: dict[str, Any]) -> bool:
+        status = snapshot.get("status") or {}
+        if status.get("readyToUse") or snapshot["metadata"].get("deletionTimestamp"):
+            return True
+        await self._hold("VolumeSnapshot")
+        await asyncio.sleep(self.knobs.snapshot_delay)
+        meta = snapshot["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        base = f"/apis/snapshot.storage.k8s.io/v1/namespaces/{namespace}/volumesnapshots/{name}/status"
+        if self.knobs.matches(self.knobs.stall_snapshots, snapshot):
+            await self.request("PATCH", base, {"status": {"readyToUse": False}})
+            return True
+        failure = self.knobs.failure(self.knobs.fail_snapshots, snapshot)
+        if failure:
+            await self.request("PATCH", base, {"status": {"readyToUse": False, "error": {
+                "message": failure, "time": now_rfc3339()}}})
+            return True
+        pvc_name = snapshot["spec"]["source"]["persistentVolumeClaimName"]
+        try:
+            pvc = await self.request("GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{pvc_name}")
+        except RuntimeError as exc:
+            await self.request("PATCH", base, {"status": {"readyToUse": False, "error": {
+                "message": f"failed to get input parameters to create snapshot {name}: {exc}", "time": now_rfc3339()}}})
+            return True
+        size = ((pvc.get("status") or {}).get("capacity") or {}).get("storage", "1Gi")
+        content = f"snapcontent-{meta['uid']}"
+        await self.request("POST", "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents", {
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+            "metadata": {"name": content},
+            "spec": {"deletionPolicy": "Delete", "driver": "csi.trident.netapp.io",
+                     "source": {"volumeHandle": pvc.get("spec", {}).get("volumeName", "")},
+                     "volumeSnapshotClassName": snapshot["spec"].get("volumeSnapshotClassName"),
+                     "volumeSnapshotRef": {"kind": "VolumeSnapshot", "namespace": namespace, "name": name,
+                                           "uid": meta["uid"]}},
+        }, content_type="application/json")
+        await self.request("PATCH", base, {"status": {
+            "boundVolumeSnapshotContentName": content, "creationTime": now_rfc3339(),
+            "readyToUse": True, "restoreSize": size}})
+        return True

@@ -1,0 +1,91 @@
+"""Every example experiment is valid for the models and the CRD, builds valid children, and says
+what the README promises (quickstart: local synthetic demo; TR-4896's run on RUN:ai; ...)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from lanex_operator.api import load_experiment_file, validate_against_crd
+from lanex_operator.builders import mpijob_for, prepare_job_for, pvc_for, restore_pvc_for, snapshot_for
+from lanex_operator.plan import plan_for
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FILES = sorted(EXAMPLES.glob("*.yaml"))
+
+
+def test_the_four_documented_examples_exist():
+    assert {path.name for path in FILES} >= {
+        "quickstart.yaml",
+        "tusimple-runai-3gpu.yaml",
+        "restore-from-snapshot.yaml",
+        "kubeflow-torch-ddp.yaml",
+    }
+
+
+@pytest.mark.parametrize("path", FILES, ids=[path.name for path in FILES])
+def test_example_is_valid_for_the_models_and_the_crd(path: Path):
+    metadata, spec = load_experiment_file(path)
+    assert metadata["name"] == path.stem
+    (document,) = list(yaml.safe_load_all(path.read_text()))
+    assert validate_against_crd(document) == []
+
+
+@pytest.mark.parametrize("path", FILES, ids=[path.name for path in FILES])
+def test_example_builds_valid_children(path: Path):
+    metadata, spec = load_experiment_file(path)
+    meta = {"name": metadata["name"], "namespace": metadata.get("namespace", "default")}
+    plan = plan_for(meta["name"], meta["namespace"], spec)
+    if plan.dataset.restore_from:
+        builtins = [restore_pvc_for(meta, spec, plan, "100Gi")]
+    elif plan.dataset.creates_claim:
+        builtins = [pvc_for(meta, spec, plan)]
+    else:
+        builtins = []
+    if plan.prepare is not None:
+        builtins.append(prepare_job_for(meta, spec, plan))
+    for replica in mpijob_for(meta, spec, plan)["spec"]["mpiReplicaSpecs"].values():
+        builtins.append({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": replica["template"]})
+    for manifest in builtins:
+        assert kubernetes_validate.validate(manifest, "1.30", strict=True) == "1.30"
+    if plan.snapshot is not None:
+        snapshot = snapshot_for(meta, spec, plan, datetime(2025, 1, 1, tzinfo=timezone.utc))
+        assert snapshot["metadata"]["name"] == f"{meta['name']}-20250101000000"
+
+
+def test_quickstart_is_a_small_local_synthetic_run():
+    _, spec = load_experiment_file(EXAMPLES / "quickstart.yaml")
+    assert spec.dataset.synthetic is not None
+    assert (spec.dataset.synthetic.clips, spec.dataset.synthetic.seed) == (300, 0)
+    training = spec.training
+    assert (training.workers, training.gpus_per_worker, training.backbone, training.backend) == (2, 0, "small", "torch")
+    assert (training.height, training.width) == (144, 400)
+    assert 1 <= training.epochs <= 10
+    assert spec.snapshot.enabled
+
+
+def test_tusimple_runai_example_is_tr4896s_run():
+    metadata, spec = load_experiment_file(EXAMPLES / "tusimple-runai-3gpu.yaml")
+    assert metadata["namespace"] == "runai-lane-detection"
+    assert spec.dataset.download is not None
+    hosts = {urlparse(entry.url).hostname for entry in spec.dataset.download.urls}
+    assert hosts == {"datasets.example.com"}  # placeholders, documented as to be replaced
+    assert all(entry.url.startswith("https://") for entry in spec.dataset.download.urls)
+    training = spec.training
+    assert (training.workers, training.gpus_per_worker, training.batch_size, training.loader_workers) == (3, 1, 33, 4)
+    assert training.validation.enabled is False and training.backend == "horovod"
+    assert (spec.scheduler.type, spec.scheduler.project) == ("runai", "lane-detection")
+    assert spec.snapshot.enabled
+    assert "replace" in (EXAMPLES / "tusimple-runai-3gpu.yaml").read_text().lower()
+
+
+def test_restore_and_kubeflow_examples_show_their_feature():
+    _, restore = load_experiment_file(EXAMPLES / "restore-from-snapshot.yaml")
+    assert restore.dataset.from_snapshot is not None
+    _, kubeflow = load_experiment_file(EXAMPLES / "kubeflow-torch-ddp.yaml")
+    assert (kubeflow.scheduler.type, kubeflow.training.backend) == ("kubeflow", "torch")
