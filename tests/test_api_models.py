@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -175,6 +176,13 @@ def test_every_problem_is_reported_at_once_with_the_value_given():
         "spec.training.backend: must be one of 'horovod' or 'torch' (got 'mpi')",
         "spec.training.workers: must be >= 1 (got 0)",
     ]
+
+
+def test_a_read_only_mapping_like_kopfs_spec_view_parses():
+    view = MappingProxyType({"dataset": MappingProxyType({"synthetic": {"clips": 5}}), "training": {"env": ({"name": "A"},)}})
+    spec = parse_spec(view)
+    assert spec.dataset.synthetic is not None and spec.dataset.synthetic.clips == 5
+    assert [entry.name for entry in spec.training.env] == ["A"]
 
 
 def test_a_spec_that_is_not_a_mapping_is_invalid():

@@ -34,6 +34,19 @@ DEFAULT_STORAGE_CLASS = "azurenetappfiles"
 DEFAULT_SNAPSHOT_CLASS = "netapp-csi-snapclass"
 
 
+def load_crd() -> dict[str, Any] | None:
+    """The LaneExperiment CRD: the checked-in file, else generated from the API models."""
+    if CRD_PATH.exists():
+        for doc in yaml.safe_load_all(CRD_PATH.read_text()):
+            if doc and doc.get("kind") == "CustomResourceDefinition":
+                return doc
+    try:
+        from lanex_operator.api.crd import build_crd
+    except ImportError:
+        return None
+    return build_crd()
+
+
 class EmulatedCluster:
     """The emulator, the cluster simulation and a kubeconfig, started and stopped as one."""
 
@@ -59,10 +72,10 @@ class EmulatedCluster:
         return self
 
     async def _astart(self) -> None:
-        if CRD_PATH.exists():
-            for doc in yaml.safe_load_all(CRD_PATH.read_text()):
-                if doc and doc.get("kind") == "CustomResourceDefinition":
-                    self.emulator.register_crd(doc)
+        crd = load_crd()
+        if crd is not None:
+            self.emulator.register_crd(crd)
+            self.create(crd)
         else:
             self.emulator.register(FALLBACK_LANEEXPERIMENT)
         await self.emulator.__aenter__()

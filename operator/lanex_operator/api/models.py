@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -521,14 +522,23 @@ def check_experiment_name(name: Any) -> str:
 
 
 def parse_spec(spec: Any) -> LaneExperimentSpec:
-    """Validate a LaneExperiment spec (a dict from YAML or the API server) into the typed model.
+    """Validate a LaneExperiment spec (a mapping from YAML, the API server or kopf) into the model.
 
     Raises InvalidSpecError whose message lists every problem as `spec.path: reason`.
     """
-    if not isinstance(spec, dict):
+    if not isinstance(spec, Mapping):
         raise InvalidSpecError(f"spec: must be an object (got {type(spec).__name__})")
     try:
-        return LaneExperimentSpec.model_validate(spec)
+        return LaneExperimentSpec.model_validate(_plain(spec))
     except ValidationError as error:
         problems = describe_errors(error.errors(include_url=False))
         raise InvalidSpecError("; ".join(problems), problems) from None
+
+
+def _plain(value: Any) -> Any:
+    # kopf hands over read-only mapping views; strict validation wants plain dicts and lists.
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value

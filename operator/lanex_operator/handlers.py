@@ -1,0 +1,147 @@
+"""kopf wiring: which events reach the reconciler, and how the operator logs in and starts.
+
+Why it exists: kopf's decorators are the operator's edge; they stay tiny and keyword-only, and all
+decisions live in `reconciler` (lifecycle) and `retention` (deletion). The design is level-
+triggered: one daemon per unfinished LaneExperiment runs `Reconciler.reconcile` whenever something
+about it changed (its own events, or a watch event of a labelled child, which pokes it through
+`Wakers`) and at least every `resync_seconds`. A restart only re-reads state: progress is in the
+experiment's status and in the children themselves, never in memory.
+
+Handlers are registered into an explicit `kopf.OperatorRegistry` (no import-time registration), so
+tests and `run_operator` can build as many independent operators as they need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import kopf
+
+from lanex_operator.api.models import GROUP, PLURAL, VERSION
+from lanex_operator.children import EXPERIMENT_LABEL, WATCHED_KINDS, ChildCache, ChildKind, Wakers
+from lanex_operator.config import OperatorConfig
+from lanex_operator.kube import Kube, KubeError
+from lanex_operator.metrics import OperatorMetrics
+from lanex_operator.preflight import Preflight
+from lanex_operator.reconciler import Reconciler
+from lanex_operator.retention import release
+from lanex_operator.status import TERMINAL_PHASES, StatusBook
+
+FINALIZER = "lanex.dev/finalizer"
+BOOK_KEY = "lanex_status_book"
+
+
+@dataclasses.dataclass
+class OperatorState:
+    """What all handlers share; lives in kopf's operator-level memo as `memo.lanex`."""
+
+    config: OperatorConfig
+    metrics: OperatorMetrics
+    cache: ChildCache = dataclasses.field(default_factory=ChildCache)
+    wakers: Wakers = dataclasses.field(default_factory=Wakers)
+    kube: Kube | None = None
+    reconciler: Reconciler | None = None
+
+
+def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    """kopf settings for one replica: our finalizer, progress in annotations and status, Events at INFO."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.SmartProgressStorage(prefix="lanex.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="lanex.dev",
+                                                                            key="last-handled-configuration")
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = config.watch_server_timeout_seconds
+    settings.watching.client_timeout = config.watch_server_timeout_seconds + 10
+    settings.networking.error_backoffs = list(config.api_error_backoffs)
+    settings.networking.request_timeout = config.request_timeout_seconds
+    settings.batching.error_delays = [min(d, config.retry_delay_seconds) for d in (1, 1, 2, 5, 10, 30)]
+    settings.background.instant_exit_timeout = 0.5
+
+
+def _unfinished(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in TERMINAL_PHASES
+
+
+def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
+    """Register every handler of the operator into `registry`."""
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+        configure_settings(settings, state.config)
+        info = kopf.login_via_client(logger=logger, settings=settings)
+        if info is None:
+            raise kopf.PermanentError("cannot log in: neither in-cluster nor kubeconfig credentials were found")
+        state.kube = Kube.from_connection_info(info, state.config.request_timeout_seconds)
+        preflight = Preflight(state.kube, state.config.preflight_cache_seconds)
+        state.reconciler = Reconciler(state.kube, state.cache, preflight, state.metrics, state.config)
+        for problem in await preflight.cluster():
+            logger.warning(f"preflight: {problem.reason}: {problem.message} (experiments wait until it is fixed)")
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        if state.kube is not None:
+            await state.kube.close()
+
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, when=_unfinished, cancellation_timeout=2.0,
+                 backoff=state.config.retry_delay_seconds)
+    async def experiment(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+        """Drive one experiment to Succeeded or Failed."""
+        assert state.reconciler is not None
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        book: StatusBook = memo.get(BOOK_KEY) or StatusBook(body.get("status"), int(meta.get("generation") or 1))
+        memo[BOOK_KEY] = book  # survives daemon restarts: it holds writes the API has not confirmed yet
+        state.wakers.event(namespace, name)
+        while True:
+            book.generation = int(body["metadata"].get("generation") or 1)
+            try:
+                wait = await state.reconciler.reconcile(body, book)
+            except kopf.TemporaryError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, KubeError) and exc.retryable:
+                    raise kopf.TemporaryError(f"retryable API error: {exc}",
+                                              delay=state.config.retry_delay_seconds) from exc
+                state.metrics.reconcile_errors.labels(kind="unexpected").inc()
+                raise
+            if wait is None:
+                logger.info(f"experiment finished: {book.phase}: {book.data.get('message', '')}")
+                return
+            await state.wakers.wait(namespace, name, wait)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def experiment_changed(type: str, name: str, namespace: str, **_: Any) -> None:
+        if type != "DELETED":
+            state.wakers.poke(namespace, name)
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    async def experiment_deleted(body: kopf.Body, uid: str, name: str, namespace: str, logger: kopf.Logger,
+                                 **_: Any) -> None:
+        """Honour the retention policy before the finalizer goes."""
+        assert state.kube is not None
+        released = await release(state.kube, body)
+        logger.info(f"released the experiment's storage: {released.summary()}")
+        kopf.info(dict(body), reason="Deleted", message=released.summary())
+        state.metrics.observe_phase(uid, None)
+        state.wakers.forget(namespace, name)
+
+    for kind in WATCHED_KINDS:
+        _register_child(registry, state, kind)
+
+
+def _register_child(registry: kopf.OperatorRegistry, state: OperatorState, kind: ChildKind) -> None:
+    @kopf.on.event(kind.group, kind.version, kind.plural, registry=registry, id=f"child-{kind.plural}",
+                   labels={EXPERIMENT_LABEL: kopf.PRESENT})
+    def child_changed(type: str, body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> None:
+        raw = dict(body)
+        if type == "DELETED":
+            state.cache.forget(kind, raw)
+        else:
+            state.cache.put(kind, raw)
+        state.wakers.poke(namespace, labels[EXPERIMENT_LABEL])

@@ -1,0 +1,536 @@
+"""The LaneExperiment lifecycle: one idempotent pass that looks at the world and takes the next step.
+
+Why it exists: this is the operator's decision logic, kept apart from kopf's wiring (`handlers`).
+A pass reads the experiment (spec and the status the operator wrote) and its children (from the
+watch cache, else the API), then walks the steps of TR-4896 in order:
+
+    Preflight -> dataset PVC Bound -> prepare Job (skipped for restores and prepared claims)
+    -> PV shared ReadWriteMany -> MPIJob succeeded (results read) -> VolumeSnapshot ready
+    -> Succeeded, or Failed with a reason
+
+Each step that is already done is skipped; each step that is not creates its child under a
+deterministic name (an existing one is adopted, not duplicated) and returns how long to wait. The
+only non-deterministic name, the snapshot's timestamp, is written to status before the snapshot is
+created, so a restart at any moment creates exactly one of each child. Status is written at most
+once per step, and an Event is posted for every transition.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+
+from lanex_operator import builders
+from lanex_operator.api.models import (
+    API_VERSION,
+    PLURAL,
+    ChildNames,
+    ConditionType,
+    FailureReason,
+    InvalidSpecError,
+    LaneExperimentSpec,
+    Phase,
+    Provenance,
+    Results,
+    parse_spec,
+)
+from lanex_operator.children import JOB, MPIJOB, PVC, SNAPSHOT, ChildCache, ChildKind
+from lanex_operator.config import OperatorConfig
+from lanex_operator.kube import Kube, KubeError, object_path
+from lanex_operator.metrics import OperatorMetrics
+from lanex_operator.plan import ExperimentPlan, plan_for
+from lanex_operator.preflight import Preflight
+from lanex_operator.status import StatusBook
+
+PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, skip the prepare Job
+SPEC_ANNOTATION = "lanex.dev/spec"  # on the MPIJob: the spec training started with
+GENERATION_ANNOTATION = "lanex.dev/generation"  # on the MPIJob: the experiment generation of that spec
+LAUNCHER_SELECTOR = "training.kubeflow.org/job-name={name},training.kubeflow.org/job-role=launcher"
+JOB_POD_SELECTOR = "batch.kubernetes.io/job-name={name}"
+MESSAGE_LIMIT = 1024
+
+C = ConditionType
+EventPoster = Callable[[Mapping[str, Any], str, str, str], None]
+log = logging.getLogger("lanex.operator")
+
+# The failure reason of an API error that cannot be retried, by the phase it happened in.
+PHASE_FAILURES = {
+    Phase.PENDING.value: FailureReason.DATASET_FAILED,
+    Phase.PROVISIONING_DATASET.value: FailureReason.DATASET_FAILED,
+    Phase.DOWNLOADING.value: FailureReason.DOWNLOAD_FAILED,
+    Phase.SHARING_VOLUME.value: FailureReason.DATASET_FAILED,
+    Phase.TRAINING.value: FailureReason.TRAINING_FAILED,
+    Phase.SNAPSHOTTING.value: FailureReason.SNAPSHOT_FAILED,
+}
+
+
+def kopf_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """Post a Kubernetes Event about the experiment through kopf's event poster."""
+    kopf.event(dict(body), type=type_, reason=reason, message=message[:MESSAGE_LIMIT])
+
+
+def _true(conditions: list[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
+    for condition in conditions or []:
+        if condition.get("type") == type_ and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
+
+
+class Reconciler:
+    """Decides and takes the next step of one experiment; shared by all experiments."""
+
+    def __init__(self, kube: Kube, cache: ChildCache, preflight: Preflight, metrics: OperatorMetrics,
+                 config: OperatorConfig, post_event: EventPoster = kopf_event,
+                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self.kube = kube
+        self.cache = cache
+        self.preflight = preflight
+        self.metrics = metrics
+        self.config = config
+        self.post_event = post_event
+        self.now = now
+
+    # ---- the pass
+
+    async def reconcile(self, body: Mapping[str, Any], book: StatusBook) -> float | None:
+        """One pass; returns seconds until the next check, or None once the experiment is finished."""
+        if book.terminal:
+            return None
+        try:
+            return await self._pass(body, book)
+        except KubeError as exc:
+            if exc.retryable:
+                self.metrics.reconcile_errors.labels(kind="retryable").inc()
+                raise
+            self.metrics.reconcile_errors.labels(kind="permanent").inc()
+            reason = PHASE_FAILURES.get(book.phase or "", FailureReason.DATASET_FAILED)
+            book.fail(reason, _clip(f"API request failed and cannot be retried: {exc}"))
+            await self.flush(body, book)
+            return None
+
+    async def _pass(self, body: Mapping[str, Any], book: StatusBook) -> float | None:
+        effective = await self._effective_spec(body, book)
+        if effective is None:
+            await self.flush(body, book)
+            return None
+        spec, plan = effective
+        if book.phase is None:
+            self._start(book, spec, plan)
+        for step in (self._preflight, self._dataset, self._prepare, self._share, self._train, self._snapshot):
+            wait = await step(body, book, spec, plan)
+            await self.flush(body, book)
+            if book.terminal:
+                return None
+            if wait is not None:
+                return max(0.05, min(wait, self.config.resync_seconds))
+        self._finish(book)
+        await self.flush(body, book)
+        return None
+
+    async def flush(self, body: Mapping[str, Any], book: StatusBook) -> None:
+        """Write the changed status keys (one merge patch), then post Events and record metrics."""
+        meta = body["metadata"]
+        if book.changed:
+            path = object_path(API_VERSION, PLURAL, meta["namespace"], meta["name"], "status")
+            await self.kube.patch(path, book.merge_patch())
+            book.written()
+        for event in book.events:
+            self.post_event(body, event.type, event.reason, event.message)
+        book.events.clear()
+        for timing in book.timings:
+            self.metrics.step_seconds.labels(step=timing.step, outcome=timing.outcome).observe(timing.seconds)
+        book.timings.clear()
+        self.metrics.observe_phase(meta["uid"], book.phase)
+
+    # ---- spec: validated once, frozen once training started
+
+    async def _effective_spec(self, body: Mapping[str, Any],
+                              book: StatusBook) -> tuple[LaneExperimentSpec, ExperimentPlan] | None:
+        meta = body["metadata"]
+        name, namespace, generation = meta["name"], meta["namespace"], int(meta.get("generation") or 1)
+        current: tuple[LaneExperimentSpec, ExperimentPlan] | None = None
+        problem: InvalidSpecError | None = None
+        try:
+            spec = parse_spec(body.get("spec"))
+            current = (spec, plan_for(name, namespace, spec))
+        except InvalidSpecError as exc:
+            problem = exc
+        if book.condition(C.TRAINED.value) is None:
+            if problem is not None:
+                book.set("observedGeneration", generation)
+                if book.phase is None:
+                    book.set("startTime", book.now_text())
+                book.fail(FailureReason.INVALID_SPEC, _clip(f"invalid spec: {problem.message}"))
+                return None
+            book.set("observedGeneration", generation)
+            return current
+        frozen, frozen_generation = await self._training_spec(namespace, book)
+        if frozen is None:  # the MPIJob is gone: nothing froze the spec, use the current one if valid
+            if problem is not None:
+                book.fail(FailureReason.INVALID_SPEC, _clip(f"invalid spec: {problem.message}"))
+                return None
+            return current
+        if current is None or current[0] != frozen:
+            detail = f" (and it is invalid: {problem.message})" if problem is not None else ""
+            message = _clip(f"spec generation {generation} was not applied: training started with generation "
+                            f"{frozen_generation}; the running MPIJob is never changed. Create a new "
+                            f"LaneExperiment to run the changed spec{detail}")
+            if book.set_condition(C.SPEC_CHANGE_IGNORED.value, "True", "TrainingStarted", message):
+                book.event("Warning", C.SPEC_CHANGE_IGNORED.value, message)
+        book.set("observedGeneration", generation)
+        return frozen, plan_for(name, namespace, frozen)
+
+    async def _training_spec(self, namespace: str, book: StatusBook) -> tuple[LaneExperimentSpec | None, str]:
+        name = (book.data.get("children") or {}).get("mpiJob")
+        mpijob = await self._child(MPIJOB, namespace, name) if name else None
+        annotations = ((mpijob or {}).get("metadata") or {}).get("annotations") or {}
+        if SPEC_ANNOTATION not in annotations:
+            return None, ""
+        try:
+            return parse_spec(json.loads(annotations[SPEC_ANNOTATION])), annotations.get(GENERATION_ANNOTATION, "?")
+        except (ValueError, InvalidSpecError):
+            return None, ""
+
+    def _start(self, book: StatusBook, spec: LaneExperimentSpec, plan: ExperimentPlan) -> None:
+        book.set("startTime", book.now_text())
+        names = ChildNames(dataset_claim=plan.names.dataset_claim,
+                           prepare_job=plan.names.prepare_job if plan.prepare is not None else None,
+                           mpi_job=plan.names.mpijob)
+        book.set("children", names.model_dump(by_alias=True, exclude_none=True, mode="json"))
+        provenance = Provenance(trainer_image=plan.trainer_image, config_hash=plan.config_hash,
+                                dataset_source=plan.dataset_source)
+        book.set("provenance", provenance.model_dump(by_alias=True, exclude_none=True, mode="json"))
+        book.set_condition(C.SUCCEEDED.value, "Unknown", "InProgress", "the experiment is running")
+        book.set_condition(C.FAILED.value, "False", "InProgress", "the experiment is running")
+        book.enter(Phase.PENDING, "checking that the cluster has what the experiment needs")
+
+    # ---- steps: each returns None when done, else seconds to wait
+
+    async def _preflight(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                         plan: ExperimentPlan) -> float | None:
+        if book.is_true(C.PREFLIGHT.value):
+            return None
+        problems = await self.preflight.experiment(plan.namespace, spec)
+        if problems:
+            reason = problems[0].reason if len(problems) == 1 else "MissingDependencies"
+            message = _clip("; ".join(problem.message for problem in problems))
+            if book.set_condition(C.PREFLIGHT.value, "False", reason, message):
+                book.event("Warning", reason, message)
+            book.set("message", message)
+            return self.config.preflight_retry_seconds
+        book.complete_step(C.PREFLIGHT.value, "Passed", "the APIs, classes and namespaces the experiment uses exist")
+        return None
+
+    async def _dataset(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                       plan: ExperimentPlan) -> float | None:
+        if book.is_true(C.DATASET_READY.value):
+            return None
+        claim = plan.dataset.claim_name
+        book.enter(Phase.PROVISIONING_DATASET, f"provisioning the dataset volume (PersistentVolumeClaim {claim})")
+        pvc = await self._child(PVC, plan.namespace, claim)
+        if pvc is None:
+            if not plan.dataset.creates_claim:
+                book.fail(FailureReason.DATASET_FAILED, f'PersistentVolumeClaim "{claim}" '
+                                                        f"(spec.dataset.existingClaim.claimName) not found")
+                return None
+            manifest = await self._claim_manifest(body, book, spec, plan)
+            if manifest is None:
+                return None if book.terminal else self.config.resync_seconds
+            pvc = await self._create(PVC, manifest)
+        status = pvc.get("status") or {}
+        if status.get("phase") == "Bound":
+            volume = (pvc.get("spec") or {}).get("volumeName", "?")
+            capacity = (status.get("capacity") or {}).get("storage", "?")
+            modes = ",".join(status.get("accessModes") or [])
+            book.complete_step(C.DATASET_READY.value, "Bound", f"PersistentVolumeClaim {claim} is bound to "
+                                                               f"PersistentVolume {volume} ({capacity}, {modes})")
+            return None
+        if status.get("phase") == "Lost":
+            book.fail(FailureReason.DATASET_FAILED, f"PersistentVolumeClaim {claim} lost its volume")
+            return None
+        elapsed, limit = book.since(C.DATASET_READY.value), self.config.dataset_bound_timeout_seconds
+        if elapsed >= limit:
+            warning = await self._last_warning(plan.namespace, PVC, claim)
+            book.fail(FailureReason.DATASET_FAILED, _clip(f"PersistentVolumeClaim {claim} was not bound after "
+                                                          f"{int(elapsed)}s" + (f": {warning}" if warning else "")))
+            return None
+        return limit - elapsed
+
+    async def _claim_manifest(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                              plan: ExperimentPlan) -> dict[str, Any] | None:
+        meta = body["metadata"]
+        if plan.dataset.restore_from is None:
+            manifest = builders.pvc_for(meta, spec, plan)
+        else:
+            source = plan.dataset.restore_from
+            snapshot = await self._child(SNAPSHOT, plan.namespace, source)
+            if snapshot is None:
+                book.fail(FailureReason.DATASET_FAILED, f'VolumeSnapshot "{source}" '
+                                                        f"(spec.dataset.fromSnapshot.snapshotName) not found")
+                return None
+            status = snapshot.get("status") or {}
+            if not status.get("readyToUse"):
+                book.set("message", f"waiting for VolumeSnapshot {source} to be ready to use before restoring it")
+                return None
+            manifest = builders.restore_pvc_for(meta, spec, plan, status.get("restoreSize"))
+        if spec.retention.dataset == "Delete":
+            kopf.adopt(manifest, owner=dict(body))
+        return manifest
+
+    async def _prepare(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                       plan: ExperimentPlan) -> float | None:
+        if book.is_true(C.DATA_PREPARED.value):
+            return None
+        if plan.prepare is None:
+            book.complete_step(C.DATA_PREPARED.value, "Skipped", f"restored from VolumeSnapshot "
+                                                                 f"{plan.dataset.restore_from}: the data is prepared")
+            return None
+        claim = plan.dataset.claim_name
+        if not plan.dataset.creates_claim:
+            pvc = await self._child(PVC, plan.namespace, claim) or {}
+            if ((pvc.get("metadata") or {}).get("annotations") or {}).get(PREPARED_ANNOTATION) == "true":
+                book.complete_step(C.DATA_PREPARED.value, "Skipped", f"PersistentVolumeClaim {claim} is annotated "
+                                                                     f"{PREPARED_ANNOTATION}=true")
+                return None
+        name = plan.names.prepare_job
+        book.enter(Phase.DOWNLOADING, f"preparing the dataset with Job {name}")
+        job = await self._child(JOB, plan.namespace, name)
+        if job is None:
+            manifest = builders.prepare_job_for(body["metadata"], spec, plan)
+            kopf.adopt(manifest, owner=dict(body))
+            job = await self._create(JOB, manifest)
+        conditions = (job.get("status") or {}).get("conditions")
+        if _true(conditions, "Complete"):
+            if plan.dataset.creates_claim:
+                await self._mark_prepared(plan.namespace, claim)
+            book.complete_step(C.DATA_PREPARED.value, "Completed", f"Job {name} prepared the dataset in "
+                                                                   f"{plan.paths.data_root}")
+            return None
+        failed = _true(conditions, "Failed")
+        if failed:
+            detail = await self._pod_message(plan.namespace, JOB_POD_SELECTOR.format(name=name))
+            book.fail(FailureReason.DOWNLOAD_FAILED, _clip(
+                f"Job {name} failed ({failed.get('reason', 'Failed')}: {failed.get('message', '')})"
+                + (f"; {detail}" if detail else "")))
+            return None
+        return self.config.resync_seconds
+
+    async def _mark_prepared(self, namespace: str, claim: str) -> None:
+        pvc = await self._child(PVC, namespace, claim) or {}
+        if ((pvc.get("metadata") or {}).get("annotations") or {}).get(PREPARED_ANNOTATION) != "true":
+            patched = await self.kube.patch(object_path(PVC.api_version, PVC.plural, namespace, claim),
+                                            {"metadata": {"annotations": {PREPARED_ANNOTATION: "true"}}})
+            self.cache.put(PVC, patched)
+
+    async def _share(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                     plan: ExperimentPlan) -> float | None:
+        if book.is_true(C.VOLUME_SHARED.value):
+            return None
+        book.enter(Phase.SHARING_VOLUME, "making the dataset volume mountable by every worker (ReadWriteMany)")
+        pvc = await self._child(PVC, plan.namespace, plan.dataset.claim_name) or {}
+        volume = (pvc.get("spec") or {}).get("volumeName")
+        if not volume:
+            book.fail(FailureReason.DATASET_FAILED, f"PersistentVolumeClaim {plan.dataset.claim_name} has no "
+                                                    f"volumeName although it is Bound")
+            return None
+        path = object_path("v1", "persistentvolumes", name=volume)
+        pv = await self.kube.get(path)
+        modes = ",".join((pv.get("spec") or {}).get("accessModes") or [])
+        if builders.pv_is_shared(pv):
+            book.complete_step(C.VOLUME_SHARED.value, "AlreadyReadWriteMany",
+                               f"PersistentVolume {volume} is already ReadWriteMany ({modes})")
+            return None
+        await self.kube.patch(path, builders.pv_rwx_patch())
+        book.complete_step(C.VOLUME_SHARED.value, "PatchedToReadWriteMany",
+                           f"PersistentVolume {volume} was patched from {modes} to ReadWriteMany")
+        return None
+
+    async def _train(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                     plan: ExperimentPlan) -> float | None:
+        trained = book.condition(C.TRAINED.value)
+        if trained is not None and trained.get("status") in ("True", "False"):
+            return None  # False only when a snapshot on failure is still to be taken
+        name = plan.names.mpijob
+        book.enter(Phase.TRAINING, f"training with MPIJob {name} ({plan.train.workers} workers)")
+        mpijob = await self._child(MPIJOB, plan.namespace, name)
+        if mpijob is None:
+            manifest = builders.mpijob_for(body["metadata"], spec, plan)
+            manifest["metadata"].setdefault("annotations", {}).update({
+                SPEC_ANNOTATION: json.dumps(spec.model_dump(by_alias=True, mode="json"), sort_keys=True),
+                GENERATION_ANNOTATION: str(body["metadata"].get("generation") or 1),
+            })
+            kopf.adopt(manifest, owner=dict(body))
+            mpijob = await self._create(MPIJOB, manifest)
+        conditions = (mpijob.get("status") or {}).get("conditions")
+        if _true(conditions, "Succeeded"):
+            results, note = await self._results(plan.namespace, name)
+            if results is not None:
+                book.set("results", results)
+            accuracy = f", accuracy {results['accuracy']:.4f}" if results and "accuracy" in results else ""
+            book.complete_step(C.TRAINED.value, "Succeeded", f"MPIJob {name} succeeded{accuracy}{note}")
+            return None
+        failed = _true(conditions, "Failed")
+        if failed:
+            detail = await self._pod_message(plan.namespace, LAUNCHER_SELECTOR.format(name=name))
+            reason = (FailureReason.TIMEOUT if failed.get("reason") in ("DeadlineExceeded", "MPIJobDeadlineExceeded")
+                      else FailureReason.TRAINING_FAILED)
+            message = _clip(f"MPIJob {name} failed ({failed.get('reason', 'Failed')}: {failed.get('message', '')})"
+                            + (f"; {detail}" if detail else ""))
+            if plan.snapshot is not None and plan.snapshot.on_failure:
+                book.set_condition(C.TRAINED.value, "False", reason.value, message)
+                book.event("Warning", reason.value, message)
+                return None
+            book.fail(reason, message)
+            return None
+        if _true(conditions, "Running"):
+            book.set_condition(C.TRAINED.value, "Unknown", "Running",
+                               f"MPIJob {name} is running ({plan.train.workers} workers, "
+                               f"{plan.train.processes} processes)")
+        return self.config.resync_seconds
+
+    async def _snapshot(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                        plan: ExperimentPlan) -> float | None:
+        if plan.snapshot is None:
+            book.set_condition(C.SNAPSHOTTED.value, "False", "Disabled", "spec.snapshot.enabled is false")
+            return None
+        if book.is_true(C.SNAPSHOTTED.value):
+            return None
+        book.enter(Phase.SNAPSHOTTING, f"snapshotting PersistentVolumeClaim {plan.snapshot.source_claim}")
+        records = [dict(record) for record in book.data.get("snapshots") or []]
+        pending = next((r for r in reversed(records) if not r.get("readyToUse")), None)
+        if pending is None:
+            manifest = builders.snapshot_for(body["metadata"], spec, plan, self.now())
+            pending = {"name": manifest["metadata"]["name"], "readyToUse": False}
+            records.append(pending)
+            self._record_snapshots(book, records)
+            await self.flush(body, book)  # the name is in status before the snapshot exists
+            snapshot = await self._create(SNAPSHOT, manifest)
+        else:
+            snapshot = await self._child(SNAPSHOT, plan.namespace, pending["name"])
+            if snapshot is None:
+                manifest = builders.snapshot_for(body["metadata"], spec, plan, self.now())
+                manifest["metadata"]["name"] = pending["name"]
+                snapshot = await self._create(SNAPSHOT, manifest)
+        status = snapshot.get("status") or {}
+        name = pending["name"]
+        if status.get("readyToUse"):
+            pending.clear()
+            pending.update({k: v for k, v in {
+                "name": name, "contentName": status.get("boundVolumeSnapshotContentName"), "readyToUse": True,
+                "restoreSize": status.get("restoreSize"), "creationTime": status.get("creationTime")}.items()
+                if v is not None})
+            self._record_snapshots(book, records)
+            provenance = dict(book.data.get("provenance") or {}, resultSnapshot=name)
+            book.set("provenance", provenance)
+            self.metrics.snapshots_taken.inc()
+            book.complete_step(C.SNAPSHOTTED.value, "Ready", f"VolumeSnapshot {name} is ready to use "
+                                                             f"(restoreSize {status.get('restoreSize', '?')})")
+            return None
+        error = (status.get("error") or {}).get("message")
+        if error:
+            pending["error"] = {k: v for k, v in (status.get("error") or {}).items() if k in ("message", "time")}
+            self._record_snapshots(book, records)
+            book.set_condition(C.SNAPSHOTTED.value, "Unknown", "SnapshotError",
+                               _clip(f"the snapshot controller reports for VolumeSnapshot {name}: {error}"))
+        elapsed, limit = book.since(C.SNAPSHOTTED.value), float(plan.snapshot.ready_timeout_seconds)
+        if elapsed >= limit:
+            book.fail(FailureReason.SNAPSHOT_FAILED, _clip(f"VolumeSnapshot {name} was not ready to use after "
+                                                           f"{int(elapsed)}s" + (f": {error}" if error else "")))
+            return None
+        return limit - elapsed
+
+    def _record_snapshots(self, book: StatusBook, records: list[dict[str, Any]]) -> None:
+        book.set("snapshots", records)
+        children = dict(book.data.get("children") or {})
+        children["snapshots"] = [record["name"] for record in records]
+        book.set("children", children)
+
+    def _finish(self, book: StatusBook) -> None:
+        trained = book.condition(C.TRAINED.value) or {}
+        if trained.get("status") == "False":
+            book.fail(FailureReason(trained.get("reason", FailureReason.TRAINING_FAILED.value)),
+                      str(trained.get("message", "")))
+            return
+        results = book.data.get("results") or {}
+        snapshot = (book.data.get("provenance") or {}).get("resultSnapshot")
+        parts = [f"accuracy {results['accuracy']:.4f}" if "accuracy" in results else "trained"]
+        if snapshot:
+            parts.append(f"snapshot {snapshot}")
+        book.succeed("experiment succeeded: " + ", ".join(parts))
+
+    # ---- reading and creating children
+
+    async def _child(self, kind: ChildKind, namespace: str, name: str) -> dict[str, Any] | None:
+        cached = self.cache.get(kind, namespace, name)
+        if cached is not None:
+            return cached
+        found = await self.kube.get_or_none(object_path(kind.api_version, kind.plural, namespace, name))
+        return None if found is None else self.cache.put(kind, found)
+
+    async def _create(self, kind: ChildKind, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        collection = object_path(kind.api_version, kind.plural, meta["namespace"])
+        try:
+            created = await self.kube.create(collection, manifest)
+        except KubeError as exc:
+            if not exc.already_exists:
+                raise
+            created = await self.kube.get(object_path(kind.api_version, kind.plural, meta["namespace"], meta["name"]))
+        return self.cache.put(kind, created)
+
+    async def _pod_message(self, namespace: str, selector: str) -> str:
+        """The termination message (or reason and exit code) of the latest terminated pod matching `selector`."""
+        pods = await self.kube.list(object_path("v1", "pods", namespace), label_selector=selector)
+        best: tuple[str, str] | None = None
+        for pod in pods:
+            for container in (pod.get("status") or {}).get("containerStatuses") or []:
+                terminated = (container.get("state") or {}).get("terminated") or \
+                             (container.get("lastState") or {}).get("terminated")
+                if terminated:
+                    text = (terminated.get("message") or "").strip() or \
+                           f"{terminated.get('reason', 'Terminated')} with exit code {terminated.get('exitCode')}"
+                    stamp = terminated.get("finishedAt") or ""
+                    if best is None or stamp >= best[0]:
+                        best = (stamp, f"pod {pod['metadata']['name']}: {text}")
+        return best[1] if best else ""
+
+    async def _results(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
+        """The results JSON the launcher wrote as its termination message, as status.results."""
+        pods = await self.kube.list(object_path("v1", "pods", namespace),
+                                    label_selector=LAUNCHER_SELECTOR.format(name=name))
+        messages = []
+        for pod in pods:
+            for container in (pod.get("status") or {}).get("containerStatuses") or []:
+                terminated = (container.get("state") or {}).get("terminated") or {}
+                if terminated.get("exitCode") == 0 and terminated.get("message"):
+                    messages.append((terminated.get("finishedAt") or "", terminated["message"]))
+        if not messages:
+            return None, " (the launcher left no results message)"
+        text = sorted(messages)[-1][1]
+        try:
+            data = json.loads(text)
+            if isinstance(data, dict) and isinstance(data.get("results"), dict):
+                data = data["results"]
+            results = Results.model_validate(data)
+        except ValueError as exc:
+            return None, _clip(f" (the launcher's results message is not valid results JSON: {exc})")
+        return results.model_dump(by_alias=True, exclude_none=True, mode="json"), ""
+
+    async def _last_warning(self, namespace: str, kind: ChildKind, name: str) -> str:
+        events = await self.kube.list(object_path("v1", "events", namespace),
+                                      field_selector=f"involvedObject.kind={kind.kind},involvedObject.name={name}")
+        warnings = [e for e in events if e.get("type") == "Warning"]
+        if not warnings:
+            return ""
+        last = max(warnings, key=lambda e: (e.get("lastTimestamp") or "", (e.get("metadata") or {}).get("name", "")))
+        return f"{last.get('reason', 'Warning')}: {last.get('message', '')}"
+
