@@ -50,4 +50,6 @@ def test_fingerprint_ignores_paths_but_not_learning_settings():
     a = build_config(environ={}, overrides=BASE)
     b = build_config(environ={}, overrides={"data_root": "/elsewhere", "output_dir": "/x"})
     c = build_config(environ={}, overrides={**BASE, "lr": 0.5})
+    longer = build_config(environ={}, overrides={**BASE, "epochs": 99, "loader_workers": 0})
+    assert longer.fingerprint() == a.fingerprint()
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()

@@ -46,12 +46,12 @@ class OperatorState:
 
 
 def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
-    """kopf settings for one replica: our finalizer, progress in annotations and status, Events at INFO."""
+    """kopf settings for one replica: our finalizer, progress in annotations and status."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.SmartProgressStorage(prefix="lanex.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="lanex.dev",
                                                                             key="last-handled-configuration")
-    settings.posting.level = logging.INFO
+    settings.posting.level = logging.WARNING  # kopf's own log lines; our Events are explicit
     settings.watching.server_timeout = config.watch_server_timeout_seconds
     settings.watching.client_timeout = config.watch_server_timeout_seconds + 10
     settings.networking.error_backoffs = list(config.api_error_backoffs)
@@ -67,11 +67,11 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
     """Register every handler of the operator into `registry`."""
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(registry=registry, id="login")
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(registry=registry, id="startup")
     async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
         configure_settings(settings, state.config)
         info = kopf.login_via_client(logger=logger, settings=settings)
@@ -83,12 +83,12 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         for problem in await preflight.cluster():
             logger.warning(f"preflight: {problem.reason}: {problem.message} (experiments wait until it is fixed)")
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(registry=registry, id="cleanup")
     async def cleanup(**_: Any) -> None:
         if state.kube is not None:
             await state.kube.close()
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, when=_unfinished, cancellation_timeout=2.0,
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, id="lifecycle", when=_unfinished, cancellation_timeout=2.0,
                  backoff=state.config.retry_delay_seconds)
     async def experiment(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
         """Drive one experiment to Succeeded or Failed."""
@@ -115,19 +115,19 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
                 return
             await state.wakers.wait(namespace, name, wait)
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="wake")
     def experiment_changed(type: str, name: str, namespace: str, **_: Any) -> None:
         if type != "DELETED":
             state.wakers.poke(namespace, name)
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="retention")
     async def experiment_deleted(body: kopf.Body, uid: str, name: str, namespace: str, logger: kopf.Logger,
                                  **_: Any) -> None:
         """Honour the retention policy before the finalizer goes."""
         assert state.kube is not None
         released = await release(state.kube, body)
         logger.info(f"released the experiment's storage: {released.summary()}")
-        kopf.info(dict(body), reason="Deleted", message=released.summary())
+        kopf.event(dict(body), type="Normal", reason="Deleted", message=released.summary())
         state.metrics.observe_phase(uid, None)
         state.wakers.forget(namespace, name)
 

@@ -27,7 +27,7 @@ def run_command(
     console = Console(stderr=True)
     try:
         metadata, spec = load_experiment_file(experiment)
-        runner = LocalRunner(metadata["name"], spec, workspace, echo=lambda text: console.print(text, style="bold cyan"))
+        runner = LocalRunner(metadata["name"], spec, workspace, echo=lambda text: console.print(text, style="bold cyan", markup=False))
     except (ExperimentFileError, InvalidSpecError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
@@ -56,7 +56,7 @@ def print_summary(summary: dict) -> None:
 
     table = Table(box=None, header_style="bold")
     for column in ("NAME", "PHASE", "WORKERS", "ACCURACY", "FP", "FN", "SNAPSHOT", "DURATION"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     seconds = summary.get("seconds")
     duration = "-" if seconds is None else f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
     table.add_row(summary["name"], summary["phase"], str(summary["workers"]), _fmt(summary["accuracy"]),

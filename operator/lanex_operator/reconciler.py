@@ -103,9 +103,10 @@ class Reconciler:
 
     async def reconcile(self, body: Mapping[str, Any], book: StatusBook) -> float | None:
         """One pass; returns seconds until the next check, or None once the experiment is finished."""
-        if book.terminal:
-            return None
         try:
+            if book.terminal:  # finished, but the last write may not have been confirmed yet
+                await self.flush(body, book)
+                return None
             return await self._pass(body, book)
         except KubeError as exc:
             if exc.retryable:
@@ -236,16 +237,19 @@ class Reconciler:
             return None
         claim = plan.dataset.claim_name
         book.enter(Phase.PROVISIONING_DATASET, f"provisioning the dataset volume (PersistentVolumeClaim {claim})")
-        pvc = await self._child(PVC, plan.namespace, claim)
-        if pvc is None:
-            if not plan.dataset.creates_claim:
+        if plan.dataset.creates_claim:
+            pvc = self.cache.get(PVC, plan.namespace, claim)
+            if pvc is None:
+                manifest = await self._claim_manifest(body, book, spec, plan)
+                if manifest is None:
+                    return None if book.terminal else self.config.resync_seconds
+                pvc = await self._create(PVC, manifest)
+        else:
+            pvc = await self._child(PVC, plan.namespace, claim)
+            if pvc is None:
                 book.fail(FailureReason.DATASET_FAILED, f'PersistentVolumeClaim "{claim}" '
                                                         f"(spec.dataset.existingClaim.claimName) not found")
                 return None
-            manifest = await self._claim_manifest(body, book, spec, plan)
-            if manifest is None:
-                return None if book.terminal else self.config.resync_seconds
-            pvc = await self._create(PVC, manifest)
         status = pvc.get("status") or {}
         if status.get("phase") == "Bound":
             volume = (pvc.get("spec") or {}).get("volumeName", "?")
@@ -303,8 +307,8 @@ class Reconciler:
                 return None
         name = plan.names.prepare_job
         book.enter(Phase.DOWNLOADING, f"preparing the dataset with Job {name}")
-        job = await self._child(JOB, plan.namespace, name)
-        if job is None:
+        job = self.cache.get(JOB, plan.namespace, name)
+        if job is None:  # create first: an existing Job answers AlreadyExists and is read instead
             manifest = builders.prepare_job_for(body["metadata"], spec, plan)
             kopf.adopt(manifest, owner=dict(body))
             job = await self._create(JOB, manifest)
@@ -361,7 +365,7 @@ class Reconciler:
             return None  # False only when a snapshot on failure is still to be taken
         name = plan.names.mpijob
         book.enter(Phase.TRAINING, f"training with MPIJob {name} ({plan.train.workers} workers)")
-        mpijob = await self._child(MPIJOB, plan.namespace, name)
+        mpijob = self.cache.get(MPIJOB, plan.namespace, name)
         if mpijob is None:
             manifest = builders.mpijob_for(body["metadata"], spec, plan)
             manifest["metadata"].setdefault("annotations", {}).update({
@@ -415,7 +419,7 @@ class Reconciler:
             await self.flush(body, book)  # the name is in status before the snapshot exists
             snapshot = await self._create(SNAPSHOT, manifest)
         else:
-            snapshot = await self._child(SNAPSHOT, plan.namespace, pending["name"])
+            snapshot = self.cache.get(SNAPSHOT, plan.namespace, pending["name"])
             if snapshot is None:
                 manifest = builders.snapshot_for(body["metadata"], spec, plan, self.now())
                 manifest["metadata"]["name"] = pending["name"]

@@ -55,7 +55,7 @@ class SimKnobs:
     snapshot_delay: float = 0.05
     fail_snapshots: dict[str, str] = dataclasses.field(default_factory=dict)
     stall_snapshots: set[str] = dataclasses.field(default_factory=set)
-    paused: set[str] = dataclasses.field(default_factory=set)  # kinds whose controller holds its next step
+    paused: set[str] = dataclasses.field(default_factory=set)  # "Kind" or "Kind/experiment": hold the next step
 
     def failure(self, table: Mapping[str, str], obj: Mapping[str, Any]) -> str | None:
         meta = obj.get("metadata", {})
@@ -172,8 +172,11 @@ class ClusterSimulation:
 
         self._tasks.append(asyncio.create_task(run()))
 
-    async def _hold(self, kind: str) -> None:
-        while kind in self.knobs.paused:
+    async def _hold(self, obj: Mapping[str, Any]) -> None:
+        """Hold this controller's next step while `knobs.paused` names its kind or `Kind/experiment`."""
+        kind = obj["kind"]
+        experiment = ((obj.get("metadata") or {}).get("labels") or {}).get(EXPERIMENT_LABEL)
+        while kind in self.knobs.paused or f"{kind}/{experiment}" in self.knobs.paused:
             await asyncio.sleep(0.02)
 
     async def event(self, obj: Mapping[str, Any], reason: str, message: str, type_: str = "Warning") -> None:
@@ -192,10 +195,14 @@ class ClusterSimulation:
     async def _on_pvc(self, pvc: dict[str, Any]) -> bool:
         if (pvc.get("status") or {}).get("phase") == "Bound" or pvc["metadata"].get("deletionTimestamp"):
             return True
-        await self._hold("PersistentVolumeClaim")
+        await self._hold(pvc)
         await asyncio.sleep(self.knobs.bind_delay)
         meta, spec = pvc["metadata"], pvc.get("spec", {})
         namespace, name = meta["namespace"], meta["name"]
+        try:  # like a CSI provisioner, serve only claims of a storage class that exists
+            await self.request("GET", f"/apis/storage.k8s.io/v1/storageclasses/{spec.get('storageClassName')}")
+        except RuntimeError:
+            return False
         failure = self.knobs.failure(self.knobs.fail_binding, pvc)
         if failure:
             await self.event(pvc, "ProvisioningFailed", failure)
@@ -254,7 +261,7 @@ class ClusterSimulation:
         if any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                for c in status.get("conditions") or []):
             return True
-        await self._hold("Job")
+        await self._hold(job)
         meta = job["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         base = f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}/status"
@@ -263,7 +270,7 @@ class ClusterSimulation:
         pod = await self._pod(job, f"{name}-{_suffix()}", {"batch.kubernetes.io/job-name": name, "job-name": name,
                                                           "batch.kubernetes.io/controller-uid": meta["uid"]})
         await asyncio.sleep(self.knobs.job_duration)
-        await self._hold("Job")
+        await self._hold(job)
         failure = self.knobs.failure(self.knobs.fail_jobs, job)
         if failure:
             await self._terminate(pod, exit_code=1, message=failure)
@@ -316,7 +323,7 @@ class ClusterSimulation:
         conditions = (mpijob.get("status") or {}).get("conditions") or []
         if any(c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True" for c in conditions):
             return True
-        await self._hold("MPIJob")
+        await self._hold(mpijob)
         meta = mpijob["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         base = f"/apis/kubeflow.org/v2beta1/namespaces/{namespace}/mpijobs/{name}/status"
@@ -334,7 +341,7 @@ class ClusterSimulation:
                                                       "replicaStatuses": {"Launcher": {"active": 1},
                                                                           "Worker": {"active": workers}}}})
         await asyncio.sleep(self.knobs.mpijob_duration)
-        await self._hold("MPIJob")
+        await self._hold(mpijob)
         failure = self.knobs.failure(self.knobs.fail_mpijobs, mpijob)
         done = dict(running, status="False", lastTransitionTime=now_rfc3339())
         if failure:
@@ -358,7 +365,7 @@ class ClusterSimulation:
         status = snapshot.get("status") or {}
         if status.get("readyToUse") or snapshot["metadata"].get("deletionTimestamp"):
             return True
-        await self._hold("VolumeSnapshot")
+        await self._hold(snapshot)
         await asyncio.sleep(self.knobs.snapshot_delay)
         meta = snapshot["metadata"]
         namespace, name = meta["namespace"], meta["name"]

@@ -26,11 +26,14 @@ import collections
 import copy
 import dataclasses
 import datetime
+import functools
 import json
 import random
 import re
 import string
+import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -91,6 +94,16 @@ CORE_PLURALS = (
 )
 
 
+@functools.cache
+def bundled_resources() -> kmock.ResourcesArray:
+    """kmock's bundled discovery data of the built-in resources (read once per process)."""
+    bundled = kmock.ResourcesArray()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # kmock uses importlib.resources.read_binary
+        bundled.load_bundled()
+    return bundled
+
+
 def resource_specs_from_crd(crd: Mapping[str, Any]) -> list[ResourceSpec]:
     """The served versions of a CustomResourceDefinition as emulator resources."""
     spec = crd["spec"]
@@ -124,6 +137,7 @@ class ApiCall:
     name: str | None
     user_agent: str
     status: int = 0
+    at: float = 0.0  # time.monotonic() when the request arrived
 
 
 @dataclasses.dataclass
@@ -252,19 +266,23 @@ def _split_selector(selector: str) -> list[str]:
 
 
 def parse_field_selector(selector: str) -> list[Callable[[Mapping[str, Any]], bool]]:
-    """Field selectors on metadata.name and metadata.namespace (what clients use)."""
+    """Field selectors `a.b=v`, `a.b==v`, `a.b!=v` on any dotted path (metadata.name, involvedObject.name, ...)."""
     predicates: list[Callable[[Mapping[str, Any]], bool]] = []
     for part in _split_selector(selector):
         negate = "!=" in part
         field, _, value = part.partition("!=" if negate else "=")
         field, value = field.strip(), value.strip().lstrip("=")
-        if field not in ("metadata.name", "metadata.namespace"):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*(\.[A-Za-z][A-Za-z0-9]*)*", field):
             raise ApiError(400, "BadRequest", f"field label not supported: {field}")
-        attr = field.split(".", 1)[1]
-        predicates.append(
-            lambda obj, a=attr, v=value, n=negate: (obj.get("metadata", {}).get(a) == v) != n
-        )
+        predicates.append(lambda obj, f=field, v=value, n=negate: (_field(obj, f) == v) != n)
     return predicates
+
+
+def _field(obj: Mapping[str, Any], dotted: str) -> str:
+    value: Any = obj
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return "" if value is None else str(value)
 
 
 def _strip_system(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -292,12 +310,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _history: dict[Resource, collections.deque[tuple[int, dict[str, Any]]]] = attrs.field(factory=dict, init=False)
     _watchers: dict[Resource, set[asyncio.Queue[dict[str, Any] | None]]] = attrs.field(
         factory=lambda: collections.defaultdict(set), init=False)
+    _compacted: dict[Resource, int] = attrs.field(factory=dict, init=False)
     _closing: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        bundled = kmock.ResourcesArray()
-        bundled.load_bundled()
+        bundled = bundled_resources()
         for group, version, plural in CORE_PLURALS:
             info = bundled[kmock.resource(group, version, plural)]
             self.register(ResourceSpec(group, version, plural, info.kind or plural.capitalize(),
@@ -407,7 +425,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         plural = spec.plural + (f"/{request.subresource}" if request.subresource else "")
         return ApiCall(method=method, path=request.url.path, verb=verb, group=spec.group, resource=plural,
                        namespace=request.namespace, name=request.name,
-                       user_agent=request.headers.get("User-Agent", ""))
+                       user_agent=request.headers.get("User-Agent", ""), at=time.monotonic())
 
     def _dispatch(self, request: rendering.Request, spec: ResourceSpec, call: ApiCall) -> tuple[Any, int]:
         if request.subresource not in (None, "status") or (
@@ -656,7 +674,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     def _emit(self, spec: ResourceSpec, event_type: str, obj: dict[str, Any]) -> None:
         event = {"type": event_type, "object": copy.deepcopy(obj)}
-        self._history[spec.key].append((int(obj["metadata"]["resourceVersion"]), event))
+        history = self._history[spec.key]
+        if len(history) == history.maxlen:
+            self._compacted[spec.key] = history[0][0]
+        history.append((int(obj["metadata"]["resourceVersion"]), event))
         for queue in list(self._watchers[spec.key]):
             queue.put_nowait(event)
 
@@ -688,11 +709,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                                  "annotations": {"k8s.io/initial-events-end": "true"}}}})
         else:
             history = self._history[spec.key]
-            oldest = history[0][0] if history else self._rv + 1
-            truncated = len(history) == history.maxlen
-            if not since.isdigit() or (truncated and int(since) < oldest):
+            compacted = self._compacted.get(spec.key, 0)
+            if not since.isdigit() or int(since) < compacted:
                 initial = [{"type": "ERROR", "object": ApiError(410, "Expired", f"too old resource version: "
-                                                                                f"{since} ({oldest})").status()}]
+                                                                                f"{since} ({compacted})").status()}]
                 queue = None  # type: ignore[assignment]
             else:
                 initial = [event for rv, event in history if rv > int(since) and visible(event["object"])]
@@ -726,6 +746,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if queue is not None:
                 self._watchers[spec.key].discard(queue)
         return response
+
+    def compact(self) -> None:
+        """Forget all watch history, like etcd compaction: older resourceVersions get 410 Gone."""
+        for key, history in self._history.items():
+            history.clear()
+            self._compacted[key] = self._rv
 
     def close_watches(self) -> None:
         """End every open watch stream (clients reconnect with their last resourceVersion)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import VENV_BIN, run_lanex
+from trainer_helpers import VENV_BIN, run_lanex
 
 PROBE = Path(__file__).with_name("dist_probe.py")
 STEPS, GLOBAL_BATCH = 4, 4

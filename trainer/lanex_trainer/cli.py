@@ -143,8 +143,11 @@ def train_command(
     except ConfigError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
-    summary = {k: results.get(k) for k in ("accuracy", "fp", "fn", "epochs", "steps", "images_per_second", "checkpoint")}
-    typer.echo(json.dumps(summary))
+    from lanex_trainer.distributed import detect_world
+
+    if detect_world().is_main:
+        summary = {k: results.get(k) for k in ("accuracy", "fp", "fn", "epochs", "steps", "images_per_second", "checkpoint")}
+        typer.echo(json.dumps(summary))
 
 
 def predict_command(

@@ -93,7 +93,10 @@ class TrainConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """sha256 of the settings that change what is learned (not paths or logging)."""
-        ignored = {"data_root", "output_dir", "resume", "log_every", "pvc_name", "enable_snapshot"}
+        # Run length is not identity: a run may be extended (or cut short) and still resume.
+        ignored = {"data_root", "output_dir", "resume", "log_every", "pvc_name", "enable_snapshot",
+                   "epochs", "max_iterations", "checkpoint_every", "keep_checkpoints", "loader_workers",
+                   "use_workers", "val_batch_size", "validation", "collective_timeout_s", "device"}
         payload = {k: v for k, v in self.model_dump(mode="json").items() if k not in ignored}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

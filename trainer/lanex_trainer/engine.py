@@ -124,7 +124,7 @@ def evaluate(
     `entries[i]` is the index entry (raw_file, h_samples, lanes) of dataset item i. Predictions get
     `run_time` 0: validation scores lane quality; latency is measured by `lanex predict`.
     """
-    from lanex_trainer.evaluation.tusimple import evaluate as tusimple_evaluate
+    from lanex_trainer.evaluation.tusimple import MetricSums, evaluate_per_image
 
     model.eval()
     loss_sum, count = 0.0, 0
@@ -145,14 +145,11 @@ def evaluate(
         for entry, image_lanes in zip(batch_entries, lanes):
             predictions.append({"raw_file": entry["raw_file"], "lanes": image_lanes, "run_time": 0})
             ground_truth.append({"raw_file": entry["raw_file"], "lanes": entry["lanes"], "h_samples": entry["h_samples"]})
-    if count:
-        scores = tusimple_evaluate(predictions, ground_truth)
-        sums = [loss_sum, count, scores["accuracy"] * count, scores["fp"] * count, scores["fn"] * count]
-    else:
-        sums = [0.0, 0, 0.0, 0.0, 0.0]
-    totals = dist.all_reduce_sum(torch.tensor(sums, dtype=torch.float64)).tolist()
-    total = max(totals[1], 1.0)
+    metric = evaluate_per_image(predictions, ground_truth).sums() if count else MetricSums(0.0, 0.0, 0.0, 0)
+    totals = dist.all_reduce_sum(torch.tensor([loss_sum, *metric.as_list()], dtype=torch.float64)).tolist()
+    combined = MetricSums.from_list(totals[1:])
+    scores = combined.scores()
     return EvalResult(
-        loss=totals[0] / total, accuracy=totals[2] / total, fp=totals[3] / total, fn=totals[4] / total,
-        images=int(totals[1]), predictions=predictions,
+        loss=totals[0] / max(combined.count, 1), accuracy=scores["accuracy"], fp=scores["fp"], fn=scores["fn"],
+        images=int(combined.count), predictions=predictions,
     )

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 BEST_MODEL = "best.pt"
 FINAL_MODEL = "final.pt"
+STEP_LOG = "train_log.jsonl"
 OVERLAY_IMAGES = 8  # test images drawn with their predicted lanes at the end of a run
 
 
@@ -196,6 +197,11 @@ class Trainer:
         if chosen is None:
             return None
         state = torch.load(chosen, map_location="cpu", weights_only=False)
+        previous_length = (state["config"].get("epochs"), state["config"].get("max_iterations"))
+        if previous_length != (self.cfg.epochs, self.cfg.max_iterations) and self.dist.is_main:
+            log.warning("resuming with epochs/max_iterations %s instead of %s: the learning-rate schedule is "
+                        "stretched to the new length from here on", (self.cfg.epochs, self.cfg.max_iterations),
+                        previous_length)
         if state["fingerprint"] != self.cfg.fingerprint():
             raise ConfigError(
                 f"output_dir {self.out}: checkpoint {chosen} was written with a different training config; "
@@ -229,6 +235,8 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            # One line per optimizer step; a resumed run appends (the newest line of a step wins).
+            self.step_log = (self.out / STEP_LOG).open("a")
 
         train_seconds, trained_images = 0.0, 0
         while epoch < cfg.epochs and step < self.total_steps:
@@ -237,6 +245,10 @@ class Trainer:
             epoch_first_step = step - batch_in_epoch
 
             def on_step(new_step: int, loss: float, epoch=epoch, epoch_first_step=epoch_first_step) -> None:
+                if dist.is_main:
+                    self.step_log.write(json.dumps({"step": new_step, "epoch": epoch, "loss": loss,
+                                                    "lr": optimizer.param_groups[0]["lr"]}) + "\n")
+                    self.step_log.flush()
                 if dist.is_main and new_step % cfg.log_every == 0:
                     self.writer.add_scalar("train/loss", loss, new_step)
                     self.writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], new_step)
@@ -326,6 +338,7 @@ class Trainer:
             results[key] = source[key] if source else None
         if dist.is_main:
             self.writer.close()
+            self.step_log.close()
             (self.out / RESULTS_FILE).write_text(json.dumps(results, indent=2))
             from lanex_trainer.curves import plot_curves
 

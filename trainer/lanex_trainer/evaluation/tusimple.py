@@ -332,17 +332,10 @@ def _score_bucket(
     bucket: _Bucket, chunk: slice, gt_source: _Source, pred_source: _Source
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Accuracy, FP rate and FN rate of the images `chunk` of one bucket."""
-    rows, gt_lanes, pred_lanes = bucket.rows, bucket.gt_lanes, bucket.pred_lanes
-    gt_records, pred_records = bucket.gt_records[chunk], bucket.pred_records[chunk]
-    ys = _to_array([gt["h_samples"] for gt in gt_records], (len(gt_records), rows), gt_source,
-                   bucket.gt_positions[chunk], "h_samples")
-    gt = _to_array([lane for record in gt_records for lane in record["lanes"]], (len(gt_records), gt_lanes, rows),
-                   gt_source, bucket.gt_positions[chunk], "lanes")
-    pred = _to_array([lane for record in pred_records for lane in record["lanes"]],
-                     (len(pred_records), pred_lanes, rows), pred_source, bucket.pred_positions[chunk], "lanes")
-
+    gt_lanes, pred_lanes = bucket.gt_lanes, bucket.pred_lanes
+    ys, gt, pred = _bucket_arrays(bucket, chunk, gt_source, pred_source)
     best = _best_accuracies(gt, ys, pred)  # (images, gt_lanes)
-    total = np.zeros(len(gt_records))
+    total = np.zeros(len(ys))
     for lane in range(gt_lanes):  # left to right, like the official sum(line_accs)
         total = total + best[:, lane]
     missed = (best < LANE_MATCH_THRESHOLD).sum(axis=1)
@@ -351,8 +344,23 @@ def _score_bucket(
         total = total - best.min(axis=1)
         missed = np.where(missed > 0, missed - 1, missed)
     scored = max(min(gt_lanes, SCORED_LANES), 1)
-    fp = false_positives / pred_lanes if pred_lanes else np.zeros(len(gt_records))
+    fp = false_positives / pred_lanes if pred_lanes else np.zeros(len(ys))
     return total / scored, fp, missed / scored
+
+
+def _bucket_arrays(
+    bucket: _Bucket, chunk: slice, gt_source: _Source, pred_source: _Source
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """h_samples (images, rows), ground truth (images, G, rows) and predictions (images, P, rows)."""
+    gt_records, pred_records = bucket.gt_records[chunk], bucket.pred_records[chunk]
+    gt_positions, pred_positions = bucket.gt_positions[chunk], bucket.pred_positions[chunk]
+    images, rows = len(gt_records), bucket.rows
+    ys = _to_array([gt["h_samples"] for gt in gt_records], rows, gt_source, gt_positions, 1, "h_samples")
+    gt_rows = [lane for record in gt_records for lane in record["lanes"]]
+    gt = _to_array(gt_rows, rows, gt_source, gt_positions, bucket.gt_lanes, "lanes")
+    pred_rows = [lane for record in pred_records for lane in record["lanes"]]
+    pred = _to_array(pred_rows, rows, pred_source, pred_positions, bucket.pred_lanes, "lanes")
+    return ys, gt.reshape(images, bucket.gt_lanes, rows), pred.reshape(images, bucket.pred_lanes, rows)
 
 
 def _best_accuracies(gt: np.ndarray, ys: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -416,31 +424,37 @@ def _lapack_threshold(lane: np.ndarray, ys: np.ndarray) -> float:
 
 
 def _to_array(
-    values: list[Any], shape: tuple[int, ...], source: _Source, positions: list[int], field_name: str
+    values: list[Any], rows: int, source: _Source, positions: list[int], per_record: int, field_name: str
 ) -> np.ndarray:
-    """Nested lists as a float array of `shape`; a non-numeric or non-finite value names its record."""
+    """A list of equally long rows as a (len(values), rows) float array.
+
+    A non-numeric or non-finite value raises `EvaluationError` naming its record (each record
+    contributed `per_record` consecutive rows), the lane and the position.
+    """
+    if not values:
+        return np.zeros((0, rows))
     try:
         array = np.array(values)
     except (ValueError, TypeError):
         array = None
-    if array is None or array.dtype.kind not in "iuf" or array.size != math.prod(shape):
-        _raise_bad_value(values, shape, source, positions, field_name)
-    array = array.astype(np.float64, copy=False).reshape(shape)
+    if array is None or array.dtype.kind not in "iuf" or array.shape != (len(values), rows):
+        _raise_bad_value(values, source, positions, per_record, field_name)
+    array = array.astype(np.float64, copy=False)
     if not np.isfinite(array).all():
-        _raise_bad_value(values, shape, source, positions, field_name)
+        _raise_bad_value(values, source, positions, per_record, field_name)
     return array
 
 
 def _raise_bad_value(
-    values: list[Any], shape: tuple[int, ...], source: _Source, positions: list[int], field_name: str
+    values: list[Any], source: _Source, positions: list[int], per_record: int, field_name: str
 ) -> None:
-    per_record = shape[1] if len(shape) == 3 else 1
     for row_number, row in enumerate(values):
         for point, value in enumerate(row):
             if not _is_number(value):
                 record, lane = divmod(row_number, per_record)
-                where = field_name if len(shape) == 2 else f"lane {lane}"
+                where = field_name if field_name == "h_samples" else f"lane {lane}"
                 raise EvaluationError(
-                    f"{source.at(positions[record])}: {where}, value {point} is {value!r}, expected a finite number"
+                    f"{source.at(positions[record])}: {where}, value {point} is {value!r}, "
+                    "expected a finite number"
                 )
-    raise EvaluationError(f"{source.name}: {field_name} could not be read as numbers")
+    raise EvaluationError(f"{source.name}: {field_name} could not be read as numbers")  # pragma: no cover

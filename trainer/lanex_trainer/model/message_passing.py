@@ -78,23 +78,27 @@ class _Sweep(torch.autograd.Function):
             # Zero-padded along the row once; the interior is updated in place, slice by slice.
             padded = x.new_zeros(num_slices, batch, length + 2 * pad, channels)
             padded[:, :, pad : pad + length].copy_(x)
-            activations = x.new_zeros(num_slices, batch, length, channels)
-            product = x.new_empty(batch * length, channels)
-            columns = x.new_empty(batch * length, kernel * channels)
             order = _slice_order(num_slices, reverse)
+            # Where each conv output passed the ReLU: all the backward needs besides the slices.
+            passed = torch.empty(num_slices, batch, length, channels, dtype=torch.bool, device=x.device)
+            passed[order[0]].fill_(False)
+            product = x.new_empty(batch * length, channels)
+            rows = product.view(batch, length, channels)
+            columns = x.new_empty(batch * length, kernel * channels)
             for previous, current in zip(order[:-1], order[1:]):
                 torch.mm(_im2col(padded[previous], length, kernel, columns), matrix, out=product)
-                torch.clamp_min(product.view(batch, length, channels), 0, out=activations[current])
-                padded[current, :, pad : pad + length].add_(activations[current])
-            ctx.save_for_backward(padded, activations, work_weight)
+                torch.gt(rows, 0, out=passed[current])
+                padded[current, :, pad : pad + length].add_(rows.clamp_min_(0))
+            ctx.save_for_backward(padded, passed, work_weight)
             ctx.reverse = reverse
             ctx.weight_dtype = weight.dtype
-            return padded[:, :, pad : pad + length].contiguous()
+            # A view of a saved buffer: an in-place change to it makes backward raise, not go wrong.
+            return padded[:, :, pad : pad + length]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
-        padded, activations, weight = ctx.saved_tensors
+        padded, passed, weight = ctx.saved_tensors
         with torch.autocast(device_type=grad_output.device.type, enabled=False):
             grad_output = grad_output.to(padded.dtype)
             num_slices, batch, padded_length, channels = padded.shape
@@ -103,16 +107,16 @@ class _Sweep(torch.autograd.Function):
             length = padded_length - 2 * pad
             matrix = _transposed_matrix(weight)
             # grad of each new slice, accumulated from the slice after it in sweep order.
-            grad_slices = grad_output.contiguous().clone()
+            grad_slices = grad_output.clone(memory_format=torch.contiguous_format)
             # grad at the conv outputs (pre-ReLU), zero-padded for the transposed conv and dW.
             grad_conv = padded.new_zeros(num_slices, batch, padded_length, channels)
-            passed = (activations > 0).to(padded.dtype)
             product = padded.new_empty(batch * length, channels)
             columns = padded.new_empty(batch * length, kernel * channels)
+            zero = padded.new_zeros(())
             order = _slice_order(num_slices, ctx.reverse)
             for previous, current in zip(order[::-1][1:], order[::-1][:-1]):
                 interior = grad_conv[current, :, pad : pad + length]
-                torch.mul(grad_slices[current], passed[current], out=interior)
+                torch.where(passed[current], grad_slices[current], zero, out=interior)
                 torch.mm(_im2col(grad_conv[current], length, kernel, columns), matrix, out=product)
                 grad_slices[previous].add_(product.view(batch, length, channels))
             grad_weight = None

@@ -1,0 +1,54 @@
+"""Shared fixtures: an emulated Kubernetes cluster on 127.0.0.1 and the real operator against it.
+
+`api_server` is the kmock-based API server emulator with the simulated cluster controllers
+(tests/k8s); `operator_factory` starts the real kopf operator (`python -m lanex_operator.runtime`)
+as a subprocess with a kubeconfig for that server; `running_operator` is one already started.
+Imports of the test-side cluster happen inside the fixtures so that tests which do not use them
+never load kopf or kmock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def api_server(tmp_path: Path) -> Iterator[Any]:
+    """The emulated cluster (k8s.harness.EmulatedCluster): HTTP API server plus simulated controllers."""
+    from k8s.harness import EmulatedCluster
+
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    cluster = EmulatedCluster(tmp_path, namespaces=("default", "runai-lanes", "team-b"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def operator_factory(api_server: Any, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start operator processes against `api_server`; `env` overrides LANEX_OPERATOR_* settings."""
+    from k8s.operator_proc import OperatorProcess
+
+    started: list[OperatorProcess] = []
+
+    def start(env: dict[str, str] | None = None) -> OperatorProcess:
+        process = OperatorProcess(api_server.kubeconfig, tmp_path, env).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def running_operator(operator_factory: Callable[..., Any]) -> Any:
+    """One running operator process (k8s.operator_proc.OperatorProcess)."""
+    return operator_factory()

@@ -1,0 +1,1 @@
+"""Test-side Kubernetes: an API server emulator, simulated cluster controllers, the operator as a process."""

@@ -1,0 +1,163 @@
+"""Feature extractors at output stride 8 for SCNN, and loading of torchvision ImageNet weights.
+
+* ``vgg16_bn``: the paper's backbone, torchvision's VGG16-BN ``features`` with the last two
+  max-pools removed and conv5_1..conv5_3 dilated by 2 (REFERENCE.md section 3).
+* ``resnet18``: torchvision ResNet-18 stem + layer1 + layer2 (stride 8, 128 channels).
+* ``small``: a narrow VGG-style net meant for CPU training (demo runs on two cores).
+
+Each builder returns a :class:`Backbone`, which also says what neck widths suit it, so
+``scnn.build_model`` can wire the same neck and heads after any of them. Weights are never
+downloaded: ImageNet weights come from a torchvision state-dict file the caller names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+BACKBONE_NAMES = ("vgg16_bn", "resnet18", "small")
+
+# Indices in torchvision's vgg16_bn ``features``: the 4th and 5th max-pool, conv5_1..conv5_3.
+_VGG_POOLS_REMOVED = (33, 43)
+_VGG_CONV5 = (34, 37, 40)
+
+
+class PretrainedWeightsError(ValueError):
+    """A pretrained-weights file is missing, unreadable or does not fit the backbone."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A stride-8 feature extractor and the neck widths meant to follow it.
+
+    Attributes:
+        features: module mapping ``[B, 3, H, W]`` to ``[B, out_channels, H/8, W/8]``.
+        out_channels: channels of the stride-8 feature map.
+        neck_channels: width of the dilated 3x3 conv after the backbone (1024 in the paper).
+        message_channels: width of the 1x1 conv and of message passing (128 in the paper).
+    """
+
+    features: nn.Module
+    out_channels: int
+    neck_channels: int
+    message_channels: int
+
+
+def init_weights(module: nn.Module) -> None:
+    """Kaiming-normal convolutions (fan-out, ReLU), BN weight 1 / bias 0, zero conv/linear biases."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.Linear):
+            nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a torchvision-style state dict (``torch.save(model.state_dict(), path)``) onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainedWeightsError(f"pretrained weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or non-tensor pickles
+        raise PretrainedWeightsError(f"pretrained weights file {path} could not be read: {error}") from error
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PretrainedWeightsError(f"pretrained weights file {path} does not hold a state dict of tensors")
+    return dict(state)
+
+
+def _load_prefixed(target: nn.Module, state: Mapping[str, torch.Tensor], prefix: str, path: Path) -> None:
+    """Load ``state[prefix + key]`` into ``target[key]`` for every key of ``target``, strictly."""
+    wanted = target.state_dict()
+    missing = [prefix + key for key in wanted if prefix + key not in state]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise PretrainedWeightsError(f"pretrained weights file {path} lacks {len(missing)} keys: {shown}")
+    picked = {key: state[prefix + key] for key in wanted}
+    bad = [f"{prefix}{k} {tuple(v.shape)} != {tuple(wanted[k].shape)}" for k, v in picked.items() if v.shape != wanted[k].shape]
+    if bad:
+        raise PretrainedWeightsError(f"pretrained weights file {path} has wrong shapes: {'; '.join(bad[:5])}")
+    target.load_state_dict(picked, strict=True)
+
+
+def vgg16_bn_dilated(weights_file: Path | None = None) -> Backbone:
+    """torchvision VGG16-BN features, pools 4 and 5 removed, conv5_x dilated by 2: stride 8, 512 channels.
+
+    ``weights_file`` is a torchvision ``vgg16_bn`` state dict (its ``features.*`` keys are used, the
+    classifier is ignored). The features are built with torchvision's own ``make_layers`` so the
+    ~120M-parameter classifier of ``vgg16_bn()`` is never allocated; the layer indices, and thus
+    the state-dict keys, are torchvision's.
+    """
+    from torchvision.models.vgg import cfgs, make_layers
+
+    layers = make_layers(cfgs["D"], batch_norm=True)
+    init_weights(layers)
+    if weights_file is not None:
+        _load_prefixed(layers, load_state_dict_file(weights_file), "features.", Path(weights_file))
+    for index in _VGG_CONV5:
+        conv = layers[index]
+        conv.dilation, conv.padding = (2, 2), (2, 2)
+    kept = [layer for index, layer in enumerate(layers) if index not in _VGG_POOLS_REMOVED]
+    return Backbone(nn.Sequential(*kept), out_channels=512, neck_channels=1024, message_channels=128)
+
+
+def resnet18_stride8(weights_file: Path | None = None) -> Backbone:
+    """torchvision ResNet-18 stem, layer1 and layer2: stride 8, 128 channels."""
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None)
+    init_weights(net)
+    if weights_file is not None:
+        _load_prefixed(net, load_state_dict_file(weights_file), "", Path(weights_file))
+    features = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2)
+    return Backbone(features, out_channels=128, neck_channels=256, message_channels=64)
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+def small_stride8() -> Backbone:
+    """Narrow VGG-style net (16-32-64 channels, strided convs, a dilated last stage): stride 8, 64 channels.
+
+    Sized so that forward+backward of the whole SCNN at 144x400, batch 8, stays well under half a
+    second on two CPU cores (see ``benchmarks/bench_message_passing.py``).
+    """
+    layers = [
+        *_conv_bn_relu(3, 16, stride=2),
+        *_conv_bn_relu(16, 32, stride=2),
+        *_conv_bn_relu(32, 32),
+        *_conv_bn_relu(32, 64, stride=2),
+        *_conv_bn_relu(64, 64),
+        *_conv_bn_relu(64, 64, dilation=2),
+    ]
+    features = nn.Sequential(*layers)
+    init_weights(features)
+    return Backbone(features, out_channels=64, neck_channels=128, message_channels=64)
+
+
+def build_backbone(name: str, weights_file: Path | None = None) -> Backbone:
+    """The backbone called ``name`` (one of :data:`BACKBONE_NAMES`), optionally with ImageNet weights."""
+    if name == "vgg16_bn":
+        return vgg16_bn_dilated(weights_file)
+    if name == "resnet18":
+        return resnet18_stride8(weights_file)
+    if name == "small":
+        if weights_file is not None:
+            raise PretrainedWeightsError(f"backbone 'small' has no pretrained weights; got {weights_file}")
+        return small_stride8()
+    raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONE_NAMES)}")
