@@ -515,7 +515,8 @@ def test_namespaced_mode_keeps_namespaced_grants_inside_the_served_namespaces():
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": RELEASE_NAMESPACE}]
     cluster_binding = only(objects, "ClusterRoleBinding")
-    assert cluster_binding["roleRef"]["name"] == only(objects, "ClusterRole")["metadata"]["name"] == f"{FULLNAME}-cluster"
+    cluster_role = only(objects, "ClusterRole")["metadata"]["name"]
+    assert cluster_binding["roleRef"]["name"] == cluster_role == f"{FULLNAME}-cluster"
 
 
 def test_chart_rbac_rules_reads_every_role_of_a_rendering():

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from k8s.emulator import FaultPlan
-from k8s.rbac import CONDITIONAL_RULES, OPERATOR_RULES, used_rules
+from k8s.rbac import ALWAYS_USED, OPERATOR_RULES, used_rules
 from k8s.scenarios import experiment, wait_phase
 
 pytestmark = pytest.mark.timeout(60)
@@ -149,5 +149,5 @@ def test_operator_uses_exactly_the_rbac_rules_the_chart_grants(api_server, runni
     api_server.wait_for(lambda: api_server.get("laneexperiments", "rbac", "default") is None)
     time.sleep(0.2)
     used = used_rules(api_server.calls())
-    assert OPERATOR_RULES <= used, sorted(OPERATOR_RULES - used)
-    assert used <= OPERATOR_RULES | CONDITIONAL_RULES, sorted(used - OPERATOR_RULES - CONDITIONAL_RULES)
+    assert ALWAYS_USED <= used, sorted(ALWAYS_USED - used)
+    assert used <= OPERATOR_RULES, sorted(used - OPERATOR_RULES)

@@ -37,6 +37,7 @@ from lanex_operator.storage_tier import (
     StorageTierMetrics,
     apply_tier,
     default_client_factory,
+    pending_move_status,
 )
 
 VOLUME = "pvc-5d3c7b1e-8a4f-4f5e-9d2a-0c1b2a3d4e5f"
@@ -103,7 +104,8 @@ def trident_pv(internal_name: str = VOLUME, annotations: dict[str, str] | None =
                              "volumeAttributes": {"backendUUID": "a1b2c3d4-0000-4000-8000-000000000001",
                                                   "internalName": internal_name, "name": VOLUME,
                                                   "protocol": "file",
-                                                  "storage.kubernetes.io/csiProvisionerIdentity": "1700000000000-trident"}}}}
+                                                  "storage.kubernetes.io/csiProvisionerIdentity":
+                                                      "1700000000000-trident"}}}}
 
 
 def pvc(annotations: dict[str, str] | None = None, volume_name: str | None = VOLUME) -> dict[str, Any]:
@@ -153,6 +155,8 @@ def test_training_tier_moves_volume_to_premium_pool_and_records_the_move(arm, se
     assert polls[-1].query.get("operationResultResponseType") == ["Location"]
     assert arm.requests[-1].route == "volume" and "/capacityPools/pool-prem/" in arm.requests[-1].path
 
+    pending = StorageMove.model_validate(pending_move_status("Premium", now=record.start))
+    assert (pending.to, pending.result, pending.end) == ("Premium", "InProgress", None)
     status = StorageMove.model_validate(record.to_status())
     assert (status.from_level, status.to, status.result) == ("Standard", "Premium", "Succeeded")
     assert status.start is not None and status.end is not None and status.start <= status.end
@@ -422,7 +426,7 @@ def test_level_without_a_configured_pool_fails_naming_the_variable(arm, settings
     record = apply_tier(trident_pv(), "Ultra", partial, client_factory)
 
     assert (record.result, record.reason) == (MoveResult.FAILED, Reason.NOT_CONFIGURED)
-    assert "LANEX_ANF_POOL_ULTRA" in record.message and "storageTier.pools.ultra" in record.message
+    assert "LANEX_ANF_POOL_ULTRA" in record.message and "storage.tierPools.Ultra" in record.message
     assert arm.requests == []
 
 
@@ -449,8 +453,9 @@ def test_trident_pv_maps_to_its_anf_volume_in_the_configured_account(env_setting
 
 
 def test_annotation_overrides_the_mapping_pvc_first(env_settings):
-    on_pv = "/subscriptions/s2/resourceGroups/r2/providers/Microsoft.NetApp/netAppAccounts/a2/capacityPools/p2/volumes/v2"
-    on_pvc = "/subscriptions/s3/resourceGroups/r3/providers/Microsoft.NetApp/netAppAccounts/a3/capacityPools/p3/volumes/v3"
+    account = "/subscriptions/{0}/resourceGroups/{1}/providers/Microsoft.NetApp/netAppAccounts/{2}"
+    on_pv = account.format("s2", "r2", "a2") + "/capacityPools/p2/volumes/v2"
+    on_pvc = account.format("s3", "r3", "a3") + "/capacityPools/p3/volumes/v3"
 
     from_pv = volume_ref(trident_pv(annotations={VOLUME_ID_ANNOTATION: on_pv}), env_settings)
     from_pvc = volume_ref(trident_pv(annotations={VOLUME_ID_ANNOTATION: on_pv}), env_settings,
@@ -480,7 +485,8 @@ def test_malformed_annotation_and_unbound_claim_are_explained(env_settings):
     with pytest.raises(VolumeMappingError, match=r"PV .* annotation lanex.dev/anf-volume-id: 'pool-1/vol' is not an "
                                                  r"ANF volume resource ID"):
         volume_ref(trident_pv(annotations={VOLUME_ID_ANNOTATION: "pool-1/vol"}), env_settings)
-    with pytest.raises(VolumeMappingError, match=r"PVC ml/lane-exp-data has no spec.volumeName: the claim is not bound"):
+    with pytest.raises(VolumeMappingError,
+                       match=r"PVC ml/lane-exp-data has no spec.volumeName: the claim is not bound"):
         bound_pv_name(pvc(volume_name=None))
 
 
@@ -500,7 +506,7 @@ def test_settings_from_env_with_bare_pool_names_and_account():
     with pytest.raises(TierConfigError) as caught:
         settings.pool_name("Premium")
     assert str(caught.value) == ("no capacity pool configured for service level Premium: set LANEX_ANF_POOL_PREMIUM "
-                                 "(Helm value storageTier.pools.premium) to the pool's resource ID")
+                                 "(Helm value storage.tierPools.Premium) to the pool's resource ID")
     assert not TierSettings.from_env({}).configured
 
 
@@ -529,8 +535,10 @@ def test_bad_settings_name_the_variable(environ, message):
 
 def test_bare_pool_names_without_an_account_say_what_to_set():
     settings = TierSettings.from_env({"LANEX_ANF_POOL_PREMIUM": "prem"})
-    with pytest.raises(TierConfigError, match=r"cannot map PV .*: the NetApp account is not configured: set "
-                                              r"LANEX_ANF_SUBSCRIPTION_ID, LANEX_ANF_RESOURCE_GROUP, LANEX_ANF_ACCOUNT"):
+    expected = (r"cannot map PV .*: the NetApp account is not configured: set "
+                r"LANEX_ANF_SUBSCRIPTION_ID, LANEX_ANF_RESOURCE_GROUP, LANEX_ANF_ACCOUNT, or give the pools as full "
+                r"resource IDs \(Helm values storage.tierPools.<Level>\)")
+    with pytest.raises(TierConfigError, match=expected):
         volume_ref(trident_pv(), settings)
 
 

@@ -23,7 +23,7 @@ from azure.mgmt.core.tools import parse_resource_id, resource_id
 
 SERVICE_LEVELS = ("Standard", "Premium", "Ultra")
 ENV_PREFIX = "LANEX_ANF_"
-HELM_PREFIX = "storageTier"
+HELM_POOLS = "storage.tierPools"  # the chart's values: storage.tierPools.Standard / .Premium / .Ultra
 VOLUME_ID_ANNOTATION = "lanex.dev/anf-volume-id"
 TRIDENT_DRIVER = "csi.trident.netapp.io"
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
@@ -71,10 +71,6 @@ def _env_field(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def _helm_field(level_or_name: str) -> str:
-    return f"{HELM_PREFIX}.{level_or_name}"
-
-
 @dataclasses.dataclass(frozen=True)
 class TierSettings:
     """Storage-tier configuration of the operator, read once from `LANEX_ANF_*` at start-up.
@@ -84,9 +80,10 @@ class TierSettings:
     """
 
     # Capacity pool per service level: LANEX_ANF_POOL_STANDARD / _PREMIUM / _ULTRA
-    # (Helm values storageTier.pools.standard / .premium / .ultra).
+    # (Helm values storage.tierPools.Standard / .Premium / .Ultra).
     pools: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    # Account of the pools, needed when pools are bare names (and checked against full IDs).
+    # Account of the pools, needed only when pools are bare names (and checked against full IDs):
+    # LANEX_ANF_SUBSCRIPTION_ID, LANEX_ANF_RESOURCE_GROUP, LANEX_ANF_ACCOUNT.
     subscription_id: Optional[str] = None
     resource_group: Optional[str] = None
     account: Optional[str] = None
@@ -174,9 +171,8 @@ class TierSettings:
                                                          ("resource_group", self.resource_group),
                                                          ("account", self.account)) if not value]
         if missing:
-            raise TierConfigError(f"the NetApp account is not configured: set {', '.join(missing)} (Helm values "
-                                  f"{_helm_field('subscriptionId')}, {_helm_field('resourceGroup')}, "
-                                  f"{_helm_field('account')}) or give pools as full resource IDs")
+            raise TierConfigError(f"the NetApp account is not configured: set {', '.join(missing)}, or give the "
+                                  f"pools as full resource IDs (Helm values {HELM_POOLS}.<Level>)")
         return AccountScope(str(self.subscription_id), str(self.resource_group), str(self.account))
 
     def pool_name(self, level: str) -> str:
@@ -187,7 +183,7 @@ class TierSettings:
         if not value:
             raise TierConfigError(
                 f"no capacity pool configured for service level {level}: set {_env_field(f'pool_{level}')} "
-                f"(Helm value {_helm_field('pools.' + level.lower())}) to the pool's resource ID")
+                f"(Helm value {HELM_POOLS}.{level}) to the pool's resource ID")
         return parse_resource_id(value)["child_name_1"] if value.startswith("/") else value
 
     def pool_id(self, level: str) -> str:

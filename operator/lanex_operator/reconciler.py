@@ -9,10 +9,12 @@ watch cache, else the API), then walks the steps of TR-4896 in order:
     -> Succeeded, or Failed with a reason
 
 Each step that is already done is skipped; each step that is not creates its child under a
-deterministic name (an existing one is adopted, not duplicated) and returns how long to wait. The
-only non-deterministic name, the snapshot's timestamp, is written to status before the snapshot is
-created, so a restart at any moment creates exactly one of each child. Status is written at most
-once per step, and an Event is posted for every transition.
+deterministic name (create first: an existing one answers AlreadyExists and is read, never
+duplicated) and returns how long to wait. Everything a pass learns is written in one status patch
+when it stops to wait; a crash before that write loses nothing, because the next pass derives the
+same facts from the children. The only non-deterministic name, the snapshot's timestamp, is written
+to status before the snapshot is created, so a restart at any moment creates exactly one of each
+child. An Event is posted for every phase transition and every warning.
 """
 
 from __future__ import annotations
@@ -128,12 +130,13 @@ class Reconciler:
             self._start(book, spec, plan)
         for step in (self._preflight, self._dataset, self._prepare, self._share, self._train, self._snapshot):
             wait = await step(body, book, spec, plan)
-            await self.flush(body, book)
             if book.terminal:
-                return None
+                break
             if wait is not None:
+                await self.flush(body, book)  # one status write per pass: everything it learned
                 return max(0.05, min(wait, self.config.resync_seconds))
-        self._finish(book)
+        else:
+            self._finish(book)
         await self.flush(body, book)
         return None
 

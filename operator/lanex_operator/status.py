@@ -144,8 +144,8 @@ class StatusBook:
         self.event("Normal", phase.value, message)
 
     def complete_step(self, type_: str, reason: str, message: str) -> None:
-        if self.set_condition(type_, "True", reason, message):
-            self.event("Normal", type_, message)
+        """The step's condition becomes True (the next phase's Event tells the story; no Event here)."""
+        self.set_condition(type_, "True", reason, message)
 
     def fail(self, reason: FailureReason, message: str) -> None:
         """Terminal failure: the running step's condition, Failed=True, Succeeded=False, a Warning Event."""

@@ -16,13 +16,17 @@ How the operator uses it (handlers own the Kubernetes side; this module never to
     record = apply_tier(pv, level, settings, default_client_factory, pvc=pvc, metrics=metrics)
     # blocking (up to settings.move_timeout_seconds): from an async handler use asyncio.to_thread
 
-- right before creating the MPIJob: `level = spec.storage.trainingServiceLevel or spec.storage.serviceLevel`;
-- after the MPIJob finished (succeeded or failed): `level = spec.storage.serviceLevel` (skip when unset);
-- each record that `record.changed_anything` goes to `status.storageMoves` (`record.to_status()`),
-  and every record but `Unchanged` becomes an Event (`record.event()` -> type, reason, message);
-- `record.condition()` is the `StorageTier` condition: True when at the wanted level, False
-  (Warning event) when the move failed or timed out, with the reason in its message. Training
-  proceeds either way; `record.retryable` says whether trying again later can help.
+- right before creating the MPIJob: `level = spec.storage.trainingServiceLevel or spec.storage.serviceLevel`
+  (skip when both are unset); after the MPIJob finished, succeeded or failed, and only when a
+  training level was set: `level = spec.storage.serviceLevel or <the "from" of that move up>`;
+- optionally patch `pending_move_status(level)` into `status.storageMoves` first (result InProgress)
+  and replace it with the outcome;
+- append `record.to_status()` to `status.storageMoves` when `record.changed_anything` (a repeat
+  after an operator restart comes back `Unchanged` and adds nothing);
+- emit `record.event()` (type, reason, message) for every record but `Unchanged`;
+- set `record.condition()` as the `StorageTier` condition: True when at the wanted level, False
+  (with the reason and message) when the move failed or timed out. Training proceeds either way,
+  at the level the volume has; `record.retryable` says whether trying again later can help.
 
 Credentials come from azure-identity's `DefaultAzureCredential` (workload identity, or the
 environment of a Secret mounted into the operator), never from the experiment's spec.
@@ -143,6 +147,11 @@ class MoveRecord:
         return {"type": CONDITION_TYPE, "status": "True" if self.succeeded else "False",
                 "reason": f"At{self.to_level}" if self.succeeded else (self.reason or Reason.UNEXPECTED).value,
                 "message": self.message, "lastTransitionTime": _rfc3339(now or self.end)}
+
+
+def pending_move_status(to_level: str, from_level: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """A `status.storageMoves[]` entry for a move that is starting (result InProgress)."""
+    return {"from": from_level, "to": to_level, "start": _rfc3339(now or _now()), "end": None, "result": "InProgress"}
 
 
 def _canonical_level(value: object) -> Optional[str]:
@@ -316,13 +325,13 @@ class PoolMover:
                 volume = self.client.volumes.get(ref.scope.resource_group, ref.scope.account, pool, ref.volume)
             except ResourceNotFoundError:
                 continue
-            level = volume.properties.service_level if volume.properties is not None else None
+            level = getattr(volume, "service_level", None)  # flattened `properties.serviceLevel`
             return LocatedVolume(pool=pool, level=_canonical_level(level) or self.settings.level_of_pool(pool),
                                  volume_id=volume.id or volume_resource_id(ref, pool))
         scope = ref.scope
         raise MoveError(Failure(Reason.NOT_FOUND, False,
-                                f"ANF volume {ref.volume} (from {ref.source or 'the mapping'}) was not found in any pool "
-                                f"of account {scope.subscription_id}/{scope.resource_group}/{scope.account} "
+                                f"ANF volume {ref.volume} (from {ref.source or 'the mapping'}) was not found in "
+                                f"any pool of account {scope.subscription_id}/{scope.resource_group}/{scope.account} "
                                 f"(tried {', '.join(tried) or 'none'})"))
 
     def _candidate_pools(self, ref: VolumeRef) -> Iterable[str]:

@@ -423,8 +423,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
                     "DELETE": "delete" if request.name else "deletecollection"}.get(method, method.lower())
         plural = spec.plural + (f"/{request.subresource}" if request.subresource else "")
+        name = request.name
+        if name is None and verb == "create" and isinstance(request.data, dict):
+            name = (request.data.get("metadata") or {}).get("name")  # what a create names, for the request log
         return ApiCall(method=method, path=request.url.path, verb=verb, group=spec.group, resource=plural,
-                       namespace=request.namespace, name=request.name,
+                       namespace=request.namespace, name=name,
                        user_agent=request.headers.get("User-Agent", ""), at=time.monotonic())
 
     def _dispatch(self, request: rendering.Request, spec: ResourceSpec, call: ApiCall) -> tuple[Any, int]:

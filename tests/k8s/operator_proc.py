@@ -100,6 +100,12 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the running process so far."""
+        assert self.process is not None
+        fields = pathlib.Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_kib(self) -> int:
         """VmHWM of the running process (peak resident set size), in KiB."""
         assert self.process is not None

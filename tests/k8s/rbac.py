@@ -1,9 +1,10 @@
 """The RBAC rules the operator actually uses, derived from the emulator's request log.
 
 Why it exists: the Helm chart's ClusterRole must grant exactly what the operator does, no more.
-`used_rules` turns recorded requests into (apiGroup, resource, verb) triples; `OPERATOR_RULES` is
-the set a full lifecycle plus deletion produces, checked by tests/test_operator_emulator.py, for
-the chart's RBAC test to compare against.
+`used_rules` turns recorded requests into (apiGroup, resource, verb) triples. `ALWAYS_USED` is what
+a full lifecycle plus deletion uses, `CONDITIONAL_RULES` what only some paths use (RUN:ai, existing
+claims, restores, failures, retention Delete); `OPERATOR_RULES`, their union, is what the chart's
+ClusterRole must grant, exactly (tests/test_operator_emulator.py checks the operator against it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ OPERATOR_USER_AGENTS = ("kopf/", "lanex-operator/")
 
 Rule = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
-OPERATOR_RULES: frozenset[Rule] = frozenset({
+ALWAYS_USED: frozenset[Rule] = frozenset({
     # kopf: discovery of CRDs, the experiments (watch, finalizer and progress patches, status), Events
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
@@ -47,17 +48,19 @@ OPERATOR_RULES: frozenset[Rule] = frozenset({
     ("", "pods", "list"),
     ("storage.k8s.io", "storageclasses", "get"),
     ("snapshot.storage.k8s.io", "volumesnapshotclasses", "get"),
-    ("", "namespaces", "get"),
 })
 
-# Used only on some paths (existing claims, restores, failures, retention Delete of the dataset).
+# Used only on some paths (RUN:ai, existing claims, restores, failures, retention Delete of the dataset).
 CONDITIONAL_RULES: frozenset[Rule] = frozenset({
+    ("", "namespaces", "get"),
     ("", "persistentvolumeclaims", "get"),
     ("", "persistentvolumeclaims", "delete"),
     ("batch", "jobs", "get"),
     ("snapshot.storage.k8s.io", "volumesnapshots", "get"),
     ("", "events", "list"),
 })
+
+OPERATOR_RULES: frozenset[Rule] = ALWAYS_USED | CONDITIONAL_RULES
 
 
 def used_rules(calls: Iterable[ApiCall], user_agents: tuple[str, ...] = OPERATOR_USER_AGENTS) -> set[Rule]:

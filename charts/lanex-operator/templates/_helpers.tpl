@@ -48,7 +48,7 @@ app.kubernetes.io/part-of: lanex
 
 {{/*
 Rules between values that JSON schema (draft-07) cannot state clearly; each failure names the keys.
-Included by every template so that `helm template` and `helm install` fail the same way.
+Included once, by deployment.yaml (always rendered): `helm template`, `helm lint` and `helm install` fail alike.
 */}}
 {{- define "lanex-operator.validate" -}}
 {{- if eq (int .Values.livenessPort) (int .Values.metrics.port) -}}
