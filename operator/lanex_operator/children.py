@@ -84,6 +84,7 @@ class Wakers:
 
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._generations: dict[tuple[str, str], int] = {}
 
     def event(self, namespace: str, name: str) -> asyncio.Event:
         return self._events.setdefault((namespace, name), asyncio.Event())
@@ -93,8 +94,15 @@ class Wakers:
         if event is not None:
             event.set()
 
+    def poke_if_changed(self, namespace: str, name: str, generation: int) -> None:
+        """Poke when the experiment's generation differs from the last one seen (a spec change)."""
+        if self._generations.get((namespace, name)) != generation:
+            self._generations[(namespace, name)] = generation
+            self.poke(namespace, name)
+
     def forget(self, namespace: str, name: str) -> None:
         self._events.pop((namespace, name), None)
+        self._generations.pop((namespace, name), None)
 
     async def wait(self, namespace: str, name: str, timeout: float) -> bool:
         """Wait until poked or `timeout` passes; True when poked."""

@@ -5,6 +5,8 @@ Trainer commands are registered from `lanex_trainer.cli`, which imports torch on
 
 from __future__ import annotations
 
+from typing import List
+
 import typer
 
 from lanex_operator import local_cli
@@ -13,6 +15,28 @@ from lanex_trainer import cli as trainer_cli
 app = typer.Typer(help="lanex: lane-detection training experiments, locally or on Kubernetes.", no_args_is_help=True)
 trainer_cli.register(app)
 local_cli.register(app)
+
+
+@app.command("operator")
+def operator_command(
+    namespace: List[str] = typer.Option([], "--namespace", "-n", help="Namespace to serve (repeatable)."),
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Serve all namespaces (default when no --namespace)."),
+    liveness_port: int = typer.Option(8080, help="Port of the /healthz liveness endpoint (0: off)."),
+    metrics_port: int = typer.Option(9090, help="Port of the Prometheus /metrics endpoint (0: off)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Run the LaneExperiment operator (kopf) against the current kubeconfig or in-cluster config."""
+    import logging
+
+    from lanex_operator.runtime import run_operator
+
+    if all_namespaces and namespace:
+        typer.echo("error: --all-namespaces and --namespace exclude each other", err=True)
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    run_operator(list(namespace) or None, liveness_port, metrics_port)
 
 
 def main() -> None:

@@ -116,9 +116,10 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
             await state.wakers.wait(namespace, name, wait)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="wake")
-    def experiment_changed(type: str, name: str, namespace: str, **_: Any) -> None:
+    def experiment_changed(type: str, name: str, namespace: str, meta: kopf.Meta, **_: Any) -> None:
+        # Status writes are the daemon's own; only a new generation (spec change) is news to it.
         if type != "DELETED":
-            state.wakers.poke(namespace, name)
+            state.wakers.poke_if_changed(namespace, name, int(meta.get("generation") or 0))
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="retention")
     async def experiment_deleted(body: kopf.Body, uid: str, name: str, namespace: str, logger: kopf.Logger,

@@ -47,7 +47,7 @@ def main() -> None:
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         digests.append(hashlib.sha256(flat.numpy().tobytes()).hexdigest())
 
-    train_one_epoch(wrapped, SCNNLoss(), optimizer, loader, scheduler, torch.device("cpu"), 0, dist=dist,
+    train_one_epoch(wrapped, SCNNLoss(), optimizer, loader, scheduler, torch.device("cpu"), 0, dist=dist, grad_clip_norm=5.0,
                     first_step=0, max_steps=steps, amp=False, on_step=on_step)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank{dist.rank}.json").write_text(json.dumps(

@@ -126,9 +126,10 @@ def train_command(
     import yaml
 
     from lanex_trainer.config import ConfigError, build_config
+    from lanex_trainer.engine import TrainingDiverged
 
     _configure_logging()
-    overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config"}}
+    overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config", "TrainingDiverged"}}
     for item in setting:
         key, sep, value = item.partition("=")
         if not sep:
@@ -143,6 +144,9 @@ def train_command(
     except ConfigError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
+    except TrainingDiverged as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
     from lanex_trainer.distributed import detect_world
 
     if detect_world().is_main:

@@ -45,6 +45,10 @@ class TrainConfig(BaseModel):
     )
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay.")
+    grad_clip_norm: float = Field(
+        5.0, gt=0, description="Gradients are clipped to this global L2 norm (SCNN's recurrent message passing "
+        "can otherwise blow up in one step early in training)."
+    )
     warmup_iterations: int = Field(
         100, ge=0, description="Linear warm-up steps from lr/10, then poly decay (power poly_power) to 0."
     )

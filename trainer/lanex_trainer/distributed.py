@@ -131,6 +131,14 @@ class Distributed:
     def broadcast_initial_state(self, model, optimizer) -> None:
         """Make every rank start from rank 0's parameters and optimizer state."""
 
+    def clip_and_step(self, optimizer, parameters, max_norm: float):
+        """Clip the (already averaged) gradients to `max_norm`, then step; returns the norm before clipping."""
+        import torch
+
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        optimizer.step()
+        return norm
+
     def all_reduce_sum(self, tensor):
         return tensor
 
@@ -218,6 +226,17 @@ class HorovodDistributed(Distributed):
         return hvd.DistributedOptimizer(
             optimizer, named_parameters=model.named_parameters(), compression=compression
         )
+
+    def clip_and_step(self, optimizer, parameters, max_norm: float):
+        import torch
+
+        # Horovod averages gradients asynchronously: wait for them before clipping, then step
+        # without a second synchronisation.
+        optimizer.synchronize()
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        with optimizer.skip_synchronize():
+            optimizer.step()
+        return norm
 
     def broadcast_initial_state(self, model, optimizer) -> None:
         self._hvd.broadcast_parameters(model.state_dict(), root_rank=0)

@@ -9,6 +9,7 @@ single-process numbers.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -19,6 +20,10 @@ from tqdm import tqdm
 from lanex_trainer.distributed import Distributed
 from lanex_trainer.evaluation.postprocess import PostprocessSettings, lanes_from_probabilities
 from lanex_trainer.losses import SCNNLoss
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss is no longer finite; continuing would only waste the job."""
 
 
 @dataclass
@@ -61,6 +66,7 @@ def train_one_epoch(
     max_steps: int,
     amp: bool = True,
     channels_last: bool = False,
+    grad_clip_norm: float = 5.0,
     on_step: Optional[Callable[[int, float], None]] = None,
 ) -> EpochStats:
     """Train until the loader is exhausted or `max_steps` optimizer steps have been taken in all.
@@ -79,12 +85,17 @@ def train_one_epoch(
         with autocast_for(device, amp):
             seg_logits, exist_logits = model(inputs)
         loss = criterion(seg_logits, exist_logits, seg_target, exist_target).total
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"the loss became {value} at step {step + 1} (learning rate {scheduler.get_last_lr()[0]:.4g}); "
+                "lower the learning rate or the gradient clipping norm"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        dist.clip_and_step(optimizer, model.parameters(), grad_clip_norm)
         scheduler.step()
         step += 1
-        value = loss.item()
         loss_sum += value
         images += inputs.shape[0]
         progress.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.4g}")

@@ -259,7 +259,7 @@ class Trainer:
             stats = train_one_epoch(
                 train_model, self.criterion, optimizer, self.train_loader, scheduler, self.device, epoch,
                 dist=dist, first_step=step, max_steps=self.total_steps, amp=cfg.amp,
-                channels_last=self.channels_last, on_step=on_step,
+                channels_last=self.channels_last, grad_clip_norm=cfg.grad_clip_norm, on_step=on_step,
             )
             step += stats.steps
             train_seconds += stats.seconds
