@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lanex_trainer.data.dataset import DecodeError, LaneDataset, decode_image, loader_worker_init, reduction_flag
+from lanex_trainer.data.dataset import DecodeError, LaneDataset, decode_image, reduction_flag
 from lanex_trainer.data.labels import assign_slots
 
 H_SAMPLES = list(range(160, 711, 10))
@@ -230,9 +230,7 @@ def test_items_do_not_depend_on_loader_workers_and_set_epoch_reaches_persistent_
     root, entries = scenes
     reference = LaneDataset(entries, root, HEIGHT, WIDTH, augment=True, seed=1)
     dataset = LaneDataset(entries, root, HEIGHT, WIDTH, augment=True, seed=1)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=1, num_workers=2, persistent_workers=True, worker_init_fn=loader_worker_init
-    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2, persistent_workers=True, timeout=60)
     for epoch in (0, 1):
         dataset.set_epoch(epoch)
         reference.set_epoch(epoch)

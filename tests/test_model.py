@@ -68,7 +68,7 @@ def test_vgg16_bn_backbone_is_dilated_at_output_stride_8():
     assert model.message_passing.channels == 128
 
 
-def test_model_trains_in_channels_last_and_matches_contiguous_forward():
+def test_channels_last_forward_matches_contiguous_forward():
     model = build_model("small", input_size=(48, 96)).eval()
     images = torch.randn(2, 3, 48, 96)
     with torch.no_grad():
@@ -77,6 +77,30 @@ def test_model_trains_in_channels_last_and_matches_contiguous_forward():
         seg_cl, exist_cl = model_cl(images.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(seg_cl, seg, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(exist_cl, exist, rtol=1e-4, atol=1e-4)
+
+
+def test_a_training_step_sends_gradients_to_every_parameter_and_lowers_the_loss():
+    torch.manual_seed(0)
+    model = build_model("small", input_size=(32, 64)).train()
+    images = torch.randn(4, 3, 32, 64)
+    labels = torch.randint(0, 5, (4, 32, 64))
+    exists = torch.randint(0, 2, (4, 4)).float()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def loss_value() -> torch.Tensor:
+        seg_logits, exist_logits = model(images)
+        return F.cross_entropy(seg_logits, labels) + 0.1 * F.binary_cross_entropy_with_logits(exist_logits, exists)
+
+    first = loss_value()
+    first.backward()
+    silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert silent == []
+    for _ in range(15):
+        optimizer.step()
+        optimizer.zero_grad()
+        last = loss_value()
+        last.backward()
+    assert last.item() < 0.7 * first.item()
 
 
 @pytest.mark.parametrize("kernel", [3, 9])
@@ -239,7 +263,7 @@ def test_missing_pretrained_file_is_an_error_naming_it(tmp_path):
 def test_pretrained_file_of_another_network_is_rejected_with_the_missing_keys(tmp_path):
     path = tmp_path / "not-vgg.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
-    with pytest.raises(PretrainedWeightsError, match=r"not-vgg.pth lacks 78 keys: features.0.weight"):
+    with pytest.raises(PretrainedWeightsError, match=r"not-vgg.pth lacks 91 keys: features.0.weight"):
         build_model("vgg16_bn", input_size=(32, 64), pretrained_weights=path)
     with pytest.raises(PretrainedWeightsError, match="'small' has no pretrained weights"):
         build_model("small", input_size=(32, 64), pretrained_weights=path)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from k8s.emulator import FaultPlan
 from k8s.scenarios import child_counts, condition, experiment, experiment_events, get_experiment, phase_of, wait_phase
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,6 +94,18 @@ def test_snapshot_error_is_surfaced_and_fails_after_the_ready_timeout(api_server
     assert "was not ready to use after 2s: ANF volume lanes has reached 255 snapshots" in exp["status"]["message"]
     assert exp["status"]["snapshots"][0]["error"]["message"] == "ANF volume lanes has reached 255 snapshots"
     assert exp["status"]["results"]["accuracy"] == pytest.approx(0.9512)  # training results are kept
+
+
+def test_permanent_api_error_fails_the_step_instead_of_retrying_forever(api_server, running_operator):
+    api_server.set_faults(FaultPlan(forbidden_rate=1.0, applies=lambda call: call.resource == "persistentvolumes"
+                                    and call.verb == "patch"))
+    api_server.create(experiment("lanes-norbac"))
+    exp = failed(api_server, "lanes-norbac")
+    assert exp["status"]["reason"] == "DatasetFailed"
+    assert "API request failed and cannot be retried: PATCH /api/v1/persistentvolumes/" in exp["status"]["message"]
+    assert "403 Forbidden" in exp["status"]["message"]
+    assert condition(exp, "VolumeShared")["status"] == "False"
+    assert child_counts(api_server, "lanes-norbac") == {**NO_CHILDREN, "persistentvolumeclaims": 1, "jobs": 1}
 
 
 def test_missing_dependencies_are_a_preflight_condition_until_they_appear(api_server, running_operator):

@@ -11,7 +11,7 @@ import re
 import kubernetes_validate
 import pytest
 
-from k8s.scenarios import children, condition, experiment, experiment_events, get_experiment, wait_phase
+from k8s.scenarios import children, condition, experiment, experiment_events, wait_phase
 from lanex_operator.api.models import parse_spec, training_config_hash
 
 pytestmark = pytest.mark.timeout(60)

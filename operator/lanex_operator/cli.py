@@ -9,12 +9,13 @@ from typing import List
 
 import typer
 
-from lanex_operator import local_cli
+from lanex_operator import cluster_cli, local_cli
 from lanex_trainer import cli as trainer_cli
 
 app = typer.Typer(help="lanex: lane-detection training experiments, locally or on Kubernetes.", no_args_is_help=True)
 trainer_cli.register(app)
 local_cli.register(app)
+cluster_cli.register(app)
 
 
 @app.command("operator")

@@ -70,10 +70,19 @@ def print_summary(summary: dict) -> None:
 
 @snapshots_app.command("list")
 def snapshots_list(
+    experiment_arg: Optional[str] = typer.Argument(None, help="Only this experiment's snapshots."),
     workspace: Path = typer.Option(DEFAULT_WORKSPACE, help="Local workspace."),
     experiment: Optional[str] = typer.Option(None, help="Only this experiment's snapshots."),
+    cluster: bool = typer.Option(False, "--cluster", help="The cluster's VolumeSnapshots (current kubeconfig)."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="With --cluster: the namespace."),
 ) -> None:
-    """List local snapshots, oldest first."""
+    """List local snapshots, oldest first; with --cluster, the VolumeSnapshots of lanex experiments."""
+    experiment = experiment or experiment_arg
+    if cluster:
+        from lanex_operator.cluster_cli import snapshots_list_cluster
+
+        snapshots_list_cluster(namespace, experiment)
+        return
     from lanex_operator.local.runner import Workspace
 
     for info in Workspace(workspace).snapshots.list():
@@ -85,10 +94,29 @@ def snapshots_list(
 @snapshots_app.command("restore")
 def snapshots_restore(
     name: str = typer.Argument(..., help="Snapshot name."),
-    to: str = typer.Option(..., "--to", help="Name of the new volume (claim) to restore into."),
+    to: Optional[str] = typer.Option(None, "--to", help="Name of the new volume (claim) to restore into."),
     workspace: Path = typer.Option(DEFAULT_WORKSPACE, help="Local workspace."),
+    cluster: bool = typer.Option(False, "--cluster", help="Restore a VolumeSnapshot into a new PVC on the cluster."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="With --cluster: the namespace."),
+    storage_class: Optional[str] = typer.Option(None, "--storage-class",
+                                                help="With --cluster: storage class (default: the source experiment's)."),
+    print_experiment: bool = typer.Option(False, "--print-experiment",
+                                          help="With --cluster: print a LaneExperiment using dataset.fromSnapshot "
+                                               "(named by --to) instead of creating a PVC."),
 ) -> None:
-    """Restore a snapshot into a new local volume, verified file by file against its manifest."""
+    """Restore a snapshot into a new local volume, verified file by file against its manifest.
+
+    With --cluster: a new PVC whose dataSource is the VolumeSnapshot (exit 1 on API errors or a
+    snapshot not ready, 2 on bad flags).
+    """
+    if cluster:
+        from lanex_operator.cluster_cli import snapshots_restore_cluster
+
+        snapshots_restore_cluster(name, to, namespace, storage_class, print_experiment)
+        return
+    if to is None or storage_class is not None or print_experiment:
+        typer.echo("error: --to is required; --storage-class and --print-experiment need --cluster", err=True)
+        raise typer.Exit(2)
     from lanex_operator.local.runner import Workspace
     from lanex_operator.local.snapshots import SnapshotError
 

@@ -20,7 +20,6 @@ child. An Event is posted for every phase transition and every warning.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -58,7 +57,6 @@ MESSAGE_LIMIT = 1024
 
 C = ConditionType
 EventPoster = Callable[[Mapping[str, Any], str, str, str], None]
-log = logging.getLogger("lanex.operator")
 
 # The failure reason of an API error that cannot be retried, by the phase it happened in.
 PHASE_FAILURES = {
@@ -113,6 +111,8 @@ class Reconciler:
         except KubeError as exc:
             if exc.retryable:
                 self.metrics.reconcile_errors.labels(kind="retryable").inc()
+                if not exc.path.endswith("/status"):
+                    await self._flush_quietly(body, book)  # show how far it got while the error lasts
                 raise
             self.metrics.reconcile_errors.labels(kind="permanent").inc()
             reason = PHASE_FAILURES.get(book.phase or "", FailureReason.DATASET_FAILED)
@@ -139,6 +139,12 @@ class Reconciler:
             self._finish(book)
         await self.flush(body, book)
         return None
+
+    async def _flush_quietly(self, body: Mapping[str, Any], book: StatusBook) -> None:
+        try:
+            await self.flush(body, book)
+        except KubeError:
+            pass  # the changes stay in the book and go with the next write
 
     async def flush(self, body: Mapping[str, Any], book: StatusBook) -> None:
         """Write the changed status keys (one merge patch), then post Events and record metrics."""

@@ -34,7 +34,7 @@ import string
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -142,7 +142,7 @@ class ApiCall:
 
 @dataclasses.dataclass
 class FaultPlan:
-    """A share of requests answered with 500, 409 or after a delay.
+    """A share of requests answered with 500, 409, 403 or after a delay.
 
     `applies` selects the requests eligible for faults (by default: everything but the cluster
     simulation's own traffic and watch streams). 409 is only given to writes that can conflict
@@ -152,6 +152,7 @@ class FaultPlan:
     error_rate: float = 0.0
     conflict_rate: float = 0.0
     slow_rate: float = 0.0
+    forbidden_rate: float = 0.0  # 403: a permanent error (the RBAC role lacks a rule)
     slow_seconds: float = 0.3
     seed: int = 0
     applies: Callable[[ApiCall], bool] | None = None
@@ -177,6 +178,8 @@ class FaultPlan:
             fault = "conflict" if call.method in ("PATCH", "PUT", "DELETE") else "error"
         elif draw < self.error_rate + self.conflict_rate + self.slow_rate:
             fault = "slow"
+        elif draw < self.error_rate + self.conflict_rate + self.slow_rate + self.forbidden_rate:
+            fault = "forbidden"
         else:
             return None
         self.injected[fault] += 1
@@ -402,6 +405,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if fault == "conflict":
                 raise ApiError(409, "Conflict", "injected fault: the object has been modified; "
                                                 "please apply your changes to the latest version and try again")
+            if fault == "forbidden":
+                raise ApiError(403, "Forbidden", f"injected fault: {call.user_agent} cannot {call.verb} "
+                                                 f"resource \"{call.resource}\" in API group \"{call.group}\"")
             if fault == "slow":
                 await asyncio.sleep(self.faults.slow_seconds if self.faults else 0)
             if call.verb == "watch":
@@ -789,6 +795,3 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 def _json(payload: Any, status: int) -> aiohttp.web.Response:
     return aiohttp.web.json_response(payload, status=status)
 
-
-def crd_objects(docs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [d for d in docs if d and d.get("kind") == "CustomResourceDefinition"]

@@ -78,6 +78,7 @@ class Draw:
 
 
 def random_draw(rng: np.random.Generator, config: AugmentConfig, width: int, height: int) -> Draw:
+    """Draw one item's augmentation; always the same number of draws, in the same order."""
     return Draw(
         angle_deg=float(rng.uniform(-config.rotation_deg, config.rotation_deg)),
         scale=float(rng.uniform(*config.scale)),
@@ -282,6 +283,11 @@ class LaneDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.augment_config = augment_config
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        # Loader workers are the parallelism; OpenCV's own thread pool would only oversubscribe the
+        # cores, and a pool that is running when DataLoader forks its workers can deadlock them
+        # (cv2 calls in the child wait on threads that were not copied). Set in the parent, so
+        # forked workers inherit a process with no pool.
+        cv2.setNumThreads(1)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -314,10 +320,3 @@ class LaneDataset(torch.utils.data.Dataset):
             "exist": torch.tensor([0.0 if lane is None else 1.0 for lane in slots], dtype=torch.float32),
             "index": index,
         }
-
-
-def loader_worker_init(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: one thread per worker for torch and OpenCV (workers are the parallelism)."""
-    del worker_id
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)

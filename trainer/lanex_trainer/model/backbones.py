@@ -132,10 +132,11 @@ def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, dilation
 
 
 def small_stride8() -> Backbone:
-    """Narrow VGG-style net (16-32-64 channels, strided convs, a dilated last stage): stride 8, 64 channels.
+    """Narrow VGG-style net (16-32-64 channels, strided convs, a dilated last conv): stride 8, 64 channels.
 
-    Sized so that forward+backward of the whole SCNN at 144x400, batch 8, stays well under half a
-    second on two CPU cores (see ``benchmarks/bench_message_passing.py``).
+    With a 128-wide neck and 32-channel message passing, forward+backward of the whole SCNN at
+    144x400, batch 8, takes ~0.2 s of CPU time (one thread; see ``benchmarks/bench_message_passing.py``),
+    so a few thousand training steps fit in minutes on two cores.
     """
     layers = [
         *_conv_bn_relu(3, 16, stride=2),
@@ -147,7 +148,7 @@ def small_stride8() -> Backbone:
     ]
     features = nn.Sequential(*layers)
     init_weights(features)
-    return Backbone(features, out_channels=64, neck_channels=128, message_channels=64)
+    return Backbone(features, out_channels=64, neck_channels=128, message_channels=32)
 
 
 def build_backbone(name: str, weights_file: Path | None = None) -> Backbone:

@@ -1,0 +1,334 @@
+"""The client side of the `lanex` cluster commands: experiments, children, pods, logs, events, snapshots.
+
+Why it exists: the commands are short-lived processes, so the official synchronous `kubernetes`
+client fits them (the operator keeps its own asynchronous client in `kube.py`). Everything the
+commands read or write goes through `Cluster`, which works on plain dicts shaped exactly like the
+API's JSON, and every failure becomes a `ClusterError` whose message is one line naming the object
+(`laneexperiment default/foo not found`). `kubernetes` is imported only when a `Cluster` is built,
+so `lanex --help` never pays for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+from lanex_operator.api.models import GROUP, PLURAL, SINGULAR, VERSION
+from lanex_operator.builders import EXPERIMENT_LABEL, MANAGED_BY, SNAPSHOT_API_GROUP
+
+SNAPSHOT_VERSION = "v1"
+SNAPSHOT_PLURAL = "volumesnapshots"
+MPI_GROUP, MPI_VERSION, MPI_PLURAL = "kubeflow.org", "v2beta1", "mpijobs"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# mpi-operator v2 labels the pods of an MPIJob with these.
+MPI_JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+MPI_ROLE_LABEL = "training.kubeflow.org/job-role"
+MPI_INDEX_LABEL = "training.kubeflow.org/replica-index"
+# The Job controller labels its pods with both (the short one before Kubernetes 1.27).
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+GONE = 410
+
+
+class ClusterError(Exception):
+    """An API request or lookup that failed; the message is one line meant for the user."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def already_exists(self) -> bool:
+        return self.status == 409
+
+
+class WaitTimeout(ClusterError):
+    """A watch that ended because its deadline passed."""
+
+
+def describe_api_error(what: str, status: int, reason: str, body: Any) -> str:
+    """One line for an API error: `laneexperiment default/foo not found`, else the server's message."""
+    message = ""
+    if body:
+        try:
+            payload = json.loads(body) if isinstance(body, (str, bytes)) else body
+            message = str(payload.get("message") or "") if isinstance(payload, dict) else ""
+        except ValueError:
+            message = str(body)[:300]
+    if status == 404:
+        return f"{what} not found"
+    if status == 409 and "already exists" in message:
+        return f"{what} already exists"
+    if status in (401, 403):
+        return f"{what}: {'unauthorized' if status == 401 else 'forbidden'}: {message or reason}"
+    return f"{what}: {status} {reason}: {message}".rstrip(": ")
+
+
+class Cluster:
+    """One namespace of one cluster, through the current kubeconfig context or the in-cluster config."""
+
+    def __init__(self, api_client: Any, namespace: str) -> None:
+        from kubernetes import client
+
+        self.api_client = api_client
+        self.namespace = namespace
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    @classmethod
+    def connect(cls, namespace: Optional[str] = None, context: Optional[str] = None) -> "Cluster":
+        """Log in like kubectl: the kubeconfig (KUBECONFIG or ~/.kube/config), else the pod's service account."""
+        from kubernetes import client, config
+        from kubernetes.config.config_exception import ConfigException
+
+        configuration = client.Configuration()
+        try:
+            config.load_kube_config(context=context, client_configuration=configuration)
+            _, active = config.list_kube_config_contexts()
+            if context:
+                contexts, _ = config.list_kube_config_contexts()
+                active = next((c for c in contexts if c.get("name") == context), active)
+            default_namespace = ((active or {}).get("context") or {}).get("namespace") or "default"
+        except (ConfigException, OSError) as kubeconfig_error:
+            if context or "KUBERNETES_SERVICE_HOST" not in os.environ:
+                raise ClusterError(f"no usable Kubernetes configuration: {kubeconfig_error} "
+                                   "(set KUBECONFIG, or run inside a pod)") from None
+            try:
+                config.load_incluster_config(client_configuration=configuration)
+            except ConfigException as error:
+                raise ClusterError(f"no usable Kubernetes configuration: {error}") from None
+            default_namespace = (SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+                                 if SERVICE_ACCOUNT_NAMESPACE.exists() else "default")
+        configuration.retries = 1
+        return cls(client.ApiClient(configuration), namespace or default_namespace)
+
+    @property
+    def server(self) -> str:
+        return str(self.api_client.configuration.host)
+
+    def experiment_ref(self, name: str) -> str:
+        return f"{SINGULAR} {self.namespace}/{name}"
+
+    @contextmanager
+    def _api(self, what: str) -> Iterator[None]:
+        """Turn API and connection failures into a one-line ClusterError about `what`."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            yield
+        except ApiException as error:
+            if error.status == 0:
+                raise ClusterError(f"cannot reach the API server at {self.server}: {error.reason}") from None
+            raise ClusterError(describe_api_error(what, error.status, str(error.reason), error.body),
+                               error.status) from None
+        except HTTPError as error:
+            reason = getattr(error, "reason", None) or error
+            raise ClusterError(f"cannot reach the API server at {self.server}: {reason}") from None
+
+    @staticmethod
+    def _json(response: Any) -> Any:
+        try:
+            return json.loads(response.data)
+        finally:
+            response.release_conn()
+
+    # ---- LaneExperiments
+
+    def get_experiment(self, name: str) -> dict[str, Any]:
+        with self._api(self.experiment_ref(name)):
+            return self._json(self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name, _preload_content=False))
+
+    def find_experiment(self, name: str) -> Optional[dict[str, Any]]:
+        try:
+            return self.get_experiment(name)
+        except ClusterError as error:
+            if error.not_found:
+                return None
+            raise
+
+    def list_experiments(self) -> list[dict[str, Any]]:
+        with self._api(f"{PLURAL} in namespace {self.namespace}"):
+            listing = self._json(self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, _preload_content=False))
+        return sorted(listing.get("items") or [], key=lambda item: item["metadata"]["name"])
+
+    def create_experiment(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        with self._api(self.experiment_ref(name)):
+            return self._json(self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, dict(body), _preload_content=False))
+
+    def delete_experiment(self, name: str) -> None:
+        from kubernetes import client
+
+        with self._api(self.experiment_ref(name)):
+            self._json(self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name,
+                body=client.V1DeleteOptions(propagation_policy="Background"), _preload_content=False))
+
+    def watch_experiment(self, name: str, timeout: Optional[float] = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The experiment's states as they change: ("CURRENT", obj) first, then MODIFIED/DELETED events.
+
+        Uses the API's watch (no polling); resumes from the last resourceVersion when a stream ends
+        and re-reads the object after 410 Gone. Raises WaitTimeout once `timeout` seconds have passed.
+        """
+        from kubernetes import watch
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        current = self.get_experiment(name)
+        yield "CURRENT", current
+        version = current["metadata"].get("resourceVersion")
+        ref = self.experiment_ref(name)
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeout(f"timed out after {timeout:g}s waiting for {ref}")
+            server_timeout = 300 if remaining is None else max(1, int(remaining + 0.999))
+            kwargs: dict[str, Any] = {"field_selector": f"metadata.name={name}", "timeout_seconds": server_timeout,
+                                      "_request_timeout": (10, server_timeout + 10), "deserialize": False}
+            if version:
+                kwargs["resource_version"] = version
+            stream = watch.Watch()
+            try:
+                with self._api(ref), _stream_end():
+                    for event in stream.stream(self.custom.list_namespaced_custom_object, GROUP, VERSION,
+                                               self.namespace, PLURAL, **kwargs):
+                        obj = event.get("object") or {}
+                        if event.get("type") == "BOOKMARK":
+                            version = obj.get("metadata", {}).get("resourceVersion") or version
+                            continue
+                        if (obj.get("metadata") or {}).get("name") != name:
+                            continue
+                        version = obj["metadata"].get("resourceVersion") or version
+                        yield event["type"], obj
+                        if event["type"] == "DELETED":
+                            return
+                        if deadline is not None and time.monotonic() >= deadline:
+                            break
+            except ClusterError as error:
+                if error.status != GONE:
+                    raise
+                found = self.find_experiment(name)  # history compacted: re-read, then watch from now
+                if found is None:
+                    return
+                version = found["metadata"].get("resourceVersion")
+                yield "MODIFIED", found
+            finally:
+                stream.stop()
+
+    # ---- children, pods, events
+
+    def get_mpijob(self, name: str) -> Optional[dict[str, Any]]:
+        return self._find(f"mpijob {self.namespace}/{name}", lambda: self.custom.get_namespaced_custom_object(
+            MPI_GROUP, MPI_VERSION, self.namespace, MPI_PLURAL, name, _preload_content=False))
+
+    def get_job(self, name: str) -> Optional[dict[str, Any]]:
+        return self._find(f"job {self.namespace}/{name}", lambda: self.batch.read_namespaced_job(
+            name, self.namespace, _preload_content=False))
+
+    def get_claim(self, name: str) -> Optional[dict[str, Any]]:
+        return self._find(f"persistentvolumeclaim {self.namespace}/{name}",
+                          lambda: self.core.read_namespaced_persistent_volume_claim(
+                              name, self.namespace, _preload_content=False))
+
+    def _find(self, what: str, call: Any) -> Optional[dict[str, Any]]:
+        try:
+            with self._api(what):
+                return self._json(call())
+        except ClusterError as error:
+            if error.not_found:
+                return None
+            raise
+
+    def list_pods(self, label_selector: str = "") -> list[dict[str, Any]]:
+        with self._api(f"pods in namespace {self.namespace}"):
+            listing = self._json(self.core.list_namespaced_pod(self.namespace, label_selector=label_selector or None,
+                                                               _preload_content=False))
+        return listing.get("items") or []
+
+    def get_pod(self, name: str) -> Optional[dict[str, Any]]:
+        return self._find(f"pod {self.namespace}/{name}", lambda: self.core.read_namespaced_pod(
+            name, self.namespace, _preload_content=False))
+
+    def watch_pods(self, label_selector: str, timeout: float) -> Iterator[dict[str, Any]]:
+        """Pods matching `label_selector` as they appear or change, for at most `timeout` seconds."""
+        from kubernetes import watch
+
+        stream = watch.Watch()
+        try:
+            with self._api(f"pods in namespace {self.namespace}"), _stream_end():
+                for event in stream.stream(self.core.list_namespaced_pod, self.namespace,
+                                           label_selector=label_selector, timeout_seconds=max(1, int(timeout)),
+                                           _request_timeout=(10, timeout + 10), deserialize=False):
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        yield event["object"]
+        finally:
+            stream.stop()
+
+    def pod_log(self, pod: str, container: Optional[str], follow: bool) -> Iterator[bytes]:
+        """The container's log as it arrives (with `follow`, until the container ends)."""
+        ref = f"log of pod {self.namespace}/{pod}" + (f" container {container}" if container else "")
+        with self._api(ref):
+            response = self.core.read_namespaced_pod_log(pod, self.namespace, container=container, follow=follow,
+                                                         _preload_content=False)
+        try:
+            with self._api(ref):
+                yield from response.stream(4096, decode_content=True)
+        finally:
+            response.release_conn()
+
+    def list_events(self) -> list[dict[str, Any]]:
+        with self._api(f"events in namespace {self.namespace}"):
+            listing = self._json(self.core.list_namespaced_event(self.namespace, _preload_content=False))
+        return listing.get("items") or []
+
+    # ---- snapshots and claims
+
+    def list_snapshots(self, experiment: Optional[str] = None) -> list[dict[str, Any]]:
+        selector = f"{EXPERIMENT_LABEL}={experiment}" if experiment else f"app.kubernetes.io/managed-by={MANAGED_BY}"
+        with self._api(f"volumesnapshots in namespace {self.namespace}"):
+            listing = self._json(self.custom.list_namespaced_custom_object(
+                SNAPSHOT_API_GROUP, SNAPSHOT_VERSION, self.namespace, SNAPSHOT_PLURAL, label_selector=selector,
+                _preload_content=False))
+        return listing.get("items") or []
+
+    def get_snapshot(self, name: str) -> dict[str, Any]:
+        with self._api(f"volumesnapshot {self.namespace}/{name}"):
+            return self._json(self.custom.get_namespaced_custom_object(
+                SNAPSHOT_API_GROUP, SNAPSHOT_VERSION, self.namespace, SNAPSHOT_PLURAL, name, _preload_content=False))
+
+    def find_snapshot(self, name: str) -> Optional[dict[str, Any]]:
+        try:
+            return self.get_snapshot(name)
+        except ClusterError as error:
+            if error.not_found:
+                return None
+            raise
+
+    def create_claim(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        with self._api(f"persistentvolumeclaim {self.namespace}/{body['metadata']['name']}"):
+            return self._json(self.core.create_namespaced_persistent_volume_claim(
+                self.namespace, dict(body), _preload_content=False))
+
+
+@contextmanager
+def _stream_end() -> Iterator[None]:
+    """A watch stream that the server kept open too long or cut off simply ends; the caller decides what next."""
+    from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+    try:
+        yield
+    except (ReadTimeoutError, ProtocolError):
+        pass
