@@ -20,6 +20,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -73,19 +74,35 @@ def check_equal(module: MessagePassing, x: torch.Tensor, dtype: torch.dtype) -> 
     return relative_errors(fast, naive)
 
 
-def median_seconds(step: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> float:
+@dataclass(frozen=True)
+class Timing:
+    """Median wall-clock seconds of a step and the median CPU seconds this process spent in it.
+
+    On a shared machine ``cpu_s / wall_s`` well below the thread count means other work held the
+    cores, and the wall time overstates the step.
+    """
+
+    wall_s: float
+    cpu_s: float
+
+    def __str__(self) -> str:
+        return f"{self.wall_s:.4f} s (CPU {self.cpu_s:.4f} s)"
+
+
+def median_timing(step: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> Timing:
     for _ in range(warmup):
         step()
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return Timing(statistics.median(walls), statistics.median(cpus))
 
 
 def message_passing_step(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
@@ -133,20 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"equal within {TOLERANCE:g} (float64): {'yes' if equal else 'NO'}")
 
     x.requires_grad_(True)
-    naive_s = median_seconds(
+    naive = median_timing(
         message_passing_step(lambda t: naive_message_passing(t, module), x), device, args.repeats, args.warmup
     )
-    fast_s = median_seconds(message_passing_step(module, x), device, args.repeats, args.warmup)
-    speedup = naive_s / fast_s
-    print(f"message passing fwd+bwd, batch 4, 128x36x100: naive {naive_s:.4f} s, fast {fast_s:.4f} s, speed-up {speedup:.2f}x")
+    fast = median_timing(message_passing_step(module, x), device, args.repeats, args.warmup)
+    speedup = naive.wall_s / fast.wall_s
+    print(f"message passing fwd+bwd, batch 4, 128x36x100: naive {naive}, fast {fast}, speed-up {speedup:.2f}x")
 
     summary = f"SUMMARY device={device} threads={torch.get_num_threads()} equal={'yes' if equal else 'NO'} "
-    summary += f"mp_naive={naive_s:.4f}s mp_fast={fast_s:.4f}s speedup={speedup:.2f}x"
+    summary += f"mp_naive={naive.wall_s:.4f}s mp_fast={fast.wall_s:.4f}s speedup={speedup:.2f}x"
     if not args.skip_models:
         for backbone, size, batch in (("vgg16_bn", (288, 800), 1), ("small", (144, 400), 8)):
-            seconds = median_seconds(model_step(backbone, size, batch, device), device, args.model_repeats, 1)
-            print(f"SCNN {backbone} {size[0]}x{size[1]} batch {batch} fwd+bwd: {seconds:.4f} s")
-            summary += f" scnn_{backbone}_{size[0]}x{size[1]}_b{batch}={seconds:.4f}s"
+            timing = median_timing(model_step(backbone, size, batch, device), device, args.model_repeats, 1)
+            print(f"SCNN {backbone} {size[0]}x{size[1]} batch {batch} fwd+bwd: {timing}")
+            summary += f" scnn_{backbone}_{size[0]}x{size[1]}_b{batch}={timing.wall_s:.4f}s"
     print(summary)
     return 0 if equal else 1
 

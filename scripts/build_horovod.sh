@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build and install Horovod 0.28.1 from its PyPI sdist against the torch already installed in PYTHON's
 # environment. Horovod's last release predates torch 2.1, whose headers need C++17: the sdist asks for
-# C++14 (and gloo for C++11), so it is patched to C++17 before building (REFERENCE.md section 7).
+# C++14 (and gloo for C++11), so it is patched to C++17 before building (REFERENCE.md section 7), and
+# the torch extension to C++20 when the installed torch's headers require it (torch 2.14 does).
 #
 # Usage: scripts/build_horovod.sh PYTHON
 #
@@ -95,8 +96,16 @@ EOF
     grep -qF -- "$from" "$file" && die "'$from' still in $1 after patching"
     return 0
 }
+# The torch extension must use the standard torch's headers demand: C++17 for torch 2.1+, C++20 for recent ones
+# (ATen.h stops with "C++20 or later compatible compiler is required"). Horovod's own code and gloo get 17.
+TORCH_CXX="$("$PYTHON" -c '
+import pathlib, re, torch
+header = pathlib.Path(torch.__file__).parent / "include" / "ATen" / "ATen.h"
+match = re.search(r"__cplusplus < (20\d\d)\d\dL", header.read_text()) if header.exists() else None
+print(max(17, int(match.group(1)) - 2000) if match else 17)
+')"
 patch_text CMakeLists.txt "set(CMAKE_CXX_STANDARD 14)" "set(CMAKE_CXX_STANDARD 17)"
-patch_text horovod/torch/CMakeLists.txt "set(CMAKE_CXX_STANDARD 14)" "set(CMAKE_CXX_STANDARD 17)"
+patch_text horovod/torch/CMakeLists.txt "set(CMAKE_CXX_STANDARD 14)" "set(CMAKE_CXX_STANDARD $TORCH_CXX)"
 patch_text third_party/gloo/CMakeLists.txt "-std=c++11" "-std=c++17"
 patch_text third_party/gloo/cmake/Cuda.cmake '"-std=c++11"' '"-std=c++17"'
 # Horovod's CUDA kernels ask nvcc for C++11, which CUDA 13's headers no longer accept.
@@ -107,7 +116,7 @@ if [ "$GPU" != "1" ]; then
     patch_text cmake/Modules/FindPytorch.cmake \
         "print(True if ((torch.version.cuda is not None) and (CUDA_HOME is not None)) else False)" "print(False)"
 fi
-log "patched the sdist for C++17 ($FLAVOUR)"
+log "patched the sdist: C++17, C++$TORCH_CXX for the torch extension ($FLAVOUR)"
 
 export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
 if [ "$WITH_MPI" = "1" ]; then
@@ -142,8 +151,10 @@ if [ "${LANEX_HOROVOD_VERBOSE:-0}" = "1" ]; then
     "${PIP_INSTALL[@]}" -v
 else
     if ! "${PIP_INSTALL[@]}" -v >"$WORK/build.log" 2>&1; then
-        tail -n 60 "$WORK/build.log" >&2
-        die "pip install of the patched sdist failed (last 60 lines above)"
+        KEPT_LOG="${TMPDIR:-/tmp}/lanex-horovod-build.log"
+        cp "$WORK/build.log" "$KEPT_LOG"
+        { grep -m 10 -A 6 -E "error:|CMake Error" "$KEPT_LOG" || tail -n 40 "$KEPT_LOG"; } >&2
+        die "pip install of the patched sdist failed: first errors above, full log in $KEPT_LOG"
     fi
 fi
 # Horovod's runtime dependencies, installed separately so --force-reinstall does not touch them; pinned by

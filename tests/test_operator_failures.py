@@ -134,8 +134,9 @@ def test_missing_dependencies_are_a_preflight_condition_until_they_appear(api_se
     assert condition(exp, "Preflight")["status"] == "True"
 
 
-def test_missing_mpijob_api_is_reported_not_crashed(api_server, running_operator):
+def test_missing_mpijob_api_is_reported_not_crashed(api_server, operator_factory):
     api_server.call(api_server.emulator.unregister, "kubeflow.org", "v2beta1", "mpijobs")
+    running_operator = operator_factory()
     api_server.create(experiment("lanes-nompi"))
     api_server.wait_for(lambda: any(c["type"] == "Preflight" and c["status"] == "False"
                                     for c in (get_experiment(api_server, "lanes-nompi").get("status") or {})

@@ -41,3 +41,18 @@ def test_each_image_uses_its_own_h_samples():
     other = list(range(240, 720, 10))
     lanes = lanes_from_probabilities(seg, exist, [H_SAMPLES, other], PostprocessSettings())
     assert len(lanes[0][0]) == len(H_SAMPLES) and len(lanes[1][0]) == len(other)
+
+
+def test_per_image_losses_do_not_depend_on_batching():
+    from lanex_trainer.losses import SCNNLoss
+
+    torch.manual_seed(0)
+    seg, exist = torch.randn(4, 5, 8, 10), torch.randn(4, 4)
+    target, exist_target = torch.randint(0, 5, (4, 8, 10)), torch.randint(0, 2, (4, 4)).float()
+    criterion = SCNNLoss()
+    whole = criterion.per_image(seg, exist, target, exist_target)
+    halves = torch.cat([criterion.per_image(seg[i:i + 2], exist[i:i + 2], target[i:i + 2], exist_target[i:i + 2])
+                        for i in (0, 2)])
+    assert torch.allclose(whole, halves, atol=0, rtol=1e-6)
+    single = criterion(seg[:1], exist[:1], target[:1], exist_target[:1]).total
+    assert torch.allclose(whole[0], single, rtol=1e-6)

@@ -159,16 +159,30 @@ class Cluster:
             raise
 
     def list_experiments(self) -> list[dict[str, Any]]:
-        with self._api(f"{PLURAL} in namespace {self.namespace}"):
-            listing = self._json(self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, _preload_content=False))
+        try:
+            with self._api(f"{PLURAL} in namespace {self.namespace}"):
+                listing = self._json(self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, _preload_content=False))
+        except ClusterError as error:
+            raise self._api_missing(error) from None
         return sorted(listing.get("items") or [], key=lambda item: item["metadata"]["name"])
 
     def create_experiment(self, body: Mapping[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
-        with self._api(self.experiment_ref(name)):
-            return self._json(self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, dict(body), _preload_content=False))
+        try:
+            with self._api(self.experiment_ref(name)):
+                return self._json(self.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, dict(body), _preload_content=False))
+        except ClusterError as error:
+            raise self._api_missing(error) from None
+
+    def _api_missing(self, error: ClusterError) -> ClusterError:
+        # A 404 on a collection means the resource itself is not served (CRD missing) or the namespace is.
+        if not error.not_found:
+            return error
+        return ClusterError(f"{self.server} does not serve {PLURAL}.{GROUP}/{VERSION} in namespace {self.namespace}: "
+                            f"check the namespace exists and install the CRD (kubectl apply -f "
+                            f"crds/{GROUP}_{PLURAL}.yaml, or the Helm chart)", 404)
 
     def delete_experiment(self, name: str) -> None:
         from kubernetes import client
@@ -285,7 +299,11 @@ class Cluster:
                                                          _preload_content=False)
         try:
             with self._api(ref):
-                yield from response.stream(4096, decode_content=True)
+                while True:  # read1: whatever has arrived, so a followed log shows each line at once
+                    chunk = response.read(4096)
+                    if not chunk:
+                        return
+                    yield chunk
         finally:
             response.release_conn()
 
@@ -316,6 +334,12 @@ class Cluster:
             if error.not_found:
                 return None
             raise
+
+    def list_claims(self) -> list[dict[str, Any]]:
+        with self._api(f"persistentvolumeclaims in namespace {self.namespace}"):
+            listing = self._json(self.core.list_namespaced_persistent_volume_claim(self.namespace,
+                                                                                    _preload_content=False))
+        return listing.get("items") or []
 
     def create_claim(self, body: Mapping[str, Any]) -> dict[str, Any]:
         with self._api(f"persistentvolumeclaim {self.namespace}/{body['metadata']['name']}"):

@@ -460,6 +460,78 @@ def _events_for(cluster: "Cluster", involved: set[tuple[str, str]]) -> list[dict
     return sorted(events, key=when)
 
 
+def _section(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    if not rows:
+        return [f"{title}:", "  <none>"]
+    return [f"{title}:", *("  " + line for line in table(headers, rows).splitlines())]
+
+
+def _fields(title: str, values: Mapping[str, Any], labels: Sequence[tuple[str, str]]) -> list[str]:
+    lines = [f"  {label + ':':13}{values[key]}" for key, label in labels if values.get(key) not in (None, "")]
+    return [f"{title}:", *lines] if lines else []
+
+
+def _condition_rows(status: Mapping[str, Any]) -> list[list[str]]:
+    return [[c.get("type", ""), c.get("status", ""), c.get("reason") or "-", c.get("lastTransitionTime") or "-",
+             c.get("message") or ""] for c in status.get("conditions") or []]
+
+
+def _snapshot_names(status: Mapping[str, Any]) -> list[str]:
+    recorded = [r["name"] for r in status.get("snapshots") or [] if r.get("name")]
+    return list(dict.fromkeys([*((status.get("children") or {}).get("snapshots") or []), *recorded]))
+
+
+def _child_rows(cluster: "Cluster", obj: Mapping[str, Any]) -> list[list[str]]:
+    """KIND, NAME, STATE of each child: read from the cluster, snapshots from status.snapshots."""
+    status, names = _status(obj), _children(obj)
+    recorded = status.get("children") or {}
+    rows = []
+    if names.get("datasetClaim"):
+        rows.append(["PersistentVolumeClaim", names["datasetClaim"],
+                     _child_state("PersistentVolumeClaim", cluster.get_claim(names["datasetClaim"]))])
+    for kind, key, read in (("Job", "prepareJob", cluster.get_job), ("MPIJob", "mpiJob", cluster.get_mpijob)):
+        if names.get(key):
+            child = read(names[key])
+            if child is not None or recorded.get(key):  # planned but not (yet) created: not a child
+                rows.append([kind, names[key], _child_state(kind, child)])
+    records = {r.get("name"): r for r in status.get("snapshots") or []}
+    for snap in _snapshot_names(status):
+        record = records.get(snap, {})
+        state = (f"readyToUse {str(bool(record.get('readyToUse'))).lower()}, restoreSize "
+                 f"{record.get('restoreSize') or '-'}, created {record.get('creationTime') or '-'}")
+        if (record.get("error") or {}).get("message"):
+            state += f", error: {record['error']['message']}"
+        rows.append(["VolumeSnapshot", snap, state])
+    return rows
+
+
+def _event_rows(cluster: "Cluster", obj: Mapping[str, Any], now: datetime) -> list[list[str]]:
+    """Events about the experiment or one of its children, oldest first."""
+    names = _children(obj)
+    involved = {("LaneExperiment", obj["metadata"]["name"])}
+    for kind, key in (("PersistentVolumeClaim", "datasetClaim"), ("Job", "prepareJob"), ("MPIJob", "mpiJob")):
+        if names.get(key):
+            involved.add((kind, names[key]))
+    involved |= {("VolumeSnapshot", snap) for snap in _snapshot_names(_status(obj))}
+    rows = []
+    for event in _events_for(cluster, involved):
+        about = event.get("involvedObject") or {}
+        rows.append([age(event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp"), now),
+                     event.get("type", ""), event.get("reason", ""), f"{about.get('kind')}/{about.get('name')}",
+                     (event.get("message") or "").replace("\n", " ")])
+    return rows
+
+
+def _time_lines(status: Mapping[str, Any], now: datetime) -> list[str]:
+    start, end = parse_time(status.get("startTime")), parse_time(status.get("completionTime"))
+    lines = ["Times:", f"  Started:     {status.get('startTime') or '-'}",
+             f"  Completed:   {status.get('completionTime') or '-'}"]
+    if start is not None:
+        lines.append(f"  Duration:    {human_duration(((end or now) - start).total_seconds())}"
+                     + ("" if end else " (running)"))
+    return lines
+
+
 def describe_command(
     name: str = typer.Argument(..., help="Experiment name."),
     namespace: Optional[str] = NAMESPACE_OPTION,
@@ -473,89 +545,24 @@ def describe_command(
         obj = cluster.get_experiment(name)
         meta, status = obj["metadata"], _status(obj)
         now = datetime.now(timezone.utc)
+        created = meta.get("creationTimestamp")
         out = [f"Name:          {meta['name']}", f"Namespace:     {meta.get('namespace', cluster.namespace)}",
-               f"Created:       {meta.get('creationTimestamp', '-')} ({age(meta.get('creationTimestamp'), now)} ago)",
-               f"Phase:         {status.get('phase') or '-'}"]
-        if status.get("reason"):
-            out.append(f"Reason:        {status['reason']}")
-        if status.get("message"):
-            out.append(f"Message:       {status['message']}")
+               f"Created:       {created or '-'} ({age(created, now)} ago)", f"Phase:         {status.get('phase') or '-'}"]
+        out += [f"{label + ':':15}{status[key]}" for key, label in (("reason", "Reason"), ("message", "Message"))
+                if status.get(key)]
         out += ["Spec:", *_spec_lines(obj.get("spec") or {})]
-
-        conditions = status.get("conditions") or []
-        out.append("Conditions:")
-        if conditions:
-            rows = [[c.get("type", ""), c.get("status", ""), c.get("reason", "") or "-",
-                     c.get("lastTransitionTime", "") or "-", c.get("message", "") or ""] for c in conditions]
-            out += ["  " + line for line in table(("TYPE", "STATUS", "REASON", "LAST TRANSITION", "MESSAGE"),
-                                                  rows).splitlines()]
-        else:
-            out.append("  <none>")
-
-        names = _children(obj)
-        records = {r.get("name"): r for r in status.get("snapshots") or [] if r.get("name")}
-        snapshot_names = list(dict.fromkeys([*((status.get("children") or {}).get("snapshots") or []), *records]))
-        rows = []
-        if names.get("datasetClaim"):
-            rows.append(["PersistentVolumeClaim", names["datasetClaim"],
-                         _child_state("PersistentVolumeClaim", cluster.get_claim(names["datasetClaim"]))])
-        if names.get("prepareJob"):
-            job = cluster.get_job(names["prepareJob"])
-            if job is not None or (status.get("children") or {}).get("prepareJob"):
-                rows.append(["Job", names["prepareJob"], _child_state("Job", job)])
-        if names.get("mpiJob"):
-            mpijob = cluster.get_mpijob(names["mpiJob"])
-            if mpijob is not None or (status.get("children") or {}).get("mpiJob"):
-                rows.append(["MPIJob", names["mpiJob"], _child_state("MPIJob", mpijob)])
-        for snap in snapshot_names:
-            record = records.get(snap, {})
-            state = (f"readyToUse {str(bool(record.get('readyToUse'))).lower()}, restoreSize "
-                     f"{record.get('restoreSize') or '-'}, created {record.get('creationTime') or '-'}")
-            if (record.get("error") or {}).get("message"):
-                state += f", error: {record['error']['message']}"
-            rows.append(["VolumeSnapshot", snap, state])
-        out.append("Children:")
-        out += ["  " + line for line in table(("KIND", "NAME", "STATE"), rows).splitlines()] if rows else ["  <none>"]
-
+        out += _section("Conditions", ("TYPE", "STATUS", "REASON", "LAST TRANSITION", "MESSAGE"), _condition_rows(status))
+        out += _section("Children", ("KIND", "NAME", "STATE"), _child_rows(cluster, obj))
         results = status.get("results") or {}
-        if results:
-            out.append("Results:")
-            for key, label in (("accuracy", "Accuracy"), ("fp", "FP rate"), ("fn", "FN rate")):
-                if results.get(key) is not None:
-                    out.append(f"  {label + ':':13}{_number(results[key])}")
-            for key, label in (("imagesPerSecond", "Images/s"), ("epochs", "Epochs"), ("checkpoint", "Checkpoint")):
-                if results.get(key) is not None:
-                    out.append(f"  {label + ':':13}{results[key]}")
-        provenance = status.get("provenance") or {}
-        if provenance:
-            out.append("Provenance:")
-            for key, label in (("trainerImage", "Image"), ("configHash", "Config hash"),
-                               ("datasetSource", "Data source"), ("resultSnapshot", "Snapshot")):
-                if provenance.get(key):
-                    out.append(f"  {label + ':':13}{provenance[key]}")
-        start, end = parse_time(status.get("startTime")), parse_time(status.get("completionTime"))
-        out.append("Times:")
-        out.append(f"  Started:     {status.get('startTime') or '-'}")
-        out.append(f"  Completed:   {status.get('completionTime') or '-'}")
-        if start is not None:
-            out.append(f"  Duration:    {human_duration(((end or now) - start).total_seconds())}"
-                       + ("" if end else " (running)"))
-
-        involved = {("LaneExperiment", meta["name"])}
-        for kind, key in (("PersistentVolumeClaim", "datasetClaim"), ("Job", "prepareJob"), ("MPIJob", "mpiJob")):
-            if names.get(key):
-                involved.add((kind, names[key]))
-        involved |= {("VolumeSnapshot", snap) for snap in snapshot_names}
-        events = _events_for(cluster, involved)
-        out.append("Events:")
-        if events:
-            rows = [[age(e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp"), now),
-                     e.get("type", ""), e.get("reason", ""),
-                     f"{(e.get('involvedObject') or {}).get('kind')}/{(e.get('involvedObject') or {}).get('name')}",
-                     (e.get("message") or "").replace("\n", " ")] for e in events]
-            out += ["  " + line for line in table(("AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"), rows).splitlines()]
-        else:
-            out.append("  <none>")
+        out += _fields("Results", {**results, **{k: _number(results.get(k)) for k in ("accuracy", "fp", "fn")
+                                                 if results.get(k) is not None}},
+                       (("accuracy", "Accuracy"), ("fp", "FP rate"), ("fn", "FN rate"), ("imagesPerSecond", "Images/s"),
+                        ("epochs", "Epochs"), ("checkpoint", "Checkpoint")))
+        out += _fields("Provenance", status.get("provenance") or {},
+                       (("trainerImage", "Image"), ("configHash", "Config hash"), ("datasetSource", "Data source"),
+                        ("resultSnapshot", "Snapshot")))
+        out += _time_lines(status, now)
+        out += _section("Events", ("AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"), _event_rows(cluster, obj, now))
         typer.echo("\n".join(out))
 
 
@@ -663,8 +670,11 @@ def logs_command(
         target = log_target(obj, cluster.namespace, worker, prepare)
         pod = _await_pod(cluster, name, target) if follow else _find_pod(cluster, target)
         if pod is None:
-            _fail(f"no {target.what} yet (experiment phase: {_status(obj).get('phase') or '-'}); "
-                  f"use --follow to wait for it")
+            phase = _status(obj).get("phase") or "-"
+            if phase in ("Succeeded", "Failed"):
+                hint = " (cleanPodPolicy Running deletes workers when training ends)" if worker is not None else ""
+                _fail(f"no {target.what}: the experiment is {phase}{hint}")
+            _fail(f"no {target.what} yet (experiment phase: {phase}); use --follow to wait for it")
         assert pod is not None
         pod_name = pod["metadata"]["name"]
         chosen = _container_of(pod, target.container, container)
@@ -768,8 +778,10 @@ def wait_command(
 # --- delete -------------------------------------------------------------------------------------
 
 
-def retention_plan(obj: Mapping[str, Any], snapshots: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
-    """(what deleting the experiment keeps, what it removes), from its spec and children."""
+def retention_plan(obj: Mapping[str, Any], snapshots: Sequence[Mapping[str, Any]],
+                   in_use: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(what deleting the experiment keeps, what it removes), from its spec, children and the
+    snapshots that a PVC restores from (`in_use`: snapshot -> claim), as `retention.release` decides."""
     from lanex_operator.retention import retention_of
 
     dataset_policy, snapshot_policy, created_claim = retention_of(obj, None)
@@ -782,9 +794,12 @@ def retention_plan(obj: Mapping[str, Any], snapshots: Sequence[Mapping[str, Any]
         target = removes if dataset_policy == "Delete" else keeps
         target.append(f"PersistentVolumeClaim {claim} (retention.dataset: {dataset_policy})")
     for snapshot in snapshots:
-        target = removes if snapshot_policy == "Delete" else keeps
-        target.append(f"VolumeSnapshot {snapshot['metadata']['name']} (retention.snapshots: {snapshot_policy}"
-                      + (", unless a PVC restores from it)" if snapshot_policy == "Delete" else ")"))
+        snap = snapshot["metadata"]["name"]
+        if snapshot_policy == "Delete" and snap in in_use:
+            keeps.append(f"VolumeSnapshot {snap} (dataSource of PersistentVolumeClaim {in_use[snap]})")
+        else:
+            target = removes if snapshot_policy == "Delete" else keeps
+            target.append(f"VolumeSnapshot {snap} (retention.snapshots: {snapshot_policy})")
     for kind, key in (("Job", "prepareJob"), ("MPIJob", "mpiJob")):
         if (_status(obj).get("children") or {}).get(key):
             removes.append(f"{kind} {names[key]}")
@@ -819,11 +834,15 @@ def delete_command(
     Prints what retention keeps (dataset PVC, snapshots) and what goes with the experiment.
     Exit codes: 0 deleted (or deletion started), 1 not found or API error, 124 --wait timed out.
     """
+    from lanex_operator.retention import snapshots_in_use
+
     with reporting():
         cluster = connect(namespace)
         ref = cluster.experiment_ref(name)
         obj = cluster.get_experiment(name)
-        keeps, removes = retention_plan(obj, cluster.list_snapshots(name))
+        snapshots = cluster.list_snapshots(name)
+        in_use = snapshots_in_use(cluster.list_claims()) if snapshots else {}
+        keeps, removes = retention_plan(obj, snapshots, in_use)
         cluster.delete_experiment(name)
         typer.echo(f"{ref} deleted" + ("" if wait else " (the operator applies retention)"))
         typer.echo("keeps: " + ("; ".join(keeps) if keeps else "nothing"))

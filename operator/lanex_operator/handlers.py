@@ -30,6 +30,7 @@ from lanex_operator.retention import release
 from lanex_operator.status import TERMINAL_PHASES, StatusBook
 
 FINALIZER = "lanex.dev/finalizer"
+log = logging.getLogger("lanex.operator")
 BOOK_KEY = "lanex_status_book"
 
 
@@ -46,9 +47,10 @@ class OperatorState:
 
 
 def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
-    """kopf settings for one replica: our finalizer, progress in annotations and status."""
+    """kopf settings for one replica: our finalizer; kopf's handler progress in annotations (the
+    experiment's own progress is its status, written by the reconciler)."""
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.SmartProgressStorage(prefix="lanex.dev")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="lanex.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="lanex.dev",
                                                                             key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # kopf's own log lines; our Events are explicit
@@ -90,7 +92,7 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
 
     @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, id="lifecycle", when=_unfinished, cancellation_timeout=2.0,
                  backoff=state.config.retry_delay_seconds)
-    async def experiment(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    async def experiment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         """Drive one experiment to Succeeded or Failed."""
         assert state.reconciler is not None
         meta = body["metadata"]
@@ -111,23 +113,23 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
                 state.metrics.reconcile_errors.labels(kind="unexpected").inc()
                 raise
             if wait is None:
-                logger.info(f"experiment finished: {book.phase}: {book.data.get('message', '')}")
+                log.info(f"{namespace}/{name} finished: {book.phase}: {book.data.get('message', '')}")
                 return
             await state.wakers.wait(namespace, name, wait)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="wake")
-    def experiment_changed(type: str, name: str, namespace: str, meta: kopf.Meta, **_: Any) -> None:
+    async def experiment_changed(type: str, name: str, namespace: str, meta: kopf.Meta, **_: Any) -> None:
         # Status writes are the daemon's own; only a new generation (spec change) is news to it.
         if type != "DELETED":
             state.wakers.poke_if_changed(namespace, name, int(meta.get("generation") or 0))
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="retention")
-    async def experiment_deleted(body: kopf.Body, uid: str, name: str, namespace: str, logger: kopf.Logger,
+    async def experiment_deleted(body: kopf.Body, uid: str, name: str, namespace: str,
                                  **_: Any) -> None:
         """Honour the retention policy before the finalizer goes."""
         assert state.kube is not None
         released = await release(state.kube, body)
-        logger.info(f"released the experiment's storage: {released.summary()}")
+        log.info(f"{namespace}/{name} deleted: {released.summary()}")
         kopf.event(dict(body), type="Normal", reason="Deleted", message=released.summary())
         state.metrics.observe_phase(uid, None)
         state.wakers.forget(namespace, name)
@@ -139,7 +141,7 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
 def _register_child(registry: kopf.OperatorRegistry, state: OperatorState, kind: ChildKind) -> None:
     @kopf.on.event(kind.group, kind.version, kind.plural, registry=registry, id=f"child-{kind.plural}",
                    labels={EXPERIMENT_LABEL: kopf.PRESENT})
-    def child_changed(type: str, body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    async def child_changed(type: str, body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> None:
         raw = dict(body)
         if type == "DELETED":
             state.cache.forget(kind, raw)

@@ -418,40 +418,36 @@ class Reconciler:
         if book.is_true(C.SNAPSHOTTED.value):
             return None
         book.enter(Phase.SNAPSHOTTING, f"snapshotting PersistentVolumeClaim {plan.snapshot.source_claim}")
-        records = [dict(record) for record in book.data.get("snapshots") or []]
+        records = book.data.get("snapshots") or []
         pending = next((r for r in reversed(records) if not r.get("readyToUse")), None)
         if pending is None:
             manifest = builders.snapshot_for(body["metadata"], spec, plan, self.now())
-            pending = {"name": manifest["metadata"]["name"], "readyToUse": False}
-            records.append(pending)
-            self._record_snapshots(book, records)
+            name = manifest["metadata"]["name"]
+            self._record_snapshot(book, name, {"name": name, "readyToUse": False})
             await self.flush(body, book)  # the name is in status before the snapshot exists
             snapshot = await self._create(SNAPSHOT, manifest)
         else:
-            snapshot = self.cache.get(SNAPSHOT, plan.namespace, pending["name"])
+            name = pending["name"]
+            snapshot = self.cache.get(SNAPSHOT, plan.namespace, name)
             if snapshot is None:
                 manifest = builders.snapshot_for(body["metadata"], spec, plan, self.now())
-                manifest["metadata"]["name"] = pending["name"]
+                manifest["metadata"]["name"] = name
                 snapshot = await self._create(SNAPSHOT, manifest)
         status = snapshot.get("status") or {}
-        name = pending["name"]
         if status.get("readyToUse"):
-            pending.clear()
-            pending.update({k: v for k, v in {
+            self._record_snapshot(book, name, {k: v for k, v in {
                 "name": name, "contentName": status.get("boundVolumeSnapshotContentName"), "readyToUse": True,
                 "restoreSize": status.get("restoreSize"), "creationTime": status.get("creationTime")}.items()
                 if v is not None})
-            self._record_snapshots(book, records)
-            provenance = dict(book.data.get("provenance") or {}, resultSnapshot=name)
-            book.set("provenance", provenance)
+            book.set("provenance", dict(book.data.get("provenance") or {}, resultSnapshot=name))
             self.metrics.snapshots_taken.inc()
             book.complete_step(C.SNAPSHOTTED.value, "Ready", f"VolumeSnapshot {name} is ready to use "
                                                              f"(restoreSize {status.get('restoreSize', '?')})")
             return None
         error = (status.get("error") or {}).get("message")
         if error:
-            pending["error"] = {k: v for k, v in (status.get("error") or {}).items() if k in ("message", "time")}
-            self._record_snapshots(book, records)
+            reported = {k: v for k, v in (status.get("error") or {}).items() if k in ("message", "time")}
+            self._record_snapshot(book, name, {"name": name, "readyToUse": False, "error": reported})
             book.set_condition(C.SNAPSHOTTED.value, "Unknown", "SnapshotError",
                                _clip(f"the snapshot controller reports for VolumeSnapshot {name}: {error}"))
         elapsed, limit = book.since(C.SNAPSHOTTED.value), float(plan.snapshot.ready_timeout_seconds)
@@ -461,11 +457,11 @@ class Reconciler:
             return None
         return limit - elapsed
 
-    def _record_snapshots(self, book: StatusBook, records: list[dict[str, Any]]) -> None:
+    def _record_snapshot(self, book: StatusBook, name: str, record: dict[str, Any]) -> None:
+        """Add or replace the status record of snapshot `name` (new lists: the book owns what it is given)."""
+        records = [r for r in book.data.get("snapshots") or [] if r.get("name") != name] + [record]
         book.set("snapshots", records)
-        children = dict(book.data.get("children") or {})
-        children["snapshots"] = [record["name"] for record in records]
-        book.set("children", children)
+        book.set("children", dict(book.data.get("children") or {}, snapshots=[r["name"] for r in records]))
 
     def _finish(self, book: StatusBook) -> None:
         trained = book.condition(C.TRAINED.value) or {}

@@ -98,8 +98,9 @@ class StatusBook:
     # ---- writing
 
     def set(self, key: str, value: Any) -> None:
+        """Set a top-level key; the book takes ownership of `value` (pass a fresh object, not a shared one)."""
         if self.data.get(key) != value:
-            self.data[key] = copy.deepcopy(value)
+            self.data[key] = value
             self.changed.add(key)
 
     def set_condition(self, type_: str, status: str, reason: str, message: str) -> bool:
@@ -170,8 +171,8 @@ class StatusBook:
         self.event("Normal", Phase.SUCCEEDED.value, message)
 
     def merge_patch(self) -> dict[str, Any]:
-        """The `/status` merge patch with every changed top-level key (None deletes it)."""
-        return {"status": {key: copy.deepcopy(self.data.get(key)) for key in sorted(self.changed)}}
+        """The `/status` merge patch with every changed top-level key (None deletes it); serialize it at once."""
+        return {"status": {key: self.data.get(key) for key in sorted(self.changed)}}
 
     def written(self) -> None:
         """The patch was accepted: start a new set of changes (events and timings are drained by the caller)."""

@@ -15,6 +15,17 @@ import torch
 from torch.utils.data import DataLoader
 
 
+def freeze_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.BatchNorm2d):
+            setattr(module, name, FrozenBatchNorm2d(child.num_features))
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
 def main() -> None:
     data_root, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     global_batch, steps, backend, sync_bn = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1"
@@ -29,7 +40,9 @@ def main() -> None:
 
     dist = init_distributed(backend, use_cuda=False, timeout_s=60, sync_batchnorm=sync_bn, fp16_allreduce=False)
     torch.manual_seed(0)
-    model = build_model("small", input_size=(64, 160))
+    # Frozen BatchNorm and no dropout: then 2 ranks x B/2 compute the same function as 1 x B, and
+    # what remains is the per-rank normalisation of the class-weighted loss and float rounding.
+    model = freeze_batchnorm(build_model("small", input_size=(64, 160), dropout=0.0))
     dataset = LaneDataset(load_index(data_root, "train"), data_root, 64, 160, augment=False)
     sampler = ResumableDistributedSampler(len(dataset), dist.world_size, dist.rank, seed=0)
     sampler.set_epoch(0)

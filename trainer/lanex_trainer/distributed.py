@@ -180,8 +180,10 @@ class TorchDistributed(Distributed):
     def wrap_model(self, model, device):
         import torch
 
-        if self.sync_batchnorm:
+        if self.sync_batchnorm and device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif self.sync_batchnorm:
+            log.warning("sync_batchnorm: torch's SyncBatchNorm needs CUDA; using per-rank BatchNorm on CPU")
         device_ids = [device.index] if device.type == "cuda" else None
         # DDP buckets gradients and overlaps their all-reduce with the rest of backward.
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=25)

@@ -132,6 +132,8 @@ def evaluate(
 ) -> EvalResult:
     """Loss and TuSimple metrics over the loader's images, combined over all ranks.
 
+    The loss is the mean of per-image losses, so it does not depend on batch size or rank count.
+
     `entries[i]` is the index entry (raw_file, h_samples, lanes) of dataset item i. Predictions get
     `run_time` 0: validation scores lane quality; latency is measured by `lanex predict`.
     """
@@ -145,8 +147,7 @@ def evaluate(
         inputs, seg_target, exist_target = to_device(batch, device, channels_last)
         with autocast_for(device, amp):
             seg_logits, exist_logits = model(inputs)
-        loss = criterion(seg_logits, exist_logits, seg_target, exist_target).total
-        loss_sum += loss.item() * inputs.shape[0]
+        loss_sum += criterion.per_image(seg_logits, exist_logits, seg_target, exist_target).sum().item()
         count += inputs.shape[0]
         batch_entries = [entries[int(i)] for i in batch["index"]]
         lanes = lanes_from_probabilities(

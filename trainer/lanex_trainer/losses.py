@@ -34,3 +34,16 @@ class SCNNLoss(nn.Module):
         segmentation = nn.functional.cross_entropy(seg_logits.float(), seg_target, weight=self.class_weights)
         existence = nn.functional.binary_cross_entropy_with_logits(exist_logits.float(), exist_target)
         return LossParts(segmentation + self.existence_weight * existence, segmentation, existence)
+
+    def per_image(
+        self, seg_logits: torch.Tensor, exist_logits: torch.Tensor, seg_target: torch.Tensor, exist_target: torch.Tensor
+    ) -> torch.Tensor:
+        """The same loss for each image on its own, [B]: independent of how images are batched or
+        spread over ranks, so validation losses can be summed over images and ranks exactly."""
+        pixel = nn.functional.cross_entropy(seg_logits.float(), seg_target, weight=self.class_weights, reduction="none")
+        weight_sum = self.class_weights[seg_target].sum(dim=(1, 2))
+        segmentation = pixel.sum(dim=(1, 2)) / weight_sum
+        existence = nn.functional.binary_cross_entropy_with_logits(
+            exist_logits.float(), exist_target, reduction="none"
+        ).mean(dim=1)
+        return segmentation + self.existence_weight * existence

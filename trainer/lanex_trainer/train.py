@@ -103,6 +103,11 @@ def run_training(cfg: TrainConfig) -> dict:
         dist.shutdown()
 
 
+def _single_threaded_worker(worker_id: int) -> None:
+    """Loader workers are the parallelism: one torch thread each (OpenCV threads are off process-wide)."""
+    torch.set_num_threads(1)
+
+
 class Trainer:
     """Holds one run's collaborators; `run()` is the loop."""
 
@@ -152,13 +157,11 @@ class Trainer:
         self.best: Optional[dict] = None
 
     def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
-        from lanex_trainer.data.dataset import loader_worker_init
-
         workers = self.loader_workers
         return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
             pin_memory=self.device.type == "cuda", drop_last=False,
-            worker_init_fn=loader_worker_init, persistent_workers=workers > 0,
+            worker_init_fn=_single_threaded_worker, persistent_workers=workers > 0,
             # Workers' base seed from a private generator: the global RNG (dropout) stays
             # untouched, so a resumed run replays the same random stream.
             generator=torch.Generator().manual_seed(self.cfg.seed),
