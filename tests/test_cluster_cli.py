@@ -224,7 +224,7 @@ def test_pod_log_is_streamed_chunk_by_chunk_while_the_container_runs():
             self.send_header("Connection", "close")
             self.end_headers()
             self.chunk(b"epoch 1 loss 0.91\n")
-            first_seen.wait(10)
+            first_seen.wait(5)
             self.chunk(b"epoch 2 loss 0.52\n")
             self.wfile.write(b"0\r\n\r\n")
 

@@ -145,7 +145,7 @@ def _only_sweep(module: MessagePassing, active: nn.Conv2d) -> None:
             conv.weight.fill_(0.02 if conv is active else 0.0)
 
 
-def test_lane_signal_in_the_top_row_reaches_the_bottom_row_top_to_bottom():
+def test_lane_signal_in_the_top_row_reaches_the_bottom_row():
     module = MessagePassing(channels=4, kernel=9)
     _only_sweep(module, module.top_to_bottom)
     x = torch.zeros(1, 4, 12, 10)
@@ -258,6 +258,15 @@ def test_missing_pretrained_file_is_an_error_naming_it(tmp_path):
     missing = tmp_path / "nowhere" / "vgg16_bn-0000.pth"
     with pytest.raises(PretrainedWeightsError, match="vgg16_bn-0000.pth does not exist"):
         build_model("vgg16_bn", input_size=(32, 64), pretrained_weights=missing)
+
+
+def test_weights_in_the_torch_hub_cache_are_not_loaded_unless_asked(tmp_path, monkeypatch):
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "vgg16_bn-b7a0e4a3.pth").write_bytes(b"not a state dict; loading it would fail")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    model = build_model("vgg16_bn", input_size=(32, 64))
+    assert model.backbone[0].weight.abs().sum() > 0
 
 
 def test_pretrained_file_of_another_network_is_rejected_with_the_missing_keys(tmp_path):

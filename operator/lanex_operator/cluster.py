@@ -300,7 +300,7 @@ class Cluster:
         try:
             with self._api(ref):
                 while True:  # read1: whatever has arrived, so a followed log shows each line at once
-                    chunk = response.read(4096)
+                    chunk = response.read1(65536)
                     if not chunk:
                         return
                     yield chunk

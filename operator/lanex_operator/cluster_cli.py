@@ -30,11 +30,9 @@ if TYPE_CHECKING:
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
-EXIT_CODES = "Exit codes: 0 done, 1 API error or failed experiment, 2 invalid file or flags, 124 timed out."
 
 NAMESPACE_OPTION = typer.Option(None, "--namespace", "-n",
-                                help="Namespace (default: the experiment file's, else the kubeconfig context's, "
-                                     "else default).")
+                                help="Namespace (default: the kubeconfig context's, else default).")
 
 # TR-4896's environment variables that have typed fields: `-e BATCH_SIZE=16` sets training.batchSize.
 TYPED_ENV: dict[str, tuple[tuple[str, ...], type]] = {
@@ -47,12 +45,10 @@ TYPED_ENV: dict[str, tuple[tuple[str, ...], type]] = {
 }
 DERIVED_ENV = {"PVC_NAME": "use --pvc CLAIM", "RUNAI_MPI_NUM_WORKERS": "it is --processes times --gpu"}
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-LIFECYCLE = ("Pending", "ProvisioningDataset", "Downloading", "SharingVolume", "Training", "Snapshotting",
-             "Succeeded")
 
 
 class UsageError(ValueError):
-    """Invalid flags or file: reported on one line per problem, exit code 2."""
+    """Invalid flags or file: one `error:` line listing every problem, exit code 2."""
 
 
 # --- submit: runai-style flags onto the spec (pure) -------------------------------------------
@@ -188,6 +184,17 @@ def spec_differences(first: Any, second: Any, path: str = "spec") -> list[str]:
     return [] if first == second else [path]
 
 
+def spec_conflict(existing: Mapping[str, Any], spec: Any) -> list[str]:
+    """Paths where the cluster's experiment differs from `spec`, defaults included (empty: the same)."""
+    from lanex_operator.api import InvalidSpecError, parse_spec
+
+    try:
+        theirs = parse_spec(existing.get("spec") or {})
+    except InvalidSpecError:
+        return ["spec"]
+    return spec_differences(theirs.model_dump(mode="json", by_alias=True), spec.model_dump(mode="json", by_alias=True))
+
+
 # --- small formatting helpers -------------------------------------------------------------------
 
 
@@ -321,7 +328,9 @@ def _children(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 def submit_command(
     experiment: Path = typer.Argument(..., help="LaneExperiment YAML file."),
-    namespace: Optional[str] = NAMESPACE_OPTION,
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n",
+                                            help="Namespace (default: the file's metadata.namespace, else the "
+                                                 "kubeconfig context's, else default)."),
     name: Optional[str] = typer.Option(None, "--name", help="Override metadata.name."),
     processes: Optional[int] = typer.Option(None, "--processes", help="Worker pods (spec.training.workers)."),
     gpu: Optional[int] = typer.Option(None, "--gpu", help="GPUs per worker (spec.training.gpusPerWorker)."),
@@ -341,7 +350,7 @@ def submit_command(
     different spec is refused (exit 1). Exit codes: 0 created or unchanged, 1 API error or
     conflict, 2 invalid file or flags.
     """
-    from lanex_operator.api import InvalidSpecError, parse_spec
+    from lanex_operator.api import parse_spec
     from lanex_operator.cluster import ClusterError
 
     flags = SubmitOverrides(processes=processes, gpu=gpu, pvc=pvc, env=tuple(env), large_shm=large_shm,
@@ -362,19 +371,10 @@ def submit_command(
             if not error.already_exists:
                 raise
             existing = cluster.get_experiment(exp_name)
-            try:
-                same = parse_spec(existing.get("spec") or {}) == spec
-            except InvalidSpecError:
-                same = False
-            if not same:
-                ours = spec.model_dump(mode="json", by_alias=True)
-                try:
-                    theirs = parse_spec(existing.get("spec") or {}).model_dump(mode="json", by_alias=True)
-                    differ = ", ".join(spec_differences(theirs, ours)[:5])
-                except InvalidSpecError:
-                    differ = "spec"
-                raise ClusterError(f"{ref} already exists with a different spec ({differ}); delete it "
-                                   f"(lanex delete {exp_name}) or submit with --name") from None
+            differ = spec_conflict(existing, spec)
+            if differ:
+                raise ClusterError(f"{ref} already exists with a different spec ({', '.join(differ[:5])}); delete "
+                                   f"it (lanex delete {exp_name}) or submit with --name") from None
             typer.echo(f"{ref} already exists with the same spec (phase: {_status(existing).get('phase') or '-'})")
             return
         typer.echo(f"{ref} created")
@@ -419,14 +419,16 @@ def _spec_lines(spec_doc: Mapping[str, Any]) -> list[str]:
     t, d = spec.training, spec.dataset
     gpus = f"{t.gpus_per_worker} GPU(s)" if t.gpus_per_worker else "CPU"
     scheduler = f"runai, project {spec.scheduler.project}" if spec.scheduler.type == "runai" else "kubeflow (default)"
-    snapshot = (f"enabled (class {spec.snapshot.volume_snapshot_class_name}, onFailure {str(spec.snapshot.on_failure).lower()})"
-                if spec.snapshot.enabled else "disabled")
+    snap = spec.snapshot
+    snapshot = (f"enabled (class {snap.volume_snapshot_class_name}, onFailure {str(snap.on_failure).lower()})"
+                if snap.enabled else "disabled")
+    validation = f"on, batch {t.validation.batch_size}" if t.validation.enabled else "off"
     lines = [
         f"  Dataset:     {d.source_description()} (storage class {d.storage_class_name}, size {d.size})",
         f"  Training:    {t.backend}, {t.backbone}, {t.workers} worker(s) x {gpus} = {t.processes()} process(es), "
         f"{t.epochs} epoch(s), lr {t.learning_rate:g}, {t.height}x{t.width}",
         f"  Batch:       {t.batch_size} per process, loader workers {t.loader_workers} (useWorkers "
-        f"{str(t.use_workers).lower()}), validation {'on, batch ' + str(t.validation.batch_size) if t.validation.enabled else 'off'}, "
+        f"{str(t.use_workers).lower()}), validation {validation}, "
         f"large shm {str(t.large_shm).lower()}",
         f"  Image:       {t.image}",
         f"  Scheduler:   {scheduler}",
@@ -547,11 +549,13 @@ def describe_command(
         now = datetime.now(timezone.utc)
         created = meta.get("creationTimestamp")
         out = [f"Name:          {meta['name']}", f"Namespace:     {meta.get('namespace', cluster.namespace)}",
-               f"Created:       {created or '-'} ({age(created, now)} ago)", f"Phase:         {status.get('phase') or '-'}"]
+               f"Created:       {created or '-'} ({age(created, now)} ago)",
+               f"Phase:         {status.get('phase') or '-'}"]
         out += [f"{label + ':':15}{status[key]}" for key, label in (("reason", "Reason"), ("message", "Message"))
                 if status.get(key)]
         out += ["Spec:", *_spec_lines(obj.get("spec") or {})]
-        out += _section("Conditions", ("TYPE", "STATUS", "REASON", "LAST TRANSITION", "MESSAGE"), _condition_rows(status))
+        out += _section("Conditions", ("TYPE", "STATUS", "REASON", "LAST TRANSITION", "MESSAGE"),
+                        _condition_rows(status))
         out += _section("Children", ("KIND", "NAME", "STATE"), _child_rows(cluster, obj))
         results = status.get("results") or {}
         out += _fields("Results", {**results, **{k: _number(results.get(k)) for k in ("accuracy", "fp", "fn")
@@ -716,13 +720,16 @@ def parse_wait_for(text: str) -> str:
 
 def reached(phase: Optional[str], wanted: str) -> Optional[bool]:
     """True when `phase` is `wanted` (or past it on the way to Succeeded), False when it never will be, else None."""
+    from lanex_operator.api import Phase
+
+    lifecycle = [p.value for p in Phase if p is not Phase.FAILED]  # the enum lists phases in lifecycle order
     if phase == wanted:
         return True
     if phase in ("Succeeded", "Failed"):
-        if wanted in LIFECYCLE and phase == "Succeeded":
+        if wanted in lifecycle and phase == "Succeeded":
             return True  # a non-terminal phase it went through
         return False
-    if phase in LIFECYCLE and wanted in LIFECYCLE[:-1] and LIFECYCLE.index(phase) > LIFECYCLE.index(wanted):
+    if phase in lifecycle and wanted in lifecycle[:-1] and lifecycle.index(phase) > lifecycle.index(wanted):
         return True
     return None
 
@@ -810,13 +817,13 @@ def _deleted_event(cluster: "Cluster", obj: Mapping[str, Any], patience: float =
     """The operator's `Deleted` Event about this experiment: what its finalizer actually did."""
     import time
 
-    uid = obj["metadata"].get("uid")
+    uid, name = obj["metadata"].get("uid"), obj["metadata"]["name"]
     deadline = time.monotonic() + patience
     while True:
         for event in cluster.list_events():
             involved = event.get("involvedObject") or {}
-            if involved.get("kind") == "LaneExperiment" and event.get("reason") == "Deleted" and (
-                    involved.get("uid") == uid or (not involved.get("uid") and involved.get("name") == obj["metadata"]["name"])):
+            same = involved.get("uid") == uid if involved.get("uid") else involved.get("name") == name
+            if involved.get("kind") == "LaneExperiment" and event.get("reason") == "Deleted" and same:
                 return str(event.get("message") or "")
         if time.monotonic() >= deadline:
             return None
@@ -882,7 +889,8 @@ def snapshots_list_cluster(namespace: Optional[str], experiment: Optional[str]) 
             typer.echo(f"No VolumeSnapshots of {where} in namespace {cluster.namespace}.", err=True)
             return
         rows = []
-        for snapshot in sorted(found.values(), key=lambda s: (_status(s).get("creationTime") or "", s["metadata"]["name"])):
+        ordered = sorted(found.values(), key=lambda s: (_status(s).get("creationTime") or "", s["metadata"]["name"]))
+        for snapshot in ordered:
             status, labels = _status(snapshot), snapshot["metadata"].get("labels") or {}
             error = (status.get("error") or {}).get("message")
             rows.append([snapshot["metadata"]["name"], labels.get("lanex.dev/experiment", experiment or "-"),
@@ -890,10 +898,12 @@ def snapshots_list_cluster(namespace: Optional[str], experiment: Optional[str]) 
                          status.get("creationTime") or "-",
                          ((snapshot.get("spec") or {}).get("source") or {}).get("persistentVolumeClaimName") or "-",
                          error or ""])
-        typer.echo(table(("NAME", "EXPERIMENT", "READYTOUSE", "RESTORESIZE", "CREATIONTIME", "SOURCEPVC", "ERROR"), rows))
+        typer.echo(table(("NAME", "EXPERIMENT", "READYTOUSE", "RESTORESIZE", "CREATIONTIME", "SOURCEPVC", "ERROR"),
+                         rows))
 
 
-def _restore_spec(cluster: "Cluster", snapshot: Mapping[str, Any], storage_class: Optional[str]) -> tuple[str, dict[str, Any]]:
+def _restore_spec(cluster: "Cluster", snapshot: Mapping[str, Any],
+                  storage_class: Optional[str]) -> tuple[str, dict[str, Any]]:
     """(source experiment name or "", the spec of an experiment whose dataset restores `snapshot`)."""
     from lanex_operator.api import InvalidSpecError, parse_spec
 
