@@ -13,6 +13,7 @@
 #   LANEX_HOROVOD_MPI=1      also build the MPI controller in CPU mode (needs libopenmpi-dev).
 #   LANEX_HOROVOD_FORCE=1    rebuild even when a working build is already installed.
 #   LANEX_HOROVOD_VERBOSE=1  stream the compiler output instead of keeping it in a log file.
+#   LANEX_HOROVOD_WHEEL_DIR  also copy the built wheel there (a multi-stage image installs it elsewhere).
 #   MAKEFLAGS                parallel jobs for make (default -j2).
 #   HOROVOD_*                passed through to Horovod's setup.py (e.g. HOROVOD_BUILD_CUDA_CC_LIST=80,90,
 #                            HOROVOD_NCCL_HOME); NCCL from the nvidia-nccl pip wheel is found by itself.
@@ -129,13 +130,15 @@ fi
 if [ "$GPU" = "1" ]; then
     export HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_LINK="${HOROVOD_NCCL_LINK:-SHARED}"
     command -v nvcc >/dev/null 2>&1 || [ -n "${CUDA_HOME:-}" ] || die "LANEX_HOROVOD_GPU=1 needs nvcc (a CUDA devel image)"
-    # pytorch/pytorch images ship NCCL only as the nvidia-nccl wheel, which lacks the unversioned libnccl.so.
-    if [ -z "${HOROVOD_NCCL_HOME:-}${HOROVOD_NCCL_INCLUDE:-}" ] && ! [ -f /usr/include/nccl.h ]; then
+    # Link the NCCL that torch itself loads (the nvidia-nccl wheel in pytorch/pytorch images and pip venvs)
+    # rather than a system libnccl of another version: both are libnccl.so.2, and the first loaded wins.
+    # The wheel lacks the unversioned libnccl.so the linker looks for.
+    if [ -z "${HOROVOD_NCCL_HOME:-}${HOROVOD_NCCL_INCLUDE:-}${HOROVOD_NCCL_LIB:-}" ]; then
         NCCL_DIR="$("$PYTHON" -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null || true)"
-        if [ -n "$NCCL_DIR" ] && [ -f "$NCCL_DIR/include/nccl.h" ]; then
+        if [ -n "$NCCL_DIR" ] && [ -f "$NCCL_DIR/include/nccl.h" ] && [ -f "$NCCL_DIR/lib/libnccl.so.2" ]; then
             [ -e "$NCCL_DIR/lib/libnccl.so" ] || ln -s libnccl.so.2 "$NCCL_DIR/lib/libnccl.so"
             export HOROVOD_NCCL_INCLUDE="$NCCL_DIR/include" HOROVOD_NCCL_LIB="$NCCL_DIR/lib"
-            log "NCCL from the nvidia-nccl wheel: $NCCL_DIR"
+            log "NCCL from the nvidia-nccl wheel torch uses: $NCCL_DIR"
         fi
     fi
 else
@@ -146,23 +149,29 @@ export MAKEFLAGS="${MAKEFLAGS:--j2}"
 log "building horovod $HOROVOD_VERSION ($FLAVOUR, MAKEFLAGS=$MAKEFLAGS) against torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
 START=$SECONDS
 # --no-build-isolation: compile against the installed torch instead of downloading another one.
-PIP_INSTALL=("$PYTHON" -m pip install --no-build-isolation --no-cache-dir --force-reinstall --no-deps "$SRC")
+PIP_WHEEL=("$PYTHON" -m pip wheel --no-build-isolation --no-cache-dir --no-deps -v --wheel-dir "$WORK/wheel" "$SRC")
 if [ "${LANEX_HOROVOD_VERBOSE:-0}" = "1" ]; then
-    "${PIP_INSTALL[@]}" -v
-else
-    if ! "${PIP_INSTALL[@]}" -v >"$WORK/build.log" 2>&1; then
-        KEPT_LOG="${TMPDIR:-/tmp}/lanex-horovod-build.log"
-        cp "$WORK/build.log" "$KEPT_LOG"
-        { grep -m 10 -A 6 -E "error:|CMake Error" "$KEPT_LOG" || tail -n 40 "$KEPT_LOG"; } >&2
-        die "pip install of the patched sdist failed: first errors above, full log in $KEPT_LOG"
-    fi
+    "${PIP_WHEEL[@]}"
+elif ! "${PIP_WHEEL[@]}" >"$WORK/build.log" 2>&1; then
+    KEPT_LOG="${TMPDIR:-/tmp}/lanex-horovod-build.log"
+    cp "$WORK/build.log" "$KEPT_LOG"
+    { grep -m 10 -A 6 -E "error:|CMake Error" "$KEPT_LOG" || tail -n 40 "$KEPT_LOG"; } >&2
+    die "building the patched sdist failed: first errors above, full log in $KEPT_LOG"
 fi
-# Horovod's runtime dependencies, installed separately so --force-reinstall does not touch them; pinned by
-# the project's lock file when the script runs from a checkout (or an image holding requirements/).
+WHEEL="$(ls "$WORK"/wheel/horovod-"$HOROVOD_VERSION"-*.whl)"
+log "built $(basename "$WHEEL") in $((SECONDS - START)) s"
+
+# Horovod's runtime dependencies (cloudpickle, psutil, pyyaml, packaging) are pinned by the project's lock
+# file when the script runs from a checkout or from an image holding requirements/.
 LOCK="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/requirements/lock.txt"
 CONSTRAINTS=(); [ -f "$LOCK" ] && CONSTRAINTS=(-c "$LOCK")
-"$PYTHON" -m pip install -q --no-cache-dir "${CONSTRAINTS[@]}" cloudpickle psutil pyyaml packaging
-log "built and installed horovod $HOROVOD_VERSION in $((SECONDS - START)) s"
+"$PYTHON" -m pip install -q --no-cache-dir --force-reinstall --no-deps "$WHEEL"
+"$PYTHON" -m pip install -q --no-cache-dir "${CONSTRAINTS[@]}" "$WHEEL"
+if [ -n "${LANEX_HOROVOD_WHEEL_DIR:-}" ]; then
+    mkdir -p "$LANEX_HOROVOD_WHEEL_DIR" && cp "$WHEEL" "$LANEX_HOROVOD_WHEEL_DIR/"
+    log "kept the wheel in $LANEX_HOROVOD_WHEEL_DIR"
+fi
+log "installed horovod $HOROVOD_VERSION ($FLAVOUR) in $((SECONDS - START)) s"
 
 check_installed >/dev/null || die "horovod was installed but 'import horovod.torch' fails or lacks $FLAVOUR"
 horovodrun --check-build

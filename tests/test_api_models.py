@@ -52,12 +52,24 @@ def test_an_empty_training_section_reproduces_tr4896_run():
     assert (training.validation.enabled, training.validation.batch_size) == (True, 99)
     assert (training.backend, training.backbone, training.large_shm) == ("horovod", "vgg16_bn", True)
     assert (training.height, training.width) == (288, 800)
-    assert training.image == "ghcr.io/lanex/trainer:0.1.0"
-    assert (spec.dataset.storage_class_name, spec.dataset.size) == ("azurenetappfiles", "100Gi")
-    assert spec.snapshot.enabled and spec.snapshot.volume_snapshot_class_name == "netapp-csi-snapclass"
-    assert spec.snapshot.on_failure is False
+    assert spec.dataset.size == "100Gi"
+    assert spec.snapshot.enabled and spec.snapshot.on_failure is False
     assert (spec.retention.dataset, spec.retention.snapshots) == ("Retain", "Retain")
     assert spec.storage.service_level is None and spec.storage.training_service_level is None
+
+
+def test_cluster_level_choices_are_left_to_the_operator_when_unset():
+    spec = parse_spec(MINIMAL)
+    assert spec.training.image is None
+    assert spec.dataset.storage_class_name is None
+    assert spec.snapshot.volume_snapshot_class_name is None
+    assert (spec.scheduler.type, spec.scheduler.project) == (None, None)
+    # What a spec names is kept as written.
+    named = parse_spec({"dataset": {"synthetic": {}, "storageClassName": "fast"},
+                        "training": {"image": "registry.example.com/trainer:2"},
+                        "snapshot": {"volumeSnapshotClassName": "snap"}, "scheduler": {"type": "kubeflow"}})
+    assert (named.training.image, named.dataset.storage_class_name, named.snapshot.volume_snapshot_class_name,
+            named.scheduler.type) == ("registry.example.com/trainer:2", "fast", "snap", "kubeflow")
 
 
 def test_yaml_names_are_camel_case_and_python_names_snake_case():
@@ -110,6 +122,7 @@ INVALID_SPECS = [
     ("bad size", with_changes("dataset.size", "100Zz"), "spec.dataset.size", "spec.dataset.size"),
     ("unknown scheduler", with_changes("scheduler", {"type": "slurm"}), "spec.scheduler.type", "spec.scheduler.type"),
     ("runai without project", with_changes("scheduler", {"type": "runai"}), "spec.scheduler.project", "spec.scheduler"),
+    ("project without a type", with_changes("scheduler", {"project": "p"}), "spec.scheduler.project", "spec.scheduler"),
     (
         "kubeflow with project",
         with_changes("scheduler", {"type": "kubeflow", "project": "p"}),
@@ -311,5 +324,8 @@ def test_docs_table_lists_every_field_with_its_default():
     assert table.startswith("| Field | Type | Required | Default | Description |")
     assert "| `spec.training.workers` | integer |  | `3` |" in table
     assert "| `spec.dataset.size` | quantity |  | `\"100Gi\"` |" in table
-    assert "| `spec.scheduler.type` | string |  | `\"kubeflow\"` |" in table
+    for field in ("spec.scheduler.type", "spec.training.image", "spec.dataset.storageClassName",
+                  "spec.snapshot.volumeSnapshotClassName"):  # no default: the operator's cluster default applies
+        (row,) = [line for line in table.splitlines() if line.startswith(f"| `{field}` |")]
+        assert row.split(" | ")[3] == "" and "unset: the operator's default (chart value defaults." in row, row
     assert "`spec.training.env[].name`" in table and "`spec.storage.trainingServiceLevel`" in table

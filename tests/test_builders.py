@@ -22,6 +22,7 @@ from lanex_operator.builders import (
     restore_pvc_for,
     snapshot_for,
 )
+from lanex_operator.defaults import ClusterDefaults
 from lanex_operator.plan import StepName, plan_for, snapshot_name
 
 SHA = "0123456789abcdef" * 4
@@ -334,6 +335,68 @@ def test_existing_claim_is_used_as_is_and_only_prepared():
     assert plan.prepare.commands == (("lanex", "data", "prepare", "--root", "/mnt/tusimple_data"),)
     pod = mpijob_for(meta, spec, plan)["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
     assert pod["volumes"][0] == {"name": "data", "persistentVolumeClaim": {"claimName": "shared-tusimple"}}
+
+
+# --- the cluster's defaults -------------------------------------------------------------------
+
+SITE_DEFAULTS = ClusterDefaults(trainer_image="registry.example.com/lanex/trainer:0.2.0",
+                                storage_class_name="anf-ultra", volume_snapshot_class_name="anf-snapclass")
+
+
+def test_unset_image_and_classes_take_the_clusters_defaults_in_every_child():
+    spec = parse_spec({"dataset": {"synthetic": {"clips": 4}}})
+    meta = {"name": "site", "namespace": "ml"}
+    plan = plan_for("site", "ml", spec, defaults=SITE_DEFAULTS)
+    assert plan.defaulted == ("spec.training.image", "spec.dataset.storageClassName",
+                              "spec.snapshot.volumeSnapshotClassName", "spec.scheduler.type")
+    assert pvc_for(meta, spec, plan)["spec"]["storageClassName"] == "anf-ultra"
+    job = prepare_job_for(meta, spec, plan)
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/lanex/trainer:0.2.0"
+    mpijob = mpijob_for(meta, spec, plan)
+    for replica in mpijob["spec"]["mpiReplicaSpecs"].values():
+        assert replica["template"]["spec"]["containers"][0]["image"] == "registry.example.com/lanex/trainer:0.2.0"
+        assert "schedulerName" not in replica["template"]["spec"]
+    assert mpijob["metadata"]["annotations"]["lanex.dev/trainer-image"] == "registry.example.com/lanex/trainer:0.2.0"
+    assert snapshot_for(meta, spec, plan, AT)["spec"]["volumeSnapshotClassName"] == "anf-snapclass"
+    assert plan.trainer_image == "registry.example.com/lanex/trainer:0.2.0"
+    # The config hash covers the spec as written; the image it ran with is provenance next to it.
+    assert plan.config_hash == plan_for("site", "ml", spec).config_hash
+
+
+def test_what_the_spec_names_wins_over_the_clusters_defaults():
+    meta, spec, plan = build(KUBEFLOW_SPEC, name="ddp", namespace="ml")
+    sited = plan_for("ddp", "ml", spec, defaults=SITE_DEFAULTS)
+    assert sited.defaulted == ("spec.training.image",)  # the spec names classes and scheduler, not the image
+    assert pvc_for(meta, spec, sited)["spec"]["storageClassName"] == "standard"
+    assert snapshot_for(meta, spec, sited, AT)["spec"]["volumeSnapshotClassName"] == "csi-snapclass"
+    pinned = parse_spec({**KUBEFLOW_SPEC, "training": {**KUBEFLOW_SPEC["training"], "image": "mine/trainer:1"}})
+    assert plan_for("ddp", "ml", pinned, defaults=SITE_DEFAULTS).train.launcher.image == "mine/trainer:1"
+
+
+def test_default_runai_scheduler_runs_in_the_project_of_the_namespace():
+    runai = ClusterDefaults(scheduler="runai")
+    spec = parse_spec({"dataset": {"synthetic": {}}})
+    meta = {"name": "lanes", "namespace": "runai-lane-detection"}
+    plan = plan_for("lanes", "runai-lane-detection", spec, defaults=runai)
+    assert (plan.train.scheduler, plan.train.runai_project) == ("runai", "lane-detection")
+    mpijob = mpijob_for(meta, spec, plan)
+    assert mpijob["metadata"]["labels"]["project"] == "lane-detection"
+    for replica in mpijob["spec"]["mpiReplicaSpecs"].values():
+        assert replica["template"]["spec"]["schedulerName"] == "runai-scheduler"
+    validate_pod_templates(mpijob)
+    # A spec that says kubeflow keeps the default scheduler, whatever the cluster's default.
+    kubeflow = parse_spec({"dataset": {"synthetic": {}}, "scheduler": {"type": "kubeflow"}})
+    assert plan_for("lanes", "runai-lane-detection", kubeflow, defaults=runai).train.scheduler == "kubeflow"
+
+
+def test_default_runai_scheduler_outside_a_project_namespace_is_an_invalid_spec():
+    spec = parse_spec({"dataset": {"synthetic": {}}})
+    with pytest.raises(InvalidSpecError) as caught:
+        plan_for("lanes", "ml-team", spec, defaults=ClusterDefaults(scheduler="runai"))
+    message = str(caught.value)
+    assert message.startswith("spec.scheduler.type: unset, and the operator's default scheduler "
+                              "(LANEX_DEFAULT_SCHEDULER) is runai")
+    assert "runai-<project> (not 'ml-team')" in message
 
 
 # --- properties of all builders ---------------------------------------------------------------

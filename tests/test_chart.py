@@ -78,30 +78,28 @@ FULL_VALUES: dict[str, Any] = {
     "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
 }
 
-# Every permission the operator needs (issue 6), and nothing else.
+# Every permission the operator uses (issue 6), and nothing else; tests/test_rbac_matches_operator.py
+# checks the same rules against the requests of the real operator.
 NAMESPACED_GRANTS = {
-    ("lanex.dev", "laneexperiments", verb) for verb in ("get", "list", "watch", "patch", "update")
-} | {("lanex.dev", "laneexperiments/status", verb) for verb in ("get", "patch", "update")} | {
+    ("lanex.dev", "laneexperiments", "list"), ("lanex.dev", "laneexperiments", "watch"),
+    ("lanex.dev", "laneexperiments", "patch"), ("lanex.dev", "laneexperiments/status", "patch"),
     ("lanex.dev", "laneexperiments/finalizers", "update"),
-    ("", "pods", "get"), ("", "pods", "list"), ("", "pods/log", "get"),
-    ("", "events", "create"), ("", "events", "patch"),
-    ("events.k8s.io", "events", "create"), ("events.k8s.io", "events", "patch"),
-} | {
+    ("", "pods", "list"), ("", "events", "create"), ("", "events", "list"),
+} | {("", "persistentvolumeclaims", verb) for verb in ("get", "list", "watch", "create", "patch", "delete")} | {
     (group, resource, verb)
-    for group, resource in (("", "persistentvolumeclaims"), ("batch", "jobs"), ("kubeflow.org", "mpijobs"),
-                            ("snapshot.storage.k8s.io", "volumesnapshots"))
-    for verb in ("get", "list", "watch", "create", "delete")
-}
+    for group, resource in (("batch", "jobs"), ("kubeflow.org", "mpijobs"))
+    for verb in ("get", "list", "watch", "create")
+} | {("snapshot.storage.k8s.io", "volumesnapshots", verb) for verb in ("get", "list", "watch", "create", "delete")}
 CLUSTER_GRANTS = {
     ("", "persistentvolumes", "get"), ("", "persistentvolumes", "patch"),
     ("snapshot.storage.k8s.io", "volumesnapshotclasses", "get"),
-    ("snapshot.storage.k8s.io", "volumesnapshotclasses", "list"),
-    ("storage.k8s.io", "storageclasses", "get"), ("storage.k8s.io", "storageclasses", "list"),
+    ("storage.k8s.io", "storageclasses", "get"),
     ("", "namespaces", "get"),
-    ("apiextensions.k8s.io", "customresourcedefinitions", "get"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
+# Serving a list of namespaces, kopf also follows the namespaces (to serve a listed one created later).
+NAMESPACE_OBSERVER_GRANTS = {("", "namespaces", "list"), ("", "namespaces", "watch")}
 
 # Custom resources have no schema in kubernetes-validate: the fields their CRDs (Trident,
 # external-snapshotter v6+, Prometheus operator) define, closed so that a typo fails here.
@@ -320,6 +318,21 @@ def test_operator_defaults_and_ports_come_from_values():
     assert service["spec"]["selector"].items() <= pod_labels.items()
 
 
+@pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["defaults", "full"])
+def test_operator_reads_the_defaults_the_chart_passes(values):
+    from lanex_operator.defaults import ClusterDefaults
+
+    container = only(objects_for(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    environ = {item["name"]: item["value"] for item in container["env"] if "value" in item}
+    chosen = (values or {}).get("defaults") or yaml.safe_load((CHART_DIR / "values.yaml").read_text())["defaults"]
+    assert ClusterDefaults.from_env(environ) == ClusterDefaults(
+        trainer_image=chosen["trainerImage"], storage_class_name=chosen["storageClassName"],
+        volume_snapshot_class_name=chosen["volumeSnapshotClassName"], scheduler=chosen["scheduler"])
+    # The chart's own defaults are the operator's built-in fallbacks: an install changes nothing by itself.
+    if values is None:
+        assert ClusterDefaults.from_env(environ) == ClusterDefaults()
+
+
 def test_operator_reads_the_tier_pools_the_chart_passes():
     from lanex_operator.azure_volume import TierSettings
 
@@ -488,12 +501,12 @@ def test_values_schema_is_draft_07_and_accepts_the_chart_defaults():
 # --- RBAC ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["all-namespaces", "two-namespaces"])
-def test_rbac_grants_exactly_what_the_operator_uses(values):
+@pytest.mark.parametrize("values,extra", [(None, set()), (FULL_VALUES, NAMESPACE_OBSERVER_GRANTS)],
+                         ids=["all-namespaces", "two-namespaces"])
+def test_rbac_grants_exactly_what_the_operator_uses(values, extra):
     granted = granted_permissions(values)
-    assert granted == NAMESPACED_GRANTS | CLUSTER_GRANTS, (
-        f"extra: {sorted(granted - NAMESPACED_GRANTS - CLUSTER_GRANTS)}; "
-        f"missing: {sorted(NAMESPACED_GRANTS | CLUSTER_GRANTS - granted)}")
+    expected = NAMESPACED_GRANTS | CLUSTER_GRANTS | extra
+    assert granted == expected, f"extra: {sorted(granted - expected)}; missing: {sorted(expected - granted)}"
 
 
 def test_rbac_has_no_wildcards_secrets_or_peering():
@@ -509,7 +522,8 @@ def test_rbac_has_no_wildcards_secrets_or_peering():
 
 def test_namespaced_mode_keeps_namespaced_grants_inside_the_served_namespaces():
     scopes = grants_by_scope(FULL_VALUES)
-    assert scopes == {None: CLUSTER_GRANTS, "runai-lane-detection": NAMESPACED_GRANTS, "ml-team": NAMESPACED_GRANTS}
+    assert scopes == {None: CLUSTER_GRANTS | NAMESPACE_OBSERVER_GRANTS, "runai-lane-detection": NAMESPACED_GRANTS,
+                      "ml-team": NAMESPACED_GRANTS}
     objects = objects_for(FULL_VALUES)
     for binding in (obj for obj in objects if obj["kind"] == "RoleBinding"):
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}

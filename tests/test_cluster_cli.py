@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from k8s.scenarios import experiment, get_experiment
-from lanex_operator.cluster_cli import SubmitOverrides, UsageError, apply_overrides, blame, human_duration, reached
+from lanex_operator.cluster_submit import SubmitOverrides, UsageError, apply_overrides, blame
+from lanex_operator.cluster_views import human_duration, reached
 
 pytestmark = pytest.mark.timeout(120)
 

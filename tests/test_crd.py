@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from lanex_operator.api import LaneExperimentSpec, build_crd, parse_spec, validate_against_crd
+from lanex_operator.api import InvalidSpecError, LaneExperimentSpec, build_crd, parse_spec, validate_against_crd
 from lanex_operator.api.schema import apply_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +139,8 @@ def test_every_default_is_valid_for_its_own_field():
         {"dataset": {"synthetic": {}}},
         {"dataset": {"fromSnapshot": {"snapshotName": "s"}}, "training": {"validation": {}}, "scheduler": {}},
         {"dataset": {"existingClaim": {"claimName": "c"}}, "scheduler": {"type": "runai", "project": "p"}},
+        {"dataset": {"synthetic": {}, "storageClassName": "fast"}, "training": {"image": "r.example.com/t:1"},
+         "snapshot": {"volumeSnapshotClassName": "snap"}, "scheduler": {"type": "kubeflow"}},
     ],
 )
 def test_api_server_defaulting_gives_the_models_defaults(spec):
@@ -164,8 +166,36 @@ def test_cross_field_rules_are_also_cel_rules_for_the_api_server():
     assert "filter(x, x).size() == 1" in dataset_rule and all(
         f"has(self.{source})" in dataset_rule for source in ("download", "synthetic", "existingClaim", "fromSnapshot")
     )
-    assert scheduler_rule == "self.type == 'runai' ? has(self.project) : !has(self.project)"
+    assert scheduler_rule == "has(self.type) && self.type == 'runai' ? has(self.project) : !has(self.project)"
     assert spec["training"]["properties"]["env"]["x-kubernetes-list-map-keys"] == ["name"]
+
+
+def test_cluster_level_fields_have_no_api_server_default():
+    # An API-server default would always win over the operator's cluster defaults (the chart's values).
+    spec = open_api()["properties"]["spec"]["properties"]
+    for section, field in (("training", "image"), ("dataset", "storageClassName"),
+                           ("snapshot", "volumeSnapshotClassName"), ("scheduler", "type")):
+        node = spec[section]["properties"][field]
+        assert "default" not in node and "unset: the operator's default" in node["description"], (section, field)
+    assert apply_defaults(open_api()["properties"]["spec"], {"dataset": {"synthetic": {}}})["scheduler"] == {}
+
+
+@pytest.mark.parametrize("scheduler,accepted", [
+    ({}, True), ({"type": "kubeflow"}, True), ({"type": "runai", "project": "p"}, True),
+    ({"type": "runai"}, False), ({"project": "p"}, False), ({"type": "kubeflow", "project": "p"}, False),
+])
+def test_scheduler_schema_and_models_agree_on_type_and_project(scheduler, accepted):
+    document = {"apiVersion": "lanex.dev/v1alpha1", "kind": "LaneExperiment", "metadata": {"name": "x"},
+                "spec": {"dataset": {"synthetic": {}}, "scheduler": scheduler}}
+    crd_problems = validate_against_crd(document)
+    assert (crd_problems == []) is accepted, crd_problems
+    try:
+        parse_spec(document["spec"])
+    except InvalidSpecError as error:
+        assert not accepted, error.problems
+        assert any(problem.startswith("spec.scheduler") for problem in error.problems)
+    else:
+        assert accepted
 
 
 def test_status_keeps_unknown_fields_but_types_the_known_ones():

@@ -110,15 +110,15 @@ def prepare_job_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Exp
 def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: ExperimentPlan) -> Manifest:
     """The kubeflow.org/v2beta1 MPIJob: one launcher running `lanex launch`, `workers` GPU workers.
 
-    With the runai scheduler the job and its pods carry `project: <project>` and the pods use
-    `runai-scheduler`; RUN:ai users create the experiment in their project's namespace
-    (`runai-<project>`), which is where the MPIJob is created too.
+    With the runai scheduler (the spec's, or the cluster's default) the job and its pods carry
+    `project: <project>` and the pods use `runai-scheduler`; RUN:ai users create the experiment in
+    their project's namespace (`runai-<project>`), which is where the MPIJob is created too.
     """
     _check_meta(meta, plan)
     train = plan.train
     labels = labels_for(plan, "training")
-    if spec.scheduler.type == "runai":
-        labels["project"] = str(spec.scheduler.project)
+    if train.scheduler == "runai":
+        labels["project"] = str(train.runai_project)
 
     launcher = {
         **_container("launcher", train.launcher),
@@ -142,7 +142,7 @@ def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Experime
         worker_pod["tolerations"] = [
             toleration.model_dump(by_alias=True, exclude_none=True) for toleration in spec.training.tolerations
         ]
-    if spec.scheduler.type == "runai":
+    if train.scheduler == "runai":
         launcher_pod["schedulerName"] = RUNAI_SCHEDULER
         worker_pod["schedulerName"] = RUNAI_SCHEDULER
 

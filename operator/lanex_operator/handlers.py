@@ -25,7 +25,7 @@ from lanex_operator.config import OperatorConfig
 from lanex_operator.kube import Kube, KubeError
 from lanex_operator.metrics import OperatorMetrics
 from lanex_operator.preflight import Preflight
-from lanex_operator.reconciler import Reconciler
+from lanex_operator.reconciler import Reconciler, StorageTiering
 from lanex_operator.retention import release
 from lanex_operator.status import TERMINAL_PHASES, StatusBook
 
@@ -81,7 +81,14 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
             raise kopf.PermanentError("cannot log in: neither in-cluster nor kubeconfig credentials were found")
         state.kube = Kube.from_connection_info(info, state.config.request_timeout_seconds)
         preflight = Preflight(state.kube, state.config.preflight_cache_seconds)
-        state.reconciler = Reconciler(state.kube, state.cache, preflight, state.metrics, state.config)
+        tiering = StorageTiering.from_env(state.metrics.storage_tier)
+        if tiering.problem:
+            logger.warning(f"storage tier: {tiering.problem} (experiments that ask for a service level train at "
+                           "their volume's current level)")
+        elif tiering.settings is not None:
+            logger.info(f"storage tier: capacity pools configured for {', '.join(sorted(tiering.settings.pools))}")
+        state.reconciler = Reconciler(state.kube, state.cache, preflight, state.metrics, state.config,
+                                      tiering=tiering)
         for problem in await preflight.cluster():
             logger.warning(f"preflight: {problem.reason}: {problem.message} (experiments wait until it is fixed)")
 

@@ -1,7 +1,8 @@
 """Prometheus metrics of the operator (kopf has no exporter of its own).
 
 Why it exists: an operator that runs unattended must say how many experiments sit in each phase,
-how long each step takes, how often reconciling fails, and how many snapshots it took. The
+how long each step takes, how often reconciling fails, how many snapshots it took, and how its
+storage-tier moves went (`lanex_storage_pool_changes_total{result}` and their duration). The
 metrics live in their own `CollectorRegistry` (no process-global state, several operators can run
 in one test process) and are served by prometheus-client's HTTP server.
 """
@@ -12,6 +13,8 @@ import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from lanex_operator.storage_tier import StorageTierMetrics
 
 PHASES = ("Pending", "ProvisioningDataset", "Downloading", "SharingVolume", "Training", "Snapshotting",
           "Succeeded", "Failed")
@@ -33,6 +36,7 @@ class OperatorMetrics:
                                        registry=self.registry)
         self.transitions = Counter("lanex_phase_transitions_total", "Phase transitions, by target phase.",
                                    ["phase"], registry=self.registry)
+        self.storage_tier = StorageTierMetrics(self.registry)
         self._phases: dict[str, str] = {}
         self._lock = threading.Lock()
         for phase in PHASES:

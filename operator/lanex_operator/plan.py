@@ -4,7 +4,9 @@ An `ExperimentPlan` says, for one experiment, what each step runs: container ima
 environment and mounts, and the deterministic names of everything it creates. The operator's
 builders (`lanex_operator.builders`) turn it into PVC/Job/MPIJob/VolumeSnapshot manifests; the
 local runner turns the same commands into processes on a directory that stands in for the
-volume (pass `mount_root`). Changing a command here changes both.
+volume (pass `mount_root`). Changing a command here changes both. The plan holds effective values
+only: what the spec leaves to the cluster (image, classes, scheduler) is resolved here from the
+operator's `ClusterDefaults` (the built-in fallbacks for local runs and the CLI).
 
 Paths inside the dataset volume (TR-4896's layout):
 - `<mount_root>/tusimple_data`: the dataset, marked prepared by `.lanex-prepared`;
@@ -25,6 +27,7 @@ from lanex_operator.api.models import (
     check_experiment_name,
     training_config_hash,
 )
+from lanex_operator.defaults import ClusterDefaults, Scheduler
 
 MOUNT_ROOT = "/mnt"
 DATA_DIR = "tusimple_data"
@@ -126,6 +129,8 @@ class TrainStep:
     """Distributed training: one launcher running `lanex launch`, `workers` workers."""
 
     backend: str
+    scheduler: Scheduler
+    runai_project: Optional[str]  # the RUN:ai project (label `project`), set exactly with scheduler runai
     workers: int
     gpus_per_worker: int
     processes: int
@@ -163,6 +168,7 @@ class ExperimentPlan:
     trainer_image: str
     config_hash: str
     dataset_source: str
+    defaulted: tuple[str, ...] = ()  # spec fields the cluster's defaults filled in ("spec.training.image", ...)
 
     @property
     def steps(self) -> tuple[StepName, ...]:
@@ -287,9 +293,12 @@ def plan_for(
     *,
     mount_root: str = MOUNT_ROOT,
     termination_log: str = TERMINATION_LOG,
+    defaults: ClusterDefaults = ClusterDefaults(),
 ) -> ExperimentPlan:
-    """The plan of experiment `namespace/name`; raises InvalidSpecError for an unusable name."""
+    """The plan of experiment `namespace/name` with the cluster's `defaults` for what the spec leaves
+    unset; raises InvalidSpecError for an unusable name, or a default scheduler that cannot apply."""
     check_experiment_name(name)
+    effective = defaults.resolve(namespace, spec)
     paths = experiment_paths(name, mount_root, termination_log)
     names = child_names(name, spec)
     training = spec.training
@@ -302,7 +311,7 @@ def plan_for(
         claim_name=names.dataset_claim,
         creates_claim=dataset.existing_claim is None,
         restore_from=dataset.from_snapshot.snapshot_name if dataset.from_snapshot is not None else None,
-        storage_class_name=dataset.storage_class_name,
+        storage_class_name=effective.storage_class_name,
         size=dataset.size,
     )
 
@@ -315,11 +324,14 @@ def plan_for(
             commands=commands,
             done_marker=marker,
             backoff_limit=dataset.prepare_backoff_limit,
-            container=ContainerRun(training.image, training.image_pull_policy, ("sh", "-c", script), (), data_mount),
+            container=ContainerRun(effective.trainer_image, training.image_pull_policy, ("sh", "-c", script), (),
+                                   data_mount),
         )
 
     train = TrainStep(
         backend=training.backend,
+        scheduler=effective.scheduler,
+        runai_project=effective.runai_project,
         workers=training.workers,
         gpus_per_worker=training.gpus_per_worker,
         processes=training.processes(),
@@ -329,14 +341,14 @@ def plan_for(
         active_deadline_seconds=training.active_deadline_seconds,
         train_command=train_command(spec, paths),
         launcher=ContainerRun(
-            training.image,
+            effective.trainer_image,
             training.image_pull_policy,
             launch_command(spec, paths),
             training_env(spec, names.dataset_claim, launcher=True),
             data_mount + shm_mount,
         ),
         worker=ContainerRun(
-            training.image,
+            effective.trainer_image,
             training.image_pull_policy,
             WORKER_COMMAND,
             training_env(spec, names.dataset_claim, launcher=False),
@@ -348,7 +360,7 @@ def plan_for(
     if spec.snapshot.enabled:
         snapshot = SnapshotStep(
             source_claim=names.dataset_claim,
-            volume_snapshot_class_name=spec.snapshot.volume_snapshot_class_name,
+            volume_snapshot_class_name=effective.volume_snapshot_class_name,
             on_failure=spec.snapshot.on_failure,
             ready_timeout_seconds=spec.snapshot.ready_timeout_seconds,
         )
@@ -362,9 +374,10 @@ def plan_for(
         prepare=prepare,
         train=train,
         snapshot=snapshot,
-        trainer_image=training.image,
+        trainer_image=effective.trainer_image,
         config_hash=training_config_hash(spec),
         dataset_source=dataset.source_description(),
+        defaulted=effective.defaulted,
     )
 
 

@@ -13,8 +13,9 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-from lanex_operator.api.models import LaneExperimentSpec
+from lanex_operator.defaults import SCHEDULER_FIELD, SNAPSHOT_CLASS_FIELD, STORAGE_CLASS_FIELD, field_origin
 from lanex_operator.kube import Kube, object_path
+from lanex_operator.plan import ExperimentPlan
 
 MPIJOB_API = ("kubeflow.org/v2beta1", "mpijobs")
 SNAPSHOT_API = ("snapshot.storage.k8s.io/v1", "volumesnapshots")
@@ -64,43 +65,47 @@ class Preflight:
                                                                 "CRDs and snapshot controller"))
         return problems
 
-    async def experiment(self, namespace: str, spec: LaneExperimentSpec) -> list[Problem]:
-        """Everything this experiment's spec refers to."""
+    async def experiment(self, plan: ExperimentPlan) -> list[Problem]:
+        """Everything this experiment refers to, with the values it runs with (the cluster's defaults
+        filled in: a message then names the operator's default rather than the unset spec field)."""
         problems: list[Problem] = []
-        needs_snapshots = spec.snapshot.enabled or spec.dataset.from_snapshot is not None
+        namespace, dataset = plan.namespace, plan.dataset
+        needs_snapshots = plan.snapshot is not None or dataset.restore_from is not None
         for problem in await self.cluster():
             if problem.reason != "MissingVolumeSnapshotAPI" or needs_snapshots:
                 problems.append(problem)
-        dataset = spec.dataset
-        if dataset.existing_claim is None:
+        if dataset.creates_claim:
             name = dataset.storage_class_name
             if not await self._object(object_path("storage.k8s.io/v1", "storageclasses", name=name)):
-                problems.append(Problem("MissingStorageClass", f'storage class "{name}" '
-                                                               f"(spec.dataset.storageClassName) not found"))
+                origin = field_origin(STORAGE_CLASS_FIELD, plan.defaulted)
+                problems.append(Problem("MissingStorageClass", f'storage class "{name}" ({origin}) not found'))
         else:
-            claim = dataset.existing_claim.claim_name
+            claim = dataset.claim_name
             if not await self._object(object_path("v1", "persistentvolumeclaims", namespace, claim)):
                 problems.append(Problem("MissingClaim", f'PersistentVolumeClaim "{claim}" '
                                                         f"(spec.dataset.existingClaim.claimName) not found in "
                                                         f'namespace "{namespace}"'))
         snapshot_api = not any(p.reason == "MissingVolumeSnapshotAPI" for p in problems)
-        if dataset.from_snapshot is not None and snapshot_api:
-            source = dataset.from_snapshot.snapshot_name
+        if dataset.restore_from is not None and snapshot_api:
+            source = dataset.restore_from
             path = object_path(SNAPSHOT_API[0], "volumesnapshots", namespace, source)
             if not await self._object(path):
                 problems.append(Problem("MissingSnapshot", f'VolumeSnapshot "{source}" '
                                                            f"(spec.dataset.fromSnapshot.snapshotName) not found in "
                                                            f'namespace "{namespace}"'))
-        if spec.snapshot.enabled and snapshot_api:
-            klass = spec.snapshot.volume_snapshot_class_name
+        if plan.snapshot is not None and snapshot_api:
+            klass = plan.snapshot.volume_snapshot_class_name
             if not await self._object(object_path(SNAPSHOT_API[0], "volumesnapshotclasses", name=klass)):
-                problems.append(Problem("MissingVolumeSnapshotClass", f'VolumeSnapshotClass "{klass}" '
-                                                                      f"(spec.snapshot.volumeSnapshotClassName) "
-                                                                      f"not found"))
-        if spec.scheduler.type == "runai":
-            project_ns = f"runai-{spec.scheduler.project}"
+                origin = field_origin(SNAPSHOT_CLASS_FIELD, plan.defaulted)
+                problems.append(Problem("MissingVolumeSnapshotClass",
+                                        f'VolumeSnapshotClass "{klass}" ({origin}) not found'))
+        if plan.train.scheduler == "runai":
+            project = plan.train.runai_project
+            project_ns = f"runai-{project}"
+            origin = ("the namespace, as the operator's default scheduler is runai"
+                      if SCHEDULER_FIELD in plan.defaulted else "spec.scheduler.project")
             if not await self._object(object_path("v1", "namespaces", name=project_ns)):
                 problems.append(Problem("MissingRunaiProject", f'namespace "{project_ns}" of RUN:ai project '
-                                                               f'"{spec.scheduler.project}" (spec.scheduler.project) '
+                                                               f'"{project}" ({origin}) '
                                                                f"not found: create the project in RUN:ai"))
         return problems

@@ -5,8 +5,8 @@ A pass reads the experiment (spec and the status the operator wrote) and its chi
 watch cache, else the API), then walks the steps of TR-4896 in order:
 
     Preflight -> dataset PVC Bound -> prepare Job (skipped for restores and prepared claims)
-    -> PV shared ReadWriteMany -> MPIJob succeeded (results read) -> VolumeSnapshot ready
-    -> Succeeded, or Failed with a reason
+    -> PV shared ReadWriteMany -> [volume moved to the training service level] -> MPIJob succeeded
+    (results read) -> [volume moved back] -> VolumeSnapshot ready -> Succeeded, or Failed with a reason
 
 Each step that is already done is skipped; each step that is not creates its child under a
 deterministic name (create first: an existing one answers AlreadyExists and is read, never
@@ -15,11 +15,21 @@ when it stops to wait; a crash before that write loses nothing, because the next
 same facts from the children. The only non-deterministic name, the snapshot's timestamp, is written
 to status before the snapshot is created, so a restart at any moment creates exactly one of each
 child. An Event is posted for every phase transition and every warning.
+
+Storage tier (`spec.storage`, TR-4896's pool change): `storage_tier.apply_tier` does the Azure side
+off the event loop; this module decides when. Each move is written to status before it is made
+(a `storageMoves` entry InProgress, the `StorageTier` condition Unknown) and its outcome right after,
+before the MPIJob is created or the snapshot taken, so a restart finishes a begun move once and
+never repeats a finished one. A move that fails never stops the experiment: it trains at the level
+the volume has, with a Warning Event and the condition False saying why.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -40,13 +50,26 @@ from lanex_operator.api.models import (
     Results,
     parse_spec,
 )
+from lanex_operator.azure_volume import ENV_PREFIX as ANF_ENV_PREFIX
+from lanex_operator.azure_volume import HELM_POOLS, TierConfigError, TierSettings
 from lanex_operator.children import JOB, MPIJOB, PVC, SNAPSHOT, ChildCache, ChildKind
 from lanex_operator.config import OperatorConfig
 from lanex_operator.kube import Kube, KubeError, object_path
 from lanex_operator.metrics import OperatorMetrics
+from lanex_operator.defaults import ClusterDefaults
 from lanex_operator.plan import ExperimentPlan, plan_for
 from lanex_operator.preflight import Preflight
-from lanex_operator.status import StatusBook
+from lanex_operator.status import StatusBook, utc_text
+from lanex_operator.storage_tier import (
+    ClientFactory,
+    MoveRecord,
+    MoveResult,
+    Reason,
+    StorageTierMetrics,
+    apply_tier,
+    default_client_factory,
+    pending_move_status,
+)
 
 PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, skip the prepare Job
 SPEC_ANNOTATION = "lanex.dev/spec"  # on the MPIJob: the spec training started with
@@ -57,6 +80,13 @@ MESSAGE_LIMIT = 1024
 
 C = ConditionType
 EventPoster = Callable[[Mapping[str, Any], str, str, str], None]
+log = logging.getLogger("lanex.operator")
+
+# StorageTier reasons after which the volume is known not to have moved: nothing to move back.
+NOTHING_MOVED = frozenset(reason.value for reason in (
+    Reason.NOT_CONFIGURED, Reason.NOT_MAPPED, Reason.NO_CREDENTIALS, Reason.PERMISSION_DENIED, Reason.NOT_FOUND,
+    Reason.REJECTED, Reason.OPERATION_FAILED))
+TIER_MOVING = "Moving"  # StorageTier reason while a move is under way (written before it starts)
 
 # The failure reason of an API error that cannot be retried, by the phase it happened in.
 PHASE_FAILURES = {
@@ -85,12 +115,44 @@ def _clip(text: str) -> str:
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
 
 
+@dataclasses.dataclass(frozen=True)
+class StorageTiering:
+    """What the operator needs to change a dataset volume's ANF service level, read once at start-up."""
+
+    settings: TierSettings | None = None  # None: no capacity pool configured (or the configuration is invalid)
+    problem: str = ""  # why the configuration is invalid (names the LANEX_ANF_* variable), else empty
+    metrics: StorageTierMetrics | None = None
+    client_factory: ClientFactory = default_client_factory
+
+    @classmethod
+    def from_env(cls, metrics: StorageTierMetrics | None = None,
+                 environ: Mapping[str, str] | None = None) -> StorageTiering:
+        """`LANEX_ANF_*` (the chart's `storage.tierPools`); an invalid value disables tiering, it does not
+        stop the operator: experiments that ask for a level get a condition naming the variable."""
+        try:
+            settings = TierSettings.from_env(environ)
+        except TierConfigError as exc:
+            return cls(None, f"the operator's storage-tier configuration is invalid: {exc}", metrics)
+        return cls(settings if settings.configured else None, "", metrics)
+
+    def unavailable(self, level: str) -> str | None:
+        """Why no move to `level` can be tried at all, or None when the operator has pools configured."""
+        if self.problem:
+            return self.problem
+        if self.settings is None:
+            return (f"the operator has no Azure NetApp Files capacity pools configured: set the Helm value "
+                    f"{HELM_POOLS}.{level} (environment variable {ANF_ENV_PREFIX}POOL_{level.upper()}) to the "
+                    f"resource ID of a capacity pool of service level {level}")
+        return None
+
+
 class Reconciler:
     """Decides and takes the next step of one experiment; shared by all experiments."""
 
     def __init__(self, kube: Kube, cache: ChildCache, preflight: Preflight, metrics: OperatorMetrics,
                  config: OperatorConfig, post_event: EventPoster = kopf_event,
-                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 tiering: StorageTiering | None = None, defaults: ClusterDefaults | None = None) -> None:
         self.kube = kube
         self.cache = cache
         self.preflight = preflight
@@ -98,6 +160,8 @@ class Reconciler:
         self.config = config
         self.post_event = post_event
         self.now = now
+        self.defaults = defaults if defaults is not None else ClusterDefaults.from_env()  # read once
+        self.tiering = tiering or StorageTiering(metrics=metrics.storage_tier)
 
     # ---- the pass
 
@@ -115,6 +179,7 @@ class Reconciler:
                     await self._flush_quietly(body, book)  # show how far it got while the error lasts
                 raise
             self.metrics.reconcile_errors.labels(kind="permanent").inc()
+            await self._lower_tier_quietly(body, book)
             reason = PHASE_FAILURES.get(book.phase or "", FailureReason.DATASET_FAILED)
             book.fail(reason, _clip(f"API request failed and cannot be retried: {exc}"))
             await self.flush(body, book)
@@ -128,7 +193,8 @@ class Reconciler:
         spec, plan = effective
         if book.phase is None:
             self._start(book, spec, plan)
-        for step in (self._preflight, self._dataset, self._prepare, self._share, self._train, self._snapshot):
+        for step in (self._preflight, self._dataset, self._prepare, self._share, self._train, self._restore_tier,
+                     self._snapshot):
             wait = await step(body, book, spec, plan)
             if book.terminal:
                 break
@@ -171,7 +237,7 @@ class Reconciler:
         problem: InvalidSpecError | None = None
         try:
             spec = parse_spec(body.get("spec"))
-            current = (spec, plan_for(name, namespace, spec))
+            current = (spec, plan_for(name, namespace, spec, defaults=self.defaults))
         except InvalidSpecError as exc:
             problem = exc
         if book.condition(C.TRAINED.value) is None:
@@ -197,7 +263,7 @@ class Reconciler:
             if book.set_condition(C.SPEC_CHANGE_IGNORED.value, "True", "TrainingStarted", message):
                 book.event("Warning", C.SPEC_CHANGE_IGNORED.value, message)
         book.set("observedGeneration", generation)
-        return frozen, plan_for(name, namespace, frozen)
+        return frozen, plan_for(name, namespace, frozen, defaults=self.defaults)
 
     async def _training_spec(self, namespace: str, book: StatusBook) -> tuple[LaneExperimentSpec | None, str]:
         name = (book.data.get("children") or {}).get("mpiJob")
@@ -229,7 +295,7 @@ class Reconciler:
                          plan: ExperimentPlan) -> float | None:
         if book.is_true(C.PREFLIGHT.value):
             return None
-        problems = await self.preflight.experiment(plan.namespace, spec)
+        problems = await self.preflight.experiment(plan)
         if problems:
             reason = problems[0].reason if len(problems) == 1 else "MissingDependencies"
             message = _clip("; ".join(problem.message for problem in problems))
@@ -376,6 +442,7 @@ class Reconciler:
         book.enter(Phase.TRAINING, f"training with MPIJob {name} ({plan.train.workers} workers)")
         mpijob = self.cache.get(MPIJOB, plan.namespace, name)
         if mpijob is None:
+            await self._raise_tier(body, book, spec, plan)
             manifest = builders.mpijob_for(body["metadata"], spec, plan)
             manifest["metadata"].setdefault("annotations", {}).update({
                 SPEC_ANNOTATION: json.dumps(spec.model_dump(by_alias=True, mode="json"), sort_keys=True),
@@ -402,6 +469,7 @@ class Reconciler:
                 book.set_condition(C.TRAINED.value, "False", reason.value, message)
                 book.event("Warning", reason.value, message)
                 return None
+            await self._lower_tier(body, book, spec, plan)  # before Failed: a finished experiment is not resumed
             book.fail(reason, message)
             return None
         if _true(conditions, "Running"):
@@ -456,6 +524,124 @@ class Reconciler:
                                                            f"{int(elapsed)}s" + (f": {error}" if error else "")))
             return None
         return limit - elapsed
+
+    # ---- storage tier: up before the MPIJob exists, back once it finished
+
+    async def _raise_tier(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                          plan: ExperimentPlan) -> None:
+        """Bring the volume to `trainingServiceLevel` (else `serviceLevel`) before the MPIJob is created.
+
+        Once per experiment: a settled StorageTier condition (True or False) means it was done; Unknown
+        means a move was begun and its outcome never written (a restart), so it is finished now.
+        """
+        level = spec.storage.training_service_level or spec.storage.service_level
+        tier = book.condition(C.STORAGE_TIER.value)
+        if level is None or (tier is not None and tier.get("status") != "Unknown"):
+            return
+        why = "for training" if spec.storage.training_service_level else "(spec.storage.serviceLevel)"
+        await self._move_tier(body, book, plan, level, why)
+
+    async def _restore_tier(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                            plan: ExperimentPlan) -> float | None:
+        """Step after training: once the MPIJob finished, move the volume back from the training level."""
+        trained = book.condition(C.TRAINED.value)
+        if trained is not None and trained.get("status") in ("True", "False"):
+            await self._lower_tier(body, book, spec, plan)
+        return None
+
+    async def _lower_tier(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                          plan: ExperimentPlan) -> None:
+        """Move the volume back to `serviceLevel` (else where it was before the move up), once."""
+        training = spec.storage.training_service_level
+        tier = book.condition(C.STORAGE_TIER.value)
+        if training is None or tier is None:
+            return
+        up = next((move for move in book.storage_moves() if move.get("to") == training), None)
+        level = spec.storage.service_level or (up or {}).get("from")
+        if level is None or level == training:
+            return  # nothing to go back to: the volume was at the training level already (or it is unknown)
+        resumed = book.move_in_progress(level) is not None
+        attempted = any(move.get("to") == level for move in book.storage_moves()) or \
+            (tier.get("status") == "True" and tier.get("reason") == f"At{level}")
+        nothing_moved = tier.get("status") == "False" and tier.get("reason") in NOTHING_MOVED
+        if resumed or not (attempted or nothing_moved):
+            await self._move_tier(body, book, plan, level, "after training")
+
+    async def _lower_tier_quietly(self, body: Mapping[str, Any], book: StatusBook) -> None:
+        """Before failing on an API error that cannot be retried: do not leave the volume at the training level."""
+        try:
+            spec = parse_spec(body.get("spec"))
+            meta = body["metadata"]
+            await self._lower_tier(body, book, spec, plan_for(meta["name"], meta["namespace"], spec,
+                                                                defaults=self.defaults))
+        except (InvalidSpecError, KubeError) as exc:
+            log.warning(f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}: "
+                        f"the storage tier was not moved back: {exc}")
+
+    async def _move_tier(self, body: Mapping[str, Any], book: StatusBook, plan: ExperimentPlan, level: str,
+                         why: str) -> None:
+        """One move of the dataset volume to `level`: in progress in status first, then its outcome."""
+        resumed = book.move_in_progress(level)
+        unavailable = self.tiering.unavailable(level)
+        pvc, pv = (None, None) if unavailable else await self._dataset_volume(plan)
+        if unavailable or pv is None or self.tiering.settings is None:
+            refused = (self._refused(level, Reason.NOT_CONFIGURED, unavailable) if unavailable else
+                       self._refused(level, Reason.NOT_MAPPED, f"the dataset PersistentVolumeClaim "
+                                                               f"{plan.dataset.claim_name} has no PersistentVolume"))
+            self._record_move(book, refused, resumed)
+            await self.flush(body, book)
+            return
+        if resumed is None:
+            book.put_move(level, pending_move_status(level, now=self.now()))
+            book.set_condition(C.STORAGE_TIER.value, "Unknown", TIER_MOVING, _clip(
+                f"moving the dataset volume (PersistentVolume {pv['metadata']['name']}) to {level} {why}"))
+        if book.changed:  # also when an earlier pass wrote the entry into the book but the write failed
+            await self.flush(body, book)  # a restart during the move finds it begun and finishes it once
+        try:
+            record = await asyncio.to_thread(apply_tier, pv, level, self.tiering.settings,
+                                             self.tiering.client_factory, pvc=pvc, metrics=self.tiering.metrics)
+        except Exception as exc:  # noqa: BLE001 - apply_tier reports outcomes; a bug must not stop training
+            record = self._refused(level, Reason.UNEXPECTED, f"{type(exc).__name__}: {exc}")
+        self._record_move(book, record, resumed)
+        await self.flush(body, book)  # the outcome is in status before the next child exists
+
+    async def _dataset_volume(self, plan: ExperimentPlan) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The dataset PVC and the PV bound to it (None when missing)."""
+        pvc = await self._child(PVC, plan.namespace, plan.dataset.claim_name)
+        volume = ((pvc or {}).get("spec") or {}).get("volumeName")
+        if not volume:
+            return pvc, None
+        return pvc, await self.kube.get_or_none(object_path("v1", "persistentvolumes", name=volume))
+
+    def _refused(self, level: str, reason: Reason, message: str) -> MoveRecord:
+        """A move that was not tried (nothing configured, nothing to map), recorded like a failed one."""
+        moment = self.now()
+        record = MoveRecord(from_level=None, to_level=level, start=moment, end=moment, result=MoveResult.FAILED,
+                            message=_clip(f"cannot change the storage tier to {level}: {message}; training goes on "
+                                          f"at the volume's current level"), reason=reason)
+        if self.tiering.metrics is not None:
+            self.tiering.metrics.observe(record)
+        return record
+
+    @staticmethod
+    def _record_move(book: StatusBook, record: MoveRecord, resumed: Mapping[str, Any] | None) -> None:
+        """The outcome in `storageMoves`, the `StorageTier` condition and an Event.
+
+        An Unchanged repeat of a move that a restart interrupted means that move finished: its entry
+        becomes Succeeded. An Unchanged first try (already at the level) leaves no entry.
+        """
+        level = record.to_level
+        if record.changed_anything:
+            book.put_move(level, record.to_status())
+        elif resumed is not None:
+            book.put_move(level, {"from": resumed.get("from"), "to": level, "start": resumed.get("start"),
+                                  "end": utc_text(record.end), "result": MoveResult.SUCCEEDED.value})
+        else:
+            book.put_move(level, None)
+        if record.changed_anything or resumed is not None:
+            book.event(*record.event())
+        condition = record.condition()
+        book.set_condition(C.STORAGE_TIER.value, condition["status"], condition["reason"], _clip(record.message))
 
     def _record_snapshot(self, book: StatusBook, name: str, record: dict[str, Any]) -> None:
         """Add or replace the status record of snapshot `name` (new lists: the book owns what it is given)."""

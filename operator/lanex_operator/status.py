@@ -17,6 +17,7 @@ from typing import Any
 from lanex_operator.api.models import ConditionType, FailureReason, Phase
 
 TERMINAL_PHASES = (Phase.SUCCEEDED.value, Phase.FAILED.value)
+MOVE_IN_PROGRESS = "InProgress"  # result of a `status.storageMoves[]` entry written before the move is made
 
 # Which condition reports the step that runs in each phase.
 STEP_CONDITIONS: dict[str, str] = {
@@ -95,6 +96,15 @@ class StatusBook:
     def now_text(self) -> str:
         return utc_text(self._now())
 
+    def storage_moves(self) -> list[dict[str, Any]]:
+        """Copies of the `status.storageMoves` entries, oldest first."""
+        return [dict(move) for move in self.data.get("storageMoves") or []]
+
+    def move_in_progress(self, to_level: str) -> dict[str, Any] | None:
+        """The entry of a move to `to_level` that was begun but whose outcome was never written."""
+        return next((move for move in reversed(self.storage_moves())
+                     if move.get("to") == to_level and move.get("result") == MOVE_IN_PROGRESS), None)
+
     # ---- writing
 
     def set(self, key: str, value: Any) -> None:
@@ -132,6 +142,21 @@ class StatusBook:
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.events.append(PendingEvent(type_, reason, message))
+
+    def put_move(self, to_level: str, entry: Mapping[str, Any] | None) -> None:
+        """Replace the in-progress entry of the move to `to_level` by `entry` (None drops it); without
+        one, append `entry`. Keys whose value is None are left out (the CRD's strings are not nullable)."""
+        moves = self.storage_moves()
+        index = next((i for i in range(len(moves) - 1, -1, -1)
+                      if moves[i].get("to") == to_level and moves[i].get("result") == MOVE_IN_PROGRESS), None)
+        compact = None if entry is None else {key: value for key, value in entry.items() if value is not None}
+        if index is not None:
+            del moves[index]
+            if compact is not None:
+                moves.insert(index, compact)
+        elif compact is not None:
+            moves.append(compact)
+        self.set("storageMoves", moves)
 
     def enter(self, phase: Phase, message: str) -> None:
         """Move to `phase` (its step condition becomes Unknown) with a Normal Event."""

@@ -5,7 +5,8 @@ Here those controllers are played by small watch loops that talk to the emulator
 API, as real controllers talk to the apiserver:
 
 * a CSI provisioner (Trident on ANF): binds PVCs to new PVs that start ReadWriteOnce, like the
-  volume in TR-4896 that had to be patched to ReadWriteMany; restores PVCs whose dataSource is a
+  volume in TR-4896 that had to be patched to ReadWriteMany, and that name their ANF volume in
+  `spec.csi.volumeAttributes.internalName` as Trident's PVs do; restores PVCs whose dataSource is a
   ready VolumeSnapshot (size at least its restoreSize);
 * the Job controller: one pod per Job, success or failure with a termination message;
 * the mpi-operator: Created -> Running -> Succeeded/Failed conditions and a launcher pod whose
@@ -81,6 +82,15 @@ def parse_quantity(value: str) -> int:
         if value.endswith(suffix):
             return int(float(value[: -len(suffix)]) * units[suffix])
     return int(float(value))
+
+
+def trident_csi(pv_name: str) -> dict[str, Any]:
+    """`spec.csi` of a PV that Trident provisioned on Azure NetApp Files: `internalName` is the ANF
+    volume's name (Trident's default naming: the PV name), which the storage-tier code maps to ARM."""
+    return {"driver": "csi.trident.netapp.io", "volumeHandle": pv_name,
+            "volumeAttributes": {"backendUUID": "a1b2c3d4-0000-4000-8000-000000000001", "internalName": pv_name,
+                                 "name": pv_name, "protocol": "file",
+                                 "storage.kubernetes.io/csiProvisionerIdentity": "1700000000000-trident"}}
 
 
 class ClusterSimulation:
@@ -226,7 +236,7 @@ class ClusterSimulation:
                      "volumeMode": "Filesystem",
                      "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": namespace,
                                   "name": name, "uid": meta["uid"]},
-                     "csi": {"driver": "csi.trident.netapp.io", "volumeHandle": pv_name}},
+                     "csi": trident_csi(pv_name)},
         }, content_type="application/json")
         await self.request("PATCH", f"/api/v1/persistentvolumes/{pv_name}/status", {"status": {"phase": "Bound"}})
         await self.request("PATCH", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}",

@@ -145,6 +145,10 @@ class Distributed:
     def broadcast_object(self, obj: Any) -> Any:
         return obj
 
+    def gather_objects(self, obj: Any) -> list:
+        """Every rank's `obj`, in rank order (on every rank)."""
+        return [obj]
+
     def barrier(self) -> None:
         pass
 
@@ -196,6 +200,11 @@ class TorchDistributed(Distributed):
         holder = [obj]
         self._dist.broadcast_object_list(holder, src=0)
         return holder[0]
+
+    def gather_objects(self, obj: Any) -> list:
+        gathered = [None] * self.world_size
+        self._dist.all_gather_object(gathered, obj)
+        return gathered
 
     def barrier(self) -> None:
         self._dist.barrier()
@@ -251,6 +260,9 @@ class HorovodDistributed(Distributed):
 
     def broadcast_object(self, obj: Any) -> Any:
         return self._hvd.broadcast_object(obj, root_rank=0)
+
+    def gather_objects(self, obj: Any) -> list:
+        return self._hvd.allgather_object(obj)
 
     def barrier(self) -> None:
         self._hvd.barrier()

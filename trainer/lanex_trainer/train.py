@@ -320,9 +320,13 @@ class Trainer:
             chosen = best_path if best_path.exists() else self.out / FINAL_MODEL
             self.model.load_state_dict(torch.load(chosen, map_location="cpu", weights_only=False)["model"])
             test = self._evaluate(train_model, self.test_entries)
+            # Each rank predicted its shard; rank 0 writes them all, in the test split's order.
+            shards = dist.gather_objects(test.predictions)
             if dist.is_main:
-                self._write_predictions(test, self.out / "test_predictions.json")
-                self._write_overlays(test.predictions[:OVERLAY_IMAGES])
+                order = {entry["raw_file"]: i for i, entry in enumerate(self.test_entries)}
+                predictions = sorted((p for shard in shards for p in shard), key=lambda p: order[p["raw_file"]])
+                self._write_predictions(predictions, self.out / "test_predictions.json")
+                self._write_overlays(predictions[:OVERLAY_IMAGES])
         results = {
             "epochs": epoch, "steps": step, "world_size": dist.world_size, "backend": dist.backend,
             "images_per_second": trained_images * dist.world_size / max(train_seconds, 1e-9),
@@ -358,6 +362,5 @@ class Trainer:
             draw_overlay(self.cfg.data_root / entry["image"], prediction["lanes"], entry["h_samples"],
                          self.out / "overlays" / name)
 
-    def _write_predictions(self, result: EvalResult, path: Path) -> None:
-        # Only rank 0's share is in `result.predictions` when distributed; the metrics are global.
-        path.write_text("".join(json.dumps(p) + "\n" for p in result.predictions))
+    def _write_predictions(self, predictions: list[dict], path: Path) -> None:
+        path.write_text("".join(json.dumps(p) + "\n" for p in predictions))

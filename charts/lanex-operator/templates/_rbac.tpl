@@ -1,51 +1,53 @@
 {{/*
-The operator's permissions, in ONE place (tests/chart_rbac.py reads them back from the
-rendered Roles). Least privilege: only the verbs the operator uses; no wildcards, no peering
-resources (the operator runs standalone: one replica, strategy Recreate).
+The operator's permissions, in ONE place (tests/chart_rbac.py reads them back from the rendered
+Roles). Exactly what the operator uses: tests/test_rbac_matches_operator.py runs the real operator
+through its lifecycle scenarios against an API server that records every request, and fails on a
+request these rules do not grant or on a rule no request used. No wildcards, no peering resources
+(the operator runs standalone: one replica, strategy Recreate). Users' own reads (`lanex logs`
+reads pods/log) belong to the users' roles, not to the operator's.
 */}}
 
 {{/* Namespaced resources: a ClusterRole when serving all namespaces, else a Role per namespace. */}}
 {{- define "lanex-operator.rbac.namespacedRules" -}}
-# The experiments: kopf watches them, patches progress annotations and the status.
+# The experiments: kopf lists and watches them and patches its finalizer and progress annotations;
+# the operator writes only the status subresource (it never changes a spec).
 - apiGroups: ["lanex.dev"]
   resources: ["laneexperiments"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["lanex.dev"]
   resources: ["laneexperiments/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
+# Children carry ownerReferences with blockOwnerDeletion: true (kopf.adopt); where the
+# OwnerReferencesPermissionEnforcement admission plugin runs, that needs update on the owner's finalizers.
 - apiGroups: ["lanex.dev"]
   resources: ["laneexperiments/finalizers"]
   verbs: ["update"]
-# The dataset volume (created, or restored from a snapshot; deleted per retention).
+# The dataset volume: created (or restored from a snapshot), read when it already exists,
+# annotated lanex.dev/prepared, deleted by retention Delete, listed for snapshots still in use.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "create", "delete"]
-# The download/prepare Job.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The download/prepare Job (deleted with the experiment by the garbage collector, not by the operator).
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete"]
-# Termination messages and logs of failed pods, surfaced in the experiment's status.
+  verbs: ["get", "list", "watch", "create"]
+# The termination messages of finished pods (results, or why a step failed), by label selector.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
-- apiGroups: [""]
-  resources: ["pods/log"]
-  verbs: ["get"]
-# The training job (kubeflow mpi-operator v2beta1).
+  verbs: ["list"]
+# The training job (kubeflow mpi-operator v2beta1; garbage-collected with the experiment).
 - apiGroups: ["kubeflow.org"]
   resources: ["mpijobs"]
-  verbs: ["get", "list", "watch", "create", "delete"]
-# The result snapshots (external snapshotter v1).
+  verbs: ["get", "list", "watch", "create"]
+# The result snapshots (external snapshotter v1): the restore source is read, retention Delete deletes.
 - apiGroups: ["snapshot.storage.k8s.io"]
   resources: ["volumesnapshots"]
   verbs: ["get", "list", "watch", "create", "delete"]
-# Events on the experiments (kopf posts core events; newer clients events.k8s.io).
+# Events about the experiments (kopf posts core/v1 Events); the provisioner's Warning on a
+# dataset volume that never binds is read into the failure message.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "list"]
 {{- end -}}
 
 {{/* Cluster-scoped resources: always a ClusterRole, also when serving a list of namespaces. */}}
@@ -54,19 +56,27 @@ resources (the operator runs standalone: one replica, strategy Recreate).
 - apiGroups: [""]
   resources: ["persistentvolumes"]
   verbs: ["get", "patch"]
-# Preflight: the classes an experiment names exist.
+# Preflight: the classes an experiment uses exist.
 - apiGroups: ["snapshot.storage.k8s.io"]
   resources: ["volumesnapshotclasses"]
-  verbs: ["get", "list"]
+  verbs: ["get"]
 - apiGroups: ["storage.k8s.io"]
   resources: ["storageclasses"]
-  verbs: ["get", "list"]
+  verbs: ["get"]
 # Preflight: the RUN:ai project namespace runai-<project> exists (it may not be a served one).
+{{- if .Values.watchNamespaces }}
+# Serving a list of namespaces, kopf also lists and watches namespaces, so that a listed namespace
+# created after start-up is served without a restart.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
+{{- else }}
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get"]
-# kopf scans the CRDs to resolve the resources it serves.
+{{- end }}
+# kopf scans and watches the CRDs to resolve the resources it serves.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- end -}}

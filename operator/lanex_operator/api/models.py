@@ -4,7 +4,10 @@ The status models live in `api.status` and are re-exported here, so `api.models`
 whole API. The CRD schema (`api.crd`), the field reference (`api.docs`) and the operator's InvalidSpec
 messages are all generated from these models, so a field is declared, documented and
 constrained exactly once. Defaults reproduce the run of NetApp TR-4896 (3 workers x 1 GPU,
-batch 33, 4 loader workers, Horovod, ANF storage class, NetApp snapshot class).
+batch 33, 4 loader workers, Horovod). The cluster-level choices (trainer image, storage class,
+snapshot class, scheduler) have no API default: left unset, the operator fills them in from its
+cluster defaults (`lanex_operator.defaults`, the chart's `defaults.*` values), which an API-server
+default would otherwise always override.
 
 YAML uses camelCase (`gpusPerWorker`), Python snake_case (`gpus_per_worker`). The spec is
 strict: no type coercion ("3" is not an int), unknown fields are errors, so what the CRD
@@ -172,9 +175,10 @@ class DatasetSpec(SpecModel):
     from_snapshot: Optional[SnapshotSource] = Field(
         None, description="Restore a new PVC from a VolumeSnapshot (data already prepared)."
     )
-    storage_class_name: str = Field(
-        "azurenetappfiles",
-        description="StorageClass of the dataset PVC (TR-4896: Trident on Azure NetApp Files).",
+    storage_class_name: Optional[str] = Field(
+        None,
+        description="StorageClass of the dataset PVC; unset: the operator's default (chart value "
+        "defaults.storageClassName; built in: azurenetappfiles, TR-4896's Trident on Azure NetApp Files).",
         pattern=DNS_SUBDOMAIN_PATTERN,
         max_length=253,
     )
@@ -280,9 +284,10 @@ class EnvVar(SpecModel):
 class TrainingSpec(SpecModel):
     """The distributed training job (an MPIJob with one launcher and `workers` workers)."""
 
-    image: str = Field(
-        "ghcr.io/lanex/trainer:0.1.0",
-        description="Trainer image (runs `lanex data ...`, `lanex launch` and `lanex train`, and sshd on workers).",
+    image: Optional[str] = Field(
+        None,
+        description="Trainer image (runs `lanex data ...`, `lanex launch` and `lanex train`, and sshd on workers);"
+        " unset: the operator's default (chart value defaults.trainerImage; built in: ghcr.io/lanex/trainer:0.1.0).",
         pattern=r"^\S+$",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
@@ -354,24 +359,29 @@ class SchedulerSpec(SpecModel):
     model_config = ConfigDict(
         json_schema_extra={
             "oneOf": [
-                {"properties": {"type": {"enum": ["runai"]}}, "required": ["project"]},
+                {"properties": {"type": {"enum": ["runai"]}}, "required": ["type", "project"]},
+                # type kubeflow, or unset (the operator's default): no project
                 {"properties": {"type": {"enum": ["kubeflow"]}}, "not": {"required": ["project"]}},
             ],
             "x-kubernetes-validations": [
                 {
-                    "rule": "self.type == 'runai' ? has(self.project) : !has(self.project)",
-                    "message": "project is required with type runai and not allowed with type kubeflow",
+                    "rule": "has(self.type) && self.type == 'runai' ? has(self.project) : !has(self.project)",
+                    "message": "project is required with type runai and only allowed with type runai",
                 }
             ],
         }
     )
 
-    type: Literal["runai", "kubeflow"] = Field(
-        "kubeflow", description="runai (schedulerName runai-scheduler, label project) or kubeflow (default scheduler)."
+    type: Optional[Literal["runai", "kubeflow"]] = Field(
+        None,
+        description="runai (schedulerName runai-scheduler, label project) or kubeflow (default scheduler); unset:"
+        " the operator's default (chart value defaults.scheduler; built in: kubeflow). A default runai runs the"
+        " experiment in the RUN:ai project of its namespace runai-<project>.",
     )
     project: Optional[str] = Field(
         None,
-        description="RUN:ai project (required with runai); create the experiment in namespace runai-<project>.",
+        description="RUN:ai project (required with type runai, only allowed with it); create the experiment in"
+        " namespace runai-<project>.",
         pattern=DNS_LABEL_PATTERN,
         max_length=57,
     )
@@ -382,7 +392,7 @@ class SchedulerSpec(SpecModel):
             raise PydanticCustomError(
                 "missing_project", "required when scheduler type is runai", {"field": "project"}
             )
-        if self.type == "kubeflow" and self.project is not None:
+        if self.type != "runai" and self.project is not None:
             raise PydanticCustomError(
                 "unexpected_project", "only allowed when scheduler type is runai", {"field": "project"}
             )
@@ -393,9 +403,10 @@ class SnapshotSpec(SpecModel):
     """The CSI VolumeSnapshot of the dataset volume taken when training ends."""
 
     enabled: bool = Field(True, description="Snapshot the dataset volume (data, model, logs) after training.")
-    volume_snapshot_class_name: str = Field(
-        "netapp-csi-snapclass",
-        description="VolumeSnapshotClass of the snapshot (TR-4896: Trident's).",
+    volume_snapshot_class_name: Optional[str] = Field(
+        None,
+        description="VolumeSnapshotClass of the snapshot; unset: the operator's default (chart value "
+        "defaults.volumeSnapshotClassName; built in: netapp-csi-snapclass, TR-4896's Trident class).",
         pattern=DNS_SUBDOMAIN_PATTERN,
         max_length=253,
     )
@@ -445,7 +456,8 @@ class LaneExperimentSpec(SpecModel):
 
 
 def training_config_hash(spec: LaneExperimentSpec) -> str:
-    """SHA-256 of the canonical JSON of the effective training spec (defaults included)."""
+    """SHA-256 of the canonical JSON of the training spec with the API's defaults (an unset image stays
+    unset: the image the operator resolves is recorded next to the hash, as provenance.trainerImage)."""
     document = spec.training.model_dump(mode="json", by_alias=True)
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

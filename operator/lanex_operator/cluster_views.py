@@ -1,0 +1,470 @@
+"""What the cluster commands read off a LaneExperiment and its children, and how they show it.
+
+Why it exists: `lanex get|describe|logs|wait|delete` and `lanex snapshots list --cluster` present
+the operator's objects the way `kubectl` users expect (aligned tables, kubectl's AGE, describe
+sections, Events oldest first), pick the pod whose log to show, decide when a phase is reached,
+and preview what deleting an experiment keeps. The commands in `cluster_cli` only wire these to
+the `Cluster` client. The API models and the Kubernetes client are imported inside the functions,
+so `lanex --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Optional
+
+from lanex_operator.cluster_submit import UsageError, parsed_spec
+
+if TYPE_CHECKING:
+    from lanex_operator.cluster import Cluster
+
+# The children an experiment's finalizer or status names, besides its snapshots: (kind, status.children key).
+DATASET_CHILD = ("PersistentVolumeClaim", "datasetClaim")
+WORKLOAD_CHILDREN = (("Job", "prepareJob"), ("MPIJob", "mpiJob"))
+
+
+# --- small formatting helpers -------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns separated by three spaces, like kubectl."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["   ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in (headers, *rows)]
+    return "\n".join(lines)
+
+
+def parse_time(text: Optional[str]) -> Optional[datetime]:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _units(major: int, major_unit: str, minor: int, minor_unit: str) -> str:
+    return f"{major}{major_unit}{minor}{minor_unit}" if minor else f"{major}{major_unit}"
+
+
+def human_duration(seconds: float) -> str:
+    """kubectl's AGE: 45s, 3m12s, 47m, 5h3m, 30h, 3d4h, 40d, 3y."""
+    seconds = max(0, int(seconds))
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    # (below this many seconds: major value and unit, minor value and unit shown when not 0), as kubectl rounds
+    steps = ((120, seconds, "s", 0, ""), (10 * 60, minutes, "m", seconds % 60, "s"), (180 * 60, minutes, "m", 0, ""),
+             (8 * 3600, hours, "h", minutes % 60, "m"), (48 * 3600, hours, "h", 0, ""),
+             (8 * 86400, days, "d", hours % 24, "h"), (730 * 86400, days, "d", 0, ""))
+    for limit, major, major_unit, minor, minor_unit in steps:
+        if seconds < limit:
+            return _units(major, major_unit, minor, minor_unit)
+    return f"{days // 365}y"
+
+
+def age(timestamp: Optional[str], now: Optional[datetime] = None) -> str:
+    moment = parse_time(timestamp)
+    if moment is None:
+        return "-"
+    return human_duration(((now or datetime.now(timezone.utc)) - moment).total_seconds())
+
+
+def decimal(value: Any, digits: int = 4) -> str:
+    """A metric with fixed digits, "-" when absent."""
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+def status_of(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(obj.get("status") or {})
+
+
+def dump(obj: Any, output: str) -> str:
+    import yaml
+
+    if output == "json":
+        return json.dumps(obj, indent=2)
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False).rstrip("\n")
+
+
+def _recorded_children(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(status_of(obj).get("children") or {})
+
+
+def children_of(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Child names from status, else the deterministic names of the plan (before the operator wrote them)."""
+    from lanex_operator.plan import child_names
+
+    spec = parsed_spec(obj)
+    planned: dict[str, Any] = {}
+    if spec is not None:
+        names = child_names(obj["metadata"]["name"], spec)
+        planned = {"datasetClaim": names.dataset_claim, "prepareJob": names.prepare_job, "mpiJob": names.mpijob}
+    return {**planned, **{key: value for key, value in _recorded_children(obj).items() if value}}
+
+
+# --- get -----------------------------------------------------------------------------------------
+
+
+def _workers(obj: Mapping[str, Any]) -> str:
+    spec = parsed_spec(obj)
+    if spec is not None:
+        return str(spec.training.workers)
+    return str(((obj.get("spec") or {}).get("training") or {}).get("workers", "?"))
+
+
+def experiment_row(obj: Mapping[str, Any], now: Optional[datetime] = None) -> list[str]:
+    status = status_of(obj)
+    return [obj["metadata"]["name"], status.get("phase") or "-", _workers(obj),
+            decimal((status.get("results") or {}).get("accuracy")),
+            (status.get("provenance") or {}).get("resultSnapshot") or "-",
+            age(obj["metadata"].get("creationTimestamp"), now)]
+
+
+# --- describe ------------------------------------------------------------------------------------
+
+
+def _spec_lines(spec_doc: Mapping[str, Any]) -> list[str]:
+    from lanex_operator.api import InvalidSpecError, parse_spec
+
+    try:
+        spec = parse_spec(spec_doc)
+    except InvalidSpecError as error:
+        return [f"  (invalid: {error})"]
+    t, d = spec.training, spec.dataset
+    gpus = f"{t.gpus_per_worker} GPU(s)" if t.gpus_per_worker else "CPU"
+    scheduler = f"runai, project {spec.scheduler.project}" if spec.scheduler.type == "runai" else "kubeflow (default)"
+    snap = spec.snapshot
+    snapshot = (f"enabled (class {snap.volume_snapshot_class_name}, onFailure {str(snap.on_failure).lower()})"
+                if snap.enabled else "disabled")
+    validation = f"on, batch {t.validation.batch_size}" if t.validation.enabled else "off"
+    lines = [
+        f"  Dataset:     {d.source_description()} (storage class {d.storage_class_name}, size {d.size})",
+        f"  Training:    {t.backend}, {t.backbone}, {t.workers} worker(s) x {gpus} = {t.processes()} process(es), "
+        f"{t.epochs} epoch(s), lr {t.learning_rate:g}, {t.height}x{t.width}",
+        f"  Batch:       {t.batch_size} per process, loader workers {t.loader_workers} (useWorkers "
+        f"{str(t.use_workers).lower()}), validation {validation}, "
+        f"large shm {str(t.large_shm).lower()}",
+        f"  Image:       {t.image}",
+        f"  Scheduler:   {scheduler}",
+        f"  Snapshot:    {snapshot}",
+        f"  Retention:   dataset {spec.retention.dataset}, snapshots {spec.retention.snapshots}",
+    ]
+    if t.env:
+        lines.append("  Env:         " + ", ".join(f"{e.name}={e.value}" for e in t.env))
+    return lines
+
+
+def _child_state(kind: str, obj: Optional[Mapping[str, Any]]) -> str:
+    if obj is None:
+        return "not found"
+    status = status_of(obj)
+    if kind == "PersistentVolumeClaim":
+        return status.get("phase") or "Pending"
+    true = [c.get("type") for c in status.get("conditions") or [] if c.get("status") == "True"]
+    return true[-1] if true else ("Active" if status.get("active") else "Created")
+
+
+def _event_time(event: Mapping[str, Any]) -> Optional[str]:
+    return event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp")
+
+
+def _events_for(cluster: "Cluster", involved: set[tuple[str, str]]) -> list[dict[str, Any]]:
+    events = [e for e in cluster.list_events()
+              if ((e.get("involvedObject") or {}).get("kind"), (e.get("involvedObject") or {}).get("name")) in involved]
+
+    def when(event: Mapping[str, Any]) -> tuple[str, int]:
+        version = str((event.get("metadata") or {}).get("resourceVersion") or "0")
+        return _event_time(event) or "", int(version) if version.isdigit() else 0
+
+    return sorted(events, key=when)
+
+
+def _section(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    if not rows:
+        return [f"{title}:", "  <none>"]
+    return [f"{title}:", *("  " + line for line in table(headers, rows).splitlines())]
+
+
+def _fields(title: str, values: Mapping[str, Any], labels: Sequence[tuple[str, str]]) -> list[str]:
+    lines = [f"  {label + ':':13}{values[key]}" for key, label in labels if values.get(key) not in (None, "")]
+    return [f"{title}:", *lines] if lines else []
+
+
+def _condition_rows(status: Mapping[str, Any]) -> list[list[str]]:
+    return [[c.get("type", ""), c.get("status", ""), c.get("reason") or "-", c.get("lastTransitionTime") or "-",
+             c.get("message") or ""] for c in status.get("conditions") or []]
+
+
+def _snapshot_names(status: Mapping[str, Any]) -> list[str]:
+    recorded = [r["name"] for r in status.get("snapshots") or [] if r.get("name")]
+    return list(dict.fromkeys([*((status.get("children") or {}).get("snapshots") or []), *recorded]))
+
+
+def _child_rows(cluster: "Cluster", obj: Mapping[str, Any]) -> list[list[str]]:
+    """KIND, NAME, STATE of each child: read from the cluster, snapshots from status.snapshots."""
+    status, names, recorded = status_of(obj), children_of(obj), _recorded_children(obj)
+    rows = []
+    kind, key = DATASET_CHILD
+    if names.get(key):
+        rows.append([kind, names[key], _child_state(kind, cluster.get_claim(names[key]))])
+    readers = {"Job": cluster.get_job, "MPIJob": cluster.get_mpijob}
+    for kind, key in WORKLOAD_CHILDREN:
+        if names.get(key):
+            child = readers[kind](names[key])
+            if child is not None or recorded.get(key):  # planned but not (yet) created: not a child
+                rows.append([kind, names[key], _child_state(kind, child)])
+    records = {r.get("name"): r for r in status.get("snapshots") or []}
+    for snap in _snapshot_names(status):
+        record = records.get(snap, {})
+        state = (f"readyToUse {str(bool(record.get('readyToUse'))).lower()}, restoreSize "
+                 f"{record.get('restoreSize') or '-'}, created {record.get('creationTime') or '-'}")
+        if (record.get("error") or {}).get("message"):
+            state += f", error: {record['error']['message']}"
+        rows.append(["VolumeSnapshot", snap, state])
+    return rows
+
+
+def _event_rows(cluster: "Cluster", obj: Mapping[str, Any], now: datetime) -> list[list[str]]:
+    """Events about the experiment or one of its children, oldest first."""
+    names = children_of(obj)
+    involved = {("LaneExperiment", obj["metadata"]["name"])}
+    involved |= {(kind, names[key]) for kind, key in (DATASET_CHILD, *WORKLOAD_CHILDREN) if names.get(key)}
+    involved |= {("VolumeSnapshot", snap) for snap in _snapshot_names(status_of(obj))}
+    rows = []
+    for event in _events_for(cluster, involved):
+        about = event.get("involvedObject") or {}
+        rows.append([age(_event_time(event), now), event.get("type", ""), event.get("reason", ""),
+                     f"{about.get('kind')}/{about.get('name')}", (event.get("message") or "").replace("\n", " ")])
+    return rows
+
+
+def _time_lines(status: Mapping[str, Any], now: datetime) -> list[str]:
+    start, end = parse_time(status.get("startTime")), parse_time(status.get("completionTime"))
+    lines = ["Times:", f"  Started:     {status.get('startTime') or '-'}",
+             f"  Completed:   {status.get('completionTime') or '-'}"]
+    if start is not None:
+        lines.append(f"  Duration:    {human_duration(((end or now) - start).total_seconds())}"
+                     + ("" if end else " (running)"))
+    return lines
+
+
+def describe_lines(cluster: "Cluster", obj: Mapping[str, Any], now: datetime) -> list[str]:
+    """`lanex describe`: spec summary, status (phase, conditions, children, results, provenance, times), Events."""
+    meta, status = obj["metadata"], status_of(obj)
+    created = meta.get("creationTimestamp")
+    out = [f"Name:          {meta['name']}", f"Namespace:     {meta.get('namespace', cluster.namespace)}",
+           f"Created:       {created or '-'} ({age(created, now)} ago)",
+           f"Phase:         {status.get('phase') or '-'}"]
+    out += [f"{label + ':':15}{status[key]}" for key, label in (("reason", "Reason"), ("message", "Message"))
+            if status.get(key)]
+    out += ["Spec:", *_spec_lines(obj.get("spec") or {})]
+    out += _section("Conditions", ("TYPE", "STATUS", "REASON", "LAST TRANSITION", "MESSAGE"), _condition_rows(status))
+    out += _section("Children", ("KIND", "NAME", "STATE"), _child_rows(cluster, obj))
+    results = status.get("results") or {}
+    out += _fields("Results", {**results, **{k: decimal(results.get(k)) for k in ("accuracy", "fp", "fn")
+                                             if results.get(k) is not None}},
+                   (("accuracy", "Accuracy"), ("fp", "FP rate"), ("fn", "FN rate"), ("imagesPerSecond", "Images/s"),
+                    ("epochs", "Epochs"), ("checkpoint", "Checkpoint")))
+    out += _fields("Provenance", status.get("provenance") or {},
+                   (("trainerImage", "Image"), ("configHash", "Config hash"), ("datasetSource", "Data source"),
+                    ("resultSnapshot", "Snapshot")))
+    out += _time_lines(status, now)
+    out += _section("Events", ("AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"), _event_rows(cluster, obj, now))
+    return out
+
+
+# --- snapshots list --cluster ----------------------------------------------------------------------
+
+
+def snapshot_table(snapshots: Sequence[Mapping[str, Any]], experiment: Optional[str]) -> str:
+    """VolumeSnapshots oldest first, with the experiment that took them and their readiness."""
+    rows = []
+    ordered = sorted(snapshots, key=lambda s: (status_of(s).get("creationTime") or "", s["metadata"]["name"]))
+    for snapshot in ordered:
+        status, labels = status_of(snapshot), snapshot["metadata"].get("labels") or {}
+        error = (status.get("error") or {}).get("message")
+        rows.append([snapshot["metadata"]["name"], labels.get("lanex.dev/experiment", experiment or "-"),
+                     str(bool(status.get("readyToUse"))).lower(), status.get("restoreSize") or "-",
+                     status.get("creationTime") or "-",
+                     ((snapshot.get("spec") or {}).get("source") or {}).get("persistentVolumeClaimName") or "-",
+                     error or ""])
+    return table(("NAME", "EXPERIMENT", "READYTOUSE", "RESTORESIZE", "CREATIONTIME", "SOURCEPVC", "ERROR"), rows)
+
+
+# --- logs: which pod ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LogTarget:
+    """Which pod's log to show: found by labels, else by the name its controller gives it."""
+
+    what: str  # e.g. "launcher of mpijob default/foo-train"
+    selector: str
+    name_prefix: str
+    exact_name: Optional[str]
+    container: str
+
+
+def log_target(obj: Mapping[str, Any], namespace: str, worker: Optional[int], prepare: bool) -> LogTarget:
+    from lanex_operator.cluster import JOB_NAME_LABELS, MPI_INDEX_LABEL, MPI_JOB_NAME_LABEL, MPI_ROLE_LABEL
+
+    names = children_of(obj)
+    if prepare:
+        job = names.get("prepareJob") or f"{obj['metadata']['name']}-prepare"
+        return LogTarget(f"pod of job {namespace}/{job}", f"{JOB_NAME_LABELS[0]}={job}", f"{job}-", None, "prepare")
+    mpijob = names.get("mpiJob") or f"{obj['metadata']['name']}-train"
+    if worker is not None:
+        return LogTarget(f"worker {worker} of mpijob {namespace}/{mpijob}",
+                         f"{MPI_JOB_NAME_LABEL}={mpijob},{MPI_ROLE_LABEL}=worker,{MPI_INDEX_LABEL}={worker}",
+                         f"{mpijob}-worker-", f"{mpijob}-worker-{worker}", "worker")
+    return LogTarget(f"launcher of mpijob {namespace}/{mpijob}",
+                     f"{MPI_JOB_NAME_LABEL}={mpijob},{MPI_ROLE_LABEL}=launcher", f"{mpijob}-launcher-", None,
+                     "launcher")
+
+
+def pick_pod(pods: Sequence[Mapping[str, Any]], target: LogTarget, by_label: bool) -> Optional[dict[str, Any]]:
+    """The newest pod of the target (a restarted launcher leaves older pods behind)."""
+    def matches(pod: Mapping[str, Any]) -> bool:
+        pod_name = pod["metadata"]["name"]
+        if target.exact_name is not None:
+            return pod_name == target.exact_name
+        return pod_name.startswith(target.name_prefix) and (by_label or "-" not in pod_name[len(target.name_prefix):])
+
+    chosen = [dict(p) for p in pods if by_label or matches(p)]
+    chosen.sort(key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
+    return chosen[-1] if chosen else None
+
+
+def container_of(pod: Mapping[str, Any], preferred: str, requested: Optional[str]) -> str:
+    """The container whose log to show: the one asked for, else the target's main one, else the first."""
+    names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+    if requested:
+        return requested
+    return preferred if preferred in names or not names else str(names[0])
+
+
+def termination_message(pod: Mapping[str, Any], container: str) -> Optional[tuple[int, str]]:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == container:
+            for key in ("state", "lastState"):
+                terminated = (status.get(key) or {}).get("terminated")
+                if terminated:
+                    return int(terminated.get("exitCode", 0)), str(terminated.get("message") or "")
+    return None
+
+
+def find_pod(cluster: "Cluster", target: LogTarget) -> Optional[dict[str, Any]]:
+    pod = pick_pod(cluster.list_pods(target.selector), target, by_label=True)
+    return pod if pod is not None else pick_pod(cluster.list_pods(), target, by_label=False)
+
+
+def await_pod(cluster: "Cluster", name: str, target: LogTarget) -> dict[str, Any]:
+    """With --follow: wait (by watching) until the target's pod exists and has left Pending."""
+    from lanex_operator.cluster import ClusterError
+    from lanex_operator.status import TERMINAL_PHASES
+
+    while True:
+        pod = find_pod(cluster, target)
+        if pod is not None and (pod.get("status") or {}).get("phase") not in (None, "Pending"):
+            return pod
+        if pod is None and status_of(cluster.get_experiment(name)).get("phase") in TERMINAL_PHASES:
+            raise ClusterError(f"no {target.what}: the experiment has finished")
+        for seen in cluster.watch_pods(target.selector, timeout=30):
+            if (seen.get("status") or {}).get("phase") not in (None, "Pending"):
+                return seen
+
+
+# --- wait: which phase ----------------------------------------------------------------------------
+
+
+def parse_wait_for(text: str) -> str:
+    """`succeeded`, `failed` or `phase=X` -> the phase to wait for."""
+    from lanex_operator.api import Phase
+
+    lowered = text.strip().lower()
+    if lowered in ("succeeded", "failed"):
+        return lowered.capitalize()
+    if lowered.startswith("phase="):
+        wanted = text.split("=", 1)[1].strip()
+        for phase in Phase:
+            if phase.value.lower() == wanted.lower():
+                return phase.value
+    phases = ", ".join(p.value for p in Phase)
+    raise UsageError(f"--for {text}: expected succeeded, failed or phase=X with X one of {phases}")
+
+
+def reached(phase: Optional[str], wanted: str) -> Optional[bool]:
+    """True when `phase` is `wanted` (or past it on the way to Succeeded), False when it never will be, else None."""
+    from lanex_operator.api import Phase
+
+    lifecycle = [p.value for p in Phase if p is not Phase.FAILED]  # the enum lists phases in lifecycle order
+    if phase == wanted:
+        return True
+    if phase in ("Succeeded", "Failed"):
+        if wanted in lifecycle and phase == "Succeeded":
+            return True  # a non-terminal phase it went through
+        return False
+    if phase in lifecycle and wanted in lifecycle[:-1] and lifecycle.index(phase) > lifecycle.index(wanted):
+        return True
+    return None
+
+
+def outcome(obj: Mapping[str, Any]) -> str:
+    """` (accuracy 0.9512, snapshot NAME)` after a reached phase, or "" when there is neither."""
+    status = status_of(obj)
+    parts = []
+    results = status.get("results") or {}
+    if results.get("accuracy") is not None:
+        parts.append(f"accuracy {decimal(results['accuracy'])}")
+    snapshot = (status.get("provenance") or {}).get("resultSnapshot")
+    if snapshot:
+        parts.append(f"snapshot {snapshot}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+# --- delete: what retention keeps ---------------------------------------------------------------
+
+
+def retention_plan(obj: Mapping[str, Any], snapshots: Sequence[Mapping[str, Any]],
+                   in_use: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(what deleting the experiment keeps, what it removes), from its spec, children and the
+    snapshots that a PVC restores from (`in_use`: snapshot -> claim), as `retention.release` decides."""
+    from lanex_operator.retention import retention_of
+
+    dataset_policy, snapshot_policy, created_claim = retention_of(obj, None)
+    names, recorded = children_of(obj), _recorded_children(obj)
+    keeps, removes = [], []
+    claim = names.get("datasetClaim")
+    if claim and not created_claim:
+        keeps.append(f"PersistentVolumeClaim {claim} (your existing claim)")
+    elif claim and recorded.get("datasetClaim"):
+        target = removes if dataset_policy == "Delete" else keeps
+        target.append(f"PersistentVolumeClaim {claim} (retention.dataset: {dataset_policy})")
+    for snapshot in snapshots:
+        snap = snapshot["metadata"]["name"]
+        if snapshot_policy == "Delete" and snap in in_use:
+            keeps.append(f"VolumeSnapshot {snap} (dataSource of PersistentVolumeClaim {in_use[snap]})")
+        else:
+            target = removes if snapshot_policy == "Delete" else keeps
+            target.append(f"VolumeSnapshot {snap} (retention.snapshots: {snapshot_policy})")
+    removes += [f"{kind} {names[key]}" for kind, key in WORKLOAD_CHILDREN if recorded.get(key)]
+    return keeps, removes
+
+
+def deleted_event(cluster: "Cluster", obj: Mapping[str, Any], patience: float = 3.0) -> Optional[str]:
+    """The operator's `Deleted` Event about this experiment: what its finalizer actually did."""
+    import time
+
+    uid, name = obj["metadata"].get("uid"), obj["metadata"]["name"]
+    deadline = time.monotonic() + patience
+    while True:
+        for event in cluster.list_events():
+            involved = event.get("involvedObject") or {}
+            same = involved.get("uid") == uid if involved.get("uid") else involved.get("name") == name
+            if involved.get("kind") == "LaneExperiment" and event.get("reason") == "Deleted" and same:
+                return str(event.get("message") or "")
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)  # Events are posted asynchronously, just before the finalizer goes
