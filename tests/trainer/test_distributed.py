@@ -155,3 +155,28 @@ def test_killed_rank_fails_the_job_quickly_and_a_relaunch_resumes_from_the_check
     predicted = [json.loads(line)["raw_file"] for line in (out / "test_predictions.json").read_text().splitlines()]
     expected = [json.loads(line)["raw_file"] for line in (prepared_data / "test_label.json").read_text().splitlines()]
     assert sorted(predicted) == sorted(expected)
+
+
+@pytest.mark.slow
+def test_lanex_launch_with_horovod_trains_from_tr4896_environment(prepared_data, tmp_path):
+    """TR-4896's job shape: horovodrun over 2 processes, configured by its environment variables."""
+    out = tmp_path / "out"
+    env = {**ENV, "BATCH_SIZE": "2", "USE_VAL": "false", "USE_WORKERS": "false", "NUM_WORKERS": "0",
+           "VAL_BATCH_SIZE": "4", "ENABLE_SNAPSHOT": "true", "PVC_NAME": "lane-data"}
+    done = subprocess.run(
+        [str(VENV_BIN / "lanex"), "launch", "--backend", "horovod", "--processes", "2", "--termination-log",
+         str(tmp_path / "termination-log"), "--", "lanex", "train", "--data-root", str(prepared_data),
+         "--output-dir", str(out), "--backbone", "small", "--height", "64", "--width", "160", "--epochs", "1"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "horovodrun -np 2 -H localhost:2" in done.stderr
+    effective = next(line for line in done.stderr.splitlines() if "effective training config" in line)
+    assert "world size 2, backend horovod" in effective
+    for fragment in ('"batch_size":2', '"validation":false', '"use_workers":false', '"loader_workers":0',
+                     '"val_batch_size":4', '"enable_snapshot":true', '"pvc_name":"lane-data"'):
+        assert fragment in effective
+    results = json.loads((out / "results.json").read_text())
+    assert (results["world_size"], results["backend"]) == (2, "horovod")
+    assert results["test"]["images"] == 5
+    message = json.loads((tmp_path / "termination-log").read_text())
+    assert message["accuracy"] == results["accuracy"] and message["checkpoint"] == results["checkpoint"]

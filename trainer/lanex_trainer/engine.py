@@ -91,7 +91,7 @@ def train_one_epoch(
                 f"the loss became {value} at step {step + 1} (learning rate {scheduler.get_last_lr()[0]:.4g}); "
                 "lower the learning rate or the gradient clipping norm"
             )
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()  # Horovod's optimizer takes no set_to_none; torch defaults to it
         loss.backward()
         dist.clip_and_step(optimizer, model.parameters(), grad_clip_norm)
         scheduler.step()
