@@ -61,12 +61,15 @@ def test_example_builds_valid_children(path: Path):
 def test_quickstart_is_a_small_local_synthetic_run():
     _, spec = load_experiment_file(EXAMPLES / "quickstart.yaml")
     assert spec.dataset.synthetic is not None
-    assert (spec.dataset.synthetic.clips, spec.dataset.synthetic.seed) == (300, 0)
+    assert spec.dataset.synthetic.seed == 0 and 1 <= spec.dataset.synthetic.clips <= 500  # minutes on a CPU
     training = spec.training
     assert (training.workers, training.gpus_per_worker, training.backbone, training.backend) == (2, 0, "small", "torch")
     assert (training.height, training.width) == (144, 400)
-    assert 1 <= training.epochs <= 10
+    assert 1 <= training.epochs <= 30
     assert spec.snapshot.enabled
+    # Nothing cluster-specific: on a cluster the operator's defaults pick image and classes.
+    assert (training.image, spec.dataset.storage_class_name, spec.snapshot.volume_snapshot_class_name) == (
+        None, None, None)
 
 
 def test_tusimple_runai_example_is_tr4896s_run():
