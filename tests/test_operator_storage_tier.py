@@ -69,7 +69,8 @@ def start_tiered(api_server: EmulatedCluster, arm: ArmState, name: str) -> str:
     """Create a tiered experiment; put the ANF volume behind its new PV in the Standard pool; return the PV."""
     api_server.knobs.paused.add(f"Job/{name}")  # the lifecycle waits in Downloading until ARM knows the volume
     api_server.create(experiment(name, spec=TIERED))
-    pvc = api_server.wait_for(lambda: _bound(api_server, f"{name}-data"), message=f"PVC {name}-data Bound")
+    pvc = api_server.wait_for(lambda: _bound(api_server, f"{name}-data"), timeout=30,
+                              message=f"PVC {name}-data Bound")
     volume = pvc["spec"]["volumeName"]
     pv = api_server.get("persistentvolumes", volume)
     assert pv is not None and pv["spec"]["csi"]["volumeAttributes"]["internalName"] == volume

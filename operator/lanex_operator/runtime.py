@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # azure-core logs every ARM request and response (headers included) at INFO; keep pool-change outcomes.
+    logging.getLogger("azure").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     if not args.verbose:  # kopf logs every handler call at INFO; keep the operator's own lines
         logging.getLogger("kopf").setLevel(logging.WARNING)
     run_operator(None if args.all_namespaces else args.namespaces, args.liveness_port, args.metrics_port)
