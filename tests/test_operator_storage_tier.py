@@ -172,6 +172,25 @@ def test_permission_denied_pool_change_warns_and_training_goes_on_at_standard(ap
     assert 'lanex_storage_pool_changes_total{result="Failed"} 1.0' in operator.metrics()
 
 
+def test_failed_training_still_moves_the_volume_back_before_the_experiment_fails(api_server, operator_factory, arm,
+                                                                                tier_env):
+    api_server.knobs.fail_mpijobs["tier-fail"] = "RuntimeError: CUDA out of memory (rank 1)"
+    operator_factory(tier_env)
+    volume = start_tiered(api_server, arm, "tier-fail")
+
+    exp = wait_phase(api_server, "tier-fail", ["Succeeded", "Failed"], timeout=30)
+
+    assert (exp["status"]["phase"], exp["status"]["reason"]) == ("Failed", "TrainingFailed"), exp["status"]
+    assert [target_pool(r) for _, r in pool_changes(arm)] == ["pool-prem", "pool-std"]
+    assert arm.volumes[volume] == "pool-std"
+    failed_write = mpijob_calls(api_server, "patch", "mpijobs/status")[-1]
+    assert failed_write.at < pool_changes(arm)[1][0]
+    assert [(m["from"], m["to"], m["result"]) for m in moves_of(exp)] == [
+        ("Standard", "Premium", "Succeeded"), ("Premium", "Standard", "Succeeded")]
+    assert (condition(exp, "StorageTier")["status"], condition(exp, "StorageTier")["reason"]) == ("True",
+                                                                                               "AtStandard")
+
+
 def test_operator_restarts_after_the_move_up_and_after_training_move_each_way_once(api_server, operator_factory,
                                                                                   arm, tier_env):
     name = "tier-r"

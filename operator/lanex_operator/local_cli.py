@@ -46,22 +46,21 @@ def run_command(
     print_summary(summary)
 
 
-def _fmt(value: Optional[float], digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from lanex_operator.cluster_views import decimal
 
     table = Table(box=None, header_style="bold")
     for column in ("NAME", "PHASE", "WORKERS", "ACCURACY", "FP", "FN", "SNAPSHOT", "DURATION"):
         table.add_column(column, no_wrap=True)
     seconds = summary.get("seconds")
     duration = "-" if seconds is None else f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
-    table.add_row(summary["name"], summary["phase"], str(summary["workers"]), _fmt(summary["accuracy"]),
-                  _fmt(summary["fp"]), _fmt(summary["fn"]), summary["snapshot"] or "-", duration)
+    table.add_row(summary["name"], summary["phase"], str(summary["workers"]), decimal(summary["accuracy"]),
+                  decimal(summary["fp"]), decimal(summary["fn"]), summary["snapshot"] or "-", duration)
     console = Console()
+    console.width = max(console.width, 132)  # a full row even when piped (rich assumes 80 columns)
     console.print(table)
     for key in ("results", "curves", "overlays", "checkpoint"):
         if summary.get(key):

@@ -178,7 +178,7 @@ def launch_command(
     backend: str = typer.Option("auto", help="horovod, torch or auto (sets LANEX_BACKEND for the ranks)."),
     processes: Optional[int] = typer.Option(None, help="Processes in all (default RUNAI_MPI_NUM_WORKERS, hostfile slots, or 1)."),
     launcher: str = typer.Option("auto", help="auto, torchrun, mpirun or horovodrun."),
-    master_port: int = typer.Option(29500, help="Rendezvous port for torchrun/mpirun."),
+    master_port: Optional[int] = typer.Option(None, help="Rendezvous port for torchrun/mpirun (default: $MASTER_PORT or 29500)."),
     termination_log: Optional[Path] = typer.Option(None, help="Write the results (or the failure) here, e.g. /dev/termination-log."),
     results: Optional[Path] = typer.Option(None, help="results.json to report (default: <--output-dir>/results.json)."),
 ) -> None:
@@ -186,7 +186,10 @@ def launch_command(
     from lanex_trainer.launch import LaunchError, plan_launch, results_path_of, run_launch
 
     try:
-        plan = plan_launch(command, backend, processes, launcher, master_port=master_port)
+        import os
+
+        port = master_port or int(os.environ.get("MASTER_PORT", 29500))
+        plan = plan_launch(command, backend, processes, launcher, master_port=port)
         code = run_launch(plan, termination_log, results or results_path_of(command))
     except LaunchError as error:
         typer.echo(f"error: {error}", err=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,12 @@ STATE_FILE = "state.json"
 
 class LocalRunError(RuntimeError):
     """A step failed or cannot start; the message names the step and what to do."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _now() -> str:
@@ -160,6 +167,7 @@ class LocalRunner:
         # No MPI hostfile here: `lanex launch` picks torchrun (or horovodrun) on localhost.
         argv = list(train.launcher.command)
         env = self._env(train.launcher.env_dict(), processes=train.processes)
+        env.setdefault("MASTER_PORT", str(_free_port()))  # several local experiments may train at once
         self._run(StepName.TRAIN, argv, env, "train.log")
         results_file = Path(self.plan.paths.output_dir) / "results.json"
         if not results_file.is_file():

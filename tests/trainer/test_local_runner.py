@@ -1,0 +1,106 @@
+"""`lanex run`: one LaneExperiment on this machine, through the same plan as the cluster."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from trainer_helpers import LANEX, VENV_BIN, run_lanex
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _experiment(tmp_path: Path, name: str, **training) -> Path:
+    document = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    document["metadata"]["name"] = name
+    document["spec"]["dataset"]["synthetic"] = {"clips": 16, "seed": 3, "testClips": 4}
+    document["spec"]["training"].update({"epochs": 1, "height": 64, "width": 160, "batchSize": 2,
+                                         "validation": {"enabled": False, "batchSize": 4}, **training})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("local")
+    experiment = _experiment(tmp_path, "tiny")
+    done = run_lanex("run", str(experiment), "--workspace", str(tmp_path / "ws"), timeout=600)
+    return tmp_path, experiment, done
+
+
+def test_local_run_succeeds_with_results_snapshot_and_summary(finished):
+    tmp_path, _, done = finished
+    workspace = tmp_path / "ws"
+    state = json.loads((workspace / "experiments" / "tiny" / "state.json").read_text())
+    assert state["phase"] == "Succeeded"
+    assert [s for s in state["steps"]] == ["dataset", "prepare", "share", "train", "snapshot"]
+    output = workspace / "volumes" / "tiny-data" / "experiments" / "tiny"
+    results = json.loads((output / "results.json").read_text())
+    assert results["world_size"] == 2 and results["backend"] == "torch"
+    assert state["results"]["accuracy"] == results["accuracy"]
+    snapshot = state["snapshots"][-1]
+    assert snapshot.startswith("tiny-")
+    manifest = json.loads((workspace / "snapshots" / snapshot / "manifest.json").read_text())
+    assert "experiments/tiny/results.json" in manifest["files"]
+    assert "tusimple_data/lanex_index/prepared.json" in manifest["files"]
+    assert "Succeeded" in done.stdout and snapshot in done.stdout and str(output / "curves.png") in done.stdout
+
+
+def test_running_a_finished_experiment_again_redoes_nothing(finished):
+    tmp_path, experiment, _ = finished
+    done = run_lanex("run", str(experiment), "--workspace", str(tmp_path / "ws"))
+    assert done.stderr.count("already done, skipping") == 5
+    snapshots = run_lanex("snapshots", "list", "--workspace", str(tmp_path / "ws")).stdout.splitlines()
+    assert len(snapshots) == 1
+
+
+def test_restore_from_a_local_snapshot_trains_without_preparing(finished):
+    tmp_path, _, _ = finished
+    workspace = tmp_path / "ws"
+    snapshot = json.loads((workspace / "experiments" / "tiny" / "state.json").read_text())["snapshots"][-1]
+    document = yaml.safe_load(_experiment(tmp_path, "restored").read_text())
+    document["spec"]["dataset"] = {"fromSnapshot": {"snapshotName": snapshot}}
+    path = tmp_path / "restored.yaml"
+    path.write_text(yaml.safe_dump(document))
+    run_lanex("run", str(path), "--workspace", str(workspace), timeout=600)
+    state = json.loads((workspace / "experiments" / "restored" / "state.json").read_text())
+    assert state["phase"] == "Succeeded" and "prepare" not in state["steps"]
+    assert state["steps"]["dataset"]["restoredFrom"] == snapshot
+
+
+def test_invalid_experiment_names_the_field_and_exits_2(tmp_path):
+    document = yaml.safe_load(_experiment(tmp_path, "bad").read_text())
+    document["spec"]["training"]["workers"] = 0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(document))
+    done = run_lanex("run", str(path), "--workspace", str(tmp_path / "ws"), check=False)
+    assert done.returncode == 2 and "spec.training.workers" in done.stderr
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_from_the_step_and_checkpoint_it_reached(tmp_path):
+    experiment = _experiment(tmp_path, "interrupted", epochs=6, batchSize=2)
+    workspace = tmp_path / "ws"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    process = subprocess.Popen([LANEX, "run", str(experiment), "--workspace", str(workspace)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoints = workspace / "volumes" / "interrupted-data" / "experiments" / "interrupted" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*.pt"))):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # like a power loss: no clean-up at all
+    process.wait()
+    state = json.loads((workspace / "experiments" / "interrupted" / "state.json").read_text())
+    assert state["steps"]["prepare"]["state"] == "Done" and state["steps"]["train"]["state"] == "Running"
+
+    done = run_lanex("run", str(experiment), "--workspace", str(workspace), timeout=600)
+    assert "prepare: already done, skipping" in done.stderr
+    assert "resuming from" in done.stdout  # the trainer's log, streamed through the runner
+    state = json.loads((workspace / "experiments" / "interrupted" / "state.json").read_text())
+    assert state["phase"] == "Succeeded"
