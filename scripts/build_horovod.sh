@@ -56,6 +56,25 @@ fi
 "$PYTHON" -c "import torch" 2>/dev/null \
     || die "torch is not importable by $PYTHON: install the trainer extra first (Horovod builds against it)"
 
+# Horovod's runtime dependencies (cloudpickle, psutil, pyyaml, packaging) are pinned by the project's lock
+# file when the script runs from a checkout or from an image holding requirements/.
+LOCK="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/requirements/lock.txt"
+CONSTRAINTS=(); [ -f "$LOCK" ] && CONSTRAINTS=(-c "$LOCK")
+
+# Built wheels are cached per (Horovod, flavour, torch, Python) like pip's own wheel cache, so a new
+# virtual environment on the same machine (a fresh CI clone) installs in seconds instead of rebuilding.
+CACHE_KEY="$("$PYTHON" -c "import sys, torch; print(f'$HOROVOD_VERSION-${FLAVOUR//\//-}-torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}')")"
+CACHE_DIR="${LANEX_HOROVOD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lanex/horovod}/$CACHE_KEY"
+if [ "${LANEX_HOROVOD_FORCE:-0}" != "1" ] && CACHED="$(ls "$CACHE_DIR"/horovod-*.whl 2>/dev/null | head -n 1)" && [ -n "$CACHED" ]; then
+    "$PYTHON" -m pip install -q --no-cache-dir "${CONSTRAINTS[@]}" "$CACHED"
+    if check_installed; then
+        log "installed the cached build $CACHED"
+        exit 0
+    fi
+    log "the cached build $CACHED does not work here; rebuilding"
+    rm -rf "$CACHE_DIR"
+fi
+
 # Console scripts (horovodrun) and any pip cmake live next to the interpreter; setup.py runs `cmake` from PATH.
 SCRIPTS_DIR="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
 export PATH="$SCRIPTS_DIR:$PATH"
@@ -161,12 +180,9 @@ fi
 WHEEL="$(ls "$WORK"/wheel/horovod-"$HOROVOD_VERSION"-*.whl)"
 log "built $(basename "$WHEEL") in $((SECONDS - START)) s"
 
-# Horovod's runtime dependencies (cloudpickle, psutil, pyyaml, packaging) are pinned by the project's lock
-# file when the script runs from a checkout or from an image holding requirements/.
-LOCK="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/requirements/lock.txt"
-CONSTRAINTS=(); [ -f "$LOCK" ] && CONSTRAINTS=(-c "$LOCK")
 "$PYTHON" -m pip install -q --no-cache-dir --force-reinstall --no-deps "$WHEEL"
 "$PYTHON" -m pip install -q --no-cache-dir "${CONSTRAINTS[@]}" "$WHEEL"
+mkdir -p "$CACHE_DIR" && cp "$WHEEL" "$CACHE_DIR/" && log "cached the wheel in $CACHE_DIR"
 if [ -n "${LANEX_HOROVOD_WHEEL_DIR:-}" ]; then
     mkdir -p "$LANEX_HOROVOD_WHEEL_DIR" && cp "$WHEEL" "$LANEX_HOROVOD_WHEEL_DIR/"
     log "kept the wheel in $LANEX_HOROVOD_WHEEL_DIR"

@@ -199,7 +199,12 @@ def test_runai_mpijob_is_tr4896_three_workers_one_gpu_each():
     assert launcher_container["terminationMessagePath"] == "/dev/termination-log"
     assert launcher_container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert "resources" not in launcher_container
-    assert worker_container["command"] == ["/usr/sbin/sshd", "-De"]
+    assert worker_container["command"] == ["/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config"]
+    # The trainer image's unprivileged mpiuser runs sshd and mpirun, with mpi-operator's keys in its home.
+    assert mpijob["spec"]["sshAuthMountPath"] == "/home/mpiuser/.ssh"
+    for role in ("Launcher", "Worker"):
+        pod = mpijob["spec"]["mpiReplicaSpecs"][role]["template"]["spec"]
+        assert pod["securityContext"] == {"runAsUser": 1001, "runAsGroup": 1001, "runAsNonRoot": True}
     assert worker_container["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
     validate_pod_templates(mpijob)
 

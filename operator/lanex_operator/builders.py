@@ -14,7 +14,14 @@ from typing import Any, Mapping, Optional
 
 from lanex_operator.api.models import LaneExperimentSpec
 from lanex_operator.api.quantity import max_quantity
-from lanex_operator.plan import DATA_VOLUME, SHM_VOLUME, ContainerRun, ExperimentPlan
+from lanex_operator.plan import (
+    DATA_VOLUME,
+    SHM_VOLUME,
+    SSH_AUTH_MOUNT_PATH,
+    TRAINER_USER_ID,
+    ContainerRun,
+    ExperimentPlan,
+)
 
 MANAGED_BY = "lanex"
 EXPERIMENT_LABEL = "lanex.dev/experiment"
@@ -134,8 +141,11 @@ def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Experime
     if train.large_shm:
         volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
 
-    launcher_pod: dict[str, Any] = {"containers": [launcher], "volumes": volumes}
-    worker_pod: dict[str, Any] = {"containers": [worker], "volumes": [dict(volume) for volume in volumes]}
+    # sshd and mpirun run unprivileged as the image's mpiuser (no root, no privileged port).
+    security = {"runAsUser": TRAINER_USER_ID, "runAsGroup": TRAINER_USER_ID, "runAsNonRoot": True}
+    launcher_pod: dict[str, Any] = {"securityContext": dict(security), "containers": [launcher], "volumes": volumes}
+    worker_pod: dict[str, Any] = {"securityContext": dict(security), "containers": [worker],
+                                  "volumes": [dict(volume) for volume in volumes]}
     if spec.training.node_selector:
         worker_pod["nodeSelector"] = dict(spec.training.node_selector)
     if spec.training.tolerations:
@@ -162,6 +172,7 @@ def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Experime
         "spec": {
             "slotsPerWorker": train.slots_per_worker,
             "mpiImplementation": "OpenMPI",
+            "sshAuthMountPath": SSH_AUTH_MOUNT_PATH,
             "runPolicy": run_policy,
             "mpiReplicaSpecs": {
                 "Launcher": {

@@ -25,9 +25,10 @@ from lanex_operator.config import OperatorConfig
 from lanex_operator.kube import Kube, KubeError
 from lanex_operator.metrics import OperatorMetrics
 from lanex_operator.preflight import Preflight
-from lanex_operator.reconciler import Reconciler, StorageTiering
+from lanex_operator.reconciler import Reconciler
 from lanex_operator.retention import release
 from lanex_operator.status import TERMINAL_PHASES, StatusBook
+from lanex_operator.tier_steps import StorageTiering
 
 FINALIZER = "lanex.dev/finalizer"
 log = logging.getLogger("lanex.operator")

@@ -36,8 +36,12 @@ PREPARED_MARKER = ".lanex-prepared"
 TERMINATION_LOG = "/dev/termination-log"
 DATA_VOLUME = "data"
 SHM_VOLUME = "dshm"
-# mpi-operator starts the processes on workers over ssh: the trainer image runs sshd there.
-WORKER_COMMAND = ("/usr/sbin/sshd", "-De")
+# mpi-operator starts the processes on workers over ssh. The trainer image (Dockerfile.trainer) runs
+# everything as the unprivileged `mpiuser`, with its own sshd configuration on port 2222 and the keys
+# mpi-operator mounts at SSH_AUTH_MOUNT_PATH.
+TRAINER_USER_ID = 1001
+SSH_AUTH_MOUNT_PATH = "/home/mpiuser/.ssh"
+WORKER_COMMAND = ("/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config")
 
 
 class StepName(str, Enum):

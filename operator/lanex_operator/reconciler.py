@@ -16,20 +16,14 @@ same facts from the children. The only non-deterministic name, the snapshot's ti
 to status before the snapshot is created, so a restart at any moment creates exactly one of each
 child. An Event is posted for every phase transition and every warning.
 
-Storage tier (`spec.storage`, TR-4896's pool change): `storage_tier.apply_tier` does the Azure side
-off the event loop; this module decides when. Each move is written to status before it is made
-(a `storageMoves` entry InProgress, the `StorageTier` condition Unknown) and its outcome right after,
-before the MPIJob is created or the snapshot taken, so a restart finishes a begun move once and
-never repeats a finished one. A move that fails never stops the experiment: it trains at the level
-the volume has, with a Warning Event and the condition False saying why.
+Storage tier (`spec.storage`, TR-4896's pool change): the two bracketed steps are `tier_steps`;
+this module only says when they run (right before the MPIJob is created, once it finished, and
+before an experiment is failed) and hands them its status writer and child reader.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
-import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -50,8 +44,6 @@ from lanex_operator.api.models import (
     Results,
     parse_spec,
 )
-from lanex_operator.azure_volume import ENV_PREFIX as ANF_ENV_PREFIX
-from lanex_operator.azure_volume import HELM_POOLS, TierConfigError, TierSettings
 from lanex_operator.children import JOB, MPIJOB, PVC, SNAPSHOT, ChildCache, ChildKind
 from lanex_operator.config import OperatorConfig
 from lanex_operator.kube import Kube, KubeError, object_path
@@ -59,34 +51,17 @@ from lanex_operator.metrics import OperatorMetrics
 from lanex_operator.defaults import ClusterDefaults
 from lanex_operator.plan import ExperimentPlan, plan_for
 from lanex_operator.preflight import Preflight
-from lanex_operator.status import StatusBook, utc_text
-from lanex_operator.storage_tier import (
-    ClientFactory,
-    MoveRecord,
-    MoveResult,
-    Reason,
-    StorageTierMetrics,
-    apply_tier,
-    default_client_factory,
-    pending_move_status,
-)
+from lanex_operator.status import StatusBook
+from lanex_operator.tier_steps import MESSAGE_LIMIT, StorageTiering, TierSteps, clip
 
 PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, skip the prepare Job
 SPEC_ANNOTATION = "lanex.dev/spec"  # on the MPIJob: the spec training started with
 GENERATION_ANNOTATION = "lanex.dev/generation"  # on the MPIJob: the experiment generation of that spec
 LAUNCHER_SELECTOR = "training.kubeflow.org/job-name={name},training.kubeflow.org/job-role=launcher"
 JOB_POD_SELECTOR = "batch.kubernetes.io/job-name={name}"
-MESSAGE_LIMIT = 1024
 
 C = ConditionType
 EventPoster = Callable[[Mapping[str, Any], str, str, str], None]
-log = logging.getLogger("lanex.operator")
-
-# StorageTier reasons after which the volume is known not to have moved: nothing to move back.
-NOTHING_MOVED = frozenset(reason.value for reason in (
-    Reason.NOT_CONFIGURED, Reason.NOT_MAPPED, Reason.NO_CREDENTIALS, Reason.PERMISSION_DENIED, Reason.NOT_FOUND,
-    Reason.REJECTED, Reason.OPERATION_FAILED))
-TIER_MOVING = "Moving"  # StorageTier reason while a move is under way (written before it starts)
 
 # The failure reason of an API error that cannot be retried, by the phase it happened in.
 PHASE_FAILURES = {
@@ -111,41 +86,6 @@ def _true(conditions: list[Mapping[str, Any]] | None, type_: str) -> Mapping[str
     return None
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
-
-
-@dataclasses.dataclass(frozen=True)
-class StorageTiering:
-    """What the operator needs to change a dataset volume's ANF service level, read once at start-up."""
-
-    settings: TierSettings | None = None  # None: no capacity pool configured (or the configuration is invalid)
-    problem: str = ""  # why the configuration is invalid (names the LANEX_ANF_* variable), else empty
-    metrics: StorageTierMetrics | None = None
-    client_factory: ClientFactory = default_client_factory
-
-    @classmethod
-    def from_env(cls, metrics: StorageTierMetrics | None = None,
-                 environ: Mapping[str, str] | None = None) -> StorageTiering:
-        """`LANEX_ANF_*` (the chart's `storage.tierPools`); an invalid value disables tiering, it does not
-        stop the operator: experiments that ask for a level get a condition naming the variable."""
-        try:
-            settings = TierSettings.from_env(environ)
-        except TierConfigError as exc:
-            return cls(None, f"the operator's storage-tier configuration is invalid: {exc}", metrics)
-        return cls(settings if settings.configured else None, "", metrics)
-
-    def unavailable(self, level: str) -> str | None:
-        """Why no move to `level` can be tried at all, or None when the operator has pools configured."""
-        if self.problem:
-            return self.problem
-        if self.settings is None:
-            return (f"the operator has no Azure NetApp Files capacity pools configured: set the Helm value "
-                    f"{HELM_POOLS}.{level} (environment variable {ANF_ENV_PREFIX}POOL_{level.upper()}) to the "
-                    f"resource ID of a capacity pool of service level {level}")
-        return None
-
-
 class Reconciler:
     """Decides and takes the next step of one experiment; shared by all experiments."""
 
@@ -162,6 +102,7 @@ class Reconciler:
         self.now = now
         self.defaults = defaults if defaults is not None else ClusterDefaults.from_env()  # read once
         self.tiering = tiering or StorageTiering(metrics=metrics.storage_tier)
+        self.tier = TierSteps(self.tiering, kube, self._child, self.flush, now, self.defaults)
 
     # ---- the pass
 
@@ -179,9 +120,9 @@ class Reconciler:
                     await self._flush_quietly(body, book)  # show how far it got while the error lasts
                 raise
             self.metrics.reconcile_errors.labels(kind="permanent").inc()
-            await self._lower_tier_quietly(body, book)
+            await self.tier.lower_quietly(body, book)
             reason = PHASE_FAILURES.get(book.phase or "", FailureReason.DATASET_FAILED)
-            book.fail(reason, _clip(f"API request failed and cannot be retried: {exc}"))
+            book.fail(reason, clip(f"API request failed and cannot be retried: {exc}"))
             await self.flush(body, book)
             return None
 
@@ -193,7 +134,7 @@ class Reconciler:
         spec, plan = effective
         if book.phase is None:
             self._start(book, spec, plan)
-        for step in (self._preflight, self._dataset, self._prepare, self._share, self._train, self._restore_tier,
+        for step in (self._preflight, self._dataset, self._prepare, self._share, self._train, self.tier.restore_after_training,
                      self._snapshot):
             wait = await step(body, book, spec, plan)
             if book.terminal:
@@ -245,19 +186,19 @@ class Reconciler:
                 book.set("observedGeneration", generation)
                 if book.phase is None:
                     book.set("startTime", book.now_text())
-                book.fail(FailureReason.INVALID_SPEC, _clip(f"invalid spec: {problem.message}"))
+                book.fail(FailureReason.INVALID_SPEC, clip(f"invalid spec: {problem.message}"))
                 return None
             book.set("observedGeneration", generation)
             return current
         frozen, frozen_generation = await self._training_spec(namespace, book)
         if frozen is None:  # the MPIJob is gone: nothing froze the spec, use the current one if valid
             if problem is not None:
-                book.fail(FailureReason.INVALID_SPEC, _clip(f"invalid spec: {problem.message}"))
+                book.fail(FailureReason.INVALID_SPEC, clip(f"invalid spec: {problem.message}"))
                 return None
             return current
         if current is None or current[0] != frozen:
             detail = f" (and it is invalid: {problem.message})" if problem is not None else ""
-            message = _clip(f"spec generation {generation} was not applied: training started with generation "
+            message = clip(f"spec generation {generation} was not applied: training started with generation "
                             f"{frozen_generation}; the running MPIJob is never changed. Create a new "
                             f"LaneExperiment to run the changed spec{detail}")
             if book.set_condition(C.SPEC_CHANGE_IGNORED.value, "True", "TrainingStarted", message):
@@ -298,7 +239,7 @@ class Reconciler:
         problems = await self.preflight.experiment(plan)
         if problems:
             reason = problems[0].reason if len(problems) == 1 else "MissingDependencies"
-            message = _clip("; ".join(problem.message for problem in problems))
+            message = clip("; ".join(problem.message for problem in problems))
             if book.set_condition(C.PREFLIGHT.value, "False", reason, message):
                 book.event("Warning", reason, message)
             book.set("message", message)
@@ -339,7 +280,7 @@ class Reconciler:
         elapsed, limit = book.since(C.DATASET_READY.value), self.config.dataset_bound_timeout_seconds
         if elapsed >= limit:
             warning = await self._last_warning(plan.namespace, PVC, claim)
-            book.fail(FailureReason.DATASET_FAILED, _clip(f"PersistentVolumeClaim {claim} was not bound after "
+            book.fail(FailureReason.DATASET_FAILED, clip(f"PersistentVolumeClaim {claim} was not bound after "
                                                           f"{int(elapsed)}s" + (f": {warning}" if warning else "")))
             return None
         return limit - elapsed
@@ -397,7 +338,7 @@ class Reconciler:
         failed = _true(conditions, "Failed")
         if failed:
             detail = await self._pod_message(plan.namespace, JOB_POD_SELECTOR.format(name=name))
-            book.fail(FailureReason.DOWNLOAD_FAILED, _clip(
+            book.fail(FailureReason.DOWNLOAD_FAILED, clip(
                 f"Job {name} failed ({failed.get('reason', 'Failed')}: {failed.get('message', '')})"
                 + (f"; {detail}" if detail else "")))
             return None
@@ -442,7 +383,7 @@ class Reconciler:
         book.enter(Phase.TRAINING, f"training with MPIJob {name} ({plan.train.workers} workers)")
         mpijob = self.cache.get(MPIJOB, plan.namespace, name)
         if mpijob is None:
-            await self._raise_tier(body, book, spec, plan)
+            await self.tier.raise_for_training(body, book, spec, plan)
             manifest = builders.mpijob_for(body["metadata"], spec, plan)
             manifest["metadata"].setdefault("annotations", {}).update({
                 SPEC_ANNOTATION: json.dumps(spec.model_dump(by_alias=True, mode="json"), sort_keys=True),
@@ -463,13 +404,13 @@ class Reconciler:
             detail = await self._pod_message(plan.namespace, LAUNCHER_SELECTOR.format(name=name))
             reason = (FailureReason.TIMEOUT if failed.get("reason") in ("DeadlineExceeded", "MPIJobDeadlineExceeded")
                       else FailureReason.TRAINING_FAILED)
-            message = _clip(f"MPIJob {name} failed ({failed.get('reason', 'Failed')}: {failed.get('message', '')})"
+            message = clip(f"MPIJob {name} failed ({failed.get('reason', 'Failed')}: {failed.get('message', '')})"
                             + (f"; {detail}" if detail else ""))
             if plan.snapshot is not None and plan.snapshot.on_failure:
                 book.set_condition(C.TRAINED.value, "False", reason.value, message)
                 book.event("Warning", reason.value, message)
                 return None
-            await self._lower_tier(body, book, spec, plan)  # before Failed: a finished experiment is not resumed
+            await self.tier.lower(body, book, spec, plan)  # before Failed: a finished experiment is not resumed
             book.fail(reason, message)
             return None
         if _true(conditions, "Running"):
@@ -517,131 +458,13 @@ class Reconciler:
             reported = {k: v for k, v in (status.get("error") or {}).items() if k in ("message", "time")}
             self._record_snapshot(book, name, {"name": name, "readyToUse": False, "error": reported})
             book.set_condition(C.SNAPSHOTTED.value, "Unknown", "SnapshotError",
-                               _clip(f"the snapshot controller reports for VolumeSnapshot {name}: {error}"))
+                               clip(f"the snapshot controller reports for VolumeSnapshot {name}: {error}"))
         elapsed, limit = book.since(C.SNAPSHOTTED.value), float(plan.snapshot.ready_timeout_seconds)
         if elapsed >= limit:
-            book.fail(FailureReason.SNAPSHOT_FAILED, _clip(f"VolumeSnapshot {name} was not ready to use after "
+            book.fail(FailureReason.SNAPSHOT_FAILED, clip(f"VolumeSnapshot {name} was not ready to use after "
                                                            f"{int(elapsed)}s" + (f": {error}" if error else "")))
             return None
         return limit - elapsed
-
-    # ---- storage tier: up before the MPIJob exists, back once it finished
-
-    async def _raise_tier(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
-                          plan: ExperimentPlan) -> None:
-        """Bring the volume to `trainingServiceLevel` (else `serviceLevel`) before the MPIJob is created.
-
-        Once per experiment: a settled StorageTier condition (True or False) means it was done; Unknown
-        means a move was begun and its outcome never written (a restart), so it is finished now.
-        """
-        level = spec.storage.training_service_level or spec.storage.service_level
-        tier = book.condition(C.STORAGE_TIER.value)
-        if level is None or (tier is not None and tier.get("status") != "Unknown"):
-            return
-        why = "for training" if spec.storage.training_service_level else "(spec.storage.serviceLevel)"
-        await self._move_tier(body, book, plan, level, why)
-
-    async def _restore_tier(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
-                            plan: ExperimentPlan) -> float | None:
-        """Step after training: once the MPIJob finished, move the volume back from the training level."""
-        trained = book.condition(C.TRAINED.value)
-        if trained is not None and trained.get("status") in ("True", "False"):
-            await self._lower_tier(body, book, spec, plan)
-        return None
-
-    async def _lower_tier(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
-                          plan: ExperimentPlan) -> None:
-        """Move the volume back to `serviceLevel` (else where it was before the move up), once."""
-        training = spec.storage.training_service_level
-        tier = book.condition(C.STORAGE_TIER.value)
-        if training is None or tier is None:
-            return
-        up = next((move for move in book.storage_moves() if move.get("to") == training), None)
-        level = spec.storage.service_level or (up or {}).get("from")
-        if level is None or level == training:
-            return  # nothing to go back to: the volume was at the training level already (or it is unknown)
-        resumed = book.move_in_progress(level) is not None
-        attempted = any(move.get("to") == level for move in book.storage_moves()) or \
-            (tier.get("status") == "True" and tier.get("reason") == f"At{level}")
-        nothing_moved = tier.get("status") == "False" and tier.get("reason") in NOTHING_MOVED
-        if resumed or not (attempted or nothing_moved):
-            await self._move_tier(body, book, plan, level, "after training")
-
-    async def _lower_tier_quietly(self, body: Mapping[str, Any], book: StatusBook) -> None:
-        """Before failing on an API error that cannot be retried: do not leave the volume at the training level."""
-        try:
-            spec = parse_spec(body.get("spec"))
-            meta = body["metadata"]
-            await self._lower_tier(body, book, spec, plan_for(meta["name"], meta["namespace"], spec,
-                                                                defaults=self.defaults))
-        except (InvalidSpecError, KubeError) as exc:
-            log.warning(f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}: "
-                        f"the storage tier was not moved back: {exc}")
-
-    async def _move_tier(self, body: Mapping[str, Any], book: StatusBook, plan: ExperimentPlan, level: str,
-                         why: str) -> None:
-        """One move of the dataset volume to `level`: in progress in status first, then its outcome."""
-        resumed = book.move_in_progress(level)
-        unavailable = self.tiering.unavailable(level)
-        pvc, pv = (None, None) if unavailable else await self._dataset_volume(plan)
-        if unavailable or pv is None or self.tiering.settings is None:
-            refused = (self._refused(level, Reason.NOT_CONFIGURED, unavailable) if unavailable else
-                       self._refused(level, Reason.NOT_MAPPED, f"the dataset PersistentVolumeClaim "
-                                                               f"{plan.dataset.claim_name} has no PersistentVolume"))
-            self._record_move(book, refused, resumed)
-            await self.flush(body, book)
-            return
-        if resumed is None:
-            book.put_move(level, pending_move_status(level, now=self.now()))
-            book.set_condition(C.STORAGE_TIER.value, "Unknown", TIER_MOVING, _clip(
-                f"moving the dataset volume (PersistentVolume {pv['metadata']['name']}) to {level} {why}"))
-        if book.changed:  # also when an earlier pass wrote the entry into the book but the write failed
-            await self.flush(body, book)  # a restart during the move finds it begun and finishes it once
-        try:
-            record = await asyncio.to_thread(apply_tier, pv, level, self.tiering.settings,
-                                             self.tiering.client_factory, pvc=pvc, metrics=self.tiering.metrics)
-        except Exception as exc:  # noqa: BLE001 - apply_tier reports outcomes; a bug must not stop training
-            record = self._refused(level, Reason.UNEXPECTED, f"{type(exc).__name__}: {exc}")
-        self._record_move(book, record, resumed)
-        await self.flush(body, book)  # the outcome is in status before the next child exists
-
-    async def _dataset_volume(self, plan: ExperimentPlan) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """The dataset PVC and the PV bound to it (None when missing)."""
-        pvc = await self._child(PVC, plan.namespace, plan.dataset.claim_name)
-        volume = ((pvc or {}).get("spec") or {}).get("volumeName")
-        if not volume:
-            return pvc, None
-        return pvc, await self.kube.get_or_none(object_path("v1", "persistentvolumes", name=volume))
-
-    def _refused(self, level: str, reason: Reason, message: str) -> MoveRecord:
-        """A move that was not tried (nothing configured, nothing to map), recorded like a failed one."""
-        moment = self.now()
-        record = MoveRecord(from_level=None, to_level=level, start=moment, end=moment, result=MoveResult.FAILED,
-                            message=_clip(f"cannot change the storage tier to {level}: {message}; training goes on "
-                                          f"at the volume's current level"), reason=reason)
-        if self.tiering.metrics is not None:
-            self.tiering.metrics.observe(record)
-        return record
-
-    @staticmethod
-    def _record_move(book: StatusBook, record: MoveRecord, resumed: Mapping[str, Any] | None) -> None:
-        """The outcome in `storageMoves`, the `StorageTier` condition and an Event.
-
-        An Unchanged repeat of a move that a restart interrupted means that move finished: its entry
-        becomes Succeeded. An Unchanged first try (already at the level) leaves no entry.
-        """
-        level = record.to_level
-        if record.changed_anything:
-            book.put_move(level, record.to_status())
-        elif resumed is not None:
-            book.put_move(level, {"from": resumed.get("from"), "to": level, "start": resumed.get("start"),
-                                  "end": utc_text(record.end), "result": MoveResult.SUCCEEDED.value})
-        else:
-            book.put_move(level, None)
-        if record.changed_anything or resumed is not None:
-            book.event(*record.event())
-        condition = record.condition()
-        book.set_condition(C.STORAGE_TIER.value, condition["status"], condition["reason"], _clip(record.message))
 
     def _record_snapshot(self, book: StatusBook, name: str, record: dict[str, Any]) -> None:
         """Add or replace the status record of snapshot `name` (new lists: the book owns what it is given)."""
@@ -717,7 +540,7 @@ class Reconciler:
                 data = data["results"]
             results = Results.model_validate(data)
         except ValueError as exc:
-            return None, _clip(f" (the launcher's results message is not valid results JSON: {exc})")
+            return None, clip(f" (the launcher's results message is not valid results JSON: {exc})")
         return results.model_dump(by_alias=True, exclude_none=True, mode="json"), ""
 
     async def _last_warning(self, namespace: str, kind: ChildKind, name: str) -> str:
