@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from k8s.scenarios import condition, get_experiment, wait_phase
+from k8s.scenarios import children, condition, get_experiment, wait_phase
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -47,6 +47,21 @@ def test_user_applies_gets_waits_for_and_deletes_the_examples_with_kubectl(api_s
     assert quickstart["status"]["results"]["accuracy"] > 0
     table = kubectl(api_server, "get", "lx", "quickstart")
     assert "quickstart" in table
+
+    # GitOps: re-applying the same file (as Argo CD does on every sync) changes nothing: the operator
+    # never wrote the spec, and no child is created or replaced.
+    def child_identities() -> list[tuple[str, str]]:
+        return sorted((obj["metadata"]["name"], obj["metadata"]["uid"])
+                      for objects in children(api_server, "quickstart").values() for obj in objects)
+
+    before = child_identities()
+    assert before
+    reapplied = kubectl(api_server, "apply", "--validate=false", "-f", str(REPO / "examples" / "quickstart.yaml"))
+    assert "unchanged" in reapplied, reapplied
+    again = json.loads(kubectl(api_server, "get", "laneexperiment", "quickstart", "-o", "json"))
+    assert again["metadata"]["generation"] == quickstart["metadata"]["generation"]
+    assert again["spec"] == quickstart["spec"]
+    assert child_identities() == before
 
     # The restore example names a snapshot that this cluster never had: preflight reports it and waits.
     restore = wait_phase(api_server, "restore-from-snapshot", ["Pending"], namespace="runai-lane-detection")

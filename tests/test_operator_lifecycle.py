@@ -191,3 +191,21 @@ def test_existing_claim_marked_prepared_skips_the_prepare_job(api_server, runnin
     assert exp["status"]["children"]["datasetClaim"] == "shared-tusimple"
     (snapshot,) = kids["volumesnapshots"]
     assert snapshot["spec"]["source"]["persistentVolumeClaimName"] == "shared-tusimple"
+
+
+def test_existing_claim_that_binds_after_the_experiment_starts_is_picked_up(api_server, running_operator):
+    # A user's claim has no experiment label, so no watch event reaches the operator's cache when it
+    # binds: the operator must re-read it rather than wait on the copy it saw first.
+    api_server.knobs.paused.add("PersistentVolumeClaim")
+    api_server.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                       "metadata": {"name": "late-tusimple", "namespace": "default",
+                                    "annotations": {"lanex.dev/prepared": "true"}},
+                       "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "azurenetappfiles",
+                                "resources": {"requests": {"storage": "200Gi"}}}})
+    api_server.create(experiment("lanes-late-claim", spec={
+        "dataset": {"synthetic": None, "existingClaim": {"claimName": "late-tusimple"}}}))
+    wait_phase(api_server, "lanes-late-claim", ["ProvisioningDataset"])
+    api_server.knobs.paused.discard("PersistentVolumeClaim")
+    exp = wait_phase(api_server, "lanes-late-claim", ["Succeeded", "Failed"])
+    assert exp["status"]["phase"] == "Succeeded", exp["status"]
+    assert condition(exp, "DatasetReady")["reason"] == "Bound"

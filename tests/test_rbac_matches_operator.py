@@ -183,7 +183,8 @@ def all_namespaces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recordi
     """The operator as the default install runs it (all namespaces), through every scenario."""
     workdir = tmp_path_factory.mktemp("rbac-all-namespaces")
     cluster = started_cluster(workdir)
-    operator = OperatorProcess(cluster.kubeconfig, workdir, {"LANEX_OPERATOR_DATASET_BOUND_TIMEOUT_SECONDS": "4"})
+    # Long enough for the claims that do bind on a loaded machine, short enough for the one that never does.
+    operator = OperatorProcess(cluster.kubeconfig, workdir, {"LANEX_OPERATOR_DATASET_BOUND_TIMEOUT_SECONDS": "10"})
     try:
         operator.start()
         yield recording(cluster, run_lifecycle_scenarios(cluster))

@@ -51,8 +51,8 @@ from lanex_operator.metrics import OperatorMetrics
 from lanex_operator.defaults import ClusterDefaults
 from lanex_operator.plan import ExperimentPlan, plan_for
 from lanex_operator.preflight import Preflight
-from lanex_operator.status import StatusBook
-from lanex_operator.tier_steps import MESSAGE_LIMIT, StorageTiering, TierSteps, clip
+from lanex_operator.status import MESSAGE_LIMIT, StatusBook, clip
+from lanex_operator.tier_steps import StorageTiering, TierSteps
 
 PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, skip the prepare Job
 SPEC_ANNOTATION = "lanex.dev/spec"  # on the MPIJob: the spec training started with
@@ -261,7 +261,9 @@ class Reconciler:
                     return None if book.terminal else self.config.resync_seconds
                 pvc = await self._create(PVC, manifest)
         else:
-            pvc = await self._child(PVC, plan.namespace, claim)
+            # A user's claim carries no experiment label, so no watch event refreshes the cache:
+            # read it from the API server on every pass until it is Bound.
+            pvc = await self._child(PVC, plan.namespace, claim, fresh=True)
             if pvc is None:
                 book.fail(FailureReason.DATASET_FAILED, f'PersistentVolumeClaim "{claim}" '
                                                         f"(spec.dataset.existingClaim.claimName) not found")
@@ -487,8 +489,9 @@ class Reconciler:
 
     # ---- reading and creating children
 
-    async def _child(self, kind: ChildKind, namespace: str, name: str) -> dict[str, Any] | None:
-        cached = self.cache.get(kind, namespace, name)
+    async def _child(self, kind: ChildKind, namespace: str, name: str, fresh: bool = False) -> dict[str, Any] | None:
+        """The object from the event-fed cache, else (or when `fresh`) from the API server."""
+        cached = None if fresh else self.cache.get(kind, namespace, name)
         if cached is not None:
             return cached
         found = await self.kube.get_or_none(object_path(kind.api_version, kind.plural, namespace, name))

@@ -16,6 +16,13 @@ from typing import Any
 
 from lanex_operator.api.models import ConditionType, FailureReason, Phase
 
+MESSAGE_LIMIT = 1024  # characters of an Event or condition message the operator writes
+
+
+def clip(text: str) -> str:
+    """`text` cut to MESSAGE_LIMIT characters, ending in '...' when it was cut."""
+    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
+
 TERMINAL_PHASES = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 MOVE_IN_PROGRESS = "InProgress"  # result of a `status.storageMoves[]` entry written before the move is made
 

@@ -30,7 +30,7 @@ from lanex_operator.children import PVC, ChildKind
 from lanex_operator.defaults import ClusterDefaults
 from lanex_operator.kube import Kube, KubeError, object_path
 from lanex_operator.plan import ExperimentPlan, plan_for
-from lanex_operator.status import StatusBook, utc_text
+from lanex_operator.status import StatusBook, clip, utc_text
 from lanex_operator.storage_tier import (
     ClientFactory,
     MoveRecord,
@@ -41,8 +41,6 @@ from lanex_operator.storage_tier import (
     default_client_factory,
     pending_move_status,
 )
-
-MESSAGE_LIMIT = 1024  # characters of an Event or condition message the operator writes
 
 C = ConditionType
 ChildReader = Callable[[ChildKind, str, str], Awaitable[dict[str, Any] | None]]  # cache first, then the API
@@ -55,10 +53,6 @@ NOTHING_MOVED = frozenset(reason.value for reason in (
     Reason.REJECTED, Reason.OPERATION_FAILED))
 TIER_MOVING = "Moving"  # StorageTier reason while a move is under way (written before it starts)
 
-
-def clip(text: str) -> str:
-    """`text` cut to MESSAGE_LIMIT characters, ending in '...' when it was cut."""
-    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
 
 
 @dataclasses.dataclass(frozen=True)
