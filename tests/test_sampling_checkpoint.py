@@ -56,3 +56,9 @@ def test_only_the_newest_checkpoints_are_kept_and_no_temp_files_remain(tmp_path:
     for step in range(1, 6):
         save_checkpoint({"model": {}, "step": step}, tmp_path, step, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000000004.pt", "checkpoint-000000005.pt"]
+
+
+def test_resume_position_at_the_end_of_an_epoch_yields_nothing_rather_than_failing():
+    sampler = ResumableDistributedSampler(21, seed=0)
+    sampler.set_epoch(0, start_index=24)  # 6 full batches of 4 were taken from 21 images
+    assert len(sampler) == 0 and list(sampler) == []

@@ -47,7 +47,7 @@ class ResumableDistributedSampler(Sampler[int]):
         return iter(self._epoch_order()[self.start_index :])
 
     def __len__(self) -> int:
-        return self.per_rank - self.start_index
+        return max(0, self.per_rank - self.start_index)
 
 
 def evaluation_shard(dataset_size: int, world_size: int, rank: int) -> list[int]:

@@ -255,7 +255,10 @@ class Trainer:
                 if dist.is_main and new_step % cfg.log_every == 0:
                     self.writer.add_scalar("train/loss", loss, new_step)
                     self.writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], new_step)
-                if dist.is_main and new_step % cfg.checkpoint_every == 0:
+                # The epoch's last step is checkpointed by the epoch-end save right after (with the
+                # next epoch as its position), so a resumed run never starts inside a finished epoch.
+                last_of_epoch = new_step - epoch_first_step >= self.steps_per_epoch
+                if dist.is_main and new_step % cfg.checkpoint_every == 0 and not last_of_epoch:
                     save_checkpoint(self._state(optimizer, scheduler, epoch, new_step - epoch_first_step, new_step),
                                     self.checkpoints, new_step, cfg.keep_checkpoints)
 
