@@ -77,8 +77,10 @@ def train_one_epoch(
     model.train()
     step, images, loss_sum = first_step, 0, 0.0
     started = time.perf_counter()
-    progress = tqdm(loader, desc=f"epoch {epoch}", disable=not dist.is_main, leave=False, mininterval=2.0)
-    for batch in progress:
+    # Progress in images (this rank's share) so the rate reads as images/s, with step, loss and lr.
+    progress = tqdm(total=len(loader.sampler) if loader.sampler is not None else None, unit="img",
+                    desc=f"epoch {epoch}", disable=not dist.is_main, leave=False, mininterval=2.0)
+    for batch in loader:
         if step >= max_steps:
             break
         inputs, seg_target, exist_target = to_device(batch, device, channels_last)
@@ -98,9 +100,11 @@ def train_one_epoch(
         step += 1
         loss_sum += value
         images += inputs.shape[0]
-        progress.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.4g}")
+        progress.update(inputs.shape[0])
+        progress.set_postfix(step=step, loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.4g}", refresh=False)
         if on_step is not None:
             on_step(step, value)
+    progress.close()
     return EpochStats(steps=step - first_step, images=images, loss_sum=loss_sum, seconds=time.perf_counter() - started)
 
 
