@@ -74,6 +74,7 @@ def worker(args: argparse.Namespace) -> None:
     dist.all_gather_object(gathered, result)
     if dist.get_rank() == 0:
         Path(args.result).write_text(json.dumps(gathered))
+    dist.barrier()  # leave together (see lanex_trainer.distributed.TorchDistributed.shutdown)
     dist.destroy_process_group()
 
 

@@ -211,6 +211,12 @@ class TorchDistributed(Distributed):
 
     def shutdown(self) -> None:
         if self._dist.is_initialized():
+            # Leave together: a rank that tears gloo down while a peer is still finishing (rank 0
+            # writes results) can abort at exit ("terminate called without an active exception").
+            try:
+                self._dist.barrier()
+            except RuntimeError as error:  # a peer is gone; nothing left to wait for
+                log.warning("no final barrier with the other ranks: %s", error)
             self._dist.destroy_process_group()
 
 
