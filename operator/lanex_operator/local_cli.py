@@ -28,10 +28,7 @@ def run_command(
     try:
         metadata, spec = load_experiment_file(experiment)
         runner = LocalRunner(metadata["name"], spec, workspace, echo=lambda text: console.print(text, style="bold cyan", markup=False))
-    except (ExperimentFileError, InvalidSpecError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from error
-    except LocalRunError as error:
+    except (ExperimentFileError, InvalidSpecError, LocalRunError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
     try:

@@ -154,6 +154,7 @@ class Trainer:
         self.checkpoints = self.out / "checkpoints"
         self.writer = None
         self.history: list[dict] = []
+        self.eval_loaders: dict[str, DataLoader] = {}
         self.best: Optional[dict] = None
 
     def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
@@ -274,7 +275,7 @@ class Trainer:
             record = {"epoch": epoch, "step": step, "train_loss": stats.mean_loss,
                       "images_per_second": stats.images * dist.world_size / max(stats.seconds, 1e-9)}
             if cfg.validation and self.val_entries:
-                val = self._evaluate(train_model, self.val_entries)
+                val = self._evaluate(train_model, "val", self.val_entries)
                 record.update({f"val_{k}": v for k, v in val.metrics().items()})
             self.history.append(record)
             self._log_epoch(record)
@@ -288,8 +289,11 @@ class Trainer:
                 self._track_best(record, state)
         return self._finish(train_model, optimizer, scheduler, epoch, step, trained_images, train_seconds)
 
-    def _evaluate(self, model, entries) -> EvalResult:
-        return evaluate(model, self.criterion, self._eval_loader(entries), entries, self.device, dist=self.dist,
+    def _evaluate(self, model, split: str, entries) -> EvalResult:
+        # One loader per split for the whole run: validation every epoch reuses its dataset and workers.
+        if split not in self.eval_loaders:
+            self.eval_loaders[split] = self._eval_loader(entries)
+        return evaluate(model, self.criterion, self.eval_loaders[split], entries, self.device, dist=self.dist,
                         postprocess=self.postprocess, amp=self.cfg.amp, channels_last=self.channels_last)
 
     def _log_epoch(self, record: dict) -> None:
@@ -322,7 +326,7 @@ class Trainer:
             dist.barrier()  # rank 0's best/final model is on disk before any rank reads it
             chosen = best_path if best_path.exists() else self.out / FINAL_MODEL
             self.model.load_state_dict(torch.load(chosen, map_location="cpu", weights_only=False)["model"])
-            test = self._evaluate(train_model, self.test_entries)
+            test = self._evaluate(train_model, "test", self.test_entries)
             # Each rank predicted its shard; rank 0 writes them all, in the test split's order.
             shards = dist.gather_objects(test.predictions)
             if dist.is_main:
