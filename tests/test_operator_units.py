@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from lanex_operator.api.models import FailureReason, Phase
-from lanex_operator.children import PVC, ChildCache
+from lanex_operator.children import EXPERIMENT_LABEL, JOB, PVC, ChildCache
 from lanex_operator.config import OperatorConfig
 from lanex_operator.kube import KubeError, object_path
 from lanex_operator.retention import snapshots_in_use
@@ -61,14 +61,24 @@ def test_an_unchanged_condition_is_not_a_change():
 
 def test_child_cache_never_goes_back_to_an_older_version_or_resurrects_a_deleted_child():
     cache = ChildCache()
-    newer = {"metadata": {"name": "d", "namespace": "ns", "resourceVersion": "20"}, "status": {"phase": "Bound"}}
-    older = {"metadata": {"name": "d", "namespace": "ns", "resourceVersion": "10"}, "status": {"phase": "Pending"}}
+    labels = {EXPERIMENT_LABEL: "e"}
+    newer = {"metadata": {"name": "d", "namespace": "ns", "resourceVersion": "20", "labels": labels},
+             "status": {"phase": "Bound"}}
+    older = {"metadata": {"name": "d", "namespace": "ns", "resourceVersion": "10", "labels": labels},
+             "status": {"phase": "Pending"}}
     cache.put(PVC, newer)
     cache.put(PVC, older)
     assert cache.get(PVC, "ns", "d")["status"]["phase"] == "Bound"
     cache.forget(PVC, {"metadata": {"name": "d", "namespace": "ns", "resourceVersion": "30"}})
     cache.put(PVC, newer)
     assert cache.get(PVC, "ns", "d") is None
+
+
+def test_child_cache_does_not_keep_unlabelled_objects_that_no_watch_event_would_refresh():
+    cache = ChildCache()
+    foreign = {"metadata": {"name": "j", "namespace": "ns", "resourceVersion": "5"}, "status": {}}
+    assert cache.put(JOB, foreign) == foreign
+    assert cache.get(JOB, "ns", "j") is None
 
 
 def test_settings_come_from_the_environment_and_bad_values_name_the_variable():

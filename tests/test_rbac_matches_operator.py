@@ -134,6 +134,8 @@ def run_lifecycle_scenarios(cluster: EmulatedCluster) -> dict[str, Any]:
                              "resources": {"requests": {"storage": "200Gi"}}}})
     # A Job under the deterministic name that the operator's cache does not know (no experiment
     # label), as after a crash between the create and its watch event: create answers AlreadyExists.
+    # It completes only after the operator has read it unfinished: no watch event tells of that.
+    cluster.knobs.paused.add("Job/rbac-again-prepare")
     cluster.create({"apiVersion": "batch/v1", "kind": "Job",
                     "metadata": {"name": "rbac-again-prepare", "namespace": "default"},
                     "spec": {"template": {"spec": {"restartPolicy": "Never",
@@ -150,6 +152,10 @@ def run_lifecycle_scenarios(cluster: EmulatedCluster) -> dict[str, Any]:
     cluster.create(experiment("rbac-drop", spec={"retention": {"dataset": "Delete", "snapshots": "Delete"}}))
 
     outcomes: dict[str, Any] = {}
+    cluster.wait_for(lambda: any(c["type"] == "DataPrepared" and c["status"] == "Unknown" for c in
+                                 (get_experiment(cluster, "rbac-again").get("status") or {}).get("conditions") or []),
+                     timeout=40, message="rbac-again to wait for the existing Job rbac-again-prepare")
+    cluster.knobs.paused.discard("Job/rbac-again-prepare")
     source = wait_phase(cluster, "rbac-kubeflow", ["Succeeded", "Failed"])
     snapshot = source["status"]["provenance"]["resultSnapshot"]
     cluster.create(experiment("rbac-restore", spec={"dataset": {"synthetic": None,

@@ -3,7 +3,10 @@
 Why it exists: kopf already watches the children (to wake the experiment when one changes), so the
 latest body of each child is known without asking the API server again. `ChildCache` keeps it,
 fed by those watch events and by the operator's own create/get responses, always keeping the newer
-resourceVersion so that a slow response never overwrites a newer event. `Wakers` lets a child's
+resourceVersion so that a slow response never overwrites a newer event. It holds only objects that
+carry the experiment label: those are the ones the watch keeps up to date. An unlabelled object under
+a child's name (made by someone else, or an existing claim) is returned but not kept, so it is read
+afresh every time instead of going stale. `Wakers` lets a child's
 event wake the daemon of its experiment at once instead of at the next resync.
 """
 
@@ -58,6 +61,8 @@ class ChildCache:
 
     def put(self, kind: ChildKind, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj.get("metadata") or {}
+        if EXPERIMENT_LABEL not in (meta.get("labels") or {}):
+            return dict(obj)  # no watch event will ever refresh it
         key = (kind.kind, meta.get("namespace") or "", meta.get("name") or "")
         current = self._objects.get(key)
         version = _version(obj)

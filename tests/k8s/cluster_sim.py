@@ -56,7 +56,8 @@ class SimKnobs:
     snapshot_delay: float = 0.05
     fail_snapshots: dict[str, str] = dataclasses.field(default_factory=dict)
     stall_snapshots: set[str] = dataclasses.field(default_factory=set)
-    paused: set[str] = dataclasses.field(default_factory=set)  # "Kind" or "Kind/experiment": hold the next step
+    # "Kind", "Kind/experiment" or "Kind/object-name": hold the next step of those objects
+    paused: set[str] = dataclasses.field(default_factory=set)
 
     def failure(self, table: Mapping[str, str], obj: Mapping[str, Any]) -> str | None:
         meta = obj.get("metadata", {})
@@ -183,10 +184,11 @@ class ClusterSimulation:
         self._tasks.append(asyncio.create_task(run()))
 
     async def _hold(self, obj: Mapping[str, Any]) -> None:
-        """Hold this controller's next step while `knobs.paused` names its kind or `Kind/experiment`."""
+        """Hold this controller's next step while `knobs.paused` names its kind, `Kind/experiment` or `Kind/name`."""
         kind = obj["kind"]
-        experiment = ((obj.get("metadata") or {}).get("labels") or {}).get(EXPERIMENT_LABEL)
-        while kind in self.knobs.paused or f"{kind}/{experiment}" in self.knobs.paused:
+        meta = obj.get("metadata") or {}
+        keys = {kind, f"{kind}/{(meta.get('labels') or {}).get(EXPERIMENT_LABEL)}", f"{kind}/{meta.get('name')}"}
+        while keys & self.knobs.paused:
             await asyncio.sleep(0.02)
 
     async def event(self, obj: Mapping[str, Any], reason: str, message: str, type_: str = "Warning") -> None:
