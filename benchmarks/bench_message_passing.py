@@ -89,20 +89,38 @@ class Timing:
         return f"{self.wall_s:.4f} s (CPU {self.cpu_s:.4f} s)"
 
 
+def timed(step: Callable[[], None], device: torch.device) -> tuple[float, float]:
+    """Wall and CPU seconds of one run of `step`."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def median_timing(step: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> Timing:
     for _ in range(warmup):
         step()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        wall, cpu = time.perf_counter(), time.process_time()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return Timing(statistics.median(walls), statistics.median(cpus))
+    runs = [timed(step, device) for _ in range(repeats)]
+    return Timing(statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+
+
+def paired_timings(reference: Callable[[], None], candidate: Callable[[], None], device: torch.device,
+                   repeats: int, warmup: int) -> tuple[Timing, Timing, float]:
+    """Median timings of both, run alternately, and the median of the per-pair speed-ups.
+
+    Alternating keeps a slow spell of a shared machine from landing on one side only; the ratio
+    within each pair cancels it out.
+    """
+    for _ in range(warmup):
+        reference()
+        candidate()
+    pairs = [(timed(reference, device), timed(candidate, device)) for _ in range(repeats)]
+    ref = Timing(statistics.median(p[0][0] for p in pairs), statistics.median(p[0][1] for p in pairs))
+    cand = Timing(statistics.median(p[1][0] for p in pairs), statistics.median(p[1][1] for p in pairs))
+    return ref, cand, statistics.median(p[0][0] / p[1][0] for p in pairs)
 
 
 def message_passing_step(
@@ -154,12 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"equal within {TOLERANCE:g} (float64): {'yes' if equal else 'NO'}")
 
     x.requires_grad_(True)
-    naive = median_timing(
-        message_passing_step(lambda t: naive_message_passing(t, module), module, x), device, args.repeats, args.warmup
+    naive, fast, speedup = paired_timings(
+        message_passing_step(lambda t: naive_message_passing(t, module), module, x),
+        message_passing_step(module, module, x), device, args.repeats, args.warmup,
     )
-    fast = median_timing(message_passing_step(module, module, x), device, args.repeats, args.warmup)
-    speedup = naive.wall_s / fast.wall_s
-    print(f"message passing fwd+bwd, batch 4, 128x36x100: naive {naive}, fast {fast}, speed-up {speedup:.2f}x")
+    print(f"message passing fwd+bwd, batch 4, 128x36x100 (medians of {args.repeats} alternating pairs): "
+          f"naive {naive}, fast {fast}, speed-up {speedup:.2f}x (median of the per-pair ratios)")
 
     summary = f"SUMMARY device={device} threads={torch.get_num_threads()} equal={'yes' if equal else 'NO'} "
     summary += f"mp_naive={naive.wall_s:.4f}s mp_fast={fast.wall_s:.4f}s speedup={speedup:.2f}x"

@@ -30,10 +30,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from k8s.emulator import ApiCall  # noqa: E402
 from k8s.harness import EmulatedCluster  # noqa: E402
-from k8s.operator_proc import OperatorProcess  # noqa: E402
+from k8s.operator_proc import OPERATOR_USER_AGENTS, OperatorProcess  # noqa: E402
 from k8s.scenarios import experiment  # noqa: E402
 
-OPERATOR_AGENTS = ("kopf/", "lanex-operator/")
 # Child status writes by the simulated controllers that complete a step: (resource, name suffix, field).
 STEP_SIGNALS = {
     "dataset bound": ("persistentvolumeclaims/status", "-data"),
@@ -100,7 +99,7 @@ def run(count: int, timeout: float) -> dict[str, Any]:
         calls = cluster.calls()[baseline:]
         phases = collections.Counter((item.get("status") or {}).get("phase")
                                      for item in cluster.list("laneexperiments", "default"))
-    own = [c for c in calls if c.user_agent.startswith(OPERATOR_AGENTS)]
+    own = [c for c in calls if c.user_agent.startswith(OPERATOR_USER_AGENTS)]
     mutating = [c for c in own if c.verb not in ("watch",)]
     breakdown = collections.Counter(f"{c.user_agent.split('/')[0]} {c.verb} {c.resource}" for c in mutating)
     reactions = reaction_times(calls, names)

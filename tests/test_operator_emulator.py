@@ -1,13 +1,12 @@
 """The API server emulator behaves like the apiserver where kopf and the operator depend on it.
 
-Plus: the operator's real traffic over a full lifecycle and deletion uses exactly the RBAC rules
-the chart must grant.
+(Whether the operator's real traffic is exactly what the chart's RBAC grants is
+tests/test_rbac_matches_operator.py.)
 """
 
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -15,8 +14,7 @@ from typing import Any
 import pytest
 
 from k8s.emulator import FaultPlan
-from k8s.rbac import ALWAYS_USED, OPERATOR_RULES, used_rules
-from k8s.scenarios import experiment, wait_phase
+from k8s.scenarios import experiment
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -140,14 +138,3 @@ def test_faults_hit_a_share_of_client_requests_but_never_the_simulated_cluster(a
     calls = api_server.calls()
     assert {(c.verb, c.status) for c in calls if c.user_agent == "tests/1"} == {("patch", 500), ("patch", 409)}
     assert all(c.at > 0 for c in calls)
-
-
-def test_operator_uses_exactly_the_rbac_rules_the_chart_grants(api_server, running_operator):
-    api_server.create(experiment("rbac", spec={"retention": {"snapshots": "Delete"}}))
-    wait_phase(api_server, "rbac", ["Succeeded"])
-    api_server.delete("laneexperiments", "rbac", "default")
-    api_server.wait_for(lambda: api_server.get("laneexperiments", "rbac", "default") is None)
-    time.sleep(0.2)
-    used = used_rules(api_server.calls())
-    assert ALWAYS_USED <= used, sorted(ALWAYS_USED - used)
-    assert used <= OPERATOR_RULES, sorted(used - OPERATOR_RULES)

@@ -33,8 +33,7 @@ import pytest
 from chart_rbac import Permission, grants_by_scope, granted_permissions
 from k8s.emulator import SYSTEM_USER_AGENT, ApiCall
 from k8s.harness import EmulatedCluster
-from k8s.operator_proc import OperatorProcess
-from k8s.rbac import OPERATOR_USER_AGENTS
+from k8s.operator_proc import OPERATOR_USER_AGENTS, OperatorProcess
 from k8s.scenarios import child_counts, condition, experiment, get_experiment, wait_phase
 
 pytestmark = pytest.mark.timeout(180)

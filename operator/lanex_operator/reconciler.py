@@ -378,8 +378,7 @@ class Reconciler:
 
     async def _train(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                      plan: ExperimentPlan) -> float | None:
-        trained = book.condition(C.TRAINED.value)
-        if trained is not None and trained.get("status") in ("True", "False"):
+        if book.is_settled(C.TRAINED.value):
             return None  # False only when a snapshot on failure is still to be taken
         name = plan.names.mpijob
         book.enter(Phase.TRAINING, f"training with MPIJob {name} ({plan.train.workers} workers)")

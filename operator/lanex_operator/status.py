@@ -94,6 +94,11 @@ class StatusBook:
         condition = self.condition(type_)
         return condition is not None and condition.get("status") == "True"
 
+    def is_settled(self, type_: str) -> bool:
+        """Whether the condition has an outcome (True or False), not absent or Unknown (in progress)."""
+        condition = self.condition(type_)
+        return condition is not None and condition.get("status") in ("True", "False")
+
     def since(self, type_: str) -> float:
         """Seconds since the condition last changed status (0 when it is absent)."""
         condition = self.condition(type_)

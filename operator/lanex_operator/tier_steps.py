@@ -115,8 +115,7 @@ class TierSteps:
     async def restore_after_training(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                                      plan: ExperimentPlan) -> float | None:
         """Step after training: once the MPIJob finished, move the volume back from the training level."""
-        trained = book.condition(C.TRAINED.value)
-        if trained is not None and trained.get("status") in ("True", "False"):
+        if book.is_settled(C.TRAINED.value):
             await self.lower(body, book, spec, plan)
         return None
 

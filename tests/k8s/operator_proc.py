@@ -18,6 +18,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 
+# The User-Agents of the operator's requests: kopf's own client and the operator's (lanex_operator.kube).
+OPERATOR_USER_AGENTS = ("kopf/", "lanex-operator/")
+
 # Intervals that make the whole lifecycle take well under a second on the emulator.
 FAST_ENV = {
     "LANEX_OPERATOR_RESYNC_SECONDS": "1",
