@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from k8s.emulator import FaultPlan
 from k8s.scenarios import experiment, get_experiment
 from lanex_operator.cluster_submit import SubmitOverrides, UsageError, apply_overrides, blame
 from lanex_operator.cluster_views import human_duration, reached
@@ -87,11 +88,26 @@ def test_submitted_experiment_is_followed_by_every_cluster_command_to_deletion(a
     events = described.split("Events:")[1]
     assert "Training" in events and "LaneExperiment/kubeflow-torch-ddp" in events
 
-    # The emulator serves no pods/log: the launcher's termination message (the results JSON) stands in.
     logs = lanex(kubeconfig, "logs", "kubeflow-torch-ddp")
     assert logs.returncode == 0, logs.stderr
-    assert json.loads(logs.stdout)["accuracy"] == 0.9512
-    assert "pod kubeflow-torch-ddp-train-launcher-" in logs.stderr and "exited with code 0" in logs.stderr
+    launcher_lines = logs.stdout.strip().splitlines()
+    assert launcher_lines[0] == "lanex launch: mpirun -np 2 --hostfile /etc/mpi/hostfile lanex train"
+    assert json.loads(launcher_lines[-1])["accuracy"] == 0.9512
+    prepare_log = lanex(kubeconfig, "logs", "kubeflow-torch-ddp", "--prepare")
+    assert prepare_log.returncode == 0, prepare_log.stderr
+    assert prepare_log.stdout.strip().splitlines()[-1] == "prepared /mnt/tusimple_data"
+    gone = lanex(kubeconfig, "logs", "kubeflow-torch-ddp", "--worker", "0")
+    assert gone.returncode == 1
+    assert "no worker 0 of mpijob default/kubeflow-torch-ddp-train: the experiment is Succeeded" in gone.stderr
+    assert "cleanPodPolicy Running deletes workers" in gone.stderr
+
+    # Its node gone, the API server cannot serve the log: the termination message (results JSON) stands in.
+    api_server.set_faults(FaultPlan(error_rate=1.0, applies=lambda call: call.resource == "pods/log"))
+    fallback = lanex(kubeconfig, "logs", "kubeflow-torch-ddp")
+    api_server.set_faults(None)
+    assert fallback.returncode == 0, fallback.stderr
+    assert json.loads(fallback.stdout)["accuracy"] == 0.9512
+    assert "pod kubeflow-torch-ddp-train-launcher-" in fallback.stderr and "exited with code 0" in fallback.stderr
 
     snapshots = lanex(kubeconfig, "snapshots", "list", "--cluster", "kubeflow-torch-ddp").stdout.strip().splitlines()
     assert snapshots[0].split() == ["NAME", "EXPERIMENT", "READYTOUSE", "RESTORESIZE", "CREATIONTIME", "SOURCEPVC",
@@ -197,9 +213,39 @@ def test_wait_for_a_phase_accepts_phases_already_passed_and_refuses_unreachable_
         "5s", "3m20s", "50m", "5h2m", "30h", "4d"]
 
 
+def test_logs_follow_streams_the_launcher_while_training_runs(api_server, running_operator):
+    # Training is held midway (the simulated mpi-operator's pods run, their logs stay open).
+    api_server.knobs.paused.add("MPIJob.running/follow")
+    api_server.create(experiment("follow"))
+    kubeconfig = api_server.kubeconfig
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    follower = subprocess.Popen([str(LANEX), "logs", "follow", "--follow"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        first = follower.stdout.readline()
+        assert first == "lanex launch: mpirun -np 2 --hostfile /etc/mpi/hostfile lanex train\n"
+        assert json.loads(follower.stdout.readline())["epoch"] == 1
+        assert follower.poll() is None  # still streaming: the launcher is still running
+
+        worker = lanex(kubeconfig, "logs", "follow", "--worker", "1")
+        assert worker.returncode == 0, worker.stderr
+        assert worker.stdout == "Server listening on 0.0.0.0 port 22 (worker 1)\n"
+
+        api_server.knobs.paused.discard("MPIJob.running/follow")
+        rest, errors = follower.communicate(timeout=60)
+        assert follower.returncode == 0, errors
+        assert json.loads(rest.strip().splitlines()[-1])["accuracy"] == 0.9512
+    finally:
+        api_server.knobs.paused.discard("MPIJob.running/follow")
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
+
+
 def test_pod_log_is_streamed_chunk_by_chunk_while_the_container_runs():
-    # The emulator serves no pods/log, so a tiny HTTP server plays the kubelet's log stream: it sends
-    # the second line only after the client has received the first, which a buffering client never would.
+    # A tiny HTTP server plays the API server's log stream, so that the test decides when each chunk
+    # goes: the second only after the client has received the first, which a buffering client never would.
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

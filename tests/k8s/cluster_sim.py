@@ -9,8 +9,11 @@ API, as real controllers talk to the apiserver:
   `spec.csi.volumeAttributes.internalName` as Trident's PVs do; restores PVCs whose dataSource is a
   ready VolumeSnapshot (size at least its restoreSize);
 * the Job controller: one pod per Job, success or failure with a termination message;
-* the mpi-operator: Created -> Running -> Succeeded/Failed conditions and a launcher pod whose
-  termination message is the trainer's results JSON;
+* the mpi-operator: Created -> Running -> Succeeded/Failed conditions, worker pods (removed when
+  training ends, as `cleanPodPolicy: Running` does) and a launcher pod whose termination message is
+  the trainer's results JSON;
+* the kubelet's logs: what each of those containers prints, written into the emulator, which serves
+  it as `pods/NAME/log` (followed logs are streamed while the container runs);
 * the snapshot controller: VolumeSnapshotContent, readyToUse, restoreSize, creationTime, or an error.
 
 Every step can be made to fail or stall through `SimKnobs`, keyed by the experiment name (the
@@ -26,7 +29,7 @@ import json
 import logging
 import random
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -56,7 +59,8 @@ class SimKnobs:
     snapshot_delay: float = 0.05
     fail_snapshots: dict[str, str] = dataclasses.field(default_factory=dict)
     stall_snapshots: set[str] = dataclasses.field(default_factory=set)
-    # "Kind", "Kind/experiment" or "Kind/object-name": hold the next step of those objects
+    # "Kind", "Kind/experiment" or "Kind/object-name": hold the next step of those objects;
+    # "MPIJob.running/experiment": hold training midway, its pods running and their logs open.
     paused: set[str] = dataclasses.field(default_factory=set)
 
     def failure(self, table: Mapping[str, str], obj: Mapping[str, Any]) -> str | None:
@@ -97,9 +101,11 @@ def trident_csi(pv_name: str) -> dict[str, Any]:
 class ClusterSimulation:
     """Runs the simulated controllers as tasks on the emulator's event loop, over HTTP."""
 
-    def __init__(self, base_url: str, knobs: SimKnobs | None = None) -> None:
+    def __init__(self, base_url: str, knobs: SimKnobs | None = None,
+                 write_log: Callable[[str, str, str, str], None] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.knobs = knobs or SimKnobs()
+        self._write_log = write_log  # (namespace, pod, container, text): the kubelet's container output
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[tuple[str, str]] = set()
@@ -183,11 +189,14 @@ class ClusterSimulation:
 
         self._tasks.append(asyncio.create_task(run()))
 
-    async def _hold(self, obj: Mapping[str, Any]) -> None:
-        """Hold this controller's next step while `knobs.paused` names its kind, `Kind/experiment` or `Kind/name`."""
-        kind = obj["kind"]
+    async def _hold(self, obj: Mapping[str, Any], stage: str = "") -> None:
+        """Hold this controller's next step while `knobs.paused` names its kind, `Kind/experiment` or
+        `Kind/name` (with a `stage`: `Kind.stage/experiment` or `Kind.stage/name` only)."""
+        kind = f"{obj['kind']}.{stage}" if stage else obj["kind"]
         meta = obj.get("metadata") or {}
-        keys = {kind, f"{kind}/{(meta.get('labels') or {}).get(EXPERIMENT_LABEL)}", f"{kind}/{meta.get('name')}"}
+        keys = {f"{kind}/{(meta.get('labels') or {}).get(EXPERIMENT_LABEL)}", f"{kind}/{meta.get('name')}"}
+        if not stage:
+            keys.add(kind)
         while keys & self.knobs.paused:
             await asyncio.sleep(0.02)
 
@@ -281,16 +290,19 @@ class ClusterSimulation:
         await self.request("PATCH", base, {"status": {"active": 1, "startTime": start}})
         pod = await self._pod(job, f"{name}-{_suffix()}", {"batch.kubernetes.io/job-name": name, "job-name": name,
                                                           "batch.kubernetes.io/controller-uid": meta["uid"]})
+        self.print(pod, "lanex data: preparing the dataset in /mnt/tusimple_data\n")
         await asyncio.sleep(self.knobs.job_duration)
         await self._hold(job)
         failure = self.knobs.failure(self.knobs.fail_jobs, job)
         if failure:
+            self.print(pod, f"error: {failure}\n")
             await self._terminate(pod, exit_code=1, message=failure)
             await self.request("PATCH", base, {"status": {"active": 0, "failed": 1 + job["spec"].get("backoffLimit", 0),
                                                           "conditions": [{
                 "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
                 "message": "Job has reached the specified backoff limit", "lastTransitionTime": now_rfc3339()}]}})
         else:
+            self.print(pod, "prepared /mnt/tusimple_data\n")
             await self._terminate(pod, exit_code=0, message="prepared /mnt/tusimple_data")
             await self.request("PATCH", base, {"status": {"active": 0, "succeeded": 1, "completionTime": now_rfc3339(),
                                                           "conditions": [
@@ -298,9 +310,16 @@ class ClusterSimulation:
                 {"type": "Complete", "status": "True", "lastTransitionTime": now_rfc3339()}]}})
         return True
 
-    async def _pod(self, owner: dict[str, Any], name: str, labels: dict[str, str]) -> dict[str, Any]:
+    def print(self, pod: Mapping[str, Any], text: str) -> None:
+        """What the pod's (first) container writes to its log."""
+        if self._write_log is not None:
+            containers = (pod.get("spec") or {}).get("containers") or [{"name": "main"}]
+            self._write_log(pod["metadata"]["namespace"], pod["metadata"]["name"], containers[0]["name"], text)
+
+    async def _pod(self, owner: dict[str, Any], name: str, labels: dict[str, str],
+                   role: str = "Launcher") -> dict[str, Any]:
         meta = owner["metadata"]
-        template = self._pod_template(owner)
+        template = self._pod_template(owner, role)
         pod = await self.request("POST", f"/api/v1/namespaces/{meta['namespace']}/pods", {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "labels": labels, "ownerReferences": [{
@@ -313,12 +332,12 @@ class ClusterSimulation:
         return pod
 
     @staticmethod
-    def _pod_template(owner: Mapping[str, Any]) -> Mapping[str, Any]:
+    def _pod_template(owner: Mapping[str, Any], role: str) -> Mapping[str, Any]:
         spec = owner.get("spec") or {}
         if "template" in spec:
             return spec["template"]
-        launcher = (spec.get("mpiReplicaSpecs") or {}).get("Launcher") or {}
-        return launcher.get("template") or {}
+        replica = (spec.get("mpiReplicaSpecs") or {}).get(role) or {}
+        return replica.get("template") or {}
 
     async def _terminate(self, pod: Mapping[str, Any], exit_code: int, message: str) -> None:
         meta = pod["metadata"]
@@ -344,25 +363,38 @@ class ClusterSimulation:
                    "message": f"MPIJob {namespace}/{name} is created.", "lastTransitionTime": now_rfc3339()}
         await self.request("PATCH", base, {"status": {"conditions": [created]}})
         await asyncio.sleep(self.knobs.mpijob_start_delay)
+        job_labels = {"training.kubeflow.org/job-name": name, "training.kubeflow.org/operator-name": "mpi-operator"}
+        worker_pods = [await self._pod(mpijob, f"{name}-worker-{index}", {
+            **job_labels, "training.kubeflow.org/job-role": "worker", "training.kubeflow.org/replica-index": str(index)},
+            role="Worker") for index in range(workers)]
+        for index, worker in enumerate(worker_pods):
+            self.print(worker, f"Server listening on 0.0.0.0 port 22 (worker {index})\n")
         launcher = await self._pod(mpijob, f"{name}-launcher-{_suffix()}", {
-            "training.kubeflow.org/job-name": name, "training.kubeflow.org/job-role": "launcher",
-            "training.kubeflow.org/operator-name": "mpi-operator"})
+            **job_labels, "training.kubeflow.org/job-role": "launcher"})
+        self.print(launcher, f"lanex launch: mpirun -np {workers} --hostfile /etc/mpi/hostfile lanex train\n")
         running = {"type": "Running", "status": "True", "reason": "MPIJobRunning",
                    "message": f"MPIJob {namespace}/{name} is running.", "lastTransitionTime": now_rfc3339()}
         await self.request("PATCH", base, {"status": {"startTime": now_rfc3339(), "conditions": [created, running],
                                                       "replicaStatuses": {"Launcher": {"active": 1},
                                                                           "Worker": {"active": workers}}}})
-        await asyncio.sleep(self.knobs.mpijob_duration)
+        await asyncio.sleep(self.knobs.mpijob_duration / 2)
+        self.print(launcher, json.dumps({"epoch": 1, "train_loss": 0.41, "images_per_second": 96.0}) + "\n")
+        await self._hold(mpijob, stage="running")
+        await asyncio.sleep(self.knobs.mpijob_duration / 2)
         await self._hold(mpijob)
         failure = self.knobs.failure(self.knobs.fail_mpijobs, mpijob)
         done = dict(running, status="False", lastTransitionTime=now_rfc3339())
+        for worker in worker_pods:  # cleanPodPolicy Running: the workers go when training ends
+            await self.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{worker['metadata']['name']}")
         if failure:
+            self.print(launcher, f"{failure}\n")
             await self._terminate(launcher, exit_code=1, message=failure)
             final = {"type": "Failed", "status": "True", "reason": "MPIJobFailed",
                      "message": f"MPIJob {namespace}/{name} has failed because 1 Launcher replica(s) failed.",
                      "lastTransitionTime": now_rfc3339()}
             replicas = {"Launcher": {"failed": 1}, "Worker": {}}
         else:
+            self.print(launcher, json.dumps(self.knobs.training_results) + "\n")
             await self._terminate(launcher, exit_code=0, message=json.dumps(self.knobs.training_results))
             final = {"type": "Succeeded", "status": "True", "reason": "MPIJobSucceeded",
                      "message": f"MPIJob {namespace}/{name} successfully completed.", "lastTransitionTime": now_rfc3339()}

@@ -315,6 +315,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         factory=lambda: collections.defaultdict(set), init=False)
     _compacted: dict[Resource, int] = attrs.field(factory=dict, init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    # What each container printed, by (namespace, pod, container): written by the simulated kubelet.
+    _pod_logs: dict[tuple[str, str, str], bytearray] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -413,6 +415,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if call.verb == "watch":
                 self.calls.append(dataclasses.replace(call, status=200))
                 return await self._stream_watch(request, spec)
+            if call.resource == "pods/log" and call.verb == "get":
+                key = self._log_key(request, spec)
+                self.calls.append(dataclasses.replace(call, status=200))
+                return await self._serve_log(request, key)
             payload, status = self._dispatch(request, spec, call)
         except ApiError as exc:
             self.calls.append(dataclasses.replace(call, status=exc.code))
@@ -754,6 +760,58 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         finally:
             if queue is not None:
                 self._watchers[spec.key].discard(queue)
+        return response
+
+    # ---- pods/log: what the kubelet would serve
+
+    def write_pod_log(self, namespace: str, pod: str, container: str, text: str) -> None:
+        """Append to a container's log (the simulated kubelet's part)."""
+        self._pod_logs.setdefault((namespace, pod, container), bytearray()).extend(text.encode())
+
+    def _log_key(self, request: rendering.Request, spec: ResourceSpec) -> tuple[str, str, str]:
+        """(namespace, pod, container) of a log request, with the apiserver's errors for a bad one."""
+        namespace, name = request.namespace or "", request.name or ""
+        pod = self.get_object(spec, namespace, name)
+        containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+        container = request.params.get("container") or (containers[0] if len(containers) == 1 else None)
+        if container is None:
+            raise ApiError(400, "BadRequest", f"a container name must be specified for pod {name}, "
+                                              f"choose one of: {containers}")
+        if container not in containers:
+            raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {name}")
+        return namespace, name, container
+
+    def _container_ended(self, key: tuple[str, str, str]) -> bool:
+        namespace, name, container = key
+        pod = self._store.get(self._key(self._specs[("", "v1", "pods")], namespace, name))
+        if pod is None:
+            return True
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return True
+        return any(s.get("name") == container and "terminated" in (s.get("state") or {})
+                   for s in (pod.get("status") or {}).get("containerStatuses") or [])
+
+    async def _serve_log(self, request: rendering.Request, key: tuple[str, str, str]) -> aiohttp.web.StreamResponse:
+        """The log so far; with follow=true, streamed (chunked) as it grows until the container ends."""
+        if request.params.get("follow") not in ("true", "1"):
+            return aiohttp.web.Response(body=bytes(self._pod_logs.get(key, b"")), content_type="text/plain")
+        assert request._raw_request is not None
+        response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+        await response.prepare(request._raw_request)
+        sent = 0
+        try:
+            while not self._closing:
+                log = self._pod_logs.get(key, b"")
+                if len(log) > sent:
+                    await response.write(bytes(log[sent:]))
+                    sent = len(log)
+                elif self._container_ended(key):
+                    break
+                else:
+                    await asyncio.sleep(0.02)
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError, RuntimeError):
+            pass
         return response
 
     def compact(self) -> None:

@@ -91,7 +91,7 @@ class EmulatedCluster:
                      "metadata": {"name": DEFAULT_SNAPSHOT_CLASS}, "driver": "csi.trident.netapp.io",
                      "deletionPolicy": "Delete"})
         if self.simulate:
-            self.sim = ClusterSimulation(self.url, self.knobs)
+            self.sim = ClusterSimulation(self.url, self.knobs, write_log=self.emulator.write_pod_log)
             await self.sim.start()
 
     def stop(self) -> None:
