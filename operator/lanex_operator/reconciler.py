@@ -215,8 +215,8 @@ class Reconciler:
             try:
                 spec = parse_spec(raw_spec())
                 parsed = ((spec, plan_for(name, namespace, spec, defaults=self.defaults)), None)
-            except ValueError as exc:  # InvalidSpecError, or JSON that does not parse
-                parsed = (None, exc if isinstance(exc, InvalidSpecError) else InvalidSpecError(f"spec: {exc}"))
+            except InvalidSpecError as exc:
+                parsed = (None, exc)
             self._parsed[key] = parsed
             if len(self._parsed) > PARSED_SPECS_KEPT:
                 self._parsed.popitem(last=False)
@@ -231,7 +231,14 @@ class Reconciler:
         if SPEC_ANNOTATION not in annotations:
             return None, ""
         text = annotations[SPEC_ANNOTATION]
-        frozen, _ = self._parse(("frozen", namespace, name, text), lambda: json.loads(text))
+
+        def load() -> Any:
+            try:
+                return json.loads(text)
+            except ValueError as exc:
+                raise InvalidSpecError(f"annotation {SPEC_ANNOTATION} of MPIJob {mpijob_name}: {exc}") from None
+
+        frozen, _ = self._parse(("frozen", namespace, name, text), load)
         return frozen, annotations.get(GENERATION_ANNOTATION, "?")
 
     def _start(self, book: StatusBook, spec: LaneExperimentSpec, plan: ExperimentPlan) -> None:
