@@ -146,17 +146,11 @@ class Cluster:
     # ---- LaneExperiments
 
     def get_experiment(self, name: str) -> dict[str, Any]:
-        with self._api(self.experiment_ref(name)):
-            return self._json(self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name, _preload_content=False))
+        return self._read(self.experiment_ref(name), lambda: self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, _preload_content=False))
 
     def find_experiment(self, name: str) -> Optional[dict[str, Any]]:
-        try:
-            return self.get_experiment(name)
-        except ClusterError as error:
-            if error.not_found:
-                return None
-            raise
+        return self._none_if_missing(lambda: self.get_experiment(name))
 
     def list_experiments(self) -> list[dict[str, Any]]:
         try:
@@ -257,10 +251,18 @@ class Cluster:
                           lambda: self.core.read_namespaced_persistent_volume_claim(
                               name, self.namespace, _preload_content=False))
 
+    def _read(self, what: str, call: Any) -> dict[str, Any]:
+        with self._api(what):
+            return self._json(call())
+
     def _find(self, what: str, call: Any) -> Optional[dict[str, Any]]:
+        return self._none_if_missing(lambda: self._read(what, call))
+
+    @staticmethod
+    def _none_if_missing(read: Any) -> Optional[dict[str, Any]]:
+        """`read()`, or None when the API server answers 404."""
         try:
-            with self._api(what):
-                return self._json(call())
+            return read()
         except ClusterError as error:
             if error.not_found:
                 return None
@@ -323,17 +325,11 @@ class Cluster:
         return listing.get("items") or []
 
     def get_snapshot(self, name: str) -> dict[str, Any]:
-        with self._api(f"volumesnapshot {self.namespace}/{name}"):
-            return self._json(self.custom.get_namespaced_custom_object(
-                SNAPSHOT_API_GROUP, SNAPSHOT_VERSION, self.namespace, SNAPSHOT_PLURAL, name, _preload_content=False))
+        return self._read(f"volumesnapshot {self.namespace}/{name}", lambda: self.custom.get_namespaced_custom_object(
+            SNAPSHOT_API_GROUP, SNAPSHOT_VERSION, self.namespace, SNAPSHOT_PLURAL, name, _preload_content=False))
 
     def find_snapshot(self, name: str) -> Optional[dict[str, Any]]:
-        try:
-            return self.get_snapshot(name)
-        except ClusterError as error:
-            if error.not_found:
-                return None
-            raise
+        return self._none_if_missing(lambda: self.get_snapshot(name))
 
     def list_claims(self) -> list[dict[str, Any]]:
         with self._api(f"persistentvolumeclaims in namespace {self.namespace}"):
