@@ -89,6 +89,12 @@ def parse_quantity(value: str) -> int:
     return int(float(value))
 
 
+def _main_container(pod: Mapping[str, Any]) -> str:
+    """The name of a pod's first container (the one the simulated controllers run)."""
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    return str(containers[0].get("name", "main"))
+
+
 def trident_csi(pv_name: str) -> dict[str, Any]:
     """`spec.csi` of a PV that Trident provisioned on Azure NetApp Files: `internalName` is the ANF
     volume's name (Trident's default naming: the PV name), which the storage-tier code maps to ARM."""
@@ -311,10 +317,9 @@ class ClusterSimulation:
         return True
 
     def print(self, pod: Mapping[str, Any], text: str) -> None:
-        """What the pod's (first) container writes to its log."""
+        """What the pod's main container writes to its log."""
         if self._write_log is not None:
-            containers = (pod.get("spec") or {}).get("containers") or [{"name": "main"}]
-            self._write_log(pod["metadata"]["namespace"], pod["metadata"]["name"], containers[0]["name"], text)
+            self._write_log(pod["metadata"]["namespace"], pod["metadata"]["name"], _main_container(pod), text)
 
     async def _pod(self, owner: dict[str, Any], name: str, labels: dict[str, str],
                    role: str = "Launcher") -> dict[str, Any]:
@@ -341,10 +346,9 @@ class ClusterSimulation:
 
     async def _terminate(self, pod: Mapping[str, Any], exit_code: int, message: str) -> None:
         meta = pod["metadata"]
-        containers = (pod.get("spec") or {}).get("containers") or [{"name": "main"}]
         await self.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", {
             "status": {"phase": "Succeeded" if exit_code == 0 else "Failed", "containerStatuses": [{
-                "name": containers[0].get("name", "main"), "ready": False, "restartCount": 0,
+                "name": _main_container(pod), "ready": False, "restartCount": 0,
                 "state": {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
                                          "message": message, "finishedAt": now_rfc3339()}}}]}})
 
