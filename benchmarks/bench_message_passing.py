@@ -88,6 +88,11 @@ class Timing:
     def __str__(self) -> str:
         return f"{self.wall_s:.4f} s (CPU {self.cpu_s:.4f} s)"
 
+    @staticmethod
+    def median_of(runs: list[tuple[float, float]]) -> Timing:
+        """The medians of (wall, CPU) seconds of several runs."""
+        return Timing(statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+
 
 def timed(step: Callable[[], None], device: torch.device) -> tuple[float, float]:
     """Wall and CPU seconds of one run of `step`."""
@@ -103,8 +108,7 @@ def timed(step: Callable[[], None], device: torch.device) -> tuple[float, float]
 def median_timing(step: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> Timing:
     for _ in range(warmup):
         step()
-    runs = [timed(step, device) for _ in range(repeats)]
-    return Timing(statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+    return Timing.median_of([timed(step, device) for _ in range(repeats)])
 
 
 def paired_timings(reference: Callable[[], None], candidate: Callable[[], None], device: torch.device,
@@ -118,9 +122,8 @@ def paired_timings(reference: Callable[[], None], candidate: Callable[[], None],
         reference()
         candidate()
     pairs = [(timed(reference, device), timed(candidate, device)) for _ in range(repeats)]
-    ref = Timing(statistics.median(p[0][0] for p in pairs), statistics.median(p[0][1] for p in pairs))
-    cand = Timing(statistics.median(p[1][0] for p in pairs), statistics.median(p[1][1] for p in pairs))
-    return ref, cand, statistics.median(p[0][0] / p[1][0] for p in pairs)
+    speedup = statistics.median(ref[0] / cand[0] for ref, cand in pairs)
+    return Timing.median_of([p[0] for p in pairs]), Timing.median_of([p[1] for p in pairs]), speedup
 
 
 def message_passing_step(
