@@ -1,6 +1,6 @@
 """Benchmark: N LaneExperiments at once through the whole simulated lifecycle.
 
-Runs the real operator (`python -m lanex_operator.runtime`, a separate process) against the
+Runs the real operator (`python -m lanex_operator.controller.runtime`, a separate process) against the
 emulated cluster of tests/k8s and reports:
 
 * wall time from the first create to the last experiment Succeeded;

@@ -1,7 +1,7 @@
 """Shared fixtures: an emulated Kubernetes cluster on 127.0.0.1 and the real operator against it.
 
 `api_server` is the kmock-based API server emulator with the simulated cluster controllers
-(tests/k8s); `operator_factory` starts the real kopf operator (`python -m lanex_operator.runtime`)
+(tests/k8s); `operator_factory` starts the real kopf operator (`python -m lanex_operator.controller.runtime`)
 as a subprocess with a kubeconfig for that server; `running_operator` is one already started.
 Imports of the test-side cluster happen inside the fixtures so that tests which do not use them
 never load kopf or kmock.

@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 
 from lanex_operator.api import InvalidSpecError, parse_spec
-from lanex_operator.builders import (
+from lanex_operator.controller.builders import (
     mpijob_for,
     prepare_job_for,
     pv_is_shared,
@@ -22,8 +22,8 @@ from lanex_operator.builders import (
     restore_pvc_for,
     snapshot_for,
 )
-from lanex_operator.defaults import ClusterDefaults
-from lanex_operator.plan import StepName, plan_for, snapshot_name
+from lanex_operator.plan.defaults import ClusterDefaults
+from lanex_operator.plan.steps import StepName, plan_for, snapshot_name
 
 SHA = "0123456789abcdef" * 4
 AT = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)

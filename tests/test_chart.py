@@ -320,7 +320,7 @@ def test_operator_defaults_and_ports_come_from_values():
 
 @pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["defaults", "full"])
 def test_operator_reads_the_defaults_the_chart_passes(values):
-    from lanex_operator.defaults import ClusterDefaults
+    from lanex_operator.plan.defaults import ClusterDefaults
 
     container = only(objects_for(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     environ = {item["name"]: item["value"] for item in container["env"] if "value" in item}
@@ -334,7 +334,7 @@ def test_operator_reads_the_defaults_the_chart_passes(values):
 
 
 def test_operator_reads_the_tier_pools_the_chart_passes():
-    from lanex_operator.azure_volume import TierSettings
+    from lanex_operator.azure.volume import TierSettings
 
     container = only(objects_for(FULL_VALUES), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     environ = {item["name"]: item["value"] for item in container["env"] if "value" in item}

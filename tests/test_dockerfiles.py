@@ -335,7 +335,7 @@ import lanex_operator
 for info in pkgutil.walk_packages(lanex_operator.__path__, "lanex_operator."):
     importlib.import_module(info.name)
 sys.argv = ["lanex", "operator", "--help"]
-from lanex_operator.cli import main
+from lanex_operator.cli.main import main
 main()
 """
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
@@ -346,7 +346,7 @@ main()
 def test_dockerignore_sends_only_what_the_images_copy(tmp_path: Path) -> None:
     tree = [
         "pyproject.toml", "requirements/lock.txt", "requirements/dev.txt", "scripts/build_horovod.sh",
-        "scripts/install_system_packages.sh", "operator/lanex_operator/cli.py",
+        "scripts/install_system_packages.sh", "operator/lanex_operator/cli/main.py",
         "operator/lanex_operator/__pycache__/cli.cpython-311.pyc", "trainer/lanex_trainer/train.py",
         "trainer/lanex.egg-info/PKG-INFO", ".venv/bin/python", ".git/config", ".lanex/runs/a/checkpoint.pt",
         ".pytest_cache/v/cache/lastfailed", "tests/test_x.py", "out/results.json", "build/lib/x.py", ".env",
@@ -363,5 +363,5 @@ def test_dockerignore_sends_only_what_the_images_copy(tmp_path: Path) -> None:
     sent = {p for p in exclude_paths(str(tmp_path), patterns) if (tmp_path / p).is_file()}
     assert sent == {
         "pyproject.toml", "requirements/lock.txt", "scripts/build_horovod.sh",
-        "operator/lanex_operator/cli.py", "trainer/lanex_trainer/train.py",
+        "operator/lanex_operator/cli/main.py", "trainer/lanex_trainer/train.py",
     }

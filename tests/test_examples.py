@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from lanex_operator.api import load_experiment_file, validate_against_crd
-from lanex_operator.builders import mpijob_for, prepare_job_for, pvc_for, restore_pvc_for, snapshot_for
-from lanex_operator.plan import plan_for
+from lanex_operator.controller.builders import mpijob_for, prepare_job_for, pvc_for, restore_pvc_for, snapshot_for
+from lanex_operator.plan.steps import plan_for
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FILES = sorted(EXAMPLES.glob("*.yaml"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from k8s.scenarios import children, condition, experiment, get_experiment, wait_phase
-from lanex_operator.defaults import ClusterDefaults
+from lanex_operator.plan.defaults import ClusterDefaults
 
 pytestmark = pytest.mark.timeout(60)
 

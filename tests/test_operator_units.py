@@ -7,11 +7,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from lanex_operator.api.models import FailureReason, Phase
-from lanex_operator.children import EXPERIMENT_LABEL, JOB, PVC, ChildCache
-from lanex_operator.config import OperatorConfig
-from lanex_operator.kube import KubeError, object_path
-from lanex_operator.retention import snapshots_in_use
-from lanex_operator.status import StatusBook
+from lanex_operator.controller.children import EXPERIMENT_LABEL, JOB, PVC, ChildCache
+from lanex_operator.controller.config import OperatorConfig
+from lanex_operator.controller.kube import KubeError, object_path
+from lanex_operator.controller.retention import snapshots_in_use
+from lanex_operator.controller.status import StatusBook
 
 
 class Clock:

@@ -1,7 +1,7 @@
 """The chart's RBAC rules grant exactly what the real operator uses, in both install modes.
 
 Why it exists: a missing rule is a 403 in production that no unit test sees, and a spare rule is
-privilege nobody needs. So the real operator (`python -m lanex_operator.runtime`, kopf included)
+privilege nobody needs. So the real operator (`python -m lanex_operator.controller.runtime`, kopf included)
 runs through the lifecycle scenarios against the emulated API server, which records every request
 with its client's User-Agent: kopf's own client sends `kopf/<version>`, the operator's client
 `lanex-operator/<version>`, the simulated cluster controllers `lanex-cluster-sim/1`, and the test
@@ -99,7 +99,7 @@ class NamespacedOperator(OperatorProcess):
         scope = [f"--namespace={namespace}" for namespace in self.namespaces]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "lanex_operator.runtime", *scope,
+                [sys.executable, "-m", "lanex_operator.controller.runtime", *scope,
                  "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
             )

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from azure_arm.certs import TlsFiles, make_tls_files
 from azure_arm.server import API_VERSION, ArmEmulator, ArmError, ArmState, FakeCredential
 from lanex_operator.api.status import Condition, StorageMove
-from lanex_operator.azure_volume import (
+from lanex_operator.azure.volume import (
     VOLUME_ID_ANNOTATION,
     TierConfigError,
     TierSettings,
@@ -30,7 +30,7 @@ from lanex_operator.azure_volume import (
     volume_ref,
     volume_resource_id,
 )
-from lanex_operator.storage_tier import (
+from lanex_operator.azure.storage_tier import (
     MoveResult,
     PoolMover,
     Reason,

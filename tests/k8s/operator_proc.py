@@ -2,7 +2,7 @@
 
 Why it exists: restarts must be real (SIGKILL in the middle of a step, then a fresh process that
 knows only what the cluster knows), and the operator's memory must be measurable on its own.
-`python -m lanex_operator.runtime` is exactly what `lanex operator` runs.
+`python -m lanex_operator.controller.runtime` is exactly what `lanex operator` runs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 
-# The User-Agents of the operator's requests: kopf's own client and the operator's (lanex_operator.kube).
+# The User-Agents of the operator's requests: kopf's own client and the operator's (lanex_operator.controller.kube).
 OPERATOR_USER_AGENTS = ("kopf/", "lanex-operator/")
 
 # Intervals that make the whole lifecycle take well under a second on the emulator.
@@ -40,7 +40,7 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """One `python -m lanex_operator.runtime` process with its own log file, liveness and metrics ports."""
+    """One `python -m lanex_operator.controller.runtime` process with its own log file, liveness and metrics ports."""
 
     def __init__(self, kubeconfig: pathlib.Path, workdir: pathlib.Path, env: Mapping[str, str] | None = None) -> None:
         self.kubeconfig = kubeconfig
@@ -63,7 +63,7 @@ class OperatorProcess:
         env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "lanex_operator.runtime", "--all-namespaces",
+                [sys.executable, "-m", "lanex_operator.controller.runtime", "--all-namespaces",
                  "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
             )

@@ -6,7 +6,7 @@ messages are all generated from these models, so a field is declared, documented
 constrained exactly once. Defaults reproduce the run of NetApp TR-4896 (3 workers x 1 GPU,
 batch 33, 4 loader workers, Horovod). The cluster-level choices (trainer image, storage class,
 snapshot class, scheduler) have no API default: left unset, the operator fills them in from its
-cluster defaults (`lanex_operator.defaults`, the chart's `defaults.*` values), which an API-server
+cluster defaults (`lanex_operator.plan.defaults`, the chart's `defaults.*` values), which an API-server
 default would otherwise always override.
 
 YAML uses camelCase (`gpusPerWorker`), Python snake_case (`gpus_per_worker`). The spec is

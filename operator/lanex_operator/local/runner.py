@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 from lanex_operator.api.models import LaneExperimentSpec
 from lanex_operator.local.snapshots import SnapshotError, SnapshotStore
-from lanex_operator.plan import ExperimentPlan, StepName, plan_for
+from lanex_operator.plan.steps import ExperimentPlan, StepName, plan_for
 
 LOCAL_NAMESPACE = "local"
 STATE_FILE = "state.json"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
     from lanex_operator.api import LaneExperimentSpec
-    from lanex_operator.cluster import Cluster
+    from lanex_operator.cli.cluster_client import Cluster
 
 # TR-4896's environment variables that have typed fields: `-e BATCH_SIZE=16` sets training.batchSize.
 TYPED_ENV: dict[str, tuple[tuple[str, ...], type]] = {

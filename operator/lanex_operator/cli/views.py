@@ -3,7 +3,7 @@
 Why it exists: `lanex get|describe|logs|wait|delete` and `lanex snapshots list --cluster` present
 the operator's objects the way `kubectl` users expect (aligned tables, kubectl's AGE, describe
 sections, Events oldest first), pick the pod whose log to show, decide when a phase is reached,
-and preview what deleting an experiment keeps. The commands in `cluster_cli` only wire these to
+and preview what deleting an experiment keeps. The commands in `cluster_commands` only wire these to
 the `Cluster` client. The API models and the Kubernetes client are imported inside the functions,
 so `lanex --help` stays fast.
 """
@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 
-from lanex_operator.cluster_submit import UsageError, parsed_spec
+from lanex_operator.cli.submit import UsageError, parsed_spec
 
 if TYPE_CHECKING:
-    from lanex_operator.cluster import Cluster
+    from lanex_operator.cli.cluster_client import Cluster
 
 # The children an experiment's finalizer or status names, besides its snapshots: (kind, status.children key).
 DATASET_CHILD = ("PersistentVolumeClaim", "datasetClaim")
@@ -94,7 +94,7 @@ def _recorded_children(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 def children_of(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Child names from status, else the deterministic names of the plan (before the operator wrote them)."""
-    from lanex_operator.plan import child_names
+    from lanex_operator.plan.steps import child_names
 
     spec = parsed_spec(obj)
     planned: dict[str, Any] = {}
@@ -308,7 +308,7 @@ class LogTarget:
 
 
 def log_target(obj: Mapping[str, Any], namespace: str, worker: Optional[int], prepare: bool) -> LogTarget:
-    from lanex_operator.cluster import JOB_NAME_LABELS, MPI_INDEX_LABEL, MPI_JOB_NAME_LABEL, MPI_ROLE_LABEL
+    from lanex_operator.cli.cluster_client import JOB_NAME_LABELS, MPI_INDEX_LABEL, MPI_JOB_NAME_LABEL, MPI_ROLE_LABEL
 
     names = children_of(obj)
     if prepare:
@@ -362,8 +362,8 @@ def find_pod(cluster: "Cluster", target: LogTarget) -> Optional[dict[str, Any]]:
 
 def await_pod(cluster: "Cluster", name: str, target: LogTarget) -> dict[str, Any]:
     """With --follow: wait (by watching) until the target's pod exists and has left Pending."""
-    from lanex_operator.cluster import ClusterError
-    from lanex_operator.status import TERMINAL_PHASES
+    from lanex_operator.cli.cluster_client import ClusterError
+    from lanex_operator.controller.status import TERMINAL_PHASES
 
     while True:
         pod = find_pod(cluster, target)
@@ -431,7 +431,7 @@ def retention_plan(obj: Mapping[str, Any], snapshots: Sequence[Mapping[str, Any]
                    in_use: Mapping[str, str]) -> tuple[list[str], list[str]]:
     """(what deleting the experiment keeps, what it removes), from its spec, children and the
     snapshots that a PVC restores from (`in_use`: snapshot -> claim), as `retention.release` decides."""
-    from lanex_operator.retention import retention_of
+    from lanex_operator.controller.retention import retention_of
 
     dataset_policy, snapshot_policy, created_claim = retention_of(obj, None)
     names, recorded = children_of(obj), _recorded_children(obj)

@@ -2,7 +2,7 @@
 
 No API calls, no clock, no randomness: the same inputs give the same dicts, so the reconciler
 can create a child idempotently and tests can compare manifests field by field. Commands,
-environment and mounts come verbatim from the plan (`lanex_operator.plan`), which the local
+environment and mounts come verbatim from the plan (`lanex_operator.plan.steps`), which the local
 runner uses too. Owner references are added by the operator (kopf.adopt), not here, because
 retention decides which children the experiment owns.
 """
@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 
 from lanex_operator.api.models import LaneExperimentSpec
 from lanex_operator.api.quantity import max_quantity
-from lanex_operator.plan import (
+from lanex_operator.plan.steps import (
     DATA_VOLUME,
     SHM_VOLUME,
     SSH_AUTH_MOUNT_PATH,

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from lanex_operator.api.models import InvalidSpecError, LaneExperimentSpec, parse_spec
-from lanex_operator.children import EXPERIMENT_LABEL, MPIJOB, PVC, SNAPSHOT
-from lanex_operator.kube import Kube, object_path
+from lanex_operator.controller.children import EXPERIMENT_LABEL, MPIJOB, PVC, SNAPSHOT
+from lanex_operator.controller.kube import Kube, object_path
 
 SPEC_ANNOTATION = "lanex.dev/spec"
 

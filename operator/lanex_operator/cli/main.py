@@ -9,13 +9,13 @@ from typing import List
 
 import typer
 
-from lanex_operator import cluster_cli, local_cli
+from lanex_operator.cli import cluster_commands, local_commands
 from lanex_trainer import cli as trainer_cli
 
 app = typer.Typer(help="lanex: lane-detection training experiments, locally or on Kubernetes.", no_args_is_help=True)
 trainer_cli.register(app)
-local_cli.register(app)
-cluster_cli.register(app)
+local_commands.register(app)
+cluster_commands.register(app)
 
 
 @app.command("operator")
@@ -29,7 +29,7 @@ def operator_command(
     """Run the LaneExperiment operator (kopf) against the current kubeconfig or in-cluster config."""
     import logging
 
-    from lanex_operator.runtime import run_operator
+    from lanex_operator.controller.runtime import run_operator
 
     if all_namespaces and namespace:
         typer.echo("error: --all-namespaces and --namespace exclude each other", err=True)

@@ -2,8 +2,8 @@
 
 Why it exists: TR-4896's users drove training with `runai submit-mpi` and `kubectl`; these commands
 give the same convenience on top of the LaneExperiment CRD. This module holds only the typer
-commands and their error plumbing: the experiment they submit is built in `cluster_submit`, what
-they read and print in `cluster_views`. The Kubernetes client is imported only inside the
+commands and their error plumbing: the experiment they submit is built in `submit`, what
+they read and print in `views`. The Kubernetes client is imported only inside the
 commands, so `lanex --help` stays fast.
 
 Exit codes, the same for every command: 0 done, 1 API error or failed experiment, 2 invalid file or
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, List, NoReturn, Optional
 
 import typer
 
-from lanex_operator.cluster_submit import (
+from lanex_operator.cli.submit import (
     SubmitOverrides,
     UsageError,
     experiment_body,
@@ -29,7 +29,7 @@ from lanex_operator.cluster_submit import (
     restore_spec,
     spec_conflict,
 )
-from lanex_operator.cluster_views import (
+from lanex_operator.cli.views import (
     await_pod,
     container_of,
     deleted_event,
@@ -49,7 +49,7 @@ from lanex_operator.cluster_views import (
 )
 
 if TYPE_CHECKING:
-    from lanex_operator.cluster import Cluster
+    from lanex_operator.cli.cluster_client import Cluster
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -71,7 +71,7 @@ def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 def reporting() -> Iterator[None]:
     """Turn the errors of a command into one `error: ...` line and its exit code."""
     from lanex_operator.api import InvalidSpecError
-    from lanex_operator.cluster import ClusterError, WaitTimeout
+    from lanex_operator.cli.cluster_client import ClusterError, WaitTimeout
 
     try:
         yield
@@ -87,7 +87,7 @@ def reporting() -> Iterator[None]:
 
 
 def connect(namespace: Optional[str]) -> "Cluster":
-    from lanex_operator.cluster import Cluster
+    from lanex_operator.cli.cluster_client import Cluster
 
     return Cluster.connect(namespace)
 
@@ -120,7 +120,7 @@ def submit_command(
     conflict, 2 invalid file or flags.
     """
     from lanex_operator.api import parse_spec
-    from lanex_operator.cluster import ClusterError
+    from lanex_operator.cli.cluster_client import ClusterError
 
     flags = SubmitOverrides(processes=processes, gpu=gpu, pvc=pvc, env=tuple(env), large_shm=large_shm,
                             project=project)
@@ -225,7 +225,7 @@ def logs_command(
         assert pod is not None
         pod_name = pod["metadata"]["name"]
         chosen = container_of(pod, target.container, container)
-        from lanex_operator.cluster import ClusterError
+        from lanex_operator.cli.cluster_client import ClusterError
 
         try:
             for chunk in cluster.pod_log(pod_name, chosen, follow):
@@ -256,7 +256,7 @@ def wait_command(
     Exit codes: 0 reached, 1 it cannot be reached any more (e.g. the experiment Failed: the reason and
     message are printed) or API error, 2 bad flags, 124 timed out.
     """
-    from lanex_operator.cluster import WaitTimeout
+    from lanex_operator.cli.cluster_client import WaitTimeout
 
     with reporting():
         wanted = parse_wait_for(wait_for)
@@ -295,7 +295,7 @@ def delete_command(
     Prints what retention keeps (dataset PVC, snapshots) and what goes with the experiment.
     Exit codes: 0 deleted (or deletion started), 1 not found or API error, 124 --wait timed out.
     """
-    from lanex_operator.retention import snapshots_in_use
+    from lanex_operator.controller.retention import snapshots_in_use
 
     with reporting():
         cluster = connect(namespace)
@@ -310,7 +310,7 @@ def delete_command(
         typer.echo("removes: " + ("; ".join(removes) if removes else "nothing else"))
         if not wait:
             return
-        from lanex_operator.cluster import ClusterError
+        from lanex_operator.cli.cluster_client import ClusterError
 
         try:
             for event, _ in cluster.watch_experiment(name, timeout):
@@ -350,9 +350,9 @@ def snapshots_restore_cluster(name: str, to: Optional[str], namespace: Optional[
     """Restore a VolumeSnapshot into a new PVC (dataSource VolumeSnapshot), or print an experiment that does."""
     from lanex_operator.api import parse_spec
     from lanex_operator.api.files import load_experiment_document
-    from lanex_operator.builders import EXPERIMENT_LABEL, restore_pvc_for
-    from lanex_operator.cluster import ClusterError
-    from lanex_operator.plan import plan_for
+    from lanex_operator.controller.builders import EXPERIMENT_LABEL, restore_pvc_for
+    from lanex_operator.cli.cluster_client import ClusterError
+    from lanex_operator.plan.steps import plan_for
 
     with reporting():
         cluster = connect(namespace)

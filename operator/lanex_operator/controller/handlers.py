@@ -20,15 +20,15 @@ from typing import Any
 import kopf
 
 from lanex_operator.api.models import GROUP, PLURAL, VERSION
-from lanex_operator.children import EXPERIMENT_LABEL, WATCHED_KINDS, ChildCache, ChildKind, Wakers
-from lanex_operator.config import OperatorConfig
-from lanex_operator.kube import Kube, KubeError
-from lanex_operator.metrics import OperatorMetrics
-from lanex_operator.preflight import Preflight
-from lanex_operator.reconciler import Reconciler
-from lanex_operator.retention import release
-from lanex_operator.status import TERMINAL_PHASES, StatusBook
-from lanex_operator.tier_steps import StorageTiering
+from lanex_operator.controller.children import EXPERIMENT_LABEL, WATCHED_KINDS, ChildCache, ChildKind, Wakers
+from lanex_operator.controller.config import OperatorConfig
+from lanex_operator.controller.kube import Kube, KubeError
+from lanex_operator.controller.metrics import OperatorMetrics
+from lanex_operator.controller.preflight import Preflight
+from lanex_operator.controller.reconciler import Reconciler
+from lanex_operator.controller.retention import release
+from lanex_operator.controller.status import TERMINAL_PHASES, StatusBook
+from lanex_operator.controller.tier_steps import StorageTiering
 
 FINALIZER = "lanex.dev/finalizer"
 log = logging.getLogger("lanex.operator")

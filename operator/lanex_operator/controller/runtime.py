@@ -4,7 +4,7 @@ Why it exists: `lanex operator` (the CLI), the container image, tests and the be
 the operator the same way. Run exactly one replica (kopf peering is not leader election; use a
 Deployment with strategy Recreate). Progress lives in the experiments' status and annotations.
 
-    python -m lanex_operator.runtime --all-namespaces --liveness-port 8080 --metrics-port 9090
+    python -m lanex_operator.controller.runtime --all-namespaces --liveness-port 8080 --metrics-port 9090
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import kopf
 
-from lanex_operator.config import OperatorConfig
-from lanex_operator.handlers import OperatorState, register
-from lanex_operator.metrics import OperatorMetrics
+from lanex_operator.controller.config import OperatorConfig
+from lanex_operator.controller.handlers import OperatorState, register
+from lanex_operator.controller.metrics import OperatorMetrics
 
 
 def build_operator(config: OperatorConfig | None = None,
@@ -61,7 +61,7 @@ def run_operator(namespaces: list[str] | None, liveness_port: int, metrics_port:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lanex_operator.runtime",
+    parser = argparse.ArgumentParser(prog="python -m lanex_operator.controller.runtime",
                                      description="Run the lanex operator (kopf) against the current kubeconfig.")
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", dest="namespaces", default=None,

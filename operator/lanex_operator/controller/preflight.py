@@ -13,9 +13,9 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-from lanex_operator.defaults import SCHEDULER_FIELD, SNAPSHOT_CLASS_FIELD, STORAGE_CLASS_FIELD, field_origin
-from lanex_operator.kube import Kube, object_path
-from lanex_operator.plan import ExperimentPlan
+from lanex_operator.plan.defaults import SCHEDULER_FIELD, SNAPSHOT_CLASS_FIELD, STORAGE_CLASS_FIELD, field_origin
+from lanex_operator.controller.kube import Kube, object_path
+from lanex_operator.plan.steps import ExperimentPlan
 
 MPIJOB_API = ("kubeflow.org/v2beta1", "mpijobs")
 SNAPSHOT_API = ("snapshot.storage.k8s.io/v1", "volumesnapshots")

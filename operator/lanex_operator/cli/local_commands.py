@@ -47,7 +47,7 @@ def print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from lanex_operator.cluster_views import decimal
+    from lanex_operator.cli.views import decimal
 
     table = Table(box=None, header_style="bold")
     for column in ("NAME", "PHASE", "WORKERS", "ACCURACY", "FP", "FN", "SNAPSHOT", "DURATION"):
@@ -75,7 +75,7 @@ def snapshots_list(
     """List local snapshots, oldest first; with --cluster, the VolumeSnapshots of lanex experiments."""
     experiment = experiment or experiment_arg
     if cluster:
-        from lanex_operator.cluster_cli import snapshots_list_cluster
+        from lanex_operator.cli.cluster_commands import snapshots_list_cluster
 
         snapshots_list_cluster(namespace, experiment)
         return
@@ -106,7 +106,7 @@ def snapshots_restore(
     snapshot not ready, 2 on bad flags).
     """
     if cluster:
-        from lanex_operator.cluster_cli import snapshots_restore_cluster
+        from lanex_operator.cli.cluster_commands import snapshots_restore_cluster
 
         snapshots_restore_cluster(name, to, namespace, storage_class, print_experiment)
         return

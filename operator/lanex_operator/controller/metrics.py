@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from lanex_operator.storage_tier import StorageTierMetrics
+from lanex_operator.azure.storage_tier import StorageTierMetrics
 
 PHASES = ("Pending", "ProvisioningDataset", "Downloading", "SharingVolume", "Training", "Snapshotting",
           "Succeeded", "Failed")

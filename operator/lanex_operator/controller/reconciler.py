@@ -31,7 +31,7 @@ from typing import Any
 
 import kopf
 
-from lanex_operator import builders
+from lanex_operator.controller import builders
 from lanex_operator.api.models import (
     API_VERSION,
     PLURAL,
@@ -45,15 +45,15 @@ from lanex_operator.api.models import (
     Results,
     parse_spec,
 )
-from lanex_operator.children import JOB, MPIJOB, PVC, SNAPSHOT, ChildCache, ChildKind
-from lanex_operator.config import OperatorConfig
-from lanex_operator.kube import Kube, KubeError, object_path
-from lanex_operator.metrics import OperatorMetrics
-from lanex_operator.defaults import ClusterDefaults
-from lanex_operator.plan import ExperimentPlan, plan_for
-from lanex_operator.preflight import Preflight
-from lanex_operator.status import MESSAGE_LIMIT, StatusBook, clip
-from lanex_operator.tier_steps import StorageTiering, TierSteps
+from lanex_operator.controller.children import JOB, MPIJOB, PVC, SNAPSHOT, ChildCache, ChildKind
+from lanex_operator.controller.config import OperatorConfig
+from lanex_operator.controller.kube import Kube, KubeError, object_path
+from lanex_operator.controller.metrics import OperatorMetrics
+from lanex_operator.plan.defaults import ClusterDefaults
+from lanex_operator.plan.steps import ExperimentPlan, plan_for
+from lanex_operator.controller.preflight import Preflight
+from lanex_operator.controller.status import MESSAGE_LIMIT, StatusBook, clip
+from lanex_operator.controller.tier_steps import StorageTiering, TierSteps
 
 PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, skip the prepare Job
 SPEC_ANNOTATION = "lanex.dev/spec"  # on the MPIJob: the spec training started with

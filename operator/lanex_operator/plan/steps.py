@@ -2,7 +2,7 @@
 
 An `ExperimentPlan` says, for one experiment, what each step runs: container image, command,
 environment and mounts, and the deterministic names of everything it creates. The operator's
-builders (`lanex_operator.builders`) turn it into PVC/Job/MPIJob/VolumeSnapshot manifests; the
+builders (`lanex_operator.controller.builders`) turn it into PVC/Job/MPIJob/VolumeSnapshot manifests; the
 local runner turns the same commands into processes on a directory that stands in for the
 volume (pass `mount_root`). Changing a command here changes both. The plan holds effective values
 only: what the spec leaves to the cluster (image, classes, scheduler) is resolved here from the
@@ -27,7 +27,7 @@ from lanex_operator.api.models import (
     check_experiment_name,
     training_config_hash,
 )
-from lanex_operator.defaults import ClusterDefaults, Scheduler
+from lanex_operator.plan.defaults import ClusterDefaults, Scheduler
 
 MOUNT_ROOT = "/mnt"
 DATA_DIR = "tusimple_data"

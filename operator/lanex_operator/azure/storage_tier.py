@@ -56,7 +56,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
 from tenacity import wait_exponential
 
-from lanex_operator.azure_volume import (
+from lanex_operator.azure.volume import (
     SERVICE_LEVELS,
     AccountScope,
     TierConfigError,

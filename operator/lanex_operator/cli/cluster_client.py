@@ -1,7 +1,7 @@
 """The client side of the `lanex` cluster commands: experiments, children, pods, logs, events, snapshots.
 
 Why it exists: the commands are short-lived processes, so the official synchronous `kubernetes`
-client fits them (the operator keeps its own asynchronous client in `kube.py`). Everything the
+client fits them (the operator keeps its own asynchronous client in `controller.kube`). Everything the
 commands read or write goes through `Cluster`, which works on plain dicts shaped exactly like the
 API's JSON, and every failure becomes a `ClusterError` whose message is one line naming the object
 (`laneexperiment default/foo not found`). `kubernetes` is imported only when a `Cluster` is built,
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lanex_operator.api.models import GROUP, PLURAL, SINGULAR, VERSION
-from lanex_operator.builders import EXPERIMENT_LABEL, MANAGED_BY, SNAPSHOT_API_GROUP
+from lanex_operator.controller.builders import EXPERIMENT_LABEL, MANAGED_BY, SNAPSHOT_API_GROUP
 
 SNAPSHOT_VERSION = "v1"
 SNAPSHOT_PLURAL = "volumesnapshots"

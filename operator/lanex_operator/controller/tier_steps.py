@@ -24,14 +24,14 @@ from datetime import datetime
 from typing import Any
 
 from lanex_operator.api.models import ConditionType, InvalidSpecError, LaneExperimentSpec, parse_spec
-from lanex_operator.azure_volume import ENV_PREFIX as ANF_ENV_PREFIX
-from lanex_operator.azure_volume import HELM_POOLS, TierConfigError, TierSettings
-from lanex_operator.children import PVC, ChildKind
-from lanex_operator.defaults import ClusterDefaults
-from lanex_operator.kube import Kube, KubeError, object_path
-from lanex_operator.plan import ExperimentPlan, plan_for
-from lanex_operator.status import StatusBook, clip, utc_text
-from lanex_operator.storage_tier import (
+from lanex_operator.azure.volume import ENV_PREFIX as ANF_ENV_PREFIX
+from lanex_operator.azure.volume import HELM_POOLS, TierConfigError, TierSettings
+from lanex_operator.controller.children import PVC, ChildKind
+from lanex_operator.plan.defaults import ClusterDefaults
+from lanex_operator.controller.kube import Kube, KubeError, object_path
+from lanex_operator.plan.steps import ExperimentPlan, plan_for
+from lanex_operator.controller.status import StatusBook, clip, utc_text
+from lanex_operator.azure.storage_tier import (
     ClientFactory,
     MoveRecord,
     MoveResult,
