@@ -8,6 +8,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -19,7 +20,7 @@ import pytest
 
 from lanex_trainer.data.download import DownloadError, RetryPolicy, download_all
 
-LANEX = Path("/work/main/.venv/bin/lanex")
+LANEX = Path(sys.executable).with_name("lanex")
 FAST = RetryPolicy(attempts=3, backoff_s=0.01, timeout_s=10.0)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -12,7 +13,7 @@ import pytest
 
 from lanex_trainer.data.prepare import PrepareError, is_prepared, load_index, prepare_dataset
 
-LANEX = "/work/main/.venv/bin/lanex"
+LANEX = str(Path(sys.executable).with_name("lanex"))
 H_SAMPLES = list(range(160, 711, 10))  # 56 rows, as in TuSimple
 TRAIN = ["label_data_0313.json", "label_data_0601.json"]
 VAL = ["label_data_0531.json"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -25,7 +26,7 @@ from lanex_trainer.data.synth import (
     sample_road,
 )
 
-LANEX = Path("/work/main/.venv/bin/lanex")
+LANEX = Path(sys.executable).with_name("lanex")
 LABEL_FILES = ("label_data_0313.json", "label_data_0531.json", "label_data_0601.json", "test_label.json")
 
 
