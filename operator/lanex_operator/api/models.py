@@ -49,9 +49,20 @@ SINGULAR = "laneexperiment"
 SHORT_NAME = "lx"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Child names append at most "-train-worker-NN" (16 characters) and must stay DNS labels (63).
-MAX_EXPERIMENT_NAME_LENGTH = 40
+# Every name derived from an experiment's must stay valid for the strictest rule that applies to it;
+# the longest of them is the launcher pod `<name>-train-launcher-xxxxx`, a DNS-1123 label (63), so 42.
+# `lanex_operator.plan.steps.longest_valid_name_length()` computes it from the name builders (a test checks).
+MAX_EXPERIMENT_NAME_LENGTH = 42
+MAX_WORKERS = 512
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# mpi-operator needs the MPIJob's name (its Service) and `<mpijob>-worker-<N-1>` to be DNS-1035 labels.
+DNS_1035_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+EXPERIMENT_NAME_RULE = (
+    f"a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, ending with a letter or digit)"
+    f" of at most {MAX_EXPERIMENT_NAME_LENGTH} characters, so that every name derived from it (MPIJob and its"
+    f" Service, worker hostnames up to -worker-{MAX_WORKERS - 1}, launcher pod, Job, PVC, snapshot) stays valid"
+)
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
@@ -299,7 +310,7 @@ class TrainingSpec(SpecModel):
     backbone: Literal["vgg16_bn", "small"] = Field(
         "vgg16_bn", description="SCNN backbone: vgg16_bn (the paper's) or small (fast, for CPUs and demos)."
     )
-    workers: int = Field(3, description="Number of worker pods (TR-4896: 3 nodes).", ge=1, le=512)
+    workers: int = Field(3, description="Number of worker pods (TR-4896: 3 nodes).", ge=1, le=MAX_WORKERS)
     gpus_per_worker: int = Field(
         1, description="GPUs per worker (nvidia.com/gpu); one process per GPU; 0 runs on CPU.", ge=0, le=16
     )
@@ -522,14 +533,11 @@ def check_experiment_name(name: Any) -> str:
         raise InvalidSpecError(f"metadata.name: required, a non-empty string (got {name!r})")
     if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
         raise InvalidSpecError(
-            f"metadata.name: must have at most {MAX_EXPERIMENT_NAME_LENGTH} characters so that child names"
-            f" stay valid (got {len(name)}: {name!r})"
+            f"metadata.name: must have at most {MAX_EXPERIMENT_NAME_LENGTH} characters: it must be {EXPERIMENT_NAME_RULE}"
+            f" (got {len(name)}: {name!r})"
         )
-    if not re.match(DNS_LABEL_PATTERN, name):
-        raise InvalidSpecError(
-            f"metadata.name: must be lower-case letters, digits and '-', starting and ending with a letter"
-            f" or digit (got {name!r})"
-        )
+    if not re.match(DNS_1035_LABEL_PATTERN, name):
+        raise InvalidSpecError(f"metadata.name: must be {EXPERIMENT_NAME_RULE} (got {name!r})")
     return name
 
 

@@ -16,6 +16,7 @@ Paths inside the dataset volume (TR-4896's layout):
 from __future__ import annotations
 
 import posixpath
+import re
 import shlex
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,6 +24,11 @@ from enum import Enum
 from typing import Optional
 
 from lanex_operator.api.models import (
+    DNS_1035_LABEL_PATTERN,
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    LABEL_VALUE_PATTERN,
+    MAX_WORKERS,
     LaneExperimentSpec,
     check_experiment_name,
     training_config_hash,
@@ -42,6 +48,15 @@ SHM_VOLUME = "dshm"
 TRAINER_USER_ID = 1001
 SSH_AUTH_MOUNT_PATH = "/home/mpiuser/.ssh"
 WORKER_COMMAND = ("/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config")
+SSH_PORT = 2222
+# What the cluster's controllers derive from the children's names (mpi-operator v0.8.2
+# pkg/controller/mpi_job_controller.go: launcherSuffix, workerSuffix, configSuffix, sshAuthSecretSuffix;
+# the apiserver's generateName adds 5 random characters, the Job controller names pods `<job>-`).
+MPI_LAUNCHER_SUFFIX = "-launcher"
+MPI_WORKER_SUFFIX = "-worker"
+MPI_CONFIG_SUFFIX = "-config"
+MPI_SSH_SECRET_SUFFIX = "-ssh"
+GENERATED_SUFFIX_LENGTH = 5
 
 
 class StepName(str, Enum):
@@ -76,6 +91,80 @@ class ChildNames:
     def snapshot(self, at: datetime) -> str:
         """Name of the snapshot taken at `at`."""
         return snapshot_name(self.experiment, at)
+
+    def worker_hostname(self, index: int) -> str:
+        """mpi-operator's worker pod (and hostname) `<mpijob>-worker-<index>`."""
+        return f"{self.mpijob}{MPI_WORKER_SUFFIX}-{index}"
+
+    @property
+    def launcher_job(self) -> str:
+        """mpi-operator's launcher Job (and the launcher's hostname) `<mpijob>-launcher`."""
+        return self.mpijob + MPI_LAUNCHER_SUFFIX
+
+
+# The naming rules of Kubernetes (k8s.io/apimachinery/pkg/util/validation): pattern, maximum length.
+NAME_RULES: dict[str, tuple[str, int]] = {
+    "DNS-1035 label": (DNS_1035_LABEL_PATTERN, 63),
+    "DNS-1123 label": (DNS_LABEL_PATTERN, 63),
+    "DNS-1123 subdomain": (DNS_SUBDOMAIN_PATTERN, 253),
+    "label value": (LABEL_VALUE_PATTERN, 63),
+}
+
+
+@dataclass(frozen=True)
+class DerivedName:
+    """A name that the operator or a cluster controller derives from the experiment's name."""
+
+    what: str
+    value: str
+    rule: str  # a key of NAME_RULES: the strictest rule that applies to this name
+
+    def problem(self) -> Optional[str]:
+        """Why this name breaks its rule, or None."""
+        pattern, limit = NAME_RULES[self.rule]
+        if len(self.value) > limit:
+            return f"{self.what} {self.value!r} is longer than {limit} characters ({self.rule})"
+        if not re.match(pattern, self.value):
+            return f"{self.what} {self.value!r} is not a {self.rule}"
+        return None
+
+
+def derived_names(name: str, spec: LaneExperimentSpec, workers: Optional[int] = None) -> tuple[DerivedName, ...]:
+    """Every name derived from experiment `name`, with the strictest rule each must follow.
+
+    `workers` (default: the spec's) sets the highest worker index. Generated pod names are given
+    with a 5-character placeholder suffix: the apiserver only truncates a generateName prefix longer
+    than 58 characters, which would make the pods' names (and hostnames) unpredictable.
+    """
+    names = child_names(name, spec)
+    last_worker = (spec.training.workers if workers is None else workers) - 1
+    generated = "x" * GENERATED_SUFFIX_LENGTH
+    found = [
+        DerivedName("LaneExperiment", name, "DNS-1035 label"),
+        DerivedName("label lanex.dev/experiment", name, "label value"),
+        DerivedName("prepare Job (its pods' job-name label)", names.prepare_job, "DNS-1123 label"),
+        DerivedName("prepare pod", f"{names.prepare_job}-{generated}", "DNS-1123 label"),
+        DerivedName("MPIJob (the workers' Service)", names.mpijob, "DNS-1035 label"),
+        DerivedName("worker hostname", names.worker_hostname(last_worker), "DNS-1035 label"),
+        DerivedName("launcher Job (and hostname)", names.launcher_job, "DNS-1123 label"),
+        DerivedName("launcher pod", f"{names.launcher_job}-{generated}", "DNS-1123 label"),
+        DerivedName("mpi-operator ConfigMap", names.mpijob + MPI_CONFIG_SUFFIX, "DNS-1123 subdomain"),
+        DerivedName("mpi-operator ssh Secret", names.mpijob + MPI_SSH_SECRET_SUFFIX, "DNS-1123 subdomain"),
+        DerivedName("VolumeSnapshot", names.snapshot(SNAPSHOT_TIME_PLACEHOLDER), "DNS-1123 subdomain"),
+    ]
+    if spec.dataset.existing_claim is None:
+        found.append(DerivedName("dataset PersistentVolumeClaim", names.dataset_claim, "DNS-1123 subdomain"))
+    return tuple(found)
+
+
+def longest_valid_name_length() -> int:
+    """The longest experiment name whose derived names all follow their rules at the most workers the
+    API allows (the API's MAX_EXPERIMENT_NAME_LENGTH must equal it: a test checks)."""
+    spec = LaneExperimentSpec.model_validate({"dataset": {"synthetic": {}}})
+    length = 1
+    while all(item.problem() is None for item in derived_names("a" * (length + 1), spec, workers=MAX_WORKERS)):
+        length += 1
+    return length
 
 
 @dataclass(frozen=True)
@@ -184,6 +273,11 @@ class ExperimentPlan:
         if self.snapshot is not None:
             steps.append(StepName.SNAPSHOT)
         return tuple(steps)
+
+
+# Where a name or object needs a snapshot time before there is one (`lanex render`, name checks):
+# a fixed moment, so that the output is reproducible.
+SNAPSHOT_TIME_PLACEHOLDER = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
 def snapshot_name(experiment: str, at: datetime) -> str:
