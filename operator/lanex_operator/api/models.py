@@ -370,22 +370,31 @@ class SchedulerSpec(SpecModel):
     model_config = ConfigDict(
         json_schema_extra={
             "oneOf": [
-                {"properties": {"type": {"enum": ["runai"]}}, "required": ["type", "project"]},
-                # type kubeflow, or unset (the operator's default): no project
-                {"properties": {"type": {"enum": ["kubeflow"]}}, "not": {"required": ["project"]}},
+                {"properties": {"type": {"enum": ["runai"]}}, "required": ["type", "project"],
+                 "not": {"required": ["queueName"]}},
+                {"properties": {"type": {"enum": ["kueue"]}}, "required": ["type", "queueName"],
+                 "not": {"required": ["project"]}},
+                # type kubeflow, or unset (the operator's default): no project, no queue
+                {"properties": {"type": {"enum": ["kubeflow"]}},
+                 "not": {"anyOf": [{"required": ["project"]}, {"required": ["queueName"]}]}},
             ],
             "x-kubernetes-validations": [
                 {
                     "rule": "has(self.type) && self.type == 'runai' ? has(self.project) : !has(self.project)",
                     "message": "project is required with type runai and only allowed with type runai",
-                }
+                },
+                {
+                    "rule": "has(self.type) && self.type == 'kueue' ? has(self.queueName) : !has(self.queueName)",
+                    "message": "queueName is required with type kueue and only allowed with type kueue",
+                },
             ],
         }
     )
 
-    type: Optional[Literal["runai", "kubeflow"]] = Field(
+    type: Optional[Literal["runai", "kubeflow", "kueue"]] = Field(
         None,
-        description="runai (schedulerName runai-scheduler, label project) or kubeflow (default scheduler); unset:"
+        description="runai (schedulerName runai-scheduler, label project), kubeflow (default scheduler) or kueue"
+        " (the MPIJob is created suspended in the Kueue LocalQueue queueName; Kueue admits it); unset:"
         " the operator's default (chart value defaults.scheduler; built in: kubeflow). A default runai runs the"
         " experiment in the RUN:ai project of its namespace runai-<project>.",
     )
@@ -396,6 +405,25 @@ class SchedulerSpec(SpecModel):
         pattern=DNS_LABEL_PATTERN,
         max_length=57,
     )
+    queue_name: Optional[str] = Field(
+        None,
+        description="Kueue LocalQueue in the experiment's namespace (required with type kueue, only allowed with"
+        " it); set as the MPIJob's label kueue.x-k8s.io/queue-name.",
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+    )
+
+    @model_validator(mode="after")
+    def _queue_matches_type(self) -> "SchedulerSpec":
+        if self.type == "kueue" and self.queue_name is None:
+            raise PydanticCustomError(
+                "missing_queue", "required when scheduler type is kueue", {"field": "queueName"}
+            )
+        if self.type != "kueue" and self.queue_name is not None:
+            raise PydanticCustomError(
+                "unexpected_queue", "only allowed when scheduler type is kueue", {"field": "queueName"}
+            )
+        return self
 
     @model_validator(mode="after")
     def _project_matches_type(self) -> "SchedulerSpec":

@@ -28,6 +28,12 @@ EXPERIMENT_LABEL = "lanex.dev/experiment"
 RUNAI_SCHEDULER = "runai-scheduler"
 GPU_RESOURCE = "nvidia.com/gpu"
 SNAPSHOT_API_GROUP = "snapshot.storage.k8s.io"
+# Kueue (kubernetes-sigs/kueue, MPIJob integration) queues a job labelled with its LocalQueue, created
+# suspended; it admits the job by setting spec.runPolicy.suspend to false.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# mpi-operator >= 0.5.0: create the launcher only once every worker pod is Ready, so that the workers'
+# Service resolves when Horovod's ssh checks start (the default, AtStartup, does not wait).
+WAIT_FOR_WORKERS_READY = "WaitForWorkersReady"
 
 Manifest = dict[str, Any]
 
@@ -114,12 +120,16 @@ def prepare_job_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Exp
     }
 
 
-def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: ExperimentPlan) -> Manifest:
+def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: ExperimentPlan, *,
+               launcher_creation_policy: bool = True) -> Manifest:
     """The kubeflow.org/v2beta1 MPIJob: one launcher running `lanex launch`, `workers` GPU workers.
 
     With the runai scheduler (the spec's, or the cluster's default) the job and its pods carry
     `project: <project>` and the pods use `runai-scheduler`; RUN:ai users create the experiment in
     their project's namespace (`runai-<project>`), which is where the MPIJob is created too.
+    With kueue the MPIJob (not its pods: Kueue's pod integration would gate them) carries the queue
+    label and is created suspended. `launcher_creation_policy` is False for an mpi-operator older
+    than 0.5.0, whose CRD has no such field (`lanex launch` then waits for the workers itself).
     """
     _check_meta(meta, plan)
     train = plan.train
@@ -159,6 +169,11 @@ def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Experime
     run_policy: dict[str, Any] = {"cleanPodPolicy": "Running", "backoffLimit": train.backoff_limit}
     if train.active_deadline_seconds is not None:
         run_policy["activeDeadlineSeconds"] = train.active_deadline_seconds
+    job_labels = dict(labels)
+    if train.scheduler == "kueue":
+        job_labels[KUEUE_QUEUE_LABEL] = str(train.kueue_queue)
+        run_policy["suspend"] = True
+    extra_spec = {"launcherCreationPolicy": WAIT_FOR_WORKERS_READY} if launcher_creation_policy else {}
 
     return {
         "apiVersion": "kubeflow.org/v2beta1",
@@ -166,10 +181,11 @@ def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Experime
         "metadata": {
             "name": plan.names.mpijob,
             "namespace": plan.namespace,
-            "labels": dict(labels),
+            "labels": job_labels,
             "annotations": provenance_annotations(plan),
         },
         "spec": {
+            **extra_spec,
             "slotsPerWorker": train.slots_per_worker,
             "mpiImplementation": "OpenMPI",
             "sshAuthMountPath": SSH_AUTH_MOUNT_PATH,

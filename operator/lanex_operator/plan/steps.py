@@ -234,6 +234,7 @@ class TrainStep:
     train_command: tuple[str, ...]
     launcher: ContainerRun
     worker: ContainerRun
+    kueue_queue: Optional[str] = None  # the Kueue LocalQueue, set exactly with scheduler kueue
 
 
 @dataclass(frozen=True)
@@ -452,6 +453,7 @@ def plan_for(
             training_env(spec, names.dataset_claim, launcher=False),
             data_mount + shm_mount,
         ),
+        kueue_queue=effective.kueue_queue,
     )
 
     snapshot = None
