@@ -31,7 +31,7 @@ from typing import Any
 
 import kopf
 
-from lanex_operator.controller import builders
+from lanex_operator.controller import builders, desired
 from lanex_operator.api.models import (
     API_VERSION,
     PLURAL,
@@ -56,8 +56,8 @@ from lanex_operator.controller.status import MESSAGE_LIMIT, StatusBook, clip
 from lanex_operator.controller.tier_steps import StorageTiering, TierSteps
 
 PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, skip the prepare Job
-SPEC_ANNOTATION = "lanex.dev/spec"  # on the MPIJob: the spec training started with
-GENERATION_ANNOTATION = "lanex.dev/generation"  # on the MPIJob: the experiment generation of that spec
+SPEC_ANNOTATION = desired.SPEC_ANNOTATION  # on the MPIJob: the spec training started with
+GENERATION_ANNOTATION = desired.GENERATION_ANNOTATION  # on the MPIJob: the experiment generation of that spec
 LAUNCHER_SELECTOR = "training.kubeflow.org/job-name={name},training.kubeflow.org/job-role=launcher"
 JOB_POD_SELECTOR = "batch.kubernetes.io/job-name={name}"
 PARSED_SPECS_KEPT = 4096  # memoized (spec, plan) entries; the oldest go first
@@ -268,7 +268,9 @@ class Reconciler:
                 book.event("Warning", reason, message)
             book.set("message", message)
             return self.config.preflight_retry_seconds
-        book.complete_step(C.PREFLIGHT.value, "Passed", "the APIs, classes and namespaces the experiment uses exist")
+        features = await self.preflight.mpi_operator()
+        book.complete_step(C.PREFLIGHT.value, "Passed", "the APIs, classes and namespaces the experiment uses exist; "
+                                                        + features.describe())
         return None
 
     async def _dataset(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
@@ -313,10 +315,8 @@ class Reconciler:
 
     async def _claim_manifest(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                               plan: ExperimentPlan) -> dict[str, Any] | None:
-        meta = body["metadata"]
-        if plan.dataset.restore_from is None:
-            manifest = builders.pvc_for(meta, spec, plan)
-        else:
+        restore_size = None
+        if plan.dataset.restore_from is not None:
             source = plan.dataset.restore_from
             snapshot = await self._child(SNAPSHOT, plan.namespace, source)
             if snapshot is None:
@@ -327,10 +327,8 @@ class Reconciler:
             if not status.get("readyToUse"):
                 book.set("message", f"waiting for VolumeSnapshot {source} to be ready to use before restoring it")
                 return None
-            manifest = builders.restore_pvc_for(meta, spec, plan, status.get("restoreSize"))
-        if spec.retention.dataset == "Delete":
-            kopf.adopt(manifest, owner=dict(body))
-        return manifest
+            restore_size = status.get("restoreSize")
+        return desired.dataset_claim(body, spec, plan, restore_size)
 
     async def _prepare(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                        plan: ExperimentPlan) -> float | None:
@@ -351,9 +349,7 @@ class Reconciler:
         book.enter(Phase.DOWNLOADING, f"preparing the dataset with Job {name}")
         job = self.cache.get(JOB, plan.namespace, name)
         if job is None:  # create first: an existing Job answers AlreadyExists and is read instead
-            manifest = builders.prepare_job_for(body["metadata"], spec, plan)
-            kopf.adopt(manifest, owner=dict(body))
-            job = await self._create(JOB, manifest)
+            job = await self._create(JOB, desired.prepare_job(body, spec, plan))
         conditions = (job.get("status") or {}).get("conditions")
         if _true(conditions, "Complete"):
             if plan.dataset.creates_claim:
@@ -409,13 +405,9 @@ class Reconciler:
         mpijob = self.cache.get(MPIJOB, plan.namespace, name)
         if mpijob is None:
             await self.tier.raise_for_training(body, book, spec, plan)
-            manifest = builders.mpijob_for(body["metadata"], spec, plan)
-            manifest["metadata"].setdefault("annotations", {}).update({
-                SPEC_ANNOTATION: json.dumps(spec.model_dump(by_alias=True, mode="json"), sort_keys=True),
-                GENERATION_ANNOTATION: str(body["metadata"].get("generation") or 1),
-            })
-            kopf.adopt(manifest, owner=dict(body))
-            mpijob = await self._create(MPIJOB, manifest)
+            features = await self.preflight.mpi_operator()
+            mpijob = await self._create(MPIJOB, desired.training_job(
+                body, spec, plan, launcher_creation_policy=features.launcher_creation_policy))
         conditions = (mpijob.get("status") or {}).get("conditions")
         if _true(conditions, "Succeeded"):
             results, note = await self._results(plan.namespace, name)
@@ -455,7 +447,7 @@ class Reconciler:
         records = book.data.get("snapshots") or []
         pending = next((r for r in reversed(records) if not r.get("readyToUse")), None)
         if pending is None:
-            manifest = builders.snapshot_for(body["metadata"], spec, plan, self.now())
+            manifest = desired.snapshot(body, spec, plan, self.now())
             name = manifest["metadata"]["name"]
             self._record_snapshot(book, name, {"name": name, "readyToUse": False})
             await self.flush(body, book)  # the name is in status before the snapshot exists
@@ -464,7 +456,7 @@ class Reconciler:
             name = pending["name"]
             snapshot = self.cache.get(SNAPSHOT, plan.namespace, name)
             if snapshot is None:
-                manifest = builders.snapshot_for(body["metadata"], spec, plan, self.now())
+                manifest = desired.snapshot(body, spec, plan, self.now())
                 manifest["metadata"]["name"] = name
                 snapshot = await self._create(SNAPSHOT, manifest)
         status = snapshot.get("status") or {}
