@@ -87,6 +87,14 @@ class CrdSchema:
         """(the object pruned and defaulted, the problems); raises UnknownFields under Strict."""
         unknown: list[str] = []
         value = self._prune(self.root, obj, "", unknown, top=True)
+        if old is not None and unknown:
+            # An undeclared field already stored (an object written around the schema, as some tests do)
+            # and left unchanged is kept and not reported: ratcheting, for what the apiserver never stored.
+            before: list[str] = []
+            self._prune(self.root, old, "", before, top=True)
+            kept = [path for path in unknown if path in before and _at(obj, path) == _at(old, path)]
+            unknown = [path for path in unknown if path not in kept]
+            value = _restore(value, obj, kept)
         if unknown and field_validation == "Strict":
             raise UnknownFields(unknown)
         value = self._default(self.root, value)
@@ -304,6 +312,30 @@ class CrdSchema:
                 message = rule.get("message") or f"failed rule: {text}"
                 problems.append(f"{target}: {rule.get('reason', 'Invalid')} value: {_describe(value)}: {message}"
                                 if rule.get("reason") else f"{target}: Invalid value: {_describe(value)}: {message}")
+
+
+def _parts(path: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.findall(r"[^.\[\]]+", path)]
+
+
+def _at(value: Any, path: str) -> Any:
+    for part in _parts(path):
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+def _restore(pruned: Any, original: Any, paths: list[str]) -> Any:
+    """`pruned` with the fields at `paths` put back from `original`."""
+    for path in paths:
+        parts = _parts(path)
+        node = pruned
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = copy.deepcopy(_at(original, path))
+    return pruned
 
 
 def cel_value(schema: Mapping[str, Any], value: Any) -> Any:
