@@ -48,7 +48,6 @@ SHM_VOLUME = "dshm"
 TRAINER_USER_ID = 1001
 SSH_AUTH_MOUNT_PATH = "/home/mpiuser/.ssh"
 WORKER_COMMAND = ("/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config")
-SSH_PORT = 2222
 # What the cluster's controllers derive from the children's names (mpi-operator v0.8.2
 # pkg/controller/mpi_job_controller.go: launcherSuffix, workerSuffix, configSuffix, sshAuthSecretSuffix;
 # the apiserver's generateName adds 5 random characters, the Job controller names pods `<job>-`).
