@@ -52,6 +52,7 @@ class ConditionType(str, Enum):
     FAILED = "Failed"
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
     STORAGE_TIER = "StorageTier"
+    QUEUED = "Queued"  # scheduler kueue: the MPIJob waits, suspended, for Kueue's admission
 
 
 class StatusModel(BaseModel):

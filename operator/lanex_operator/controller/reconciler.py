@@ -408,6 +408,10 @@ class Reconciler:
             features = await self.preflight.mpi_operator()
             mpijob = await self._create(MPIJOB, desired.training_job(
                 body, spec, plan, launcher_creation_policy=features.launcher_creation_policy))
+        if plan.train.scheduler == "kueue":
+            queued = self._queued(book, mpijob, plan)
+            if queued is not None:
+                return queued
         conditions = (mpijob.get("status") or {}).get("conditions")
         if _true(conditions, "Succeeded"):
             results, note = await self._results(plan.namespace, name)
@@ -435,6 +439,30 @@ class Reconciler:
                                f"MPIJob {name} is running ({plan.train.workers} workers, "
                                f"{plan.train.processes} processes)")
         return self.config.resync_seconds
+
+    def _queued(self, book: StatusBook, mpijob: Mapping[str, Any], plan: ExperimentPlan) -> float | None:
+        """Kueue admits an MPIJob by unsuspending it; until then `Queued` says for how long it has waited
+        (in steps of `queued_message_seconds`, so a long queue costs one status write per step). Returns
+        the seconds to the next step while queued, None once admitted."""
+        name, queue = plan.names.mpijob, plan.train.kueue_queue
+        suspended = bool(((mpijob.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+        if not suspended:
+            if book.is_true(C.QUEUED.value):
+                waited = int(book.since(C.QUEUED.value))
+                book.set_condition(C.QUEUED.value, "False", "Admitted",
+                                   f"Kueue admitted MPIJob {name} from LocalQueue {queue} after {waited}s")
+            return None
+        if not book.is_true(C.QUEUED.value):
+            message = f"MPIJob {name} waits in Kueue LocalQueue {queue} for admission"
+            book.set_condition(C.QUEUED.value, "True", "WaitingForAdmission", message + " (queued for 0s)")
+            book.event("Normal", C.QUEUED.value, message)
+        step = self.config.queued_message_seconds
+        waited = book.since(C.QUEUED.value)
+        shown = int(waited // step * step)
+        book.set_condition(C.QUEUED.value, "True", "WaitingForAdmission",
+                           f"MPIJob {name} waits in Kueue LocalQueue {queue} for admission (queued for {shown}s)")
+        book.set("message", f"queued in Kueue LocalQueue {queue} for {shown}s")
+        return step - (waited % step)
 
     async def _snapshot(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                         plan: ExperimentPlan) -> float | None:
