@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lanex_trainer.worker_wait import WorkerWaitError, hostfile_hosts, wait_for_hosts
+from lanex_trainer.worker_wait import WorkerWaitError, hostfile_hosts, remote_hosts, wait_for_hosts
 
 pytestmark = pytest.mark.timeout(60)
 LANEX = Path(sys.executable).with_name("lanex")
@@ -34,6 +34,11 @@ def test_hostfile_hosts_reads_mpi_operator_hostfile_lines(tmp_path):
                         "exp-train-worker-1.exp-train.default.svc:2\n\nexp-train-worker-0.exp-train.default.svc slots=2\n")
     assert hostfile_hosts(hostfile) == ["exp-train-worker-0.exp-train.default.svc",
                                         "exp-train-worker-1.exp-train.default.svc"]
+
+
+def test_local_hosts_need_no_ssh_and_are_not_waited_for():
+    assert remote_hosts(["localhost", socket.gethostname(), "exp-train-worker-0.exp-train"]) == [
+        "exp-train-worker-0.exp-train"]
 
 
 def test_a_worker_that_never_listens_fails_the_wait_naming_it():

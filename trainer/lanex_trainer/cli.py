@@ -190,7 +190,7 @@ def launch_command(
 ) -> None:
     """Start distributed training: mpirun/horovodrun in an MPIJob launcher, torchrun elsewhere."""
     from lanex_trainer.launch import LaunchError, hostfile_in_use, plan_launch, results_path_of, run_launch
-    from lanex_trainer.worker_wait import WorkerWaitError, hostfile_hosts, wait_for_hosts
+    from lanex_trainer.worker_wait import WorkerWaitError, hostfile_hosts, remote_hosts, wait_for_hosts
 
     try:
         import os
@@ -198,7 +198,7 @@ def launch_command(
         hostfile = hostfile_in_use(os.environ)
         if hostfile is not None and worker_wait_seconds > 0:
             try:
-                wait_for_hosts(hostfile_hosts(hostfile), ssh_port, worker_wait_seconds,
+                wait_for_hosts(remote_hosts(hostfile_hosts(hostfile)), ssh_port, worker_wait_seconds,
                                echo=lambda text: typer.echo(text, err=True))
             except WorkerWaitError as error:
                 message = f"training failed: {error}"

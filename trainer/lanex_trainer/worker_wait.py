@@ -36,6 +36,13 @@ def hostfile_hosts(hostfile: Path) -> list[str]:
     return hosts
 
 
+def remote_hosts(hosts: Sequence[str]) -> list[str]:
+    """The hosts mpirun reaches over ssh: all but `localhost` and this machine's own name (a local run's
+    hostfile, or the launcher itself when it also runs a worker)."""
+    local = {"localhost", socket.gethostname(), socket.gethostname().split(".")[0]}
+    return [host for host in hosts if host not in local]
+
+
 def probe(host: str, port: int, timeout: float) -> str | None:
     """None when `host` resolves and accepts TCP on `port`, else why not."""
     try:
