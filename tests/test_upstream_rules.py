@@ -186,6 +186,7 @@ SNAPSHOTS = "/apis/snapshot.storage.k8s.io/v1/namespaces/default/volumesnapshots
 
 @requires_upstream
 def test_emulator_refuses_undeclared_fields_like_the_apiserver_with_strict_field_validation(api_server):
+    # POST: 400 BadRequest (handlers/create.go transformDecodeError); PATCH: 422 (handlers/patch.go)
     job = rendered_mpijob()
     job["spec"]["launcherPolicy"] = "WaitForWorkersReady"
     status, answer = http(api_server, "POST", MPIJOBS + "?fieldValidation=Strict", job)
@@ -196,6 +197,11 @@ def test_emulator_refuses_undeclared_fields_like_the_apiserver_with_strict_field
     status, created = http(api_server, "POST", MPIJOBS + "?fieldValidation=Ignore", job)
     assert status == 201 and "launcherPolicy" not in created["spec"]  # pruned, as the apiserver does
     assert created["spec"]["runPolicy"]["cleanPodPolicy"] == "Running"
+    status, answer = http(api_server, "PATCH", MPIJOBS + "/quickstart-train?fieldValidation=Strict",
+                          {"spec": {"runPolicy": {"cleanUp": "All"}}})
+    assert (status, answer["reason"]) == (422, "Invalid")  # a PATCH: the apiserver's jsonPatcher answers 422
+    assert answer["message"].startswith(' "" is invalid: patch: Invalid value: ')
+    assert answer["message"].endswith('strict decoding error: unknown field "spec.runPolicy.cleanUp"')
     job["metadata"]["name"] = "typed"
     del job["spec"]["launcherPolicy"]
     job["spec"]["slotsPerWorker"] = "one"

@@ -19,7 +19,9 @@ semantics with the parts of the apiserver that kopf and the operator rely on:
 * a request log (`calls`) in RBAC terms, for the RBAC test, and fault injection (`faults`);
 * for CRDs registered with `validate=True` (the LaneExperiment CRD, the upstream MPIJob and
   VolumeSnapshot CRDs): the apiserver's admission of every write over HTTP (`k8s.schema_check`:
-  structural schema, unknown fields per `fieldValidation`, defaults, CEL rules, ratcheting). Writes
+  structural schema, unknown fields per `fieldValidation` (Strict: 400 BadRequest `strict decoding
+  error` on POST/PUT, 422 Invalid on PATCH, as its handlers answer), defaults, CEL rules,
+  ratcheting). Writes
   that tests make straight into the store skip it, as objects "from before the CRD" would.
 """
 
@@ -317,6 +319,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     default_field_validation: str = "Strict"
     schemas: dict[Resource, CrdSchema] = attrs.field(factory=dict)
     _admitting: str | None = attrs.field(default=None, init=False)  # fieldValidation of the HTTP write in progress
+    _admitting_patch: bool = attrs.field(default=False, init=False)  # ... and whether it is a PATCH
 
     _specs: dict[Resource, ResourceSpec] = attrs.field(factory=dict, init=False)
     _store: dict[ObjectKey, dict[str, Any]] = attrs.field(factory=dict, init=False)
@@ -369,6 +372,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         try:
             admitted, problems = schema.admit(new, old, self._admitting)
         except UnknownFields as error:
+            if self._admitting_patch:  # the apiserver's jsonPatcher: 422 on the patched object
+                shown = json.dumps(new, separators=(",", ":")).replace('"', '\\"')
+                raise ApiError(422, "Invalid", f' "" is invalid: patch: Invalid value: "{shown}": strict decoding '
+                                               f"error: {error}") from None
             raise ApiError(400, "BadRequest", f'{spec.kind} in version "{spec.version}" cannot be handled as a '
                                               f"{spec.kind}: strict decoding error: {error}") from None
         if problems:
@@ -483,10 +490,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         body = request.data if isinstance(request.data, (dict, list)) else None
         if call.verb in ("create", "update", "patch"):
             self._admitting = request.params.get("fieldValidation") or self.default_field_validation
+            self._admitting_patch = call.verb == "patch"
             try:
                 return self._write(request, spec, call, namespace, body)
             finally:
-                self._admitting = None
+                self._admitting, self._admitting_patch = None, False
         if call.verb == "get":
             return self._visible(self.get_object(spec, namespace, request.name or "")), 200
         if call.verb == "list":
