@@ -306,12 +306,11 @@ class CrdSchema:
             except Exception as error:  # the apiserver reports an evaluation error as the rule failing
                 problems.append(f"{where}: Invalid value: {_describe(value)}: rule evaluation error: {error}")
                 continue
-            if passed is not True:
+            if passed is not True:  # field.Invalid at the rule's node (or its fieldPath), with its message
                 field = rule.get("fieldPath")
                 target = f"{where}{field}" if field and where != "<nil>" else (field.lstrip(".") if field else where)
                 message = rule.get("message") or f"failed rule: {text}"
-                problems.append(f"{target}: {rule.get('reason', 'Invalid')} value: {_describe(value)}: {message}"
-                                if rule.get("reason") else f"{target}: Invalid value: {_describe(value)}: {message}")
+                problems.append(f"{target}: Invalid value: {_describe(value)}: {message}")
 
 
 def _parts(path: str) -> list[Any]:

@@ -64,7 +64,7 @@ def cluster_defaults(values_file: Optional[Path] = None, environ: Optional[Mappi
         raise RenderError(f"{values_file}: {error}") from None
 
 
-def render_objects(document: Mapping[str, Any], metadata: Mapping[str, Any], spec: Any, namespace: Optional[str],
+def render_objects(metadata: Mapping[str, Any], spec: Any, namespace: Optional[str],
                    defaults: Any) -> list[dict[str, Any]]:
     """The operator's children of one validated experiment, in the order it creates them."""
     from lanex_operator.api.models import API_VERSION, KIND
@@ -77,7 +77,7 @@ def render_objects(document: Mapping[str, Any], metadata: Mapping[str, Any], spe
     body_meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": PLACEHOLDER_UID, "generation": 1}
     if metadata.get("labels"):
         body_meta["labels"] = dict(metadata["labels"])
-    body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": body_meta, "spec": document.get("spec")}
+    body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": body_meta}  # the builders read its metadata
     objects = []
     if plan.dataset.creates_claim:
         objects.append(desired.dataset_claim(body, spec, plan))
@@ -92,13 +92,10 @@ def render_objects(document: Mapping[str, Any], metadata: Mapping[str, Any], spe
 def render_file(path: Path, namespace: Optional[str] = None, values_file: Optional[Path] = None,
                 environ: Optional[Mapping[str, str]] = None) -> list[dict[str, Any]]:
     """Read, validate and render one experiment file; RenderError (or InvalidSpecError) when it cannot be."""
-    import yaml
-
     from lanex_operator.api import load_experiment_file
 
     metadata, spec = load_experiment_file(path)  # the same checks and messages as `lanex run`
-    document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    return render_objects(document, metadata, spec, namespace, cluster_defaults(values_file, environ))
+    return render_objects(metadata, spec, namespace, cluster_defaults(values_file, environ))
 
 
 def format_objects(objects: list[dict[str, Any]], output: str, source: str) -> str:
