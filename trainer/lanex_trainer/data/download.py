@@ -488,14 +488,15 @@ def _blob_error(source: Source, error: Exception) -> DownloadError:
     shown = source.shown
     if isinstance(error, ResourceNotFoundError):
         return DownloadError(f"{shown}: no such blob or container (HTTP 404)")
-    if isinstance(error, ClientAuthenticationError):
+    status = getattr(error, "status_code", None)
+    if isinstance(error, ClientAuthenticationError) or status in (401, 403):
         how = ("the SAS of its secretRef was refused" if source.credentials and source.credentials.sas
                else "give urls[].secretRef with a 'sas' key, or run the prepare Job with an Azure workload identity"
                     " allowed to read it (spec.dataset.prepareServiceAccountName)")
-        code = getattr(error, "status_code", None)
-        return DownloadError(f"{shown}: not authorised{f' (HTTP {code})' if code else ''}: {how}")
+        return DownloadError(f"{shown}: not authorised{f' (HTTP {status})' if status else ''}: {how}")
     if isinstance(error, HttpResponseError):
-        code, reason = error.status_code, getattr(error, "error_code", None) or error.reason
+        code = error.status_code
+        reason = getattr(getattr(error, "error_code", None), "value", None) or error.error_code or error.reason
         if code in TRANSIENT_HTTP:
             return TransientDownloadError(f"{shown}: HTTP {code} {reason}")
         return DownloadError(f"{shown}: HTTP {code} {reason}")
