@@ -41,6 +41,8 @@ from urllib.request import HTTPRedirectHandler, Request, build_opener, url2pathn
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from tqdm import tqdm
 
+from lanex_trainer.data.urls import REDACTED, redact_url
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = ".lanex-download-state.json"
@@ -57,7 +59,6 @@ BLOB_ENDPOINT_VARIABLE = "LANEX_BLOB_ENDPOINT"
 DEFAULT_BLOB_ENDPOINT = "https://{account}.blob.core.windows.net"
 _BLOB_HOST = re.compile(r"^[a-z0-9]{3,24}\.blob\.core\.windows\.net$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-REDACTED = "<redacted>"
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
 _COMPRESSION_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
@@ -109,17 +110,6 @@ class RetryPolicy:
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
-
-
-def redact_url(url: str) -> str:
-    """`url` without its query string and user:password, safe for logs, status and Events."""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https", "az", "file"):
-        return url
-    host = parsed.hostname or ""
-    netloc = host + (f":{parsed.port}" if parsed.port else "") if "@" in parsed.netloc else parsed.netloc
-    shown = parsed._replace(netloc=netloc, query="", fragment="").geturl()
-    return shown + (f"?{REDACTED}" if parsed.query else "")
 
 
 def scrub(text: str, credentials: list[Credentials | None]) -> str:
