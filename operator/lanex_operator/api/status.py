@@ -52,6 +52,7 @@ class ConditionType(str, Enum):
     FAILED = "Failed"
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
     STORAGE_TIER = "StorageTier"
+    TRAINING_FROM_SCRATCH = "TrainingFromScratch"
 
 
 class StatusModel(BaseModel):

@@ -50,7 +50,7 @@ from lanex_operator.controller.config import OperatorConfig
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.controller.metrics import OperatorMetrics
 from lanex_operator.plan.defaults import ClusterDefaults
-from lanex_operator.plan.steps import ExperimentPlan, plan_for
+from lanex_operator.plan.steps import FROM_SCRATCH_REASON, ExperimentPlan, plan_for
 from lanex_operator.controller.preflight import Preflight
 from lanex_operator.controller.status import MESSAGE_LIMIT, StatusBook, clip
 from lanex_operator.controller.tier_steps import StorageTiering, TierSteps
@@ -253,6 +253,9 @@ class Reconciler:
         book.set_condition(C.SUCCEEDED.value, "Unknown", "InProgress", "the experiment is running")
         book.set_condition(C.FAILED.value, "False", "InProgress", "the experiment is running")
         book.enter(Phase.PENDING, "checking that the cluster has what the experiment needs")
+        if plan.train.from_scratch is not None:  # said once, when the experiment starts
+            book.set_condition(C.TRAINING_FROM_SCRATCH.value, "True", FROM_SCRATCH_REASON, plan.train.from_scratch)
+            book.event("Warning", C.TRAINING_FROM_SCRATCH.value, plan.train.from_scratch)
 
     # ---- steps: each returns None when done, else seconds to wait
 
@@ -341,7 +344,7 @@ class Reconciler:
                                                                  f"{plan.dataset.restore_from}: the data is prepared")
             return None
         claim = plan.dataset.claim_name
-        if not plan.dataset.creates_claim:
+        if not plan.dataset.creates_claim and not plan.prepare.weights_commands:  # weights may still be missing
             pvc = await self._child(PVC, plan.namespace, claim) or {}
             if ((pvc.get("metadata") or {}).get("annotations") or {}).get(PREPARED_ANNOTATION) == "true":
                 book.complete_step(C.DATA_PREPARED.value, "Skipped", f"PersistentVolumeClaim {claim} is annotated "
