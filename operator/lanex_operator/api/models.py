@@ -110,7 +110,8 @@ class SecretRef(SpecModel):
     """A Secret in the experiment's namespace, mounted into the prepare Job only (never into training)."""
 
     name: str = Field(
-        description=f"Name of the Secret. {SECRET_KEYS_HELP} Locally: `lanex run FILE --secret NAME=file:PATH|env:VAR`.",
+        description="Name of the Secret in the experiment's namespace; locally, `lanex run FILE --secret"
+        " NAME=file:PATH|env:VAR` supplies it.",
         pattern=DNS_SUBDOMAIN_PATTERN,
         max_length=253,
     )
@@ -124,10 +125,10 @@ def _no_secret_in_url(url: Optional[str]) -> None:
         raise PydanticCustomError(
             "secret_in_url", "must not hold user:password; put credentials into a Secret named by secretRef",
             {"field": "url"})
-    if re.search(r"[?&](sig|X-Amz-Signature|X-Goog-Signature)=", url, re.IGNORECASE):
+    if "?" in url:  # a SAS or presigned query is a secret, and the manifests must show no query string
         raise PydanticCustomError(
-            "secret_in_url", "must not hold a signature (a SAS or presigned query); put the query string into"
-            " a Secret (key sas) named by secretRef", {"field": "url"})
+            "secret_in_url", "must not hold a query string; put it into a Secret (key sas: appended to the"
+            " request) named by secretRef", {"field": "url"})
 
 
 class DownloadUrl(SpecModel):
@@ -136,7 +137,7 @@ class DownloadUrl(SpecModel):
     url: str = Field(
         description="http://, https://, file://, az://ACCOUNT/CONTAINER/PATH or https://ACCOUNT.blob.core.windows.net/"
         " URL of an archive (zip/tar) or file; archives are extracted. Blob URLs are read with the secretRef's SAS,"
-        " else the prepare Job's Azure workload identity. No credentials here: use secretRef.",
+        " else the prepare Job's Azure workload identity. No credentials and no query string here: use secretRef.",
         pattern=DOWNLOAD_URL_PATTERN,
     )
     sha256: Optional[str] = Field(
