@@ -117,6 +117,17 @@ class SecretRef(SpecModel):
     )
 
 
+def _url_rules(optional: bool) -> list[dict[str, str]]:
+    # The API server's side of `_no_secret_in_url`: CEL, since a pattern cannot say why.
+    guard = "!has(self.url) || " if optional else ""
+    return [
+        {"rule": f"{guard}!self.url.contains('?')",
+         "message": "url must not hold a query string: put it into the Secret named by secretRef (key sas)"},
+        {"rule": f"{guard}!self.url.matches('^[a-z]+://[^/]*@')",
+         "message": "url must not hold user:password: put credentials into the Secret named by secretRef"},
+    ]
+
+
 def _no_secret_in_url(url: Optional[str]) -> None:
     # Everyone who can read the experiment reads its URLs: credentials belong in a Secret.
     if url is None:
@@ -133,6 +144,8 @@ def _no_secret_in_url(url: Optional[str]) -> None:
 
 class DownloadUrl(SpecModel):
     """One archive or file to download into the dataset volume."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _url_rules(optional=False)})
 
     url: str = Field(
         description="http://, https://, file://, az://ACCOUNT/CONTAINER/PATH or https://ACCOUNT.blob.core.windows.net/"
@@ -346,6 +359,7 @@ class PretrainedWeights(SpecModel):
                 {"rule": "!has(self.url) || has(self.sha256)", "message": "sha256 is required with url"},
                 {"rule": "has(self.url) || (!has(self.sha256) && !has(self.secretRef))",
                  "message": "sha256 and secretRef are only allowed with url"},
+                *_url_rules(optional=True),
             ],
         }
     )
