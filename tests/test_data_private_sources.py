@@ -11,25 +11,19 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from azurite import ACCOUNT, ACCOUNT_KEY, AZURITE_BLOB, azurite_blob
 from file_server import Served, file_server
 from lanex_trainer.data.download import BlobAddress, DownloadError, blob_address, download_all, load_credentials
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LANEX = str(Path(sys.executable).with_name("lanex"))
-AZURITE = REPO_ROOT / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
-# Azurite's documented development account and key (public, the same for every install).
-ACCOUNT = "devstoreaccount1"
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 TOKEN = "Bearer lanex-test-0b5e1c2a9f"
 
 
@@ -137,43 +131,13 @@ def test_blob_urls_of_both_spellings_name_account_container_and_blob(monkeypatch
 # --- Azure Blob against Azurite ---------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def azurite(tmp_path_factory: pytest.TempPathFactory):
-    """Azurite's blob service on 127.0.0.1; yields its account endpoint, stops it afterwards."""
-    if not AZURITE.exists():
-        pytest.skip(f"Azurite is not installed at {AZURITE}: run `make azurite` (scripts/install_azurite.sh)")
-    port = _free_port()
-    process = subprocess.Popen(
-        [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--silent", "--skipApiVersionCheck",
-         "--location", str(tmp_path_factory.mktemp("azurite"))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"Azurite exited with {process.returncode}: {process.stderr.read().decode()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("Azurite did not listen within 60 s")
-                time.sleep(0.2)
+    """Azurite's blob service on 127.0.0.1 for this module; yields its account endpoint."""
+    if not AZURITE_BLOB.exists():
+        pytest.skip(f"Azurite is not installed at {AZURITE_BLOB}: run `make azurite` (scripts/install_azurite.sh)")
+    with azurite_blob(tmp_path_factory.mktemp("azurite")) as endpoint:
         yield endpoint
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -508,7 +508,8 @@ def _fetch_blob_once(source: Source, address: BlobAddress, part: Path, timeout_s
     from azure.core.exceptions import AzureError
     from azure.storage.blob import BlobClient
 
-    logging.getLogger("azure").setLevel(logging.WARNING)  # its request logs are not ours to print
+    # The SDK logs requests and, from DefaultAzureCredential, a page per failed credential: our error says it once.
+    logging.getLogger("azure").setLevel(logging.ERROR)
     client = BlobClient(address.account_url, address.container, address.blob, credential=_blob_credential(source),
                         retry_total=2, connection_timeout=timeout_s, read_timeout=timeout_s)
     try:
