@@ -20,7 +20,6 @@ import pytest
 
 from file_server import Served, file_server
 from lanex_operator.api.models import InvalidSpecError, parse_spec
-from lanex_operator.local.runner import LocalRunError, LocalRunner
 from lanex_operator.local.secrets import SecretSourceError, materialise, parse_secret_option
 from lanex_operator.local.snapshots import SnapshotStore
 from lanex_operator.plan.steps import plan_for
