@@ -91,3 +91,34 @@ def test_vgg16_bn_without_weights_sets_training_from_scratch_and_warns_once(api_
     assert len(warnings) == 1 and warnings[0]["message"] == scratch["message"]
     launcher = children(api_server, "lanes-scratch")["mpijobs"][0]["spec"]["mpiReplicaSpecs"]["Launcher"]
     assert "--pretrained-weights" not in launcher["template"]["spec"]["containers"][0]["command"]
+
+
+def test_prepare_job_waiting_for_a_missing_secret_is_reported_and_starts_once_it_exists(api_server, running_operator):
+    spec = {"dataset": {"synthetic": None, "download": {"urls": [
+        {"url": "https://data.example.com/tusimple/train_set.zip", "secretRef": {"name": "late-secret"}}]}}}
+    body = experiment("lanes-late", spec=spec)
+    del body["spec"]["dataset"]["synthetic"]
+    api_server.create(body)
+
+    def waiting() -> bool:
+        exp = api_server.get("laneexperiments", "lanes-late", "default") or {}
+        return any(c["type"] == "DataPrepared" and c.get("reason") == "SecretNotFound"
+                   for c in (exp.get("status") or {}).get("conditions") or [])
+
+    api_server.wait_for(waiting, timeout=20, message="DataPrepared False/SecretNotFound")
+    exp = api_server.get("laneexperiments", "lanes-late", "default")
+    prepared = condition(exp, "DataPrepared")
+    assert prepared["status"] == "False" and exp["status"]["phase"] == "Downloading"
+    assert 'secret "late-secret" not found' in prepared["message"]
+    assert prepared["message"].startswith("Job lanes-late-prepare waits for its Secrets (late-secret, spec...secretRef)")
+    # the Event follows the status write
+    warnings = api_server.wait_for(lambda: [e for e in experiment_events(api_server, "lanes-late")
+                                            if e["reason"] == "SecretNotFound"], message="a SecretNotFound Event")
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+
+    api_server.create(_secret("late-secret", "Authorization", TOKEN))
+    exp = wait_phase(api_server, "lanes-late", ["Succeeded", "Failed"])
+    assert exp["status"]["phase"] == "Succeeded", exp["status"]
+    assert condition(exp, "DataPrepared")["reason"] == "Completed"
+    assert len([e for e in experiment_events(api_server, "lanes-late") if e["reason"] == "SecretNotFound"]) == 1
+    assert TOKEN not in json.dumps([exp, experiment_events(api_server, "lanes-late")])

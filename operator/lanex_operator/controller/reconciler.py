@@ -45,7 +45,7 @@ from lanex_operator.api.models import (
     Results,
     parse_spec,
 )
-from lanex_operator.controller.children import JOB, MPIJOB, PVC, SNAPSHOT, ChildCache, ChildKind
+from lanex_operator.controller.children import JOB, MPIJOB, POD, PVC, SNAPSHOT, ChildCache, ChildKind
 from lanex_operator.controller.config import OperatorConfig
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.controller.metrics import OperatorMetrics
@@ -365,6 +365,8 @@ class Reconciler:
                                                                    f"{plan.paths.data_root}")
             return None
         failed = _true(conditions, "Failed")
+        if not failed and plan.prepare.secret_mounts:
+            await self._report_unmounted_secrets(book, plan, name)
         if failed:
             detail = await self._pod_message(plan.namespace, JOB_POD_SELECTOR.format(name=name))
             book.fail(FailureReason.DOWNLOAD_FAILED, clip(
@@ -372,6 +374,23 @@ class Reconciler:
                 + (f"; {detail}" if detail else "")))
             return None
         return self.config.resync_seconds
+
+    async def _report_unmounted_secrets(self, book: StatusBook, plan: ExperimentPlan, job: str) -> None:
+        """A prepare pod waiting for a secretRef's Secret (the kubelet's FailedMount) is said once, in
+        DataPrepared and a Warning Event; it starts by itself once the Secret exists."""
+        pods = await self.kube.list(object_path("v1", "pods", plan.namespace),
+                                    label_selector=JOB_POD_SELECTOR.format(name=job))
+        for pod in pods:
+            if (pod.get("status") or {}).get("phase") != "Pending":
+                continue
+            warning = await self._last_warning(plan.namespace, POD, pod["metadata"]["name"])
+            if warning.startswith("FailedMount") and "secret" in warning:
+                names = ", ".join(secret.secret_name for secret in plan.prepare.secret_mounts)
+                message = clip(f"Job {job} waits for its Secrets ({names}, spec...secretRef) in namespace "
+                               f"{plan.namespace}: {warning}")
+                if book.set_condition(C.DATA_PREPARED.value, "False", "SecretNotFound", message):
+                    book.event("Warning", "SecretNotFound", message)
+                return
 
     async def _mark_prepared(self, namespace: str, claim: str) -> None:
         pvc = await self._child(PVC, namespace, claim) or {}
