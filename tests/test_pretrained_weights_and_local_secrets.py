@@ -189,3 +189,17 @@ def test_lanex_run_downloads_a_private_copy_with_a_secret_from_the_environment(t
     assert TOKEN not in written and TOKEN.split()[1] not in written
     index = tmp_path / "ws" / "volumes" / "private-data" / "tusimple_data" / "lanex_index" / "prepared.json"
     assert json.loads(index.read_text())["summary"]["layout"]["name"] == "official"
+
+
+def test_lanex_run_warns_before_anything_runs_when_vgg16_bn_has_no_weights(tmp_path):
+    experiment = tmp_path / "scratch.yaml"
+    experiment.write_text(json.dumps({"apiVersion": "lanex.dev/v1alpha1", "kind": "LaneExperiment",
+                                      "metadata": {"name": "scratch"}, "spec": {
+                                          "dataset": {"download": {"urls": [{"url": (tmp_path / "absent.zip").as_uri()}]}},
+                                          "training": {"backbone": "vgg16_bn"}}}))
+    result = subprocess.run([LANEX, "run", str(experiment), "--workspace", str(tmp_path / "ws")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1  # the prepare step fails on the absent file, after the warning
+    warning = "[lanex] warning: TrainingFromScratch: spec.training.pretrainedWeights is not set: vgg16_bn trains"
+    assert warning in " ".join(result.stderr.split())
+    assert result.stderr.index("TrainingFromScratch") < result.stderr.index("prepare: running")
