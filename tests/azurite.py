@@ -31,14 +31,19 @@ def _free_port() -> int:
 
 
 @contextmanager
-def azurite_blob(location: Path) -> Iterator[str]:
-    """Run Azurite's blob service with its data in `location`; yields the account endpoint URL."""
+def azurite_blob(location: Path, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """Run Azurite's blob service with its data in `location`; yields the account endpoint URL.
+
+    With `tls` (certificate, key files) it serves HTTPS and accepts OAuth bearer tokens (`--oauth
+    basic`: issuer, audience and lifetime are checked, the signature is not).
+    """
     if not AZURITE_BLOB.exists():
         raise AzuriteError(f"Azurite is not installed at {AZURITE_BLOB}: run `make azurite` (scripts/install_azurite.sh)")
     port = _free_port()
+    secure = ["--cert", str(tls[0]), "--key", str(tls[1]), "--oauth", "basic"] if tls else []
     process = subprocess.Popen(
         [str(AZURITE_BLOB), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--silent", "--skipApiVersionCheck",
-         "--location", str(location)],
+         "--location", str(location), *secure],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -53,7 +58,7 @@ def azurite_blob(location: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise AzuriteError(f"Azurite did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S:.0f} s")
                 time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/{ACCOUNT}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}/{ACCOUNT}"
     finally:
         process.terminate()
         try:

@@ -9,6 +9,8 @@ Every test also checks that the secret values appear in none of the command's ou
 from __future__ import annotations
 
 import hashlib
+import json
+import time
 import io
 import os
 import subprocess
@@ -47,9 +49,10 @@ def _secret(folder: Path, **keys: str) -> Path:
     return folder
 
 
-def _download(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _download(*arguments: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    environment = {name: value for name, value in {**os.environ, **(env or {})}.items() if name not in unset}
     return subprocess.run([LANEX, "data", "download", *arguments], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+                          env=environment)
 
 
 # --- HTTP with a header Secret ----------------------------------------------------------------
@@ -200,3 +203,73 @@ def test_blob_with_a_wrong_checksum_is_quarantined(azurite, container, tmp_path,
     with pytest.raises(DownloadError, match="checksum mismatch, expected sha256 0123abcd"):
         download_all([f"az://{ACCOUNT}/tusimple/v1/train_set.zip"], ["0123abcd"], tmp_path / "data", credentials=sas)
     assert (tmp_path / "data" / "train_set.zip.corrupt").read_bytes() == ARCHIVE
+
+
+# --- Azure Blob with DefaultAzureCredential (a managed identity) against Azurite over HTTPS ----------
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (Azurite's HTTPS) and its key."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+                   .not_valid_after(now + timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "azurite.pem", folder / "azurite-key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def _unsigned_jwt() -> str:
+    """An Entra ID-shaped access token for Azure Storage (Azurite's basic OAuth does not check signatures)."""
+    import base64 as b64
+    import json as js
+
+    def part(value: dict) -> str:
+        return b64.urlsafe_b64encode(js.dumps(value).encode()).rstrip(b"=").decode()
+
+    now = int(time.time())
+    claims = {"aud": "https://storage.azure.com", "iss": "https://sts.windows.net/00000000-0000-0000-0000-000000000001/",
+              "iat": now - 60, "nbf": now - 60, "exp": now + 3600, "oid": "00000000-0000-0000-0000-000000000002"}
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def test_az_url_without_a_sas_reads_with_default_azure_credential(tmp_path):
+    """No secretRef: the identity the pod runs as (here a managed-identity token endpoint) authorises the read."""
+    token = _unsigned_jwt()
+    identity_header = "lanex-test-identity-header"
+    token_body = json.dumps({"access_token": token, "expires_on": str(int(time.time()) + 3600),
+                             "resource": "https://storage.azure.com", "token_type": "Bearer"}).encode()
+    cert, key = _self_signed(tmp_path)
+    with file_server(Served(files={"/msi/token": token_body}, required_headers={"X-IDENTITY-HEADER": identity_header})) \
+            as identity, azurite_blob(tmp_path / "azurite", tls=(cert, key)) as endpoint:
+        from azure.storage.blob import BlobServiceClient
+
+        service = BlobServiceClient(endpoint, credential={"account_name": ACCOUNT, "account_key": ACCOUNT_KEY},
+                                    connection_verify=str(cert))
+        service.get_container_client("tusimple").create_container()
+        service.get_container_client("tusimple").upload_blob("train_set.zip", ARCHIVE)
+        environment = {"LANEX_BLOB_ENDPOINT": endpoint.replace(ACCOUNT, "{account}"), "REQUESTS_CA_BUNDLE": str(cert),
+                       # App Service's managed identity, the one DefaultAzureCredential can use off Azure
+                       "IDENTITY_ENDPOINT": f"{identity.base}/msi/token", "IDENTITY_HEADER": identity_header}
+        result = _download("--url", f"az://{ACCOUNT}/tusimple/train_set.zip", "--sha256", ARCHIVE_SHA,
+                           "--out", str(tmp_path / "data"), env=environment,
+                           unset=("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE"))
+        assert result.returncode == 0, result.stderr
+        assert [path.split("?")[0] for path, _ in identity.requests] == ["/msi/token"]
+    assert (tmp_path / "data" / "clips/0531/1/20.jpg").is_file()
+    assert token not in result.stdout + result.stderr

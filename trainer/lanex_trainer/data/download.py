@@ -500,7 +500,11 @@ def _blob_credential(source: Source):
         return source.credentials.sas
     from azure.identity import DefaultAzureCredential
 
-    return DefaultAzureCredential()  # workload identity in the prepare pod, az login on a laptop
+    try:
+        return DefaultAzureCredential()  # workload identity in the prepare pod, az login on a laptop
+    except ValueError as error:  # e.g. AZURE_CLIENT_ID set but empty
+        raise DownloadError(f"{source.shown}: cannot set up DefaultAzureCredential from the AZURE_* environment"
+                            f" variables: {error}") from None
 
 
 def _fetch_blob_once(source: Source, address: BlobAddress, part: Path, timeout_s: float) -> "hashlib._Hash":
