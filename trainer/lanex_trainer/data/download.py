@@ -19,6 +19,7 @@ error leaving `download_all` is scrubbed of the credentials' values.
 from __future__ import annotations
 
 import errno
+import filecmp
 import hashlib
 import json
 import logging
@@ -701,16 +702,22 @@ def _extract_zip(archive: Path, target: Path) -> None:
             bundle.extract(info, target)
 
 
-def _merge_into(source: Path, destination: Path) -> None:
-    """Move the extracted tree into `destination`, merging with folders already there."""
+def _merge_into(source: Path, destination: Path, archive: Path) -> None:
+    """Move the extracted tree into `destination`, merging with folders already there.
+
+    TuSimple's train and test archives both hold `clips/0531` and `clips/0601`: they merge. A file
+    that replaces a different one from an earlier archive is logged, so an overlap cannot go unseen.
+    """
     destination.mkdir(parents=True, exist_ok=True)
     for entry in source.iterdir():
         place = destination / entry.name
         if entry.is_dir() and not entry.is_symlink() and place.is_dir() and not place.is_symlink():
-            _merge_into(entry, place)
+            _merge_into(entry, place, archive)
         elif place.is_dir() and not place.is_symlink():
             raise DownloadError(f"cannot place {entry.name}: {place} is a folder")
         else:
+            if place.is_file() and not place.is_symlink() and not filecmp.cmp(entry, place, shallow=False):
+                log.warning("%s: %s replaces a different file of an earlier download", archive.name, place)
             os.replace(entry, place)
 
 
@@ -725,7 +732,7 @@ def extract_archive(archive: Path, out: Path) -> bool:
             _extract_zip(archive, staging)
         else:
             _extract_tar(archive, staging)
-        _merge_into(staging, out)
+        _merge_into(staging, out, archive)
     except DownloadError:
         raise
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, ValueError, OSError) as error:
