@@ -29,6 +29,7 @@ from typing import Optional
 
 from lanex_operator.api.models import (
     LaneExperimentSpec,
+    SecretRef,
     check_experiment_name,
     training_config_hash,
 )
@@ -246,7 +247,7 @@ def secret_names(spec: LaneExperimentSpec) -> tuple[str, ...]:
     return tuple(dict.fromkeys(ref.name for ref in refs if ref is not None))
 
 
-def _credentials(secret_ref, secrets_root: str) -> tuple[str, ...]:  # noqa: ANN001 (Optional[SecretRef])
+def _credentials(secret_ref: Optional[SecretRef], secrets_root: str) -> tuple[str, ...]:
     return ("--credentials", posixpath.join(secrets_root, secret_ref.name)) if secret_ref is not None else ()
 
 
