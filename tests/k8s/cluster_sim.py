@@ -8,7 +8,9 @@ API, as real controllers talk to the apiserver:
   volume in TR-4896 that had to be patched to ReadWriteMany, and that name their ANF volume in
   `spec.csi.volumeAttributes.internalName` as Trident's PVs do; restores PVCs whose dataSource is a
   ready VolumeSnapshot (size at least its restoreSize);
-* the Job controller: one pod per Job, success or failure with a termination message;
+* the Job controller: one pod per Job, success or failure with a termination message; like the
+  kubelet, a pod whose secret volume names a Secret that does not exist stays Pending with a
+  FailedMount Warning Event until the Secret is created;
 * the mpi-operator: Created -> Running -> Succeeded/Failed conditions, worker pods (removed when
   training ends, as `cleanPodPolicy: Running` does) and a launcher pod whose termination message is
   the trainer's results JSON; like v0.8.2 it refuses an MPIJob that breaks its rules (`k8s.mpi_rules`:
@@ -306,6 +308,7 @@ class ClusterSimulation:
         await self.request("PATCH", base, {"status": {"active": 1, "startTime": start}})
         pod = await self._pod(job, f"{name}-{_suffix()}", {"batch.kubernetes.io/job-name": name, "job-name": name,
                                                           "batch.kubernetes.io/controller-uid": meta["uid"]})
+        await self._mount_secrets(pod)
         self.print(pod, "lanex data: preparing the dataset in /mnt/tusimple_data\n")
         await asyncio.sleep(self.knobs.job_duration)
         await self._hold(job)
@@ -325,6 +328,31 @@ class ClusterSimulation:
                 {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now_rfc3339()},
                 {"type": "Complete", "status": "True", "lastTransitionTime": now_rfc3339()}]}})
         return True
+
+    async def _mount_secrets(self, pod: Mapping[str, Any]) -> None:
+        """The kubelet's mount of secret volumes: Pending + FailedMount while a Secret is missing."""
+        meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        waiting = False
+        for volume in (pod.get("spec") or {}).get("volumes") or []:
+            secret = volume.get("secret") or {}
+            if not secret.get("secretName") or secret.get("optional"):
+                continue
+            while True:
+                try:
+                    await self.request("GET", f"/api/v1/namespaces/{meta['namespace']}/secrets/{secret['secretName']}")
+                    break
+                except RuntimeError:
+                    if not waiting:
+                        waiting = True
+                        await self.request("PATCH", path, {"status": {"phase": "Pending", "containerStatuses": [{
+                            "name": _main_container(pod), "ready": False, "restartCount": 0,
+                            "state": {"waiting": {"reason": "ContainerCreating"}}}]}})
+                        await self.event(pod, "FailedMount", f'MountVolume.SetUp failed for volume "{volume["name"]}"'
+                                                             f' : secret "{secret["secretName"]}" not found')
+                    await asyncio.sleep(0.1)
+        if waiting:
+            await self.request("PATCH", path, {"status": {"phase": "Running", "containerStatuses": None}})
 
     def print(self, pod: Mapping[str, Any], text: str) -> None:
         """What the pod's main container writes to its log."""

@@ -37,16 +37,27 @@ def data_synth(
 
 @data_app.command("download")
 def data_download(
-    url: List[str] = typer.Option(..., "--url", help="http(s):// or file:// URL; repeatable."),
-    sha256: List[str] = typer.Option([], "--sha256", help="Expected SHA-256 per --url, in order."),
+    url: List[str] = typer.Option(
+        ..., "--url", help="http(s)://, file://, az://ACCOUNT/CONTAINER/PATH or https://ACCOUNT.blob.core.windows.net/"
+        " URL; repeatable."),
+    sha256: List[str] = typer.Option(
+        [], "--sha256", help="Expected SHA-256 per --url, in order (64 hex digits, or a prefix of at least 8)."),
     out: Path = typer.Option(..., help="Directory to download and extract into."),
     extract: bool = typer.Option(True, help="Extract zip/tar archives after download."),
+    credentials: Optional[Path] = typer.Option(
+        None, help="Folder of a mounted Secret, one file per key: 'sas' = a SAS query string, any other key = an"
+        " HTTP header (e.g. Authorization). Used for every --url; never printed."),
+    save_as: Optional[str] = typer.Option(None, help="File name to save the (single) --url as."),
 ) -> None:
     """Download (resumable, checksum-verified) and safely extract dataset archives."""
-    from lanex_trainer.data.download import DownloadError, download_all
+    from lanex_trainer.data.download import DownloadError, download_all, load_credentials
 
     try:
-        results = download_all(url, sha256, out, extract=extract)
+        if save_as is not None and len(url) != 1:
+            raise DownloadError(f"--save-as names one file; got {len(url)} --url values")
+        secret = load_credentials(credentials) if credentials is not None else None
+        results = download_all(url, sha256, out, extract=extract, credentials=secret,
+                               filenames=[save_as] if save_as is not None else None)
     except DownloadError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error

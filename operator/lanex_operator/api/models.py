@@ -27,6 +27,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from lanex_operator.api.fields import PositiveQuantity, Quantity
+from lanex_trainer.data.urls import has_userinfo, redact_url
 from lanex_operator.api.status import (  # noqa: F401  (re-exported: api.models names the whole API)
     ChildNames,
     Condition,
@@ -109,18 +110,73 @@ def _section(model: type[BaseModel], description: str) -> Any:
 # --- spec: dataset ----------------------------------------------------------------------
 
 
+DOWNLOAD_URL_PATTERN = r"^(https?|file|az)://\S+$"
+SECRET_KEYS_HELP = (
+    "Keys: `sas` = a SAS query string appended to the request; any other key = an HTTP header sent with it"
+    " (e.g. Authorization)."
+)
+
+
+class SecretRef(SpecModel):
+    """A Secret in the experiment's namespace, mounted into the prepare Job only (never into training)."""
+
+    name: str = Field(
+        description="Name of the Secret in the experiment's namespace; locally, `lanex run FILE --secret"
+        " NAME=file:PATH|env:VAR` supplies it.",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+    )
+
+
+def _url_rules(optional: bool) -> list[dict[str, str]]:
+    # The API server's side of `_no_secret_in_url`: CEL, since a pattern cannot say why.
+    guard = "!has(self.url) || " if optional else ""
+    return [
+        {"rule": f"{guard}!self.url.contains('?')",
+         "message": "url must not hold a query string: put it into the Secret named by secretRef (key sas)"},
+        {"rule": f"{guard}!self.url.matches('^[a-z]+://[^/]*@')",
+         "message": "url must not hold user:password: put credentials into the Secret named by secretRef"},
+    ]
+
+
+def _no_secret_in_url(url: Optional[str]) -> None:
+    # Everyone who can read the experiment reads its URLs: credentials belong in a Secret.
+    if url is None:
+        return
+    if has_userinfo(url):
+        raise PydanticCustomError(
+            "secret_in_url", "must not hold user:password; put credentials into a Secret named by secretRef",
+            {"field": "url"})
+    if "?" in url:  # a SAS or presigned query is a secret, and the manifests must show no query string
+        raise PydanticCustomError(
+            "secret_in_url", "must not hold a query string; put it into a Secret (key sas: appended to the"
+            " request) named by secretRef", {"field": "url"})
+
+
 class DownloadUrl(SpecModel):
     """One archive or file to download into the dataset volume."""
 
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _url_rules(optional=False)})
+
     url: str = Field(
-        description="http://, https:// or file:// URL of an archive (zip/tar) or file; archives are extracted.",
-        pattern=r"^(https?|file)://\S+$",
+        description="http://, https://, file://, az://ACCOUNT/CONTAINER/PATH or https://ACCOUNT.blob.core.windows.net/"
+        " URL of an archive (zip/tar) or file; archives are extracted. Blob URLs are read with the secretRef's SAS,"
+        " else the prepare Job's Azure workload identity. No credentials and no query string here: use secretRef.",
+        pattern=DOWNLOAD_URL_PATTERN,
     )
     sha256: Optional[str] = Field(
         None,
         description="Expected SHA-256 of the downloaded file (64 hex digits); the download fails on mismatch.",
         pattern=r"^[0-9a-fA-F]{64}$",
     )
+    secret_ref: Optional[SecretRef] = Field(
+        None, description=f"Secret with the credentials of this URL, mounted into the prepare Job only. {SECRET_KEYS_HELP}"
+    )
+
+    @model_validator(mode="after")
+    def _credentials_not_in_url(self) -> "DownloadUrl":
+        _no_secret_in_url(self.url)
+        return self
 
 
 class DownloadSource(SpecModel):
@@ -200,6 +256,14 @@ class DatasetSpec(SpecModel):
     prepare_backoff_limit: int = Field(
         2, description="Retries of the download/prepare Job before the experiment fails.", ge=0, le=20
     )
+    prepare_service_account_name: Optional[str] = Field(
+        None,
+        description="ServiceAccount of the download/prepare Job. For az:// and *.blob.core.windows.net URLs without"
+        " a SAS, one federated with an Azure managed identity that may read the blobs (Azure workload identity: the"
+        " pod gets label azure.workload.identity/use=true).",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> "DatasetSpec":
@@ -226,7 +290,10 @@ class DatasetSpec(SpecModel):
         """A one-line, reproducible description of the source (recorded in status.provenance)."""
         if self.download is not None:
             return "download:" + ",".join(
-                entry.url + (f"#sha256={entry.sha256}" if entry.sha256 else "") for entry in self.download.urls
+                redact_url(entry.url)
+                + (f"#sha256={entry.sha256}" if entry.sha256 else "")
+                + (f"#secretRef={entry.secret_ref.name}" if entry.secret_ref else "")
+                for entry in self.download.urls
             )
         if self.synthetic is not None:
             test = f",testClips={self.synthetic.test_clips}" if self.synthetic.test_clips else ""
@@ -292,6 +359,59 @@ class EnvVar(SpecModel):
         return self
 
 
+class PretrainedWeights(SpecModel):
+    """ImageNet weights of the backbone: a file to fetch once into the volume, or one already on it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [{"required": ["url", "sha256"]}, {"required": ["path"]}],
+            "x-kubernetes-validations": [
+                {"rule": "has(self.url) != has(self.path)", "message": "exactly one of url, path must be set"},
+                {"rule": "!has(self.url) || has(self.sha256)", "message": "sha256 is required with url"},
+                {"rule": "has(self.url) || (!has(self.sha256) && !has(self.secretRef))",
+                 "message": "sha256 and secretRef are only allowed with url"},
+                *_url_rules(optional=True),
+            ],
+        }
+    )
+
+    url: Optional[str] = Field(
+        None,
+        description="Where to fetch the weights (same rules and credentials as spec.dataset.download.urls[].url), e.g."
+        " torchvision's https://download.pytorch.org/models/vgg16_bn-6c64b313.pth. The prepare Job fetches it once"
+        " into <volume>/weights/<sha256>.pth; a volume that has it (e.g. a restored snapshot) is not fetched again.",
+        pattern=DOWNLOAD_URL_PATTERN,
+    )
+    sha256: Optional[str] = Field(
+        None,
+        description="SHA-256 of the file: the full 64 hex digits, or a prefix of at least 8 (torchvision names its"
+        " files after the first 8, e.g. 6c64b313). Required with url.",
+        pattern=r"^[0-9a-fA-F]{8,64}$",
+    )
+    secret_ref: Optional[SecretRef] = Field(
+        None, description=f"Secret with the credentials of url, mounted into the prepare Job only. {SECRET_KEYS_HELP}"
+    )
+    path: Optional[str] = Field(
+        None,
+        description="A weights file already on the dataset volume, relative to its root (e.g. weights/vgg16_bn.pth).",
+        pattern=r"^[^/\s]\S*$",
+        max_length=1024,
+    )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> "PretrainedWeights":
+        if (self.url is None) == (self.path is None):
+            raise PydanticCustomError("weights_source", "exactly one of url, path must be set", {})
+        if self.url is not None and self.sha256 is None:
+            raise PydanticCustomError("weights_sha256", "required with url", {"field": "sha256"})
+        if self.path is not None and (self.sha256 is not None or self.secret_ref is not None):
+            raise PydanticCustomError("weights_path", "sha256 and secretRef are only allowed with url", {})
+        if self.path is not None and ".." in self.path.split("/"):
+            raise PydanticCustomError("weights_path", "must stay inside the volume (no '..')", {"field": "path"})
+        _no_secret_in_url(self.url)
+        return self
+
+
 class TrainingSpec(SpecModel):
     """The distributed training job (an MPIJob with one launcher and `workers` workers)."""
 
@@ -343,6 +463,11 @@ class TrainingSpec(SpecModel):
     )
     active_deadline_seconds: Optional[int] = Field(
         None, description="Fail training (reason Timeout) after this many seconds; unset means no limit.", ge=1
+    )
+    pretrained_weights: Optional[PretrainedWeights] = Field(
+        None,
+        description="ImageNet weights of the backbone, passed to every rank as --pretrained-weights. vgg16_bn without"
+        " them trains from scratch (condition TrainingFromScratch and a Warning Event).",
     )
 
     @model_validator(mode="after")

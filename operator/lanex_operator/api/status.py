@@ -53,6 +53,7 @@ class ConditionType(str, Enum):
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
     STORAGE_TIER = "StorageTier"
     QUEUED = "Queued"  # scheduler kueue: the MPIJob waits, suspended, for Kueue's admission
+    TRAINING_FROM_SCRATCH = "TrainingFromScratch"
 
 
 class StatusModel(BaseModel):

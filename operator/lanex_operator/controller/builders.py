@@ -34,6 +34,7 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # mpi-operator >= 0.5.0: create the launcher only once every worker pod is Ready, so that the workers'
 # Service resolves when Horovod's ssh checks start (the default, AtStartup, does not wait).
 WAIT_FOR_WORKERS_READY = "WaitForWorkersReady"
+WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
 
 Manifest = dict[str, Any]
 
@@ -97,6 +98,18 @@ def prepare_job_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Exp
         **_container("prepare", plan.prepare.container),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        # The secretRefs' Secrets, by name only: their values reach the pod as files, never the manifest.
+        "volumes": [_data_volume(plan)] + [
+            {"name": secret.volume, "secret": {"secretName": secret.secret_name}} for secret in plan.prepare.secret_mounts
+        ],
+    }
+    pod_labels = dict(labels)
+    if plan.prepare.service_account_name is not None:
+        pod["serviceAccountName"] = plan.prepare.service_account_name
+        pod_labels[WORKLOAD_IDENTITY_LABEL] = "true"  # the webhook injects the federated token for az:// reads
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -108,14 +121,7 @@ def prepare_job_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Exp
         },
         "spec": {
             "backoffLimit": plan.prepare.backoff_limit,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [container],
-                    "volumes": [_data_volume(plan)],
-                },
-            },
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod},
         },
     }
 
@@ -277,7 +283,10 @@ def _container(name: str, run: ContainerRun) -> dict[str, Any]:
     }
     if run.env:
         container["env"] = [{"name": key, "value": value} for key, value in run.env]
-    container["volumeMounts"] = [{"name": mount.volume, "mountPath": mount.path} for mount in run.mounts]
+    container["volumeMounts"] = [
+        {"name": mount.volume, "mountPath": mount.path, **({"readOnly": True} if mount.read_only else {})}
+        for mount in run.mounts
+    ]
     return container
 
 

@@ -45,12 +45,12 @@ from lanex_operator.api.models import (
     Results,
     parse_spec,
 )
-from lanex_operator.controller.children import JOB, MPIJOB, PVC, SNAPSHOT, ChildCache, ChildKind
+from lanex_operator.controller.children import JOB, MPIJOB, POD, PVC, SNAPSHOT, ChildCache, ChildKind
 from lanex_operator.controller.config import OperatorConfig
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.controller.metrics import OperatorMetrics
 from lanex_operator.plan.defaults import ClusterDefaults
-from lanex_operator.plan.steps import ExperimentPlan, plan_for
+from lanex_operator.plan.steps import FROM_SCRATCH_REASON, ExperimentPlan, plan_for
 from lanex_operator.controller.preflight import Preflight
 from lanex_operator.controller.status import MESSAGE_LIMIT, StatusBook, clip
 from lanex_operator.controller.tier_steps import StorageTiering, TierSteps
@@ -253,6 +253,9 @@ class Reconciler:
         book.set_condition(C.SUCCEEDED.value, "Unknown", "InProgress", "the experiment is running")
         book.set_condition(C.FAILED.value, "False", "InProgress", "the experiment is running")
         book.enter(Phase.PENDING, "checking that the cluster has what the experiment needs")
+        if plan.train.from_scratch is not None:  # said once, when the experiment starts
+            book.set_condition(C.TRAINING_FROM_SCRATCH.value, "True", FROM_SCRATCH_REASON, plan.train.from_scratch)
+            book.event("Warning", C.TRAINING_FROM_SCRATCH.value, plan.train.from_scratch)
 
     # ---- steps: each returns None when done, else seconds to wait
 
@@ -339,7 +342,7 @@ class Reconciler:
                                                                  f"{plan.dataset.restore_from}: the data is prepared")
             return None
         claim = plan.dataset.claim_name
-        if not plan.dataset.creates_claim:
+        if not plan.dataset.creates_claim and not plan.prepare.weights_commands:  # weights may still be missing
             pvc = await self._child(PVC, plan.namespace, claim) or {}
             if ((pvc.get("metadata") or {}).get("annotations") or {}).get(PREPARED_ANNOTATION) == "true":
                 book.complete_step(C.DATA_PREPARED.value, "Skipped", f"PersistentVolumeClaim {claim} is annotated "
@@ -358,6 +361,8 @@ class Reconciler:
                                                                    f"{plan.paths.data_root}")
             return None
         failed = _true(conditions, "Failed")
+        if not failed and plan.prepare.secret_mounts:
+            await self._report_unmounted_secrets(book, plan, name)
         if failed:
             detail = await self._pod_message(plan.namespace, JOB_POD_SELECTOR.format(name=name))
             book.fail(FailureReason.DOWNLOAD_FAILED, clip(
@@ -365,6 +370,23 @@ class Reconciler:
                 + (f"; {detail}" if detail else "")))
             return None
         return self.config.resync_seconds
+
+    async def _report_unmounted_secrets(self, book: StatusBook, plan: ExperimentPlan, job: str) -> None:
+        """A prepare pod waiting for a secretRef's Secret (the kubelet's FailedMount) is said once, in
+        DataPrepared and a Warning Event; it starts by itself once the Secret exists."""
+        pods = await self.kube.list(object_path("v1", "pods", plan.namespace),
+                                    label_selector=JOB_POD_SELECTOR.format(name=job))
+        for pod in pods:
+            if (pod.get("status") or {}).get("phase") != "Pending":
+                continue
+            warning = await self._last_warning(plan.namespace, POD, pod["metadata"]["name"])
+            if warning.startswith("FailedMount") and "secret" in warning:
+                names = ", ".join(secret.secret_name for secret in plan.prepare.secret_mounts)
+                message = clip(f"Job {job} waits for its Secrets ({names}, spec...secretRef) in namespace "
+                               f"{plan.namespace}: {warning}")
+                if book.set_condition(C.DATA_PREPARED.value, "False", "SecretNotFound", message):
+                    book.event("Warning", "SecretNotFound", message)
+                return
 
     async def _mark_prepared(self, namespace: str, claim: str) -> None:
         pvc = await self._child(PVC, namespace, claim) or {}

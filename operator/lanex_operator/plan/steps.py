@@ -10,7 +10,12 @@ operator's `ClusterDefaults` (the built-in fallbacks for local runs and the CLI)
 
 Paths inside the dataset volume (TR-4896's layout):
 - `<mount_root>/tusimple_data`: the dataset, marked prepared by `.lanex-prepared`;
-- `<mount_root>/experiments/<name>`: checkpoints, logs and results of experiment `<name>`.
+- `<mount_root>/experiments/<name>`: checkpoints, logs and results of experiment `<name>`;
+- `<mount_root>/weights/<sha256>.pth`: pretrained weights fetched from a URL, shared by experiments.
+
+Credentials (`secretRef`s) reach the prepare step only, as folders under `secrets_root` (a mounted
+Secret on the cluster, a private folder locally) named on the `lanex data download` command line:
+the plan holds Secret names and paths, never a secret value.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from lanex_operator.api.models import (
     LABEL_VALUE_PATTERN,
     MAX_WORKERS,
     LaneExperimentSpec,
+    SecretRef,
     check_experiment_name,
     training_config_hash,
 )
@@ -42,6 +48,10 @@ PREPARED_MARKER = ".lanex-prepared"
 TERMINATION_LOG = "/dev/termination-log"
 DATA_VOLUME = "data"
 SHM_VOLUME = "dshm"
+WEIGHTS_DIR = "weights"
+SECRETS_ROOT = "/var/run/secrets/lanex"
+SECRET_VOLUME_PREFIX = "secret-"
+FROM_SCRATCH_REASON = "NoPretrainedWeights"
 # mpi-operator starts the processes on workers over ssh. The trainer image (Dockerfile.trainer) runs
 # everything as the unprivileged `mpiuser`, with its own sshd configuration on port 2222 and the keys
 # mpi-operator mounts at SSH_AUTH_MOUNT_PATH.
@@ -172,6 +182,16 @@ class Mount:
 
     volume: str
     path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    """A Secret mounted (read-only) into the prepare container as the folder `path`."""
+
+    secret_name: str
+    volume: str
+    path: str
 
 
 @dataclass(frozen=True)
@@ -210,10 +230,14 @@ class PrepareStep:
     done_marker: str
     backoff_limit: int
     container: ContainerRun
+    # Run before the marker check, on every run: fetching pretrained weights (cached by checksum).
+    weights_commands: tuple[tuple[str, ...], ...] = ()
+    secret_mounts: tuple[SecretMount, ...] = ()
+    service_account_name: Optional[str] = None
 
     def script(self) -> str:
         """The `sh` script the prepare container runs."""
-        return prepare_script(self.commands, self.done_marker)
+        return prepare_script(self.commands, self.done_marker, self.weights_commands)
 
 
 @dataclass(frozen=True)
@@ -234,6 +258,8 @@ class TrainStep:
     launcher: ContainerRun
     worker: ContainerRun
     kueue_queue: Optional[str] = None  # the Kueue LocalQueue, set exactly with scheduler kueue
+    pretrained_weights: Optional[str] = None  # the file every rank loads (--pretrained-weights)
+    from_scratch: Optional[str] = None  # the warning when a backbone that needs ImageNet weights has none
 
 
 @dataclass(frozen=True)
@@ -307,14 +333,64 @@ def experiment_paths(name: str, mount_root: str = MOUNT_ROOT, termination_log: s
     )
 
 
-def data_commands(spec: LaneExperimentSpec, data_root: str) -> tuple[tuple[str, ...], ...]:
+def secret_names(spec: LaneExperimentSpec) -> tuple[str, ...]:
+    """The Secrets the prepare step reads, each once, in the order the spec names them."""
+    refs = [entry.secret_ref for entry in spec.dataset.download.urls] if spec.dataset.download is not None else []
+    weights = spec.training.pretrained_weights
+    refs.append(weights.secret_ref if weights is not None else None)
+    return tuple(dict.fromkeys(ref.name for ref in refs if ref is not None))
+
+
+def _credentials(secret_ref: Optional[SecretRef], secrets_root: str) -> tuple[str, ...]:
+    return ("--credentials", posixpath.join(secrets_root, secret_ref.name)) if secret_ref is not None else ()
+
+
+def pretrained_weights_path(spec: LaneExperimentSpec, mount_root: str) -> Optional[str]:
+    """The weights file every rank loads: `<mount_root>/weights/<sha256>.pth`, or the spec's path."""
+    weights = spec.training.pretrained_weights
+    if weights is None:
+        return None
+    if weights.path is not None:
+        return posixpath.join(mount_root, weights.path)
+    assert weights.sha256 is not None
+    return posixpath.join(mount_root, WEIGHTS_DIR, f"{weights.sha256.lower()}.pth")
+
+
+def weights_commands(spec: LaneExperimentSpec, mount_root: str,
+                     secrets_root: str = SECRETS_ROOT) -> tuple[tuple[str, ...], ...]:
+    """`lanex data download` of the weights into the volume; a no-op when the file is already there."""
+    weights = spec.training.pretrained_weights
+    if weights is None or weights.url is None:
+        return ()
+    target = pretrained_weights_path(spec, mount_root)
+    assert target is not None and weights.sha256 is not None
+    return ((
+        "lanex", "data", "download", "--url", weights.url, "--sha256", weights.sha256.lower(),
+        "--out", posixpath.dirname(target), "--save-as", posixpath.basename(target), "--no-extract",
+        *_credentials(weights.secret_ref, secrets_root),
+    ),)  # fmt: skip
+
+
+def from_scratch_warning(spec: LaneExperimentSpec) -> Optional[str]:
+    """Why training from random initialisation is worth a warning, or None."""
+    training = spec.training
+    if training.backbone == "vgg16_bn" and training.pretrained_weights is None:
+        return ("spec.training.pretrainedWeights is not set: vgg16_bn trains from random initialisation, and the SCNN"
+                " recipe needs ImageNet weights (e.g. url https://download.pytorch.org/models/vgg16_bn-6c64b313.pth,"
+                " sha256 6c64b313)")
+    return None
+
+
+def data_commands(spec: LaneExperimentSpec, data_root: str,
+                  secrets_root: str = SECRETS_ROOT) -> tuple[tuple[str, ...], ...]:
     """The `lanex data` commands that fill `data_root` (empty for a restored snapshot)."""
     dataset = spec.dataset
     commands: list[tuple[str, ...]] = []
     if dataset.download is not None:
         for entry in dataset.download.urls:
             checksum = ("--sha256", entry.sha256.lower()) if entry.sha256 else ()
-            commands.append(("lanex", "data", "download", "--url", entry.url, *checksum, "--out", data_root))
+            commands.append(("lanex", "data", "download", "--url", entry.url, *checksum, "--out", data_root,
+                             *_credentials(entry.secret_ref, secrets_root)))
     elif dataset.synthetic is not None:
         synthetic = dataset.synthetic
         test = ("--test-clips", str(synthetic.test_clips)) if synthetic.test_clips else ()
@@ -327,15 +403,18 @@ def data_commands(spec: LaneExperimentSpec, data_root: str) -> tuple[tuple[str, 
     return tuple(commands)
 
 
-def prepare_script(commands: tuple[tuple[str, ...], ...], done_marker: str) -> str:
-    """`sh` script: exit early if `done_marker` exists, else run every command and create it."""
+def prepare_script(commands: tuple[tuple[str, ...], ...], done_marker: str,
+                   always: tuple[tuple[str, ...], ...] = ()) -> str:
+    """`sh` script: run the `always` commands, then exit early if `done_marker` exists, else run every
+    command and create it (no marker block when there are no commands: a restored volume has its own)."""
     marker = shlex.quote(done_marker)
-    lines = [
-        "set -e",
-        f'if [ -f {marker} ]; then echo "lanex: dataset already prepared ({done_marker})"; exit 0; fi',
-        *(shlex.join(command) for command in commands),
-        f"touch {marker}",
-    ]
+    lines = ["set -e", *(shlex.join(command) for command in always)]
+    if commands:
+        lines += [
+            f'if [ -f {marker} ]; then echo "lanex: dataset already prepared ({done_marker})"; exit 0; fi',
+            *(shlex.join(command) for command in commands),
+            f"touch {marker}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -360,6 +439,7 @@ def training_env(spec: LaneExperimentSpec, claim_name: str, *, launcher: bool) -
 def train_command(spec: LaneExperimentSpec, paths: Paths) -> tuple[str, ...]:
     """`lanex train ...` as every training process runs it."""
     training = spec.training
+    weights = pretrained_weights_path(spec, paths.mount_root)
     return (
         "lanex", "train",
         "--data-root", paths.data_root,
@@ -369,6 +449,7 @@ def train_command(spec: LaneExperimentSpec, paths: Paths) -> tuple[str, ...]:
         "--lr", repr(training.learning_rate),
         "--height", str(training.height),
         "--width", str(training.width),
+        *(("--pretrained-weights", weights) if weights is not None else ()),
     )  # fmt: skip
 
 
@@ -392,6 +473,7 @@ def plan_for(
     mount_root: str = MOUNT_ROOT,
     termination_log: str = TERMINATION_LOG,
     defaults: ClusterDefaults = ClusterDefaults(),
+    secrets_root: str = SECRETS_ROOT,
 ) -> ExperimentPlan:
     """The plan of experiment `namespace/name` with the cluster's `defaults` for what the spec leaves
     unset; raises InvalidSpecError for an unusable name, or a default scheduler that cannot apply."""
@@ -414,16 +496,23 @@ def plan_for(
     )
 
     prepare = None
-    commands = data_commands(spec, paths.data_root)
-    if commands:
+    commands = data_commands(spec, paths.data_root, secrets_root)
+    fetch_weights = weights_commands(spec, mount_root, secrets_root)
+    if commands or fetch_weights:
         marker = posixpath.join(paths.data_root, PREPARED_MARKER)
-        script = prepare_script(commands, marker)
+        script = prepare_script(commands, marker, fetch_weights)
+        secrets = tuple(SecretMount(secret, f"{SECRET_VOLUME_PREFIX}{index}", posixpath.join(secrets_root, secret))
+                        for index, secret in enumerate(secret_names(spec)))
+        secret_mounts = tuple(Mount(secret.volume, secret.path, read_only=True) for secret in secrets)
         prepare = PrepareStep(
             commands=commands,
             done_marker=marker,
             backoff_limit=dataset.prepare_backoff_limit,
             container=ContainerRun(effective.trainer_image, training.image_pull_policy, ("sh", "-c", script), (),
-                                   data_mount),
+                                   data_mount + secret_mounts),
+            weights_commands=fetch_weights,
+            secret_mounts=secrets,
+            service_account_name=dataset.prepare_service_account_name,
         )
 
     train = TrainStep(
@@ -453,6 +542,8 @@ def plan_for(
             data_mount + shm_mount,
         ),
         kueue_queue=effective.kueue_queue,
+        pretrained_weights=pretrained_weights_path(spec, mount_root),
+        from_scratch=from_scratch_warning(spec),
     )
 
     snapshot = None
