@@ -376,6 +376,15 @@ def progress_text(progress: dict) -> str:
     return "  ".join(parts)
 
 
+def progress_summary(progress: dict) -> str:
+    """`12/30 40%`: epoch/epochs and the share of the run's steps done (the printer column's format)."""
+    epoch, epochs, step, steps = (progress.get(k) for k in ("epoch", "epochs", "step", "steps"))
+    text = f"{epoch if epoch is not None else '-'}/{epochs if epochs is not None else '-'}"
+    if step is not None and steps:
+        text += f" {100 * step // steps}%"
+    return text
+
+
 def epochs_of_run(total_steps: int, steps_per_epoch: int, epochs: int) -> int:
     """Epochs the run will touch (max_iterations may end it inside an earlier epoch)."""
     return max(1, min(epochs, math.ceil(total_steps / max(steps_per_epoch, 1))))
