@@ -265,3 +265,20 @@ def test_human_forms_of_progress():
     assert progress_summary(progress) == "3/30 13%"
     assert progress_text(progress) == ("epoch 3/30  step 120/900 (13%)  loss 0.4123  lr 0.0381  57.3 img/s  "
                                        "data wait 12%  ETA 4m12s  val acc 0.8123 (epoch 2)")
+
+
+def test_the_terminal_filter_drops_progress_lines_split_anywhere_and_passes_the_bar_at_once():
+    from lanex_operator.local.runner import ProgressLineFilter
+
+    stream = (b"\r 50%|#####     | step 6/12\r" + b"\r           \r" + LOG_PREFIX.encode() + b'{"step":6}\n'
+              + b"\r 58%|######    | step 7/12" + b"[default0]:" + LOG_PREFIX.encode() + b'{"step":7}\n'
+              + b"epoch done\nLANEX_PROG is not the marker\n")
+    expected = (b"\r 50%|#####     | step 6/12\r\r           \r\r 58%|######    | step 7/12[default0]:"
+                b"epoch done\nLANEX_PROG is not the marker\n")
+    for size in (1, 3, 7, 16, len(stream)):
+        terminal = ProgressLineFilter()
+        shown = b"".join(terminal.feed(stream[i:i + size]) for i in range(0, len(stream), size)) + terminal.flush()
+        assert shown == expected, size
+    terminal = ProgressLineFilter()
+    assert terminal.feed(b"\r 10%|# | step 1/9") == b"\r 10%|# | step 1/9"  # no newline needed to show the bar
+    assert terminal.feed(b"LANEX_PRO") == b"" and terminal.feed(b"FILE\n") == b"LANEX_PROFILE\n"
