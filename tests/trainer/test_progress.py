@@ -242,6 +242,15 @@ def test_nvml_figures_are_parsed_from_the_device_found_by_uuid(monkeypatch):
     assert GpuProbe.open(3).handle == ("handle", 3)
 
 
+def test_a_device_nvml_does_not_know_by_uuid_is_found_by_index(monkeypatch):
+    class NoUuid(FakeNvml):
+        def nvmlDeviceGetHandleByUUID(self, uuid):
+            raise self.NVMLError("Not Found")
+
+    monkeypatch.setitem(sys.modules, "pynvml", NoUuid())
+    assert GpuProbe.open(1, uuid="0000-1").handle == ("handle", 1)
+
+
 def test_without_nvml_or_its_library_gpu_figures_are_null(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(fail_init=True))
     assert GpuProbe.open(0) is None

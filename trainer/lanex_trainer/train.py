@@ -1,8 +1,9 @@
 """`lanex train`: wires data, model, optimiser and checkpoints into a (distributed) run.
 
-Rank 0 alone writes into `output_dir` (checkpoints, TensorBoard, results.json, curves); every
-rank reads the checkpoint that rank 0 chose, so all resume at the same step. A resumed run sees
-exactly the batches, augmentations and random states an uninterrupted one would have.
+Rank 0 alone writes into `output_dir` (checkpoints, TensorBoard, results.json, curves, progress.json,
+overlays and worst.png); every rank reads the checkpoint that rank 0 chose, so all resume at the
+same step. A resumed run sees exactly the batches, augmentations and random states an
+uninterrupted one would have.
 """
 
 from __future__ import annotations
