@@ -66,7 +66,7 @@ def print_summary(summary: dict) -> None:
 
 LOCAL_GET_HEADERS = ("NAME", "PHASE", "PROGRESS", "LOSS", "IMG/S", "ETA", "VAL ACC", "ACCURACY", "SNAPSHOT")
 # --watch prints rows one at a time, so its columns have fixed widths (PHASE fits ProvisioningDataset).
-WATCH_WIDTHS = (12, 19, 9, 8, 7, 7, 8, 8, 0)
+WATCH_WIDTHS = (12, 19, 10, 8, 7, 7, 8, 8, 0)
 
 
 def watch_line(cells, names_width: int) -> str:
