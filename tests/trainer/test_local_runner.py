@@ -101,6 +101,9 @@ def test_interrupted_run_resumes_from_the_step_and_checkpoint_it_reached(tmp_pat
     process.wait()
     state = json.loads((workspace / "experiments" / "interrupted" / "state.json").read_text())
     assert state["steps"]["prepare"]["state"] == "Done" and state["steps"]["train"]["state"] == "Running"
+    killed = json.loads(run_lanex("get", "--workspace", str(workspace), "-o", "json").stdout)["experiments"][0]
+    assert (killed["phase"], killed["running"]) == ("Training", False)
+    assert "Training (stopped)" in run_lanex("get", "--workspace", str(workspace)).stdout
 
     done = run_lanex("run", str(experiment), "--workspace", str(workspace), timeout=600)
     assert "prepare: already done, skipping" in done.stderr
@@ -139,6 +142,7 @@ def test_lanex_get_workspace_from_another_process_follows_the_step_of_a_running_
             watcher.wait()
     assert watcher.returncode == 0, errors
     documents = _json_documents(watched)
+    assert all(d["running"] for d in documents if d["phase"] not in ("Succeeded", "Failed"))
     training = [d["progress"] for d in documents if d["phase"] == "Training" and d["progress"]]
     steps = [p["step"] for p in training]
     assert steps == sorted(steps) and len(set(steps)) >= 2, steps  # seen moving while it trained
@@ -149,7 +153,7 @@ def test_lanex_get_workspace_from_another_process_follows_the_step_of_a_running_
     listed = json.loads(run_lanex("get", "--workspace", str(workspace), "-o", "json").stdout)
     assert listed["sweeps"] == [] and [e["name"] for e in listed["experiments"]] == ["watched"]
     shown = listed["experiments"][0]
-    assert shown["phase"] == "Succeeded" and shown["snapshot"] == state["snapshots"][-1]
+    assert shown["phase"] == "Succeeded" and shown["running"] is False and shown["snapshot"] == state["snapshots"][-1]
     assert shown["results"] == {k: state["results"][k] for k in ("accuracy", "fp", "fn")}
     output = Path(state["outputDir"])
     results = json.loads((output / "results.json").read_text())

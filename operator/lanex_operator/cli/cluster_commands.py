@@ -161,7 +161,7 @@ def get_command(
                                                   "(phase, progress, accuracy, snapshot; no cluster)."),
     watch: bool = typer.Option(False, "--watch", "-w",
                                help="With --workspace: print a row whenever an experiment changes, until all "
-                                    "are Succeeded or Failed."),
+                                    "are Succeeded or Failed (or their `lanex run` stopped)."),
 ) -> None:
     """List LaneExperiments like `kubectl get lx`: NAME, PHASE, WORKERS, ACCURACY, SNAPSHOT, AGE.
 

@@ -76,13 +76,17 @@ def watch_line(cells, names_width: int) -> str:
 
 def local_row(experiment: dict) -> list[str]:
     from lanex_operator.cli.views import decimal
+    from lanex_operator.local.runner import FINAL_PHASES
     from lanex_trainer.progress import human_seconds, progress_summary
 
     progress = experiment.get("progress") or {}
     validation = progress.get("validation") or {}
-    running = progress and progress.get("state") != "finished"
+    running = progress and progress.get("state") != "finished" and experiment.get("running") is not False
     rate = progress.get("imagesPerSecond")
-    return [experiment["name"], experiment.get("phase") or "-", progress_summary(progress) if progress else "-",
+    phase = experiment.get("phase") or "-"
+    if experiment.get("running") is False and phase not in FINAL_PHASES:
+        phase += " (stopped)"  # killed or interrupted: `lanex run` again resumes it
+    return [experiment["name"], phase, progress_summary(progress) if progress else "-",
             decimal(progress.get("loss")), "-" if rate is None else f"{rate:.1f}",
             human_seconds(progress.get("etaSeconds")) if running else "-",
             decimal(validation.get("accuracy")), decimal(experiment["results"].get("accuracy")),
@@ -91,7 +95,7 @@ def local_row(experiment: dict) -> list[str]:
 
 def get_local(workspace: Path, name: Optional[str], output: Optional[str], watch: bool, poll_s: float = 0.5) -> None:
     """`lanex get --workspace DIR`: one table (or JSON/YAML document); with --watch, a row per change
-    until every experiment shown is Succeeded or Failed."""
+    until every experiment shown is Succeeded or Failed, or its `lanex run` has stopped."""
     import time
 
     from lanex_operator.cli.views import dump, table
@@ -129,7 +133,7 @@ def get_local(workspace: Path, name: Optional[str], output: Optional[str], watch
                 else:
                     document = dump(experiment, output).rstrip()  # one document per change, like kubectl -w
                     typer.echo(document if output == "json" else f"---\n{document}")
-            if experiments and all(e.get("phase") in FINAL_PHASES for e in experiments):
+            if experiments and all(e.get("phase") in FINAL_PHASES or e.get("running") is False for e in experiments):
                 return
             time.sleep(poll_s)
             experiments = read()

@@ -194,6 +194,8 @@ class LocalRunner:
         actions = {StepName.DATASET: self._dataset, StepName.PREPARE: self._prepare, StepName.SHARE: lambda: {"note": "local directories are shared by all processes"},
                    StepName.TRAIN: self._train, StepName.SNAPSHOT: self._snapshot}
         self.state.data["outputDir"] = self.plan.paths.output_dir  # where `lanex get --workspace` finds progress
+        # Lets `lanex get --workspace` tell a run that is going on from one that was killed or interrupted.
+        self.state.data["runner"] = {"pid": os.getpid(), "host": socket.gethostname()}
         try:
             for step in self.plan.steps:
                 if self.state.done(step):
@@ -277,6 +279,23 @@ class ProgressLineFilter:
         return 0
 
 
+def _runner_alive(state: dict) -> Optional[bool]:
+    """Whether the `lanex run` that last wrote this state is still going; None when it cannot be told
+    (a state from an older lanex, or a run on another host sharing the workspace)."""
+    if state.get("phase") in FINAL_PHASES:
+        return False
+    runner = state.get("runner") or {}
+    if not runner.get("pid") or runner.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(runner["pid"], 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, but belongs to another user
+        return True
+    return True
+
+
 def local_experiments(workspace: Path, name: Optional[str] = None) -> list[dict]:
     """The experiments of a workspace as `lanex get --workspace -o json` shows them (PROGRESS_CONTRACT.md).
 
@@ -298,7 +317,7 @@ def local_experiments(workspace: Path, name: Optional[str] = None) -> list[dict]
         output_dir = state.get("outputDir")
         results = state.get("results") or {}
         found.append({
-            "name": experiment, "phase": state.get("phase"),
+            "name": experiment, "phase": state.get("phase"), "running": _runner_alive(state),
             "progress": read_progress(Path(output_dir)) if output_dir else None,
             "results": {key: results.get(key) for key in ("accuracy", "fp", "fn")},
             "snapshot": (state.get("snapshots") or [None])[-1],
