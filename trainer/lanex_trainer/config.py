@@ -71,6 +71,14 @@ class TrainConfig(BaseModel):
     collective_timeout_s: int = Field(
         300, ge=10, description="A collective that waits longer (e.g. a dead rank) fails the job."
     )
+    # Who owns output_dir is not what is learned: excluded from dumps, so from the fingerprint too.
+    lease_heartbeat_s: float = Field(
+        10.0, gt=0, exclude=True, description="Seconds between renewals of rank 0's lease on output_dir."
+    )
+    lease_stale_s: float = Field(
+        120.0, gt=0, exclude=True, description="A lease not renewed for this long is taken over by the next "
+        "training on output_dir (its owner hung or its machine is gone); at least 3 heartbeats."
+    )
     background_weight: float = Field(0.4, gt=0, description="Cross-entropy weight of the background class.")
     existence_loss_weight: float = Field(0.1, ge=0, description="Weight of the lane-existence BCE term.")
     lane_width_px: int = Field(16, ge=1, description="Painted lane width in 1280x720 pixels for targets.")
@@ -88,6 +96,13 @@ class TrainConfig(BaseModel):
         if value % 16:
             raise ValueError(f"must be a multiple of 16, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> "TrainConfig":
+        if self.lease_stale_s < 3 * self.lease_heartbeat_s:
+            raise ValueError(f"lease_stale_s ({self.lease_stale_s:g}) must be at least 3 x lease_heartbeat_s "
+                             f"({self.lease_heartbeat_s:g}): a live owner would look stale between two renewals")
+        return self
 
     @model_validator(mode="after")
     def _weights_exist(self) -> "TrainConfig":
@@ -147,9 +162,11 @@ def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 def settings_from_file(path: Path) -> dict[str, Any]:
     """A YAML or JSON mapping of TrainConfig fields (snake_case)."""
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except FileNotFoundError as error:
         raise ConfigError(f"config file {path}: not found") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path}: not UTF-8 text: byte offset {error.start}: {error.reason}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path}: not valid YAML/JSON: {error}") from error
     if loaded is None:

@@ -6,10 +6,15 @@ processes with that directory standing in for `/mnt`: the prepare step's script,
 Progress is recorded in `<workspace>/experiments/<name>/state.json` after every step, so
 running the same file again continues from the first unfinished step (training itself resumes
 from its newest checkpoint) and never redoes or overwrites finished work.
+
+One writer per experiment: a run holds an exclusive lock on `<experiment>/run.lock` (the kernel
+drops it when the runner ends, however), and every process of a step ends with the runner, even
+when it is SIGKILLed (lanex_trainer.lifeline), so a rerun never meets the trainers of the last one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -24,13 +29,19 @@ from typing import Callable, Optional
 from lanex_operator.api.models import LaneExperimentSpec
 from lanex_operator.local.snapshots import SnapshotError, SnapshotStore
 from lanex_operator.plan.steps import ExperimentPlan, StepName, plan_for
+from lanex_trainer import lifeline
 
 LOCAL_NAMESPACE = "local"
 STATE_FILE = "state.json"
+LOCK_FILE = "run.lock"
 
 
 class LocalRunError(RuntimeError):
     """A step failed or cannot start; the message names the step and what to do."""
+
+
+class ExperimentBusy(LocalRunError):
+    """Another `lanex run` of the same experiment is running (CLI exit 2)."""
 
 
 def _free_port() -> int:
@@ -123,6 +134,7 @@ class LocalRunner:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        env[lifeline.ENV_FLAG] = "1"  # the `lanex` commands of a step end with this runner
         return env
 
     def _run(self, step: StepName, argv: list[str], env: dict[str, str], log_name: str) -> None:
@@ -131,7 +143,8 @@ class LocalRunner:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             log.write(f"\n=== {_now()} {' '.join(argv)[:500]}\n".encode())
-            process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       preexec_fn=lifeline.preexec_die_with_parent())
             assert process.stdout is not None
             for chunk in iter(lambda: process.stdout.read1(4096), b""):
                 log.write(chunk)
@@ -181,7 +194,33 @@ class LocalRunner:
         return {"snapshot": info.name, "files": info.files, "bytes": info.bytes}
 
     # -- the run ------------------------------------------------------------------------------
+    def _lock(self):
+        """Hold the experiment's lock for this process's lifetime; ExperimentBusy names the holder."""
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.exp_dir / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ExperimentBusy(f"experiment {self.name} is already being run by {holder}; wait for it to end "
+                                 f"or stop it, then run it again (it continues where it stopped)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"lanex run (pid {os.getpid()} on {socket.gethostname()}, since {_now()})\n")
+        handle.flush()
+        return handle
+
     def run(self) -> dict:
+        lock = self._lock()  # also released if this process is killed: the kernel drops flocks
+        self.state = RunState.load(self.state.path, self.plan.config_hash, self.plan.dataset_source)  # as the last holder left it
+        try:
+            return self._run_steps()
+        finally:
+            lock.close()
+
+    def _run_steps(self) -> dict:
         started = time.monotonic()
         actions = {StepName.DATASET: self._dataset, StepName.PREPARE: self._prepare, StepName.SHARE: lambda: {"note": "local directories are shared by all processes"},
                    StepName.TRAIN: self._train, StepName.SNAPSHOT: self._snapshot}
