@@ -1,0 +1,77 @@
+"""Processes lanex starts end with their parent, even when the parent is SIGKILLed (real processes)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from lanex_trainer import lifeline
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+
+
+def _parent_of(child_code: str, **env: str) -> tuple[subprocess.Popen, int]:
+    """A python parent process that starts `child_code` as its child; returns (parent, child pid)."""
+    parent_code = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        from lanex_trainer import lifeline
+        child = subprocess.Popen([sys.executable, "-c", {child_code!r}], {"preexec_fn=lifeline.preexec_die_with_parent()" if not env else ""})
+        print(child.pid, flush=True)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, **env})
+    return parent, int(parent.stdout.readline())
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _kill_parent_then_check(parent: subprocess.Popen, child: int) -> None:
+    assert psutil.pid_exists(child)
+    parent.kill()  # SIGKILL: the parent gets no chance to clean up
+    parent.wait()
+    try:
+        assert _gone_within(child, 5), "the child outlived its SIGKILLed parent"
+    finally:
+        if psutil.pid_exists(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_program_started_with_the_preexec_dies_with_its_sigkilled_parent():
+    parent, child = _parent_of("import time; time.sleep(600)")
+    _kill_parent_then_check(parent, child)
+
+
+def test_a_lanex_process_armed_from_the_environment_dies_with_its_sigkilled_parent():
+    armed = "from lanex_trainer import lifeline; import time; assert lifeline.arm_from_env(); time.sleep(600)"
+    parent, child = _parent_of(armed, **{lifeline.ENV_FLAG: "1"})
+    time.sleep(1)  # let the child arm itself (import, prctl) before its parent dies
+    _kill_parent_then_check(parent, child)
+
+
+def test_without_the_parent_death_signal_the_watchdog_still_ends_the_orphan():
+    # As on macOS: no prctl, only the getppid() watchdog.
+    watched = ("from lanex_trainer import lifeline; import time; lifeline.set_parent_death_signal = lambda *a: False; "
+               "lifeline.die_with_parent(interval_s=0.2); time.sleep(600)")
+    parent, child = _parent_of(watched, **{lifeline.ENV_FLAG: "1"})
+    time.sleep(1)
+    _kill_parent_then_check(parent, child)
+
+
+def test_a_lanex_command_run_by_hand_is_not_tied_to_its_shell():
+    assert lifeline.arm_from_env({}) is False
