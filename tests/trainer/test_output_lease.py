@@ -158,3 +158,35 @@ def test_a_second_lanex_train_on_a_busy_output_directory_refuses_with_the_owner(
     finally:
         first.kill()
         first.wait()
+
+
+@pytest.mark.slow
+def test_a_restarted_launchers_run_takes_over_and_the_earlier_attempts_ranks_are_fenced(prepared_data, tmp_path):
+    # As on the cluster: the launcher restarted while a rank of its previous attempt still trains.
+    out = tmp_path / "out"
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "LANEX_JOB": "team/lanes"}
+    argv = [LANEX, "train", "--data-root", str(prepared_data), "--output-dir", str(out), "--no-val",
+            "--checkpoint-every", "1", *TINY]
+    earlier_id, restarted_id = new_run_id(), None
+    earlier = subprocess.Popen([*argv, "--epochs", "200"], env={**base, "LANEX_RUN_ID": earlier_id},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "checkpoints").glob("checkpoint-*.pt")):
+            assert earlier.poll() is None and time.monotonic() < deadline, "the earlier attempt never checkpointed"
+            time.sleep(0.1)
+        restarted_id = new_run_id()
+        restarted = subprocess.run([*argv, "--epochs", "1"], env={**base, "LANEX_RUN_ID": restarted_id},
+                                   capture_output=True, text=True, timeout=300)
+        assert restarted.returncode == 0, restarted.stderr
+        assert f"taking over the lease of run {earlier_id} of job team/lanes" in restarted.stderr
+        assert "it is an earlier attempt of job team/lanes" in restarted.stderr
+        _, errors = earlier.communicate(timeout=120)
+    finally:
+        if earlier.poll() is None:
+            earlier.kill()
+            earlier.wait()
+    assert earlier.returncode == 1
+    assert f"run {earlier_id} no longer owns output_dir {out}: it is owned by run {restarted_id}" in errors
+    assert json.loads((out / "results.json").read_text())["run_id"] == restarted_id
+    assert torch.load(out / "final.pt", map_location="cpu", weights_only=False)["run_id"] == restarted_id
