@@ -110,7 +110,8 @@ def _processes_naming(path: Path) -> list:
 
 @pytest.mark.slow
 def test_sigkilled_run_leaves_no_process_and_its_rerun_resumes_from_the_checkpoint(tmp_path):
-    experiment = _experiment(tmp_path, "interrupted", epochs=6, batchSize=2)
+    # One DataLoader worker per rank: the whole tree, loader workers included, must end with the runner.
+    experiment = _experiment(tmp_path, "interrupted", epochs=6, batchSize=2, loaderWorkers=1, useWorkers=True)
     workspace = tmp_path / "ws"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     process = subprocess.Popen([LANEX, "run", str(experiment), "--workspace", str(workspace)], env=env,
@@ -128,7 +129,7 @@ def test_sigkilled_run_leaves_no_process_and_its_rerun_resumes_from_the_checkpoi
 
         tree = psutil.Process(process.pid).children(recursive=True)
         commands = [" ".join(child.cmdline()) for child in tree]
-        assert any("torchrun" in c for c in commands) and sum(" train " in c for c in commands) >= 2, commands
+        assert any("torchrun" in c for c in commands) and sum(" train " in c for c in commands) >= 4, commands
     finally:
         os.kill(process.pid, signal.SIGKILL)  # `lanex run` alone, like the OOM killer: no clean-up at all
         process.wait()
