@@ -26,7 +26,10 @@ def _parent_of(child_code: str, **env: str) -> tuple[subprocess.Popen, int]:
     """)
     parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, **env})
-    return parent, int(parent.stdout.readline())
+    # The parent prints its child's pid; the child (sharing the pipe) prints "armed" when it is.
+    lines = {parent.stdout.readline().strip() for _ in range(2)}
+    assert "armed" in lines, lines
+    return parent, int(next(line for line in lines if line != "armed"))
 
 
 def _gone_within(pid: int, seconds: float) -> bool:
@@ -53,23 +56,22 @@ def _kill_parent_then_check(parent: subprocess.Popen, child: int) -> None:
 
 
 def test_a_program_started_with_the_preexec_dies_with_its_sigkilled_parent():
-    parent, child = _parent_of("import time; time.sleep(600)")
+    parent, child = _parent_of("import time; print('armed', flush=True); time.sleep(600)")
     _kill_parent_then_check(parent, child)
 
 
 def test_a_lanex_process_armed_from_the_environment_dies_with_its_sigkilled_parent():
-    armed = "from lanex_trainer import lifeline; import time; assert lifeline.arm_from_env(); time.sleep(600)"
+    armed = ("from lanex_trainer import lifeline; import time; assert lifeline.arm_from_env(); "
+             "print('armed', flush=True); time.sleep(600)")
     parent, child = _parent_of(armed, **{lifeline.ENV_FLAG: "1"})
-    time.sleep(1)  # let the child arm itself (import, prctl) before its parent dies
     _kill_parent_then_check(parent, child)
 
 
 def test_without_the_parent_death_signal_the_watchdog_still_ends_the_orphan():
     # As on macOS: no prctl, only the getppid() watchdog.
     watched = ("from lanex_trainer import lifeline; import time; lifeline.set_parent_death_signal = lambda *a: False; "
-               "lifeline.die_with_parent(interval_s=0.2); time.sleep(600)")
+               "lifeline.die_with_parent(interval_s=0.2); print('armed', flush=True); time.sleep(600)")
     parent, child = _parent_of(watched, **{lifeline.ENV_FLAG: "1"})
-    time.sleep(1)
     _kill_parent_then_check(parent, child)
 
 

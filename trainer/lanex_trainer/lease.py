@@ -13,7 +13,8 @@ same directory refuses to start, naming the owner, unless the lease can be taken
 
 Fencing: before every checkpoint (and the final writes) rank 0 re-reads the lease; a run that no
 longer holds it stops, on every rank at the same step (rank 0 decides, the verdict is broadcast),
-before it writes. Every read-modify-write of the lease happens under an exclusive `flock` of
+before it writes. (Its step log and TensorBoard lines up to that point are appended still; a
+takeover and a check can also cross within the few milliseconds between a check and its write.) Every read-modify-write of the lease happens under an exclusive `flock` of
 `lease.json.lock`, which NFS (Azure NetApp Files) clients turn into NFS byte-range locks; the lease
 itself is replaced atomically, so readers never see a torn file.
 """
@@ -246,7 +247,7 @@ class OutputOwnership:
         verdict = self.dist.broadcast_object(verdict)
         if verdict is not None:
             raise Fenced(f"run {self.run_id} no longer owns output_dir {self.directory}: it is owned by {verdict}; "
-                         "stopping before writing anything more there")
+                         "stopping before writing another checkpoint or results there")
 
     def release(self) -> None:
         """Stop renewing and give the lease up, if still ours (rank 0; a no-op elsewhere)."""

@@ -214,8 +214,9 @@ class LocalRunner:
 
     def run(self) -> dict:
         lock = self._lock()  # also released if this process is killed: the kernel drops flocks
-        self.state = RunState.load(self.state.path, self.plan.config_hash, self.plan.dataset_source)  # as the last holder left it
         try:
+            # As the last holder of the lock left it (it may have finished steps since __init__).
+            self.state = RunState.load(self.state.path, self.plan.config_hash, self.plan.dataset_source)
             return self._run_steps()
         finally:
             lock.close()
