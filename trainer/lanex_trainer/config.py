@@ -147,6 +147,8 @@ TR4896_ENV = {
     "PVC_NAME": ("pvc_name", lambda _name, raw: raw),
     # Set by `lanex launch --backend` for every rank it starts.
     "LANEX_BACKEND": ("backend", lambda _name, raw: raw),
+    # For `spec.training.env`: how long a silent lease lasts before another training takes it.
+    "LANEX_LEASE_STALE_S": ("lease_stale_s", _env_int),
 }
 
 

@@ -218,6 +218,8 @@ class OutputOwnership:
                 self.lease.acquire()
             except LeaseBusy as error:
                 refusal = str(error)
+            except OSError as error:  # e.g. a read-only volume: no training can own it
+                refusal = f"output_dir {self.directory}: cannot take its lease {self.lease.path}: {error}"
         refusal = self.dist.broadcast_object(refusal)
         if refusal is not None:
             raise LeaseBusy(refusal)
