@@ -1,16 +1,19 @@
 """Processes lanex starts end with their parent, even when the parent is SIGKILLed (real processes)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 from lanex_trainer import lifeline
+from trainer_helpers import LANEX, VENV_BIN
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 
@@ -77,3 +80,41 @@ def test_without_the_parent_death_signal_the_watchdog_still_ends_the_orphan():
 
 def test_a_lanex_command_run_by_hand_is_not_tied_to_its_shell():
     assert lifeline.arm_from_env({}) is False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI's mpirun is not installed")
+def test_mpirun_and_its_ranks_end_with_a_sigkilled_lanex_launch_parent(prepared_data, tmp_path):
+    # The MPIJob launcher's chain: lanex launch -> mpirun -> lanex train ranks (here on localhost).
+    out = tmp_path / "out"
+    launch = [LANEX, "launch", "--launcher", "mpirun", "--backend", "torch", "--processes", "2", "--", "lanex", "train",
+              "--data-root", str(prepared_data), "--output-dir", str(out), "--backbone", "small", "--height", "64",
+              "--width", "160", "--batch-size", "2", "--epochs", "100", "--loader-workers", "0", "--no-val",
+              "--checkpoint-every", "1"]
+    parent_code = textwrap.dedent(f"""
+        import subprocess, time
+        from lanex_trainer import lifeline
+        child = subprocess.Popen({launch!r}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 preexec_fn=lifeline.preexec_die_with_parent())
+        print(child.pid, flush=True)
+        time.sleep(600)
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{VENV_BIN}:{os.environ['PATH']}", lifeline.ENV_FLAG: "1"}
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True, env=env)
+    launch_pid = int(parent.stdout.readline())
+    tree = [psutil.Process(launch_pid)]
+    try:
+        deadline = time.monotonic() + 240
+        while not list((out / "checkpoints").glob("checkpoint-*.pt")):
+            assert parent.poll() is None and time.monotonic() < deadline, "training never checkpointed"
+            time.sleep(0.2)
+        tree += tree[0].children(recursive=True)
+        commands = [" ".join(p.cmdline()) for p in tree]
+        assert any(c.startswith("mpirun") for c in commands) and sum("bin/lanex train" in c for c in commands) == 2, commands
+    finally:
+        parent.kill()
+        parent.wait()
+    survivors = [p.pid for p in tree if not _gone_within(p.pid, 10)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
