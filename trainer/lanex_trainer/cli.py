@@ -142,9 +142,10 @@ def train_command(
 
     from lanex_trainer.config import ConfigError, build_config
     from lanex_trainer.engine import TrainingDiverged
+    from lanex_trainer.lease import Fenced
 
     _configure_logging()
-    overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config", "TrainingDiverged"}}
+    overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config", "TrainingDiverged", "Fenced"}}
     for item in setting:
         key, sep, value = item.partition("=")
         if not sep:
@@ -159,7 +160,7 @@ def train_command(
     except ConfigError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
-    except TrainingDiverged as error:
+    except (TrainingDiverged, Fenced) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
     from lanex_trainer.distributed import detect_world

@@ -24,7 +24,7 @@ def run_command(
     from rich.console import Console
 
     from lanex_operator.api import ExperimentFileError, load_experiment_file
-    from lanex_operator.local.runner import LocalRunError, LocalRunner
+    from lanex_operator.local.runner import ExperimentBusy, LocalRunError, LocalRunner
     from lanex_operator.local.secrets import SecretSourceError, parse_secret_option
     from lanex_operator.api.models import InvalidSpecError
 
@@ -39,6 +39,9 @@ def run_command(
         raise typer.Exit(2) from error
     try:
         summary = runner.run()
+    except ExperimentBusy as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
     except LocalRunError as error:
         typer.echo(f"error: {error}", err=True)
         typer.echo(f"run `lanex run {experiment}` again to continue from the failed step", err=True)

@@ -9,10 +9,15 @@ from its newest checkpoint) and never redoes or overwrites finished work. While 
 terminal shows the trainer's progress bar; its `LANEX_PROGRESS` lines go to the step's log only,
 and `local_experiments` reads state.json with the trainer's progress.json (both replaced
 atomically, never locked) for `lanex get --workspace` in another terminal.
+
+One writer per experiment: a run holds an exclusive lock on `<experiment>/run.lock` (the kernel
+drops it when the runner ends, however), and every process of a step ends with the runner, even
+when it is SIGKILLed (lanex_trainer.lifeline), so a rerun never meets the trainers of the last one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -29,15 +34,21 @@ from lanex_operator.local import secrets as local_secrets
 from lanex_operator.local.secrets import SecretSource, SecretSourceError
 from lanex_operator.local.snapshots import SnapshotError, SnapshotStore
 from lanex_operator.plan.steps import ExperimentPlan, StepName, plan_for, secret_names
+from lanex_trainer import lifeline
 from lanex_trainer.progress import MARKER, PROGRESS_FILE, read_progress
 
 LOCAL_NAMESPACE = "local"
 STATE_FILE = "state.json"
+LOCK_FILE = "run.lock"
 FINAL_PHASES = ("Succeeded", "Failed")
 
 
 class LocalRunError(RuntimeError):
     """A step failed or cannot start; the message names the step and what to do."""
+
+
+class ExperimentBusy(LocalRunError):
+    """Another `lanex run` of the same experiment is running (CLI exit 2)."""
 
 
 def _free_port() -> int:
@@ -138,6 +149,7 @@ class LocalRunner:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        env[lifeline.ENV_FLAG] = "1"  # the `lanex` commands of a step end with this runner
         return env
 
     def _run(self, step: StepName, argv: list[str], env: dict[str, str], log_name: str) -> None:
@@ -146,7 +158,8 @@ class LocalRunner:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             log.write(f"\n=== {_now()} {' '.join(argv)[:500]}\n".encode())
-            process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       preexec_fn=lifeline.preexec_die_with_parent())
             assert process.stdout is not None
             terminal = ProgressLineFilter()
             for chunk in iter(lambda: process.stdout.read1(4096), b""):
@@ -192,7 +205,6 @@ class LocalRunner:
         argv = list(train.launcher.command)
         env = self._env(train.launcher.env_dict(), processes=train.processes)
         env.setdefault("MASTER_PORT", str(_free_port()))  # several local experiments may train at once
-        env.setdefault("LANEX_RUN_ID", self.name)
         self._run(StepName.TRAIN, argv, env, "train.log")
         results_file = Path(self.plan.paths.output_dir) / "results.json"
         if not results_file.is_file():
@@ -206,7 +218,34 @@ class LocalRunner:
         return {"snapshot": info.name, "files": info.files, "bytes": info.bytes}
 
     # -- the run ------------------------------------------------------------------------------
+    def _lock(self):
+        """Hold the experiment's lock for this process's lifetime; ExperimentBusy names the holder."""
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.exp_dir / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ExperimentBusy(f"experiment {self.name} is already being run by {holder}; wait for it to end "
+                                 f"or stop it, then run it again (it continues where it stopped)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"lanex run (pid {os.getpid()} on {socket.gethostname()}, since {_now()})\n")
+        handle.flush()
+        return handle
+
     def run(self) -> dict:
+        lock = self._lock()  # also released if this process is killed: the kernel drops flocks
+        try:
+            # As the last holder of the lock left it (it may have finished steps since __init__).
+            self.state = RunState.load(self.state.path, self.plan.config_hash, self.plan.dataset_source)
+            return self._run_steps()
+        finally:
+            lock.close()
+
+    def _run_steps(self) -> dict:
         started = time.monotonic()
         actions = {StepName.DATASET: self._dataset, StepName.PREPARE: self._prepare, StepName.SHARE: lambda: {"note": "local directories are shared by all processes"},
                    StepName.TRAIN: self._train, StepName.SNAPSHOT: self._snapshot}
