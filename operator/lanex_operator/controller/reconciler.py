@@ -501,8 +501,8 @@ class Reconciler:
         book.enter(Phase.SNAPSHOTTING, f"snapshotting PersistentVolumeClaim {plan.snapshot.source_claim}")
         records = book.data.get("snapshots") or []
         pending = next((r for r in reversed(records) if not r.get("readyToUse")), None)
-        if pending is None or self.cache.get(SNAPSHOT, plan.namespace, pending["name"]) is None:
-            chosen = await self._snapshot_plan(book, plan)  # the class of the claim's CSI driver
+        if pending is None or await self._child(SNAPSHOT, plan.namespace, pending["name"]) is None:
+            chosen = await self._snapshot_plan(book, plan)  # before creating: the class of the claim's CSI driver
             if chosen is None:
                 elapsed, limit = book.since(C.SNAPSHOTTED.value), float(plan.snapshot.ready_timeout_seconds)
                 message = str((book.condition(C.SNAPSHOTTED.value) or {}).get("message", ""))
