@@ -187,3 +187,49 @@ def test_existing_claim_of_a_driver_without_a_class_is_a_preflight_condition_nam
            '"csi.trident.netapp.io"' in preflight["message"]
     assert child_counts(api_server, "lanes-noclass") == NO_CHILDREN  # nothing created, no snapshot
     assert "NoVolumeSnapshotClassForDriver" in warning_reasons(api_server, "lanes-noclass")
+
+
+def test_stuck_pods_are_read_at_a_bounded_rate_not_on_every_pass(api_server, operator_factory):
+    api_server.knobs.stuck_pods["lanes-rate-prepare"] = ("ImagePullBackOff", POD_TROUBLES["ImagePullBackOff"])
+    # A pass every 0.05 s (about 100 while the pod is stuck), the pods read at most once a second.
+    operator_factory({**BOUNDS, "LANEX_OPERATOR_RESYNC_SECONDS": "0.05", "LANEX_OPERATOR_STUCK_CHECK_SECONDS": "1",
+                      "LANEX_OPERATOR_POD_STUCK_TIMEOUT_SECONDS": "5"})
+    api_server.create(experiment("lanes-rate"))
+    failed(api_server, "lanes-rate")
+    operator = [call for call in api_server.calls() if call.user_agent.startswith("lanex-operator/")]
+    reads = [call.at for call in operator if (call.resource, call.verb) == ("pods", "list")]
+    assert reads, "the stuck pod was never read"
+    span = reads[-1] - reads[0]
+    assert len(reads) <= span / 1.0 + 2, (len(reads), span)  # one read per interval, whatever the passes
+    assert api_server.get("laneexperiments", "lanes-rate", "default")["status"]["reason"] == "DownloadFailed"
+
+
+def test_simulated_snapshot_controller_chooses_classes_as_the_external_snapshotter_does(api_server):
+    """The simulation's premise for the operator's choice: a named class is used whatever its driver (and
+    fails on a volume of another driver); with none named, the driver's default class is filled in."""
+    azure_disk_claim(api_server, "disk-sim")
+
+    def snapshot(name: str, klass: str | None = None) -> dict:
+        api_server.create({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                           "metadata": {"name": name, "namespace": "default"},
+                           "spec": {"source": {"persistentVolumeClaimName": "disk-sim"},
+                                    **({"volumeSnapshotClassName": klass} if klass else {})}})
+        return api_server.wait_for(lambda: (api_server.get("volumesnapshots", name, "default").get("status") or {})
+                                   .get("readyToUse") is not None and api_server.get("volumesnapshots", name,
+                                                                                     "default"))
+
+    wrong = snapshot("with-trident-class", "netapp-csi-snapclass")
+    assert wrong["status"]["readyToUse"] is False
+    assert "not found by driver csi.trident.netapp.io" in wrong["status"]["error"]["message"]
+    unset = snapshot("without-class")
+    assert unset["status"]["error"]["message"] == ("Failed to set default snapshot class with error cannot find "
+                                                   "default snapshot class")
+    assert any(e["reason"] == "SetDefaultSnapshotClassFailed" and e["involvedObject"]["name"] == "without-class"
+               for e in api_server.list("events", "default", api_version="v1"))
+    api_server.create({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+                       "metadata": {"name": "csi-azuredisk-vsc",
+                                    "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}},
+                       "driver": AZURE_DISK, "deletionPolicy": "Delete"})
+    filled = snapshot("defaulted")
+    assert filled["status"]["readyToUse"] is True
+    assert filled["spec"]["volumeSnapshotClassName"] == "csi-azuredisk-vsc"

@@ -451,11 +451,11 @@ class ClusterSimulation:
         worker_pods = [await self._pod(mpijob, f"{name}-worker-{index}", {
             **job_labels, "training.kubeflow.org/job-role": "worker", "training.kubeflow.org/replica-index": str(index)},
             role="Worker", stuck=stuck) for index in range(workers)]
-        for index, worker in enumerate(worker_pods):
-            self.print(worker, f"Server listening on 0.0.0.0 port 22 (worker {index})\n")
         launcher = await self._pod(mpijob, f"{name}-launcher-{_suffix()}", {
             **job_labels, "training.kubeflow.org/job-role": "launcher"}, stuck=stuck)
         await self._while_stuck(mpijob, [*worker_pods, launcher])  # no Running condition until they start
+        for index, worker in enumerate(worker_pods):  # a container that never started prints nothing
+            self.print(worker, f"Server listening on 0.0.0.0 port 22 (worker {index})\n")
         self.print(launcher, f"lanex launch: mpirun -np {workers} --hostfile /etc/mpi/hostfile lanex train\n")
         running = {"type": "Running", "status": "True", "reason": "MPIJobRunning",
                    "message": f"MPIJob {namespace}/{name} is running.", "lastTransitionTime": now_rfc3339()}
