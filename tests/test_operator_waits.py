@@ -233,3 +233,15 @@ def test_simulated_snapshot_controller_chooses_classes_as_the_external_snapshott
     filled = snapshot("defaulted")
     assert filled["status"]["readyToUse"] is True
     assert filled["spec"]["volumeSnapshotClassName"] == "csi-azuredisk-vsc"
+
+
+def test_a_class_named_in_the_spec_is_used_as_is_even_for_another_driver(api_server, running_operator):
+    azure_disk_claim(api_server, "disk-named")
+    api_server.create(experiment("lanes-named", spec={
+        "dataset": {"synthetic": None, "existingClaim": {"claimName": "disk-named"}},
+        "snapshot": {"volumeSnapshotClassName": "netapp-csi-snapclass", "readyTimeoutSeconds": 2}}))
+    exp = failed(api_server, "lanes-named")
+    [snapshot] = children(api_server, "lanes-named")["volumesnapshots"]
+    assert snapshot["spec"]["volumeSnapshotClassName"] == "netapp-csi-snapclass"  # the user's choice, unchanged
+    assert exp["status"]["reason"] == "SnapshotFailed"
+    assert "not found by driver csi.trident.netapp.io" in exp["status"]["message"]  # what that choice gives

@@ -696,7 +696,10 @@ class Reconciler:
             return clip(f"{owner}: pod {stuck.pod} was {stuck.reason} for {int(seconds)}s "
                         f"(LANEX_OPERATOR_POD_STUCK_TIMEOUT_SECONDS={limit:g}): {stuck.message}")
         message = clip(f"{owner}: {stuck.describe()}")
-        if book.set_condition(step, "Unknown", stuck.reason, message):
+        # One Event when the step gets stuck: the kubelet flips between ErrImagePull and ImagePullBackOff
+        # at every back-off, which updates the condition but is not news.
+        previous = (book.condition(step) or {}).get("reason")
+        if book.set_condition(step, "Unknown", stuck.reason, message) and previous not in STUCK_REASONS:
             book.event("Warning", stuck.reason, message)
         return None
 
