@@ -37,6 +37,9 @@ def test_mpijob_refused_by_mpi_operator_fails_quoting_its_validation_error(api_s
     api_server.knobs.refuse_mpijobs["lanes-refused"] = NAME_ERROR
     operator_factory(BOUNDS)
     api_server.create(experiment("lanes-refused"))
+    shown = waiting_condition(api_server, "lanes-refused", "Trained", "ValidationError")  # at once, while it waits
+    assert (shown["status"], shown["message"]) == (
+        "Unknown", f"MPIJob lanes-refused-train has no condition: ValidationError: Found validation errors: {NAME_ERROR}")
     exp = failed(api_server, "lanes-refused")
     assert exp["status"]["reason"] == "TrainingFailed"
     message = exp["status"]["message"]

@@ -316,7 +316,8 @@ class Reconciler:
             book.fail(FailureReason.DATASET_FAILED, clip(f"PersistentVolumeClaim {claim} was not bound after "
                                                           f"{int(elapsed)}s" + (f": {warning}" if warning else "")))
             return None
-        await self._show_claim_warning(book, plan.namespace, claim, str(status.get("phase") or "Pending"), elapsed)
+        await self._show_warning(book, C.DATASET_READY.value, plan.namespace, PVC, claim, elapsed,
+                                 f"PersistentVolumeClaim {claim} is {status.get('phase') or 'Pending'}")
         return limit - elapsed
 
     async def _claim_manifest(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
@@ -452,6 +453,8 @@ class Reconciler:
                 return await self._training_failed(body, book, spec, plan, FailureReason.TRAINING_FAILED,
                                                    await self._no_condition_message(plan.namespace, name, waited))
             wait = min(wait, limit - waited)
+            await self._show_warning(book, C.TRAINED.value, plan.namespace, MPIJOB, name, waited,
+                                     f"MPIJob {name} has no condition")
         failure = await self._pods_stuck(book, C.TRAINED.value, f"MPIJob {name}", plan.namespace,
                                          MPIJOB_POD_SELECTOR.format(name=name))
         if failure:
@@ -661,18 +664,19 @@ class Reconciler:
             log.warning("diagnostic read failed (the wait stays bounded, only unexplained): %s", exc)
             return default
 
-    async def _show_claim_warning(self, book: StatusBook, namespace: str, claim: str, phase: str,
-                                  elapsed: float) -> None:
-        """While a claim is not bound, show its provisioner's latest Warning (ProvisioningFailed) in DatasetReady."""
+    async def _show_warning(self, book: StatusBook, step: str, namespace: str, kind: ChildKind, name: str,
+                            elapsed: float, what: str) -> None:
+        """While a child waits on its controller, show that controller's latest Warning Event about it (a
+        provisioner's ProvisioningFailed, mpi-operator's ValidationError) in the step's condition."""
         if elapsed < self.config.stuck_check_seconds:
             return
-        warning = await self._reads.read(("events", PVC.kind, namespace, claim),
-                                         lambda: self._quiet(self._warning_event(namespace, PVC, claim), None))
+        warning = await self._reads.read(("events", kind.kind, namespace, name),
+                                         lambda: self._quiet(self._warning_event(namespace, kind, name), None))
         if warning is None:
             return
         reason = str(warning.get("reason") or "Warning")
-        message = clip(f"PersistentVolumeClaim {claim} is {phase}: {reason}: {warning.get('message', '')}")
-        if book.set_condition(C.DATASET_READY.value, "Unknown", reason, message):
+        message = clip(f"{what}: {reason}: {warning.get('message', '')}")
+        if book.set_condition(step, "Unknown", reason, message):
             book.event("Warning", reason, message)
 
     async def _stuck_pod(self, book: StatusBook, step: str, namespace: str, selector: str) -> StuckPod | None:
