@@ -249,3 +249,19 @@ def test_a_class_named_in_the_spec_is_used_as_is_even_for_another_driver(api_ser
     assert snapshot["spec"]["volumeSnapshotClassName"] == "netapp-csi-snapclass"  # the user's choice, unchanged
     assert exp["status"]["reason"] == "SnapshotFailed"
     assert "not found by driver csi.trident.netapp.io" in exp["status"]["message"]  # what that choice gives
+
+
+def test_restore_from_a_snapshot_that_never_gets_ready_fails_after_the_dataset_bound(api_server, operator_factory):
+    api_server.knobs.stall_snapshots.add("stalled-source")
+    api_server.create({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                       "metadata": {"name": "stalled-source", "namespace": "default"},
+                       "spec": {"volumeSnapshotClassName": "netapp-csi-snapclass",
+                                "source": {"persistentVolumeClaimName": "gone-claim"}}})
+    operator_factory({**BOUNDS, "LANEX_OPERATOR_DATASET_BOUND_TIMEOUT_SECONDS": "3"})
+    api_server.create(experiment("lanes-restore-stall", spec={"dataset": {
+        "synthetic": None, "fromSnapshot": {"snapshotName": "stalled-source"}}}))
+    exp = failed(api_server, "lanes-restore-stall")
+    assert exp["status"]["reason"] == "DatasetFailed"
+    assert exp["status"]["message"].startswith("VolumeSnapshot stalled-source (spec.dataset.fromSnapshot.snapshotName) "
+                                               "was not ready to use after ")
+    assert child_counts(api_server, "lanes-restore-stall") == NO_CHILDREN  # no claim from a snapshot not ready

@@ -334,7 +334,15 @@ class Reconciler:
                 return None
             status = snapshot.get("status") or {}
             if not status.get("readyToUse"):
-                book.set("message", f"waiting for VolumeSnapshot {source} to be ready to use before restoring it")
+                elapsed = book.since(C.DATASET_READY.value)
+                error = (status.get("error") or {}).get("message")
+                if elapsed >= self.config.dataset_bound_timeout_seconds:  # the restore waits no longer than a bind
+                    book.fail(FailureReason.DATASET_FAILED, clip(
+                        f"VolumeSnapshot {source} (spec.dataset.fromSnapshot.snapshotName) was not ready to use "
+                        f"after {int(elapsed)}s" + (f": {error}" if error else "")))
+                    return None
+                book.set("message", f"waiting for VolumeSnapshot {source} to be ready to use before restoring it"
+                         + (f" (the snapshot controller reports: {error})" if error else ""))
                 return None
             manifest = builders.restore_pvc_for(meta, spec, plan, status.get("restoreSize"))
         if spec.retention.dataset == "Delete":
