@@ -37,13 +37,14 @@ import logging
 import random
 import string
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from k8s.emulator import SYSTEM_USER_AGENT, now_rfc3339
 
 EXPERIMENT_LABEL = "lanex.dev/experiment"
+V = TypeVar("V")  # what a knob table maps a name to
 TRIDENT = "csi.trident.netapp.io"
 DEFAULT_CLASS_ANNOTATION = "snapshot.storage.kubernetes.io/is-default-class"
 KUBELET_WAITING = ("ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError")
@@ -81,7 +82,7 @@ class SimKnobs:
     # "MPIJob.running/experiment": hold training midway, its pods running and their logs open.
     paused: set[str] = dataclasses.field(default_factory=set)
 
-    def failure(self, table: Mapping[str, str], obj: Mapping[str, Any]) -> str | None:
+    def failure(self, table: Mapping[str, V], obj: Mapping[str, Any]) -> V | None:
         meta = obj.get("metadata", {})
         for key in (meta.get("name"), (meta.get("labels") or {}).get(EXPERIMENT_LABEL)):
             if key is not None and key in table:
@@ -318,7 +319,7 @@ class ClusterSimulation:
         base = f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}/status"
         start = now_rfc3339()
         await self.request("PATCH", base, {"status": {"active": 1, "startTime": start}})
-        stuck = self.knobs.failure(self.knobs.stuck_pods, job)  # type: ignore[arg-type]
+        stuck = self.knobs.failure(self.knobs.stuck_pods, job)
         pod = await self._pod(job, f"{name}-{_suffix()}", {"batch.kubernetes.io/job-name": name, "job-name": name,
                                                           "batch.kubernetes.io/controller-uid": meta["uid"]},
                               stuck=stuck)
@@ -395,9 +396,9 @@ class ClusterSimulation:
 
     async def _while_stuck(self, owner: Mapping[str, Any], pods: list[dict[str, Any]]) -> None:
         """Hold while the owner's pods are stuck (`knobs.stuck_pods`); then they start, as after a fix."""
-        if self.knobs.failure(self.knobs.stuck_pods, owner) is None:  # type: ignore[arg-type]
+        if self.knobs.failure(self.knobs.stuck_pods, owner) is None:
             return
-        while self.knobs.failure(self.knobs.stuck_pods, owner) is not None:  # type: ignore[arg-type]
+        while self.knobs.failure(self.knobs.stuck_pods, owner) is not None:
             await asyncio.sleep(0.05)
         for pod in pods:
             meta = pod["metadata"]
@@ -438,7 +439,7 @@ class ClusterSimulation:
             await self.event(mpijob, "ValidationError", f"Found validation errors: {refusal}",
                              component="mpi-job-controller")
             return True
-        stuck = self.knobs.failure(self.knobs.stuck_pods, mpijob)  # type: ignore[arg-type]
+        stuck = self.knobs.failure(self.knobs.stuck_pods, mpijob)
         meta = mpijob["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         base = f"/apis/kubeflow.org/v2beta1/namespaces/{namespace}/mpijobs/{name}/status"
