@@ -417,6 +417,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 return await self._stream_watch(request, spec)
             if call.resource == "pods/log" and call.verb == "get":
                 key = self._log_key(request, spec)
+                self._log_window(b"", request.params)  # refuse bad options before answering
                 self.calls.append(dataclasses.replace(call, status=200))
                 return await self._serve_log(request, key)
             payload, status = self._dispatch(request, spec, call)
@@ -794,7 +795,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     async def _serve_log(self, request: rendering.Request, key: tuple[str, str, str]) -> aiohttp.web.StreamResponse:
         """The log so far; with follow=true, streamed (chunked) as it grows until the container ends."""
         if request.params.get("follow") not in ("true", "1"):
-            return aiohttp.web.Response(body=bytes(self._pod_logs.get(key, b"")), content_type="text/plain")
+            return aiohttp.web.Response(body=self._log_window(bytes(self._pod_logs.get(key, b"")), request.params),
+                                        content_type="text/plain")
         assert request._raw_request is not None
         response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
         await response.prepare(request._raw_request)
@@ -813,6 +815,23 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         except (ConnectionError, asyncio.CancelledError, RuntimeError):
             pass
         return response
+
+    @staticmethod
+    def _log_window(log: bytes, params: Mapping[str, str]) -> bytes:
+        """`tailLines` and `limitBytes` as the kubelet applies them: the last N lines, then at most
+        `limitBytes` bytes from the start of those (so a cut removes the newest end); bad values: 400."""
+        for option in ("tailLines", "limitBytes"):
+            value = params.get(option)
+            if value is not None and (not value.lstrip("-").isdigit() or int(value) < (0 if option == "tailLines" else 1)):
+                raise ApiError(400, "BadRequest", f"{option}: Invalid value: {value!r}: must be "
+                                                  f"{'greater than or equal to 0' if option == 'tailLines' else 'greater than 0'}")
+        if params.get("tailLines") is not None:
+            lines = log.splitlines(keepends=True)
+            count = int(params["tailLines"])
+            log = b"".join(lines[len(lines) - count:]) if count else b""
+        if params.get("limitBytes") is not None:
+            log = log[: int(params["limitBytes"])]
+        return log
 
     def compact(self) -> None:
         """Forget all watch history, like etcd compaction: older resourceVersions get 410 Gone."""
