@@ -169,8 +169,10 @@ class ProgressFollower:
         if key == followed.written and isinstance(previous, Mapping):
             observed = parse_utc(str(previous.get("observedAt") or "")) or observed  # nothing new was seen
         await self.budget.acquire()
-        await self.kube.patch(object_path(API_VERSION, PLURAL, namespace, name, "status"),
-                              {"status": progress_status(progress, observed, ended=final)})
+        # A JSON patch: a merge patch would delete the keys whose value is null (the contract keeps them).
+        await self.kube.json_patch(object_path(API_VERSION, PLURAL, namespace, name, "status"), [
+            {"op": "add", "path": f"/status/{key}", "value": value}
+            for key, value in progress_status(progress, observed, ended=final).items()])
         followed.written = key
         stalled = next((c for c in status.get("conditions") or [] if c.get("type") == ConditionType.STALLED.value), {})
         if stalled.get("status") == "True":
