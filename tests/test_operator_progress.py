@@ -7,6 +7,7 @@ The real kopf operator runs against the emulated cluster, whose simulated launch
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -209,3 +210,34 @@ def test_every_metric_the_dashboard_queries_is_exported_by_the_operator_or_dcgm(
                for name in re.findall(r"\b(lanex_[a-z_]+|DCGM_[A-Z_]+)\b", target["expr"])}
     assert {name for name in queried if name.startswith("DCGM_")} == {"DCGM_FI_DEV_GPU_UTIL"}
     assert {name for name in queried if name.startswith("lanex_")} - exported == set(), sorted(exported)
+
+
+def test_kubectl_and_lanex_get_watch_follow_a_run_epoch_by_epoch(api_server, running_operator):
+    slow_training(api_server, steps_per_epoch=5, step_seconds=0.25)
+    env_kubeconfig = str(api_server.kubeconfig)
+    lanex_bin = pathlib.Path(sys.executable).with_name("lanex")
+    watchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "KUBECONFIG": env_kubeconfig})
+                for command in ([str(KUBECTL), "get", "lx", "-w"], [str(lanex_bin), "get", "-w"])]
+    try:  # both are watching before the experiment exists
+        header = watchers[1].stdout.readline()
+        api_server.wait_for(lambda: any(call.verb == "watch" and call.resource == "laneexperiments"
+                                        and call.user_agent.startswith("kubectl") for call in api_server.calls()))
+        api_server.create(experiment("followed", spec={"training": {"epochs": 3}}))
+        wait_phase(api_server, "followed", ["Succeeded"], timeout=60)
+        time.sleep(1.0)
+    finally:
+        outputs = []
+        for watcher in watchers:
+            watcher.terminate()
+            out, err = watcher.communicate(timeout=10)
+            outputs.append((out, err))
+    for out, err in outputs:
+        lines = [line.split() for line in out.splitlines() if line.startswith("followed")]
+        assert lines, (out, err)
+        progressed = [cells[2] for cells in lines if cells[1] == "Training" and len(cells) > 3 and "/" in cells[2]]
+        assert {"1/3", "2/3", "3/3"} <= set(progressed), out  # epoch by epoch, as the run goes
+        assert lines[-1][:5] == ["followed", "Succeeded", "3/3", "100%", "done"], out
+    assert header.split() == ["NAME", "PHASE", "PROGRESS", "ETA", "WORKERS", "ACCURACY", "SNAPSHOT", "AGE"]
+    rows = [line for line in outputs[1][0].splitlines() if line.startswith("followed")]
+    assert len(rows) == len(set(line.rsplit(None, 1)[0] for line in rows))  # a row only when something changed
