@@ -234,6 +234,16 @@ def test_full_install_renders_every_optional_piece():
     ])
 
 
+def test_operator_reads_the_progress_budget_the_chart_passes():
+    from lanex_operator.controller.config import OperatorConfig
+
+    values = merged(FULL_VALUES, {"progress": {"intervalSeconds": 60, "requestsPerSecond": 2.5}})
+    container = only(objects_for(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    config = OperatorConfig.from_env({item["name"]: item["value"] for item in container["env"] if "value" in item})
+    assert (config.progress_interval_seconds, config.progress_requests_per_second) == (60.0, 2.5)
+    assert (OperatorConfig().progress_interval_seconds, OperatorConfig().progress_requests_per_second) == (30.0, 10.0)
+
+
 def test_grafana_dashboard_is_a_sidecar_configmap_with_the_panels_of_issue_13():
     assert not [obj for obj in objects_for() if obj["kind"] == "ConfigMap"]  # off by default
     configmap = only(objects_for(FULL_VALUES), "ConfigMap")
@@ -324,6 +334,8 @@ def test_operator_defaults_and_ports_come_from_values():
         "LANEX_DEFAULT_STORAGE_CLASS": "azurenetappfiles",
         "LANEX_DEFAULT_SNAPSHOT_CLASS": "netapp-csi-snapclass",
         "LANEX_DEFAULT_SCHEDULER": "runai",
+        "LANEX_OPERATOR_PROGRESS_INTERVAL_SECONDS": "30",
+        "LANEX_OPERATOR_PROGRESS_REQUESTS_PER_SECOND": "10",
         "LANEX_ANF_POOL_PREMIUM": pool_id("premium"),
         "LANEX_ANF_POOL_STANDARD": pool_id("standard"),
         "LANEX_ANF_POOL_ULTRA": pool_id("ultra"),

@@ -192,7 +192,9 @@ def test_a_hundred_trainings_at_once_keep_progress_reads_within_the_request_budg
     # Unthrottled, 100 experiments read every 0.2 s would send >= 500 log reads a second.
     assert len(window) <= rate * (end - start) + rate, (len(window), end - start)
     busiest = max(sum(1 for at in window if t <= at < t + 1.0) for t in window)
-    assert busiest <= 2 * rate, busiest  # a full bucket (rate) plus a second's refill
+    # A full bucket (rate) plus a second's refill, and some slack: these are arrival times at a busy
+    # emulator, where requests sent apart can arrive together.
+    assert busiest <= 2.5 * rate, busiest
     assert len(window) >= 0.5 * rate * (end - start)  # the budget is used, not starved
 
 

@@ -34,6 +34,7 @@ from lanex_operator.cli.views import (
     container_of,
     deleted_event,
     EXPERIMENT_HEADERS,
+    WATCH_WIDTHS,
     WatchTable,
     describe_lines,
     dump,
@@ -187,7 +188,7 @@ def get_command(
 
 def _watch_table(cluster: "Cluster", name: Optional[str]) -> None:
     """`lanex get -w`: the table, then follow the experiments through the API's watch until interrupted."""
-    shown = WatchTable(EXPERIMENT_HEADERS)
+    shown = WatchTable(EXPERIMENT_HEADERS, WATCH_WIDTHS)
     current: list[list[str]] = []
 
     def synced() -> None:

@@ -115,6 +115,8 @@ def _workers(obj: Mapping[str, Any]) -> str:
 
 
 EXPERIMENT_HEADERS = ("NAME", "PHASE", "PROGRESS", "ETA", "WORKERS", "ACCURACY", "SNAPSHOT", "AGE")
+# -w prints rows one at a time: room for the longest phase, "30/30 100%" and "12h05m" from the start.
+WATCH_WIDTHS = (16, len("ProvisioningDataset"), len("30/30 100%"), len("12h05m"))
 
 
 def experiment_row(obj: Mapping[str, Any], now: Optional[datetime] = None) -> list[str]:
@@ -131,8 +133,9 @@ class WatchTable:
     """`lanex get -w`: the table, then one row per change of an experiment (AGE alone is no change),
     aligned to the widest cell seen so far."""
 
-    def __init__(self, headers: Sequence[str]) -> None:
-        self.widths = [len(header) for header in headers]
+    def __init__(self, headers: Sequence[str], widths: Sequence[int] = ()) -> None:
+        self.widths = [max(len(header), int(width)) for header, width in
+                       zip(headers, [*widths, *([0] * (len(headers) - len(widths)))])]
         self.headers = list(headers)
         self._last: dict[str, list[str]] = {}
 
