@@ -91,6 +91,12 @@ def test_a_training_held_midway_shows_its_progress_advancing_in_status(api_serve
     header, row = table.stdout.strip().splitlines()
     assert header.split() == ["NAME", "PHASE", "PROGRESS", "ETA", "WORKERS", "ACCURACY", "SNAPSHOT", "AGE"]
     assert row.split()[:6] == ["watched", "Training", "1/2", "50%", "10m00s", "2"]
+    described = subprocess.run([str(pathlib.Path(sys.executable).with_name("lanex")), "describe", "watched"],
+                               env={**os.environ, "KUBECONFIG": str(api_server.kubeconfig)}, capture_output=True,
+                               text=True, timeout=60)
+    assert described.returncode == 0, described.stderr
+    assert "  State:       training (1/2 50%, epoch 1/2, step 10/20)" in described.stdout
+    assert "  Validation:  epoch 1: accuracy 0.6100" in described.stdout and "  ETA:         10m00s" in described.stdout
     metrics = running_operator.metrics()
     assert series(metrics, "watched") == sorted(GAUGES)
     assert 'lanex_training_progress_ratio{experiment="watched",namespace="default"} 0.5' in metrics
