@@ -33,6 +33,7 @@ from lanex_operator.api.status import (  # noqa: F401  (re-exported: api.models 
     Condition,
     ConditionType,
     FailureReason,
+    GpuReading,
     LaneExperimentStatus,
     Phase,
     Provenance,
@@ -40,6 +41,8 @@ from lanex_operator.api.status import (  # noqa: F401  (re-exported: api.models 
     SnapshotError,
     SnapshotRecord,
     StorageMove,
+    TrainingProgress,
+    ValidationResult,
 )
 
 GROUP = "lanex.dev"
@@ -468,6 +471,16 @@ class TrainingSpec(SpecModel):
         None,
         description="ImageNet weights of the backbone, passed to every rank as --pretrained-weights. vgg16_bn without"
         " them trains from scratch (condition TrainingFromScratch and a Warning Event).",
+    )
+    stall_timeout_seconds: int = Field(
+        1800,
+        description="Seconds without new training progress (while the MPIJob runs) before the Stalled condition.",
+        ge=1,
+    )
+    stall_action: Literal["None", "Restart"] = Field(
+        "None",
+        description="On a stall: None (condition and Warning Event only) or Restart (delete the launcher pod; its"
+        " launcher Job starts a new one that resumes from the last checkpoint, using one of backoffLimit's retries).",
     )
 
     @model_validator(mode="after")

@@ -22,6 +22,7 @@ from lanex_operator import __version__
 
 USER_AGENT = f"lanex-operator/{__version__}"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 class KubeError(Exception):
@@ -89,6 +90,10 @@ class Kube:
         self._session: aiohttp.ClientSession | None = None
         self.requests = 0  # total requests sent, for the metrics and the benchmark
 
+    def set_user_agent(self, agent: str) -> None:
+        """Name this client differently in the apiserver's audit log (before its first request)."""
+        self._headers["User-Agent"] = agent
+
     @classmethod
     def from_connection_info(cls, info: Any, request_timeout: float = 30.0) -> Kube:
         """Build from the `kopf.ConnectionInfo` returned by a kopf login function."""
@@ -125,6 +130,21 @@ class Kube:
     async def get(self, path: str) -> dict[str, Any]:
         return await self.request("GET", path)
 
+    async def text(self, path: str, params: Mapping[str, str] | None = None) -> str:
+        """A plain-text GET (a pod's log), with the same errors as `request`."""
+        url = self.server + path + (f"?{urlencode(params)}" if params else "")
+        self.requests += 1
+        try:
+            async with self._client().get(url, headers={"Accept": "*/*"}) as response:
+                text = await response.text(errors="replace")
+                if response.status >= 400:
+                    payload = _loads(text)
+                    raise KubeError("GET", path, response.status, str(payload.get("reason") or response.reason),
+                                    str(payload.get("message") or text[:300]))
+                return text
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise KubeError("GET", path, 0, type(exc).__name__, str(exc) or "connection failed") from exc
+
     async def get_or_none(self, path: str) -> dict[str, Any] | None:
         try:
             return await self.get(path)
@@ -143,6 +163,10 @@ class Kube:
 
     async def patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("PATCH", path, dict(patch), content_type=MERGE_PATCH)
+
+    async def json_patch(self, path: str, operations: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """A JSON patch (RFC 6902): unlike a merge patch, it can write a null value."""
+        return await self.request("PATCH", path, [dict(op) for op in operations], content_type=JSON_PATCH)
 
     async def delete(self, path: str, propagation: str = "Background") -> dict[str, Any] | None:
         try:

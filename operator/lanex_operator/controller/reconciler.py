@@ -19,6 +19,11 @@ child. An Event is posted for every phase transition and every warning.
 Storage tier (`spec.storage`, TR-4896's pool change): the two bracketed steps are `tier_steps`;
 this module only says when they run (right before the MPIJob is created, once it finished, and
 before an experiment is failed) and hands them its status writer and child reader.
+
+Stalls: while the MPIJob runs, the training step compares `status.progress` (written by the
+progress daemon, `controller.progress`) with `spec.training.stallTimeoutSeconds` and sets the
+`Stalled` condition (with `stallAction: Restart`, deletes the launcher pod: mpi-operator's launcher
+Job makes a new one, which resumes from the last checkpoint).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from lanex_operator.controller.metrics import OperatorMetrics
 from lanex_operator.plan.defaults import ClusterDefaults
 from lanex_operator.plan.steps import FROM_SCRATCH_REASON, ExperimentPlan, plan_for
 from lanex_operator.controller.preflight import Preflight
+from lanex_operator.controller.progress import LAUNCHER_SELECTOR, StallVerdict, judge_stall
 from lanex_operator.controller.status import MESSAGE_LIMIT, StatusBook, clip, parse_utc
 from lanex_operator.controller.tier_steps import StorageTiering, TierSteps
 from lanex_operator.controller.waits import STUCK_REASONS, ReadThrottle, StuckPod, stuck_pod
@@ -61,7 +67,6 @@ from lanex_operator.controller.waits import STUCK_REASONS, ReadThrottle, StuckPo
 PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, skip the prepare Job
 SPEC_ANNOTATION = desired.SPEC_ANNOTATION  # on the MPIJob: the spec training started with
 GENERATION_ANNOTATION = desired.GENERATION_ANNOTATION  # on the MPIJob: the experiment generation of that spec
-LAUNCHER_SELECTOR = "training.kubeflow.org/job-name={name},training.kubeflow.org/job-role=launcher"
 JOB_POD_SELECTOR = "batch.kubernetes.io/job-name={name}"
 MPIJOB_POD_SELECTOR = "training.kubeflow.org/job-name={name}"  # its launcher and its workers
 log = logging.getLogger("lanex.operator.reconciler")
@@ -457,6 +462,8 @@ class Reconciler:
             if queued is not None:
                 return queued
         conditions = (mpijob.get("status") or {}).get("conditions")
+        if _true(conditions, "Succeeded") or _true(conditions, "Failed"):
+            self._end_stall(book, plan)
         if _true(conditions, "Succeeded"):
             results, note = await self._results(plan.namespace, name)
             if results is not None:
@@ -486,10 +493,12 @@ class Reconciler:
         if failure:
             return await self._training_failed(body, book, spec, plan, FailureReason.TRAINING_FAILED, failure)
         stuck = (book.condition(C.TRAINED.value) or {}).get("reason") in STUCK_REASONS
-        if _true(conditions, "Running") and not stuck:
+        running = _true(conditions, "Running")
+        if running and not stuck:
             book.set_condition(C.TRAINED.value, "Unknown", "Running",
                                f"MPIJob {name} is running ({plan.train.workers} workers, "
                                f"{plan.train.processes} processes)")
+            return min(wait, await self._watch_stall(body, book, spec, plan, mpijob, running))
         return wait
 
     async def _training_failed(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
@@ -543,6 +552,69 @@ class Reconciler:
                            f"MPIJob {name} waits in Kueue LocalQueue {queue} for admission (queued for {shown}s)")
         book.set("message", f"queued in Kueue LocalQueue {queue} for {shown}s")
         return step - (waited % step)
+
+    # ---- stalls: no new progress while the MPIJob runs
+
+    async def _watch_stall(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                           plan: ExperimentPlan, mpijob: Mapping[str, Any], running: Mapping[str, Any]) -> float:
+        """Set or clear `Stalled`; returns how long until a stall could next be declared."""
+        timeout = spec.training.stall_timeout_seconds
+        current = book.condition(C.STALLED.value)
+        gauges = not body["metadata"].get("deletionTimestamp")  # a deleted experiment's series are gone
+        verdict = judge_stall((body.get("status") or {}).get("progress"), running.get("lastTransitionTime"),
+                              current, self.now(), timeout)
+        if not verdict.stalled:
+            if current is not None and current.get("status") == "True":
+                message = f"training progresses again ({self._last_step(verdict)})"
+                book.set_condition(C.STALLED.value, "False", "ProgressResumed", message)
+                book.event("Normal", "ProgressResumed", message)
+            if gauges:
+                self.metrics.training.set_stalled(plan.namespace, plan.name, False)
+            return max(0.05, min(self.config.resync_seconds, verdict.seconds_left))
+        if gauges:
+            self.metrics.training.set_stalled(plan.namespace, plan.name, True)
+        message = clip(verdict.describe(timeout))
+        if book.set_condition(C.STALLED.value, "True", "NoProgress", message):
+            book.event("Warning", C.STALLED.value, message)
+        if spec.training.stall_action == "Restart":
+            await self.flush(body, book)  # Stalled=True is in status before the launcher goes
+            await self._restart_launcher(book, plan, mpijob, verdict, timeout)
+        return self.config.resync_seconds
+
+    @staticmethod
+    def _last_step(verdict: StallVerdict) -> str:
+        last = verdict.last
+        return "no progress yet" if last is None else f"epoch {last.epoch}/{last.epochs}, step {last.step}/{last.steps}"
+
+    async def _restart_launcher(self, book: StatusBook, plan: ExperimentPlan, mpijob: Mapping[str, Any],
+                                verdict: StallVerdict, timeout: int) -> None:
+        """Delete the running launcher pod: the launcher Job (mpi-operator v0.3+) starts a new one, which
+        counts against `backoffLimit`; so a launcher whose retries are used up is left alone."""
+        name = plan.names.mpijob
+        launcher = (((mpijob.get("status") or {}).get("replicaStatuses") or {}).get("Launcher") or {})
+        failed, limit = int(launcher.get("failed") or 0), plan.train.backoff_limit
+        if failed >= limit:
+            message = clip(f"{verdict.describe(timeout)}; not restarted: the launcher Job of MPIJob {name} has used "
+                           f"its backoffLimit ({failed} of {limit} retries)")
+            if book.set_condition(C.STALLED.value, "True", "RestartsExhausted", message):
+                book.event("Warning", "RestartsExhausted", message)
+            return
+        pods = await self.kube.list(object_path("v1", "pods", plan.namespace),
+                                    label_selector=LAUNCHER_SELECTOR.format(name=name))
+        live = sorted(p["metadata"]["name"] for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running"))
+        for pod in live:
+            await self.kube.delete(object_path("v1", "pods", plan.namespace, pod))
+        message = clip(f"{verdict.describe(timeout)}; deleted launcher pod {', '.join(live) or '(none running)'}: "
+                       f"the launcher Job starts a new one that resumes from the last checkpoint (retry "
+                       f"{failed + 1} of {limit})")
+        book.set_condition(C.STALLED.value, "False", "LauncherRestarted", message)
+        book.event("Warning", "LauncherRestarted", message)
+
+    def _end_stall(self, book: StatusBook, plan: ExperimentPlan) -> None:
+        """Training ended: a Stalled=True condition no longer applies."""
+        current = book.condition(C.STALLED.value)
+        if current is not None and current.get("status") == "True":
+            book.set_condition(C.STALLED.value, "False", "TrainingEnded", "the MPIJob finished")
 
     async def _snapshot(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                         plan: ExperimentPlan) -> float | None:
