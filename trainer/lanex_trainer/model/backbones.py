@@ -12,12 +12,15 @@ downloaded: ImageNet weights come from a torchvision state-dict file the caller 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 BACKBONE_NAMES = ("vgg16_bn", "resnet18", "small")
 
@@ -63,7 +66,11 @@ def init_weights(module: nn.Module) -> None:
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a torchvision-style state dict (``torch.save(model.state_dict(), path)``) onto the CPU."""
+    """Read a torchvision-style state dict (``torch.save(model.state_dict(), path)``) onto the CPU.
+
+    ``weights_only=True``: the file is data, never code. torchvision's 2017 files (``vgg16_bn-6c64b313.pth``,
+    ``resnet18-5c106cde.pth``) use torch's legacy serialization, which this reads as well.
+    """
     path = Path(path)
     if not path.is_file():
         raise PretrainedWeightsError(f"pretrained weights file {path} does not exist")
@@ -76,18 +83,39 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def _optional_key(key: str) -> bool:
+    """Keys a published file may lack: BatchNorm's ``num_batches_tracked`` appeared in torch 0.4.1,
+    after torchvision's VGG16-BN file was published, and torch's own loader fills it in too."""
+    return key.endswith("num_batches_tracked")
+
+
 def _load_prefixed(target: nn.Module, state: Mapping[str, torch.Tensor], prefix: str, path: Path) -> None:
-    """Load ``state[prefix + key]`` into ``target[key]`` for every key of ``target``, strictly."""
+    """Load ``state[prefix + key]`` into ``target[key]`` for every key of ``target``.
+
+    Every parameter and running statistic must be in the file with the target's shape; the first
+    key that is missing or has another shape is named in the error, so a wrong file (another
+    architecture, a truncated export) is caught before training starts.
+    """
     wanted = target.state_dict()
-    missing = [prefix + key for key in wanted if prefix + key not in state]
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise PretrainedWeightsError(f"pretrained weights file {path} lacks {len(missing)} keys: {shown}")
-    picked = {key: state[prefix + key] for key in wanted}
-    bad = [f"{prefix}{k} {tuple(v.shape)} != {tuple(wanted[k].shape)}" for k, v in picked.items() if v.shape != wanted[k].shape]
-    if bad:
-        raise PretrainedWeightsError(f"pretrained weights file {path} has wrong shapes: {'; '.join(bad[:5])}")
-    target.load_state_dict(picked, strict=True)
+    picked: dict[str, torch.Tensor] = {}
+    for key, expected in wanted.items():
+        found = state.get(prefix + key)
+        if found is None:
+            if _optional_key(key):
+                continue
+            raise PretrainedWeightsError(
+                f"pretrained weights file {path} lacks key {prefix}{key} (expected shape {tuple(expected.shape)}); "
+                "is it the torchvision file of this backbone?"
+            )
+        if found.shape != expected.shape:
+            raise PretrainedWeightsError(
+                f"pretrained weights file {path}: key {prefix}{key} has shape {tuple(found.shape)}, "
+                f"the backbone needs {tuple(expected.shape)}"
+            )
+        picked[key] = found
+    result = target.load_state_dict(picked, strict=False)
+    # Only optional buffers may stay at their initial value (load_state_dict reports what it skipped).
+    assert all(_optional_key(key) for key in result.missing_keys), result.missing_keys
 
 
 def vgg16_bn_dilated(weights_file: Path | None = None) -> Backbone:
@@ -104,6 +132,12 @@ def vgg16_bn_dilated(weights_file: Path | None = None) -> Backbone:
     init_weights(layers)
     if weights_file is not None:
         _load_prefixed(layers, load_state_dict_file(weights_file), "features.", Path(weights_file))
+    else:
+        log.warning(
+            "backbone vgg16_bn: no pretrained weights given, training from random initialisation; "
+            "the published recipe (and its ~94%% TuSimple accuracy) starts from torchvision's ImageNet "
+            "vgg16_bn weights (pretrained_weights / spec.training.pretrainedWeights)"
+        )
     for index in _VGG_CONV5:
         conv = layers[index]
         conv.dilation, conv.padding = (2, 2), (2, 2)
