@@ -338,13 +338,17 @@ def test_corrupt_weights_file_is_an_error_naming_it(tmp_path):
         build_model("resnet18", input_size=(32, 64), pretrained_weights=path)
 
 
-def test_vgg16_bn_without_weights_warns_that_it_trains_from_scratch(caplog):
+def test_training_vgg16_bn_without_weights_warns_that_it_trains_from_scratch(caplog, tmp_path):
+    from lanex_trainer.model.backbones import warn_if_from_scratch
+
     with caplog.at_level("WARNING", logger="lanex_trainer.model.backbones"):
-        build_model("vgg16_bn", input_size=(32, 64))
+        assert warn_if_from_scratch("vgg16_bn", None)
     assert any("no pretrained weights given, training from random initialisation" in r.message for r in caplog.records)
     caplog.clear()
     with caplog.at_level("WARNING", logger="lanex_trainer.model.backbones"):
-        build_model("small", input_size=(32, 64))
+        assert not warn_if_from_scratch("small", None)
+        assert not warn_if_from_scratch("vgg16_bn", tmp_path / "vgg16_bn-6c64b313.pth")
+        build_model("vgg16_bn", input_size=(32, 64))  # building to load a checkpoint into: no warning
     assert not caplog.records
 
 

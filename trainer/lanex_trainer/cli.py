@@ -173,6 +173,27 @@ def predict_command(
     typer.echo(json.dumps(summary))
 
 
+def import_checkpoint_command(
+    file: Path = typer.Argument(..., help="The checkpoint to import (SCNN_Pytorch / TR-4896: {'net': state_dict, ...})."),
+    source: str = typer.Option(..., "--from", help="Where it comes from: scnn-pytorch."),
+    out: Path = typer.Option(..., help="The lanex checkpoint to write (for `lanex predict --checkpoint`)."),
+    height: int = typer.Option(288, help="Input height it was trained at (multiple of 16)."),
+    width: Optional[int] = typer.Option(None, help="Input width it was trained at; default: from its existence head."),
+) -> None:
+    """Turn a TR-era SCNN checkpoint (other key names, DataParallel prefixes) into a lanex checkpoint."""
+    from lanex_trainer.checkpoint_import import SOURCES, ImportCheckpointError, import_scnn_pytorch
+
+    if source not in SOURCES:
+        typer.echo(f"error: --from {source!r}: expected one of {', '.join(SOURCES)}", err=True)
+        raise typer.Exit(2)
+    try:
+        summary = import_scnn_pytorch(file, out, height=height, width=width)
+    except ImportCheckpointError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(json.dumps(summary))
+
+
 def launch_command(
     command: List[str] = typer.Argument(..., help="The training command, after `--`."),
     backend: str = typer.Option("auto", help="horovod, torch or auto (sets LANEX_BACKEND for the ranks)."),
@@ -203,4 +224,5 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(eval_command)
     app.command("train")(train_command)
     app.command("predict")(predict_command)
+    app.command("import-checkpoint")(import_checkpoint_command)
     app.command("launch", context_settings={"allow_interspersed_args": False})(launch_command)

@@ -122,6 +122,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, dist: Distributed):
         from lanex_trainer.data.dataset import AugmentConfig, LaneDataset
         from lanex_trainer.data.prepare import is_prepared, load_index
+        from lanex_trainer.model.backbones import warn_if_from_scratch
         from lanex_trainer.model.scnn import build_model
 
         self.cfg, self.dist = cfg, dist
@@ -153,6 +154,8 @@ class Trainer:
                              else round(cfg.warmup_fraction * self.total_steps))
 
         model = build_model(cfg.backbone, input_size=(cfg.height, cfg.width), pretrained_weights=cfg.pretrained_weights)
+        if dist.is_main:
+            warn_if_from_scratch(cfg.backbone, cfg.pretrained_weights)
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -132,12 +132,6 @@ def vgg16_bn_dilated(weights_file: Path | None = None) -> Backbone:
     init_weights(layers)
     if weights_file is not None:
         _load_prefixed(layers, load_state_dict_file(weights_file), "features.", Path(weights_file))
-    else:
-        log.warning(
-            "backbone vgg16_bn: no pretrained weights given, training from random initialisation; "
-            "the published recipe (and its ~94%% TuSimple accuracy) starts from torchvision's ImageNet "
-            "vgg16_bn weights (pretrained_weights / spec.training.pretrainedWeights)"
-        )
     for index in _VGG_CONV5:
         conv = layers[index]
         conv.dilation, conv.padding = (2, 2), (2, 2)
@@ -183,6 +177,21 @@ def small_stride8() -> Backbone:
     features = nn.Sequential(*layers)
     init_weights(features)
     return Backbone(features, out_channels=64, neck_channels=128, message_channels=32)
+
+
+def warn_if_from_scratch(name: str, weights_file: Path | None) -> bool:
+    """Log a warning when ``vgg16_bn`` is about to be trained without ImageNet weights; True if it did.
+
+    Called by training only: building a model to load a checkpoint into is not training from scratch.
+    """
+    if name != "vgg16_bn" or weights_file is not None:
+        return False
+    log.warning(
+        "backbone vgg16_bn: no pretrained weights given, training from random initialisation; "
+        "the published recipe (and its ~94%% TuSimple accuracy) starts from torchvision's ImageNet "
+        "vgg16_bn weights (pretrained_weights / spec.training.pretrainedWeights)"
+    )
+    return True
 
 
 def build_backbone(name: str, weights_file: Path | None = None) -> Backbone:
