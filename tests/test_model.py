@@ -197,6 +197,30 @@ def test_message_passing_under_autocast_keeps_float32_weight_gradients():
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+def test_message_passing_under_bf16_autocast_sweeps_in_float32_without_drift():
+    """A bf16 sweep drifts (weight gradients ~6 % off float32); lanex sweeps in float32 under autocast,
+    so it differs from float32 on the same bf16-rounded input only by rounding its output and incoming gradient."""
+    torch.manual_seed(0)
+    module = MessagePassing(channels=32, kernel=9)
+    x = torch.relu(torch.randn(2, 32, 18, 50)).to(torch.bfloat16)
+    upstream = torch.randn(2, 32, 18, 50)
+
+    def run(inputs, autocast: bool):
+        inputs = inputs.detach().clone().requires_grad_(True)
+        module.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = module(inputs)
+        (out.float() * upstream).sum().backward()
+        return [out.detach().float(), inputs.grad.float()] + [conv.weight.grad for conv in module.sweeps()]
+
+    reference = run(x.float(), autocast=False)
+    mixed = run(x, autocast=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert module(x).dtype == torch.bfloat16  # handed back in the dtype it came in
+    for got, want in zip(mixed, reference):
+        assert ((got - want).norm() / want.norm()).item() < 1e-2
+
+
 def test_message_passing_rejects_wrong_channels_and_even_kernels():
     with pytest.raises(ValueError, match="odd"):
         MessagePassing(channels=8, kernel=8)
