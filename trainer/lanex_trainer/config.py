@@ -17,6 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+# SCNN_Pytorch's TuSimple run (experiments/exp0/cfg.json: lr_scheduler.max_iter) at global batch 32.
+RECIPE_ITERATIONS = 1500
+
+
 class ConfigError(ValueError):
     """A training configuration that cannot be used; the message names the field and the source."""
 
@@ -44,7 +48,8 @@ class TrainConfig(BaseModel):
         None, ge=1, description="Passes over the training split; unset: as many as max_iterations takes."
     )
     max_iterations: Optional[int] = Field(
-        1500, ge=1, description="Run length in optimizer steps (the run stops at epochs or here, whichever is first)."
+        None, ge=1, description="Run length in optimizer steps (the run stops at epochs or here, whichever is "
+        f"first); with neither set: {RECIPE_ITERATIONS}, the recipe's."
     )
     lr: float = Field(0.15, gt=0, description="Base learning rate for one worker's batch (see lr_scaling).")
     lr_scaling: Literal["linear", "none"] = Field(
@@ -106,11 +111,13 @@ class TrainConfig(BaseModel):
             raise ValueError(f"must be a multiple of 16, got {value}")
         return value
 
-    @model_validator(mode="after")
-    def _run_length(self) -> "TrainConfig":
-        if self.epochs is None and self.max_iterations is None:
-            raise ValueError("epochs and max_iterations are both unset: set at least one (the run length)")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_run_length(cls, data: Any) -> Any:
+        """No run length given: the recipe's iterations (epochs alone means epochs, uncapped)."""
+        if isinstance(data, dict) and data.get("epochs") is None and data.get("max_iterations") is None:
+            data = {**data, "max_iterations": RECIPE_ITERATIONS}
+        return data
 
     @model_validator(mode="after")
     def _weights_exist(self) -> "TrainConfig":
