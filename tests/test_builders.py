@@ -453,8 +453,8 @@ def test_metadata_must_match_the_plan_and_names_must_fit():
     meta, spec, plan = build(RUNAI_SPEC)
     with pytest.raises(ValueError, match="plan is for runai-lane-detection/tr4896"):
         mpijob_for({"name": "other", "namespace": "runai-lane-detection"}, spec, plan)
-    with pytest.raises(InvalidSpecError, match="metadata.name: must have at most 40 characters"):
-        plan_for("x" * 41, "default", spec)
+    with pytest.raises(InvalidSpecError, match="metadata.name: must have at most 42 characters"):
+        plan_for("x" * 43, "default", spec)
     with pytest.raises(ValueError, match="snapshot.enabled is false"):
         disabled = parse_spec({**RUNAI_SPEC, "snapshot": {"enabled": False}})
         snapshot_for(meta, disabled, plan_for("tr4896", "runai-lane-detection", disabled), AT)

@@ -95,6 +95,7 @@ CLUSTER_GRANTS = {
     ("snapshot.storage.k8s.io", "volumesnapshotclasses", "get"),
     ("storage.k8s.io", "storageclasses", "get"),
     ("", "namespaces", "get"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "get"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }

@@ -8,10 +8,15 @@ API, as real controllers talk to the apiserver:
   volume in TR-4896 that had to be patched to ReadWriteMany, and that name their ANF volume in
   `spec.csi.volumeAttributes.internalName` as Trident's PVs do; restores PVCs whose dataSource is a
   ready VolumeSnapshot (size at least its restoreSize);
-* the Job controller: one pod per Job, success or failure with a termination message;
+* the Job controller: one pod per Job, success or failure with a termination message; like the
+  kubelet, a pod whose secret volume names a Secret that does not exist stays Pending with a
+  FailedMount Warning Event until the Secret is created;
 * the mpi-operator: Created -> Running -> Succeeded/Failed conditions, worker pods (removed when
   training ends, as `cleanPodPolicy: Running` does) and a launcher pod whose termination message is
-  the trainer's results JSON;
+  the trainer's results JSON; like v0.8.2 it refuses an MPIJob that breaks its rules (`k8s.mpi_rules`:
+  a `ValidationError` Event, no pods, no condition), creates no pods while `runPolicy.suspend` is true
+  (Kueue admits by unsuspending), and with `launcherCreationPolicy: WaitForWorkersReady` creates the
+  launcher only once every worker pod is Ready;
 * the kubelet's logs: what each of those containers prints, written into the emulator, which serves
   it as `pods/NAME/log` (followed logs are streamed while the container runs);
 * the snapshot controller: VolumeSnapshotContent, readyToUse, restoreSize, creationTime, or an error.
@@ -34,6 +39,7 @@ from typing import Any
 
 import aiohttp
 
+from k8s import mpi_rules
 from k8s.emulator import SYSTEM_USER_AGENT, now_rfc3339
 
 EXPERIMENT_LABEL = "lanex.dev/experiment"
@@ -62,6 +68,9 @@ class SimKnobs:
     # "Kind", "Kind/experiment" or "Kind/object-name": hold the next step of those objects;
     # "MPIJob.running/experiment": hold training midway, its pods running and their logs open.
     paused: set[str] = dataclasses.field(default_factory=set)
+    # Worker pods turn Ready this long after they start; experiments or MPIJobs named here stay not Ready.
+    worker_ready_delay: float = 0.0
+    unready_workers: set[str] = dataclasses.field(default_factory=set)
 
     def failure(self, table: Mapping[str, str], obj: Mapping[str, Any]) -> str | None:
         meta = obj.get("metadata", {})
@@ -117,6 +126,9 @@ class ClusterSimulation:
         self._busy: set[tuple[str, str]] = set()
         self._done: set[tuple[str, str]] = set()
         self.errors: list[str] = []
+        # What the simulated mpi-operator did, in order: ("refused" | "suspended" | "resumed" |
+        # "waiting-for-workers" | "launcher-created", MPIJob name) and ("worker-ready", pod name).
+        self.history: list[tuple[str, str]] = []
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(headers={"User-Agent": f"{SYSTEM_USER_AGENT}/1"})
@@ -296,6 +308,7 @@ class ClusterSimulation:
         await self.request("PATCH", base, {"status": {"active": 1, "startTime": start}})
         pod = await self._pod(job, f"{name}-{_suffix()}", {"batch.kubernetes.io/job-name": name, "job-name": name,
                                                           "batch.kubernetes.io/controller-uid": meta["uid"]})
+        await self._mount_secrets(pod)
         self.print(pod, "lanex data: preparing the dataset in /mnt/tusimple_data\n")
         await asyncio.sleep(self.knobs.job_duration)
         await self._hold(job)
@@ -315,6 +328,31 @@ class ClusterSimulation:
                 {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now_rfc3339()},
                 {"type": "Complete", "status": "True", "lastTransitionTime": now_rfc3339()}]}})
         return True
+
+    async def _mount_secrets(self, pod: Mapping[str, Any]) -> None:
+        """The kubelet's mount of secret volumes: Pending + FailedMount while a Secret is missing."""
+        meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        waiting = False
+        for volume in (pod.get("spec") or {}).get("volumes") or []:
+            secret = volume.get("secret") or {}
+            if not secret.get("secretName") or secret.get("optional"):
+                continue
+            while True:
+                try:
+                    await self.request("GET", f"/api/v1/namespaces/{meta['namespace']}/secrets/{secret['secretName']}")
+                    break
+                except RuntimeError:
+                    if not waiting:
+                        waiting = True
+                        await self.request("PATCH", path, {"status": {"phase": "Pending", "containerStatuses": [{
+                            "name": _main_container(pod), "ready": False, "restartCount": 0,
+                            "state": {"waiting": {"reason": "ContainerCreating"}}}]}})
+                        await self.event(pod, "FailedMount", f'MountVolume.SetUp failed for volume "{volume["name"]}"'
+                                                             f' : secret "{secret["secretName"]}" not found')
+                    await asyncio.sleep(0.1)
+        if waiting:
+            await self.request("PATCH", path, {"status": {"phase": "Running", "containerStatuses": None}})
 
     def print(self, pod: Mapping[str, Any], text: str) -> None:
         """What the pod's main container writes to its log."""
@@ -361,11 +399,18 @@ class ClusterSimulation:
         await self._hold(mpijob)
         meta = mpijob["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        errors = mpi_rules.validation_errors(mpijob)
+        if errors:  # upstream: one Warning Event, no Service, no pods, no condition, never requeued
+            await self.event(mpijob, mpi_rules.VALIDATION_ERROR, mpi_rules.validation_event_message(errors))
+            self.history.append(("refused", name))
+            return True
+        mpijob = mpi_rules.defaulted(mpijob)
         base = f"/apis/kubeflow.org/v2beta1/namespaces/{namespace}/mpijobs/{name}/status"
         workers = mpijob["spec"]["mpiReplicaSpecs"]["Worker"].get("replicas", 1)
         created = {"type": "Created", "status": "True", "reason": "MPIJobCreated",
                    "message": f"MPIJob {namespace}/{name} is created.", "lastTransitionTime": now_rfc3339()}
-        await self.request("PATCH", base, {"status": {"conditions": [created]}})
+        resumed = await self._while_suspended(mpijob, base, created)
+        await self.request("PATCH", base, {"status": {"conditions": [created, *resumed]}})
         await asyncio.sleep(self.knobs.mpijob_start_delay)
         job_labels = {"training.kubeflow.org/job-name": name, "training.kubeflow.org/operator-name": "mpi-operator"}
         worker_pods = [await self._pod(mpijob, f"{name}-worker-{index}", {
@@ -373,12 +418,18 @@ class ClusterSimulation:
             role="Worker") for index in range(workers)]
         for index, worker in enumerate(worker_pods):
             self.print(worker, f"Server listening on 0.0.0.0 port 22 (worker {index})\n")
+        ready = asyncio.gather(*(self._become_ready(mpijob, worker) for worker in worker_pods))
+        if mpijob["spec"]["launcherCreationPolicy"] == mpi_rules.WAIT_FOR_WORKERS_READY:
+            self.history.append(("waiting-for-workers", name))
+            await ready  # upstream: no launcher Job until every worker pod is Ready
         launcher = await self._pod(mpijob, f"{name}-launcher-{_suffix()}", {
             **job_labels, "training.kubeflow.org/job-role": "launcher"})
+        self.history.append(("launcher-created", name))
+        await ready
         self.print(launcher, f"lanex launch: mpirun -np {workers} --hostfile /etc/mpi/hostfile lanex train\n")
         running = {"type": "Running", "status": "True", "reason": "MPIJobRunning",
                    "message": f"MPIJob {namespace}/{name} is running.", "lastTransitionTime": now_rfc3339()}
-        await self.request("PATCH", base, {"status": {"startTime": now_rfc3339(), "conditions": [created, running],
+        await self.request("PATCH", base, {"status": {"startTime": now_rfc3339(), "conditions": [created, *resumed, running],
                                                       "replicaStatuses": {"Launcher": {"active": 1},
                                                                           "Worker": {"active": workers}}}})
         await asyncio.sleep(self.knobs.mpijob_duration / 2)
@@ -403,9 +454,44 @@ class ClusterSimulation:
             final = {"type": "Succeeded", "status": "True", "reason": "MPIJobSucceeded",
                      "message": f"MPIJob {namespace}/{name} successfully completed.", "lastTransitionTime": now_rfc3339()}
             replicas = {"Launcher": {"succeeded": 1}, "Worker": {}}
-        await self.request("PATCH", base, {"status": {"completionTime": now_rfc3339(), "conditions": [created, done, final],
+        await self.request("PATCH", base, {"status": {"completionTime": now_rfc3339(), "conditions": [created, *resumed, done, final],
                                                       "replicaStatuses": replicas}})
         return True
+
+    async def _while_suspended(self, mpijob: Mapping[str, Any], base: str,
+                               created: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Upstream's suspended MPIJob: Created, Suspended, Running False, and no pods until it is
+        unsuspended (by Kueue's admission); then the `Suspended False MPIJobResumed` condition to keep."""
+        if not mpi_rules.is_suspended(mpijob):
+            return []
+        meta = mpijob["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        suspended = {"type": "Suspended", "status": "True", "reason": "MPIJobSuspended", "message": "MPIJob suspended",
+                     "lastTransitionTime": now_rfc3339()}
+        waiting = {"type": "Running", "status": "False", "reason": "MPIJobSuspended",
+                   "message": f"MPIJob {namespace}/{name} is suspended.", "lastTransitionTime": now_rfc3339()}
+        await self.request("PATCH", base, {"status": {"conditions": [dict(created), suspended, waiting]}})
+        await self.event(mpijob, "MPIJobSuspended", "MPIJob suspended", type_="Normal")
+        self.history.append(("suspended", name))
+        path = f"/apis/kubeflow.org/v2beta1/namespaces/{namespace}/mpijobs/{name}"
+        while mpi_rules.is_suspended(await self.request("GET", path)):
+            await asyncio.sleep(0.05)
+        self.history.append(("resumed", name))
+        await self.event(mpijob, "MPIJobResumed", "MPIJob resumed", type_="Normal")
+        return [dict(suspended, status="False", reason="MPIJobResumed", message="MPIJob resumed",
+                     lastTransitionTime=now_rfc3339())]
+
+    async def _become_ready(self, mpijob: Mapping[str, Any], pod: Mapping[str, Any]) -> None:
+        """A worker pod turns Ready (its sshd listens) unless `knobs.unready_workers` holds its experiment."""
+        await asyncio.sleep(self.knobs.worker_ready_delay)
+        while self.knobs.matches(self.knobs.unready_workers, mpijob):
+            await asyncio.sleep(0.02)
+        meta = pod["metadata"]
+        await self.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", {"status": {
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now_rfc3339()}],
+            "containerStatuses": [{"name": _main_container(pod), "ready": True, "restartCount": 0,
+                                   "state": {"running": {"startedAt": now_rfc3339()}}}]}})
+        self.history.append(("worker-ready", meta["name"]))
 
     # ---- snapshot controller
 

@@ -75,8 +75,9 @@ reads pods/log) belong to the users' roles, not to the operator's.
   resources: ["namespaces"]
   verbs: ["get"]
 {{- end }}
-# kopf scans and watches the CRDs to resolve the resources it serves.
+# kopf scans and watches the CRDs to resolve the resources it serves; the preflight reads the
+# MPIJob CRD to see which mpi-operator features it declares (launcherCreationPolicy, suspend).
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 {{- end -}}

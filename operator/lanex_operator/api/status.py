@@ -52,6 +52,8 @@ class ConditionType(str, Enum):
     FAILED = "Failed"
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
     STORAGE_TIER = "StorageTier"
+    QUEUED = "Queued"  # scheduler kueue: the MPIJob waits, suspended, for Kueue's admission
+    TRAINING_FROM_SCRATCH = "TrainingFromScratch"
 
 
 class StatusModel(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -16,19 +16,25 @@ snapshots_app = typer.Typer(help="Snapshots of experiment volumes (local workspa
 def run_command(
     experiment: Path = typer.Argument(..., help="LaneExperiment YAML file."),
     workspace: Path = typer.Option(DEFAULT_WORKSPACE, help="Local workspace: volumes, experiments, snapshots."),
+    secret: List[str] = typer.Option(
+        [], "--secret", help="NAME=file:PATH or NAME=env:VAR: the keys of the Secret NAME that the spec's secretRefs"
+        " name (a folder of key files, or KEY=VALUE lines); repeatable. Values are never printed."),
 ) -> None:
     """Run a LaneExperiment on this machine: data, distributed training, evaluation, snapshot."""
     from rich.console import Console
 
     from lanex_operator.api import ExperimentFileError, load_experiment_file
     from lanex_operator.local.runner import LocalRunError, LocalRunner
+    from lanex_operator.local.secrets import SecretSourceError, parse_secret_option
     from lanex_operator.api.models import InvalidSpecError
 
     console = Console(stderr=True)
     try:
+        secrets = {source.name: source for source in map(parse_secret_option, secret)}
         metadata, spec = load_experiment_file(experiment)
-        runner = LocalRunner(metadata["name"], spec, workspace, echo=lambda text: console.print(text, style="bold cyan", markup=False))
-    except (ExperimentFileError, InvalidSpecError, LocalRunError) as error:
+        runner = LocalRunner(metadata["name"], spec, workspace, secrets=secrets,
+                             echo=lambda text: console.print(text, style="bold cyan", markup=False))
+    except (ExperimentFileError, InvalidSpecError, LocalRunError, SecretSourceError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
     try:

@@ -30,6 +30,9 @@ class OperatorConfig:
     preflight_cache_seconds: float = 10.0
     # Timeout of one API request made by the reconciler.
     request_timeout_seconds: float = 30.0
+    # While Kueue holds an MPIJob suspended, the Queued condition's waiting time moves in steps of this
+    # size (one status write per step at most, however long the queue).
+    queued_message_seconds: float = 30.0
     # kopf: watch-stream server timeout and backoffs between API retries (comma-separated).
     watch_server_timeout_seconds: float = 300.0
     api_error_backoffs: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)

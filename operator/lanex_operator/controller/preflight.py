@@ -11,14 +11,63 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
 
 from lanex_operator.plan.defaults import SCHEDULER_FIELD, SNAPSHOT_CLASS_FIELD, STORAGE_CLASS_FIELD, field_origin
-from lanex_operator.controller.kube import Kube, object_path
+from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.plan.steps import ExperimentPlan
 
 MPIJOB_API = ("kubeflow.org/v2beta1", "mpijobs")
 SNAPSHOT_API = ("snapshot.storage.k8s.io/v1", "volumesnapshots")
+MPIJOB_CRD = "mpijobs.kubeflow.org"
+# What lanex uses of mpi-operator, by the field its v2beta1 CRD declares and the release that added it
+# (kubeflow/mpi-operator manifests/base/kubeflow.org_mpijobs.yaml at each tag).
+MPI_OPERATOR_FEATURES = (
+    ("launcherCreationPolicy", ("spec", "launcherCreationPolicy"), "0.5.0"),
+    ("runPolicy.suspend", ("spec", "runPolicy", "suspend"), "0.4.0"),
+    ("runPolicy.managedBy", ("spec", "runPolicy", "managedBy"), "0.6.0"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MPIOperatorFeatures:
+    """The mpi-operator features the installed MPIJob CRD declares (None: the CRD could not be read)."""
+
+    fields: Optional[frozenset[str]]
+
+    def has(self, feature: str) -> bool:
+        """Whether the CRD declares `feature`; an unreadable CRD counts as a current mpi-operator."""
+        return self.fields is None or feature in self.fields
+
+    @property
+    def launcher_creation_policy(self) -> bool:
+        return self.has("launcherCreationPolicy")
+
+    def describe(self) -> str:
+        """One line for the Preflight condition, e.g. `mpi-operator: launcherCreationPolicy (>= 0.5.0) ...`."""
+        if self.fields is None:
+            return f"mpi-operator: CRD {MPIJOB_CRD} not readable, assuming >= 0.5.0"
+        parts = [f"{name} (>= {version}) {'yes' if name in self.fields else 'no'}"
+                 for name, _, version in MPI_OPERATOR_FEATURES]
+        older = "" if self.launcher_creation_policy else (
+            "; older than 0.5.0: the launcher starts at once and `lanex launch` waits for the workers' ssh")
+        return "mpi-operator: " + ", ".join(parts) + older
+
+
+def crd_features(crd: Mapping[str, Any]) -> MPIOperatorFeatures:
+    """The features declared by the served v2beta1 version of an MPIJob CRD."""
+    versions = (crd.get("spec") or {}).get("versions") or []
+    version = next((v for v in versions if v.get("name") == "v2beta1"), {})
+    root = ((version.get("schema") or {}).get("openAPIV3Schema")) or {}
+    found = set()
+    for name, path, _ in MPI_OPERATOR_FEATURES:
+        node: Any = root
+        for part in path:
+            node = ((node or {}).get("properties") or {}).get(part)
+        if node is not None:
+            found.add(name)
+    return MPIOperatorFeatures(frozenset(found))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +86,7 @@ class Preflight:
         self.ttl = ttl_seconds
         self.clock = clock
         self._cache: dict[str, tuple[float, bool]] = {}
+        self._features: tuple[float, MPIOperatorFeatures] | None = None
 
     async def _exists(self, key: str, probe: Callable[[], object]) -> bool:
         now = self.clock()
@@ -52,6 +102,23 @@ class Preflight:
 
     async def _api(self, api_version: str, plural: str) -> bool:
         return await self._exists(f"api:{api_version}/{plural}", lambda: self.kube.api_served(api_version, plural))
+
+    async def mpi_operator(self) -> MPIOperatorFeatures:
+        """What the installed mpi-operator supports, from its CRD (cached like the other lookups)."""
+        now = self.clock()
+        cached = self._features
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        path = object_path("apiextensions.k8s.io/v1", "customresourcedefinitions", name=MPIJOB_CRD)
+        try:
+            crd = await self.kube.get_or_none(path)
+        except KubeError as error:
+            if error.retryable:
+                raise
+            crd = None  # e.g. 403 from an older chart's RBAC: assume a current mpi-operator
+        features = crd_features(crd) if crd is not None else MPIOperatorFeatures(None)
+        self._features = (now + self.ttl, features)
+        return features
 
     async def cluster(self) -> list[Problem]:
         """The APIs every experiment needs (checked at operator start-up)."""
@@ -99,6 +166,12 @@ class Preflight:
                 origin = field_origin(SNAPSHOT_CLASS_FIELD, plan.defaulted)
                 problems.append(Problem("MissingVolumeSnapshotClass",
                                         f'VolumeSnapshotClass "{klass}" ({origin}) not found'))
+        if plan.train.scheduler == "kueue" and not any(p.reason == "MissingMPIJobAPI" for p in problems):
+            features = await self.mpi_operator()
+            if not features.has("runPolicy.suspend"):
+                problems.append(Problem("MPIOperatorTooOld", "spec.scheduler.type kueue needs an mpi-operator "
+                                                             "whose MPIJob has spec.runPolicy.suspend (>= 0.4.0): "
+                                                             "upgrade the Kubeflow MPI operator"))
         if plan.train.scheduler == "runai":
             project = plan.train.runai_project
             project_ns = f"runai-{project}"

@@ -31,7 +31,7 @@ from typing import Any
 
 import kopf
 
-from lanex_operator.controller import builders
+from lanex_operator.controller import builders, desired
 from lanex_operator.api.models import (
     API_VERSION,
     PLURAL,
@@ -45,19 +45,19 @@ from lanex_operator.api.models import (
     Results,
     parse_spec,
 )
-from lanex_operator.controller.children import JOB, MPIJOB, PVC, SNAPSHOT, ChildCache, ChildKind
+from lanex_operator.controller.children import JOB, MPIJOB, POD, PVC, SNAPSHOT, ChildCache, ChildKind
 from lanex_operator.controller.config import OperatorConfig
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.controller.metrics import OperatorMetrics
 from lanex_operator.plan.defaults import ClusterDefaults
-from lanex_operator.plan.steps import ExperimentPlan, plan_for
+from lanex_operator.plan.steps import FROM_SCRATCH_REASON, ExperimentPlan, plan_for
 from lanex_operator.controller.preflight import Preflight
 from lanex_operator.controller.status import MESSAGE_LIMIT, StatusBook, clip
 from lanex_operator.controller.tier_steps import StorageTiering, TierSteps
 
 PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, skip the prepare Job
-SPEC_ANNOTATION = "lanex.dev/spec"  # on the MPIJob: the spec training started with
-GENERATION_ANNOTATION = "lanex.dev/generation"  # on the MPIJob: the experiment generation of that spec
+SPEC_ANNOTATION = desired.SPEC_ANNOTATION  # on the MPIJob: the spec training started with
+GENERATION_ANNOTATION = desired.GENERATION_ANNOTATION  # on the MPIJob: the experiment generation of that spec
 LAUNCHER_SELECTOR = "training.kubeflow.org/job-name={name},training.kubeflow.org/job-role=launcher"
 JOB_POD_SELECTOR = "batch.kubernetes.io/job-name={name}"
 PARSED_SPECS_KEPT = 4096  # memoized (spec, plan) entries; the oldest go first
@@ -253,6 +253,9 @@ class Reconciler:
         book.set_condition(C.SUCCEEDED.value, "Unknown", "InProgress", "the experiment is running")
         book.set_condition(C.FAILED.value, "False", "InProgress", "the experiment is running")
         book.enter(Phase.PENDING, "checking that the cluster has what the experiment needs")
+        if plan.train.from_scratch is not None:  # said once, when the experiment starts
+            book.set_condition(C.TRAINING_FROM_SCRATCH.value, "True", FROM_SCRATCH_REASON, plan.train.from_scratch)
+            book.event("Warning", C.TRAINING_FROM_SCRATCH.value, plan.train.from_scratch)
 
     # ---- steps: each returns None when done, else seconds to wait
 
@@ -268,7 +271,9 @@ class Reconciler:
                 book.event("Warning", reason, message)
             book.set("message", message)
             return self.config.preflight_retry_seconds
-        book.complete_step(C.PREFLIGHT.value, "Passed", "the APIs, classes and namespaces the experiment uses exist")
+        features = await self.preflight.mpi_operator()
+        book.complete_step(C.PREFLIGHT.value, "Passed", "the APIs, classes and namespaces the experiment uses exist; "
+                                                        + features.describe())
         return None
 
     async def _dataset(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
@@ -313,10 +318,8 @@ class Reconciler:
 
     async def _claim_manifest(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                               plan: ExperimentPlan) -> dict[str, Any] | None:
-        meta = body["metadata"]
-        if plan.dataset.restore_from is None:
-            manifest = builders.pvc_for(meta, spec, plan)
-        else:
+        restore_size = None
+        if plan.dataset.restore_from is not None:
             source = plan.dataset.restore_from
             snapshot = await self._child(SNAPSHOT, plan.namespace, source)
             if snapshot is None:
@@ -327,10 +330,8 @@ class Reconciler:
             if not status.get("readyToUse"):
                 book.set("message", f"waiting for VolumeSnapshot {source} to be ready to use before restoring it")
                 return None
-            manifest = builders.restore_pvc_for(meta, spec, plan, status.get("restoreSize"))
-        if spec.retention.dataset == "Delete":
-            kopf.adopt(manifest, owner=dict(body))
-        return manifest
+            restore_size = status.get("restoreSize")
+        return desired.dataset_claim(body, spec, plan, restore_size)
 
     async def _prepare(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                        plan: ExperimentPlan) -> float | None:
@@ -341,7 +342,7 @@ class Reconciler:
                                                                  f"{plan.dataset.restore_from}: the data is prepared")
             return None
         claim = plan.dataset.claim_name
-        if not plan.dataset.creates_claim:
+        if not plan.dataset.creates_claim and not plan.prepare.weights_commands:  # weights may still be missing
             pvc = await self._child(PVC, plan.namespace, claim) or {}
             if ((pvc.get("metadata") or {}).get("annotations") or {}).get(PREPARED_ANNOTATION) == "true":
                 book.complete_step(C.DATA_PREPARED.value, "Skipped", f"PersistentVolumeClaim {claim} is annotated "
@@ -351,9 +352,7 @@ class Reconciler:
         book.enter(Phase.DOWNLOADING, f"preparing the dataset with Job {name}")
         job = self.cache.get(JOB, plan.namespace, name)
         if job is None:  # create first: an existing Job answers AlreadyExists and is read instead
-            manifest = builders.prepare_job_for(body["metadata"], spec, plan)
-            kopf.adopt(manifest, owner=dict(body))
-            job = await self._create(JOB, manifest)
+            job = await self._create(JOB, desired.prepare_job(body, spec, plan))
         conditions = (job.get("status") or {}).get("conditions")
         if _true(conditions, "Complete"):
             if plan.dataset.creates_claim:
@@ -362,6 +361,8 @@ class Reconciler:
                                                                    f"{plan.paths.data_root}")
             return None
         failed = _true(conditions, "Failed")
+        if not failed and plan.prepare.secret_mounts:
+            await self._report_unmounted_secrets(book, plan, name)
         if failed:
             detail = await self._pod_message(plan.namespace, JOB_POD_SELECTOR.format(name=name))
             book.fail(FailureReason.DOWNLOAD_FAILED, clip(
@@ -369,6 +370,23 @@ class Reconciler:
                 + (f"; {detail}" if detail else "")))
             return None
         return self.config.resync_seconds
+
+    async def _report_unmounted_secrets(self, book: StatusBook, plan: ExperimentPlan, job: str) -> None:
+        """A prepare pod waiting for a secretRef's Secret (the kubelet's FailedMount) is said once, in
+        DataPrepared and a Warning Event; it starts by itself once the Secret exists."""
+        pods = await self.kube.list(object_path("v1", "pods", plan.namespace),
+                                    label_selector=JOB_POD_SELECTOR.format(name=job))
+        for pod in pods:
+            if (pod.get("status") or {}).get("phase") != "Pending":
+                continue
+            warning = await self._last_warning(plan.namespace, POD, pod["metadata"]["name"])
+            if warning.startswith("FailedMount") and "secret" in warning:
+                names = ", ".join(secret.secret_name for secret in plan.prepare.secret_mounts)
+                message = clip(f"Job {job} waits for its Secrets ({names}, spec...secretRef) in namespace "
+                               f"{plan.namespace}: {warning}")
+                if book.set_condition(C.DATA_PREPARED.value, "False", "SecretNotFound", message):
+                    book.event("Warning", "SecretNotFound", message)
+                return
 
     async def _mark_prepared(self, namespace: str, claim: str) -> None:
         pvc = await self._child(PVC, namespace, claim) or {}
@@ -409,13 +427,13 @@ class Reconciler:
         mpijob = self.cache.get(MPIJOB, plan.namespace, name)
         if mpijob is None:
             await self.tier.raise_for_training(body, book, spec, plan)
-            manifest = builders.mpijob_for(body["metadata"], spec, plan)
-            manifest["metadata"].setdefault("annotations", {}).update({
-                SPEC_ANNOTATION: json.dumps(spec.model_dump(by_alias=True, mode="json"), sort_keys=True),
-                GENERATION_ANNOTATION: str(body["metadata"].get("generation") or 1),
-            })
-            kopf.adopt(manifest, owner=dict(body))
-            mpijob = await self._create(MPIJOB, manifest)
+            features = await self.preflight.mpi_operator()
+            mpijob = await self._create(MPIJOB, desired.training_job(
+                body, spec, plan, launcher_creation_policy=features.launcher_creation_policy))
+        if plan.train.scheduler == "kueue":
+            queued = self._queued(book, mpijob, plan)
+            if queued is not None:
+                return queued
         conditions = (mpijob.get("status") or {}).get("conditions")
         if _true(conditions, "Succeeded"):
             results, note = await self._results(plan.namespace, name)
@@ -444,6 +462,30 @@ class Reconciler:
                                f"{plan.train.processes} processes)")
         return self.config.resync_seconds
 
+    def _queued(self, book: StatusBook, mpijob: Mapping[str, Any], plan: ExperimentPlan) -> float | None:
+        """Kueue admits an MPIJob by unsuspending it; until then `Queued` says for how long it has waited
+        (in steps of `queued_message_seconds`, so a long queue costs one status write per step). Returns
+        the seconds to the next step while queued, None once admitted."""
+        name, queue = plan.names.mpijob, plan.train.kueue_queue
+        suspended = bool(((mpijob.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+        if not suspended:
+            if book.is_true(C.QUEUED.value):
+                waited = int(book.since(C.QUEUED.value))
+                book.set_condition(C.QUEUED.value, "False", "Admitted",
+                                   f"Kueue admitted MPIJob {name} from LocalQueue {queue} after {waited}s")
+            return None
+        if not book.is_true(C.QUEUED.value):
+            message = f"MPIJob {name} waits in Kueue LocalQueue {queue} for admission"
+            book.set_condition(C.QUEUED.value, "True", "WaitingForAdmission", message + " (queued for 0s)")
+            book.event("Normal", C.QUEUED.value, message)
+        step = self.config.queued_message_seconds
+        waited = book.since(C.QUEUED.value)
+        shown = int(waited // step * step)
+        book.set_condition(C.QUEUED.value, "True", "WaitingForAdmission",
+                           f"MPIJob {name} waits in Kueue LocalQueue {queue} for admission (queued for {shown}s)")
+        book.set("message", f"queued in Kueue LocalQueue {queue} for {shown}s")
+        return step - (waited % step)
+
     async def _snapshot(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                         plan: ExperimentPlan) -> float | None:
         if plan.snapshot is None:
@@ -455,7 +497,7 @@ class Reconciler:
         records = book.data.get("snapshots") or []
         pending = next((r for r in reversed(records) if not r.get("readyToUse")), None)
         if pending is None:
-            manifest = builders.snapshot_for(body["metadata"], spec, plan, self.now())
+            manifest = desired.snapshot(body, spec, plan, self.now())
             name = manifest["metadata"]["name"]
             self._record_snapshot(book, name, {"name": name, "readyToUse": False})
             await self.flush(body, book)  # the name is in status before the snapshot exists
@@ -464,7 +506,7 @@ class Reconciler:
             name = pending["name"]
             snapshot = self.cache.get(SNAPSHOT, plan.namespace, name)
             if snapshot is None:
-                manifest = builders.snapshot_for(body["metadata"], spec, plan, self.now())
+                manifest = desired.snapshot(body, spec, plan, self.now())
                 manifest["metadata"]["name"] = name
                 snapshot = await self._create(SNAPSHOT, manifest)
         status = snapshot.get("status") or {}

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from lanex_operator.api.models import LaneExperimentSpec
+from lanex_operator.local import secrets as local_secrets
+from lanex_operator.local.secrets import SecretSource, SecretSourceError
 from lanex_operator.local.snapshots import SnapshotError, SnapshotStore
-from lanex_operator.plan.steps import ExperimentPlan, StepName, plan_for
+from lanex_operator.plan.steps import ExperimentPlan, StepName, plan_for, secret_names
 
 LOCAL_NAMESPACE = "local"
 STATE_FILE = "state.json"
@@ -103,17 +105,25 @@ PHASE_OF_STEP = {
 
 class LocalRunner:
     def __init__(self, name: str, spec: LaneExperimentSpec, workspace: Path, echo: Callable[[str], None] = print,
-                 python_bin: Optional[Path] = None):
+                 python_bin: Optional[Path] = None, secrets: Optional[dict[str, SecretSource]] = None):
         self.name, self.spec, self.echo = name, spec, echo
         self.workspace = Workspace(workspace.resolve())
         claim = plan_for(name, LOCAL_NAMESPACE, spec).names.dataset_claim
         self.volume = self.workspace.volume(claim)
         self.exp_dir = self.workspace.experiment_dir(name)
+        # The secretRefs' folders exist only while the prepare step runs (see local.secrets).
+        self.secrets_dir = self.exp_dir / "secrets"
+        self.secrets = dict(secrets or {})
         self.plan: ExperimentPlan = plan_for(
-            name, LOCAL_NAMESPACE, spec, mount_root=str(self.volume), termination_log=str(self.exp_dir / "termination-log")
+            name, LOCAL_NAMESPACE, spec, mount_root=str(self.volume), termination_log=str(self.exp_dir / "termination-log"),
+            secrets_root=str(self.secrets_dir),
         )
         self.state = RunState.load(self.exp_dir / STATE_FILE, self.plan.config_hash, self.plan.dataset_source)
         self.bin_dir = python_bin or Path(sys.executable).parent
+        missing = [secret for secret in secret_names(spec) if secret not in self.secrets]
+        if missing and self.plan.prepare is not None and not self.state.done(StepName.PREPARE):
+            options = " ".join(f"--secret {secret}=file:PATH" for secret in missing)
+            raise LocalRunError(f"the spec's secretRef names {', '.join(missing)}: pass {options} (or =env:VAR)")
 
     # -- process environment --------------------------------------------------------------------
     def _env(self, extra: dict[str, str], processes: int = 1) -> dict[str, str]:
@@ -159,7 +169,14 @@ class LocalRunner:
     def _prepare(self) -> dict:
         prepare = self.plan.prepare
         assert prepare is not None
-        self._run(StepName.PREPARE, list(prepare.container.command), self._env(prepare.container.env_dict()), "prepare.log")
+        try:
+            local_secrets.materialise(self.secrets, secret_names(self.spec), self.secrets_dir)
+            self._run(StepName.PREPARE, list(prepare.container.command), self._env(prepare.container.env_dict()),
+                      "prepare.log")
+        except SecretSourceError as error:
+            raise LocalRunError(f"step prepare: {error}") from None
+        finally:
+            local_secrets.remove(self.secrets_dir)
         return {}
 
     def _train(self) -> dict:
@@ -185,6 +202,8 @@ class LocalRunner:
         started = time.monotonic()
         actions = {StepName.DATASET: self._dataset, StepName.PREPARE: self._prepare, StepName.SHARE: lambda: {"note": "local directories are shared by all processes"},
                    StepName.TRAIN: self._train, StepName.SNAPSHOT: self._snapshot}
+        if self.plan.train.from_scratch is not None and not self.state.done(StepName.TRAIN):
+            self.echo(f"[lanex] warning: TrainingFromScratch: {self.plan.train.from_scratch}")
         try:
             for step in self.plan.steps:
                 if self.state.done(step):
