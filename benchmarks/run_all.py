@@ -21,6 +21,7 @@ BENCHMARKS = {
     "scaling": ["bench_scaling.py", "--max-procs", "2"],
     "operator": ["bench_operator.py", "--experiments", "100"],
     "download": ["bench_download.py"],
+    "kill_run": ["bench_kill_run.py", "--trials", "3"],
 }
 
 

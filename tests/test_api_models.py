@@ -320,6 +320,10 @@ def test_experiment_file_checks_kind_name_and_yaml(tmp_path: Path):
         load_experiment_file(broken)
     with pytest.raises(ExperimentFileError, match="missing.yaml: cannot read"):
         load_experiment_file(tmp_path / "missing.yaml")
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_text("apiVersion: lanex.dev/v1alpha1\n", encoding="utf-16")
+    with pytest.raises(ExperimentFileError, match=r"utf16.yaml: not UTF-8 text: byte offset 0 \(0xff\): invalid start byte"):
+        load_experiment_file(utf16)
 
 
 def test_experiment_file_returns_metadata_and_spec(tmp_path: Path):

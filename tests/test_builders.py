@@ -189,7 +189,8 @@ def test_runai_mpijob_is_tr4896_three_workers_one_gpu_each():
         assert pod["containers"][0]["image"] == "ghcr.io/lanex/trainer:0.1.0"
     (launcher_container,) = launcher["template"]["spec"]["containers"]
     (worker_container,) = worker["template"]["spec"]["containers"]
-    assert env_of(launcher_container) == {**tr4896_env, "RUNAI_MPI_NUM_WORKERS": "3"}
+    assert env_of(launcher_container) == {**tr4896_env, "RUNAI_MPI_NUM_WORKERS": "3",
+                                          "LANEX_JOB": "runai-lane-detection/tr4896"}
     assert env_of(worker_container) == tr4896_env
     assert launcher_container["command"] == [
         "lanex", "launch", "--backend", "horovod", "--processes", "3", "--termination-log", "/dev/termination-log",

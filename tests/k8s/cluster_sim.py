@@ -19,7 +19,14 @@ API, as real controllers talk to the apiserver:
   launcher only once every worker pod is Ready;
 * the kubelet's logs: what each of those containers prints, written into the emulator, which serves
   it as `pods/NAME/log` (followed logs are streamed while the container runs);
-* the snapshot controller: VolumeSnapshotContent, readyToUse, restoreSize, creationTime, or an error.
+* the snapshot controller: VolumeSnapshotContent, readyToUse, restoreSize, creationTime, or an error;
+  the class as the external-snapshotter picks it (a named class as is, with its driver; none named:
+  the class of the PV's CSI driver marked default, else an error);
+* the kubelet and the scheduler when a pod cannot start: container waiting reasons
+  (ImagePullBackOff, ErrImagePull, CreateContainerConfigError) or PodScheduled=False/Unschedulable in
+  pod status, with their Warning Events on the pod;
+* a CSI provisioner of another driver: a StorageClass whose provisioner is not Trident gets PVs of
+  that driver.
 
 Every step can be made to fail or stall through `SimKnobs`, keyed by the experiment name (the
 `lanex.dev/experiment` label) or by the object's own name.
@@ -35,7 +42,7 @@ import logging
 import random
 import string
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -43,6 +50,10 @@ from k8s import mpi_rules
 from k8s.emulator import SYSTEM_USER_AGENT, now_rfc3339
 
 EXPERIMENT_LABEL = "lanex.dev/experiment"
+V = TypeVar("V")  # what a knob table maps a name to
+TRIDENT = "csi.trident.netapp.io"
+DEFAULT_CLASS_ANNOTATION = "snapshot.storage.kubernetes.io/is-default-class"
+KUBELET_WAITING = ("ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError")
 log = logging.getLogger("lanex.tests.cluster_sim")
 
 DEFAULT_RESULTS = {"accuracy": 0.9512, "fp": 0.0621, "fn": 0.0544,
@@ -65,6 +76,14 @@ class SimKnobs:
     snapshot_delay: float = 0.05
     fail_snapshots: dict[str, str] = dataclasses.field(default_factory=dict)
     stall_snapshots: set[str] = dataclasses.field(default_factory=set)
+    # No mpi-operator runs: MPIJobs are stored but nothing ever acts on them (no condition, no pods).
+    mpi_operator_running: bool = True
+    # mpi-operator refuses these MPIJobs: a Warning Event ValidationError "Found validation errors: <message>",
+    # no condition and no launcher, never retried (as its syncHandler does).
+    refuse_mpijobs: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Pods of these Jobs/MPIJobs cannot start while the entry stays: name -> (reason, message) with reason one
+    # of ImagePullBackOff, ErrImagePull, CreateContainerConfigError (kubelet) or Unschedulable (scheduler).
+    stuck_pods: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     # "Kind", "Kind/experiment" or "Kind/object-name": hold the next step of those objects;
     # "MPIJob.running/experiment": hold training midway, its pods running and their logs open.
     paused: set[str] = dataclasses.field(default_factory=set)
@@ -72,7 +91,7 @@ class SimKnobs:
     worker_ready_delay: float = 0.0
     unready_workers: set[str] = dataclasses.field(default_factory=set)
 
-    def failure(self, table: Mapping[str, str], obj: Mapping[str, Any]) -> str | None:
+    def failure(self, table: Mapping[str, V], obj: Mapping[str, Any]) -> V | None:
         meta = obj.get("metadata", {})
         for key in (meta.get("name"), (meta.get("labels") or {}).get(EXPERIMENT_LABEL)):
             if key is not None and key in table:
@@ -218,14 +237,18 @@ class ClusterSimulation:
         while keys & self.knobs.paused:
             await asyncio.sleep(0.02)
 
-    async def event(self, obj: Mapping[str, Any], reason: str, message: str, type_: str = "Warning") -> None:
+    async def event(self, obj: Mapping[str, Any], reason: str, message: str, type_: str = "Warning",
+                    component: str = "cluster-sim") -> None:
+        """A core/v1 Event about `obj`, as client-go's recorder writes it (`component`: the recording controller)."""
         meta = obj["metadata"]
         namespace = meta.get("namespace") or "default"
         await self.request("POST", f"/api/v1/namespaces/{namespace}/events", {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
-            "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],
-                               "namespace": namespace, "uid": meta["uid"]},
-            "reason": reason, "message": message, "type": type_, "source": {"component": "cluster-sim"},
+            "involvedObject": {"apiVersion": obj.get("apiVersion", "v1"), "kind": obj.get("kind", "Pod"),
+                               "name": meta["name"], "namespace": namespace, "uid": meta["uid"],
+                               "resourceVersion": meta.get("resourceVersion", "")},
+            "reason": reason, "message": message, "type": type_, "source": {"component": component},
+            "reportingComponent": component,
             "firstTimestamp": now_rfc3339(), "lastTimestamp": now_rfc3339(), "count": 1,
         }, content_type="application/json")
 
@@ -239,9 +262,11 @@ class ClusterSimulation:
         meta, spec = pvc["metadata"], pvc.get("spec", {})
         namespace, name = meta["namespace"], meta["name"]
         try:  # like a CSI provisioner, serve only claims of a storage class that exists
-            await self.request("GET", f"/apis/storage.k8s.io/v1/storageclasses/{spec.get('storageClassName')}")
+            storage_class = await self.request("GET", f"/apis/storage.k8s.io/v1/storageclasses/"
+                                                      f"{spec.get('storageClassName')}")
         except RuntimeError:
             return False
+        driver = storage_class.get("provisioner") or TRIDENT
         failure = self.knobs.failure(self.knobs.fail_binding, pvc)
         if failure:
             await self.event(pvc, "ProvisioningFailed", failure)
@@ -259,13 +284,13 @@ class ClusterSimulation:
         pv_name = f"pvc-{meta['uid']}"
         await self.request("POST", "/api/v1/persistentvolumes", {
             "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": pv_name, "annotations": {"pv.kubernetes.io/provisioned-by": "csi.trident.netapp.io"}},
+            "metadata": {"name": pv_name, "annotations": {"pv.kubernetes.io/provisioned-by": driver}},
             "spec": {"capacity": {"storage": size}, "accessModes": list(self.knobs.pv_access_modes),
                      "persistentVolumeReclaimPolicy": "Delete", "storageClassName": spec.get("storageClassName"),
                      "volumeMode": "Filesystem",
                      "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": namespace,
                                   "name": name, "uid": meta["uid"]},
-                     "csi": trident_csi(pv_name)},
+                     "csi": trident_csi(pv_name) if driver == TRIDENT else {"driver": driver, "volumeHandle": pv_name}},
         }, content_type="application/json")
         await self.request("PATCH", f"/api/v1/persistentvolumes/{pv_name}/status", {"status": {"phase": "Bound"}})
         await self.request("PATCH", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}",
@@ -306,9 +331,12 @@ class ClusterSimulation:
         base = f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}/status"
         start = now_rfc3339()
         await self.request("PATCH", base, {"status": {"active": 1, "startTime": start}})
+        stuck = self.knobs.failure(self.knobs.stuck_pods, job)
         pod = await self._pod(job, f"{name}-{_suffix()}", {"batch.kubernetes.io/job-name": name, "job-name": name,
-                                                          "batch.kubernetes.io/controller-uid": meta["uid"]})
+                                                          "batch.kubernetes.io/controller-uid": meta["uid"]},
+                              stuck=stuck)
         await self._mount_secrets(pod)
+        await self._while_stuck(job, [pod])
         self.print(pod, "lanex data: preparing the dataset in /mnt/tusimple_data\n")
         await asyncio.sleep(self.knobs.job_duration)
         await self._hold(job)
@@ -360,7 +388,7 @@ class ClusterSimulation:
             self._write_log(pod["metadata"]["namespace"], pod["metadata"]["name"], _main_container(pod), text)
 
     async def _pod(self, owner: dict[str, Any], name: str, labels: dict[str, str],
-                   role: str = "Launcher") -> dict[str, Any]:
+                   role: str = "Launcher", stuck: tuple[str, str] | None = None) -> dict[str, Any]:
         meta = owner["metadata"]
         template = self._pod_template(owner, role)
         pod = await self.request("POST", f"/api/v1/namespaces/{meta['namespace']}/pods", {
@@ -370,9 +398,54 @@ class ClusterSimulation:
                 "controller": True, "blockOwnerDeletion": True}]},
             "spec": template.get("spec") or {"containers": [{"name": "main", "image": "busybox"}]},
         }, content_type="application/json")
+        if stuck is not None:
+            await self._stuck(pod, *stuck)
+            return pod
         await self.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{name}/status",
                            {"status": {"phase": "Running", "startTime": now_rfc3339()}})
         return pod
+
+    async def _stuck(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
+        """The pod cannot start: the scheduler finds no node (PodScheduled=False/Unschedulable), or the kubelet
+        cannot create its main container (a waiting reason), each with its Warning Event on the pod."""
+        meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        now = now_rfc3339()
+        if reason == "Unschedulable":
+            await self.request("PATCH", path, {"status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+                "lastProbeTime": None, "lastTransitionTime": now}]}})
+            await self.event(pod, "FailedScheduling", message, component="default-scheduler")
+            return
+        assert reason in KUBELET_WAITING, reason
+        container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+        await self.request("PATCH", path, {"status": {"phase": "Pending", "startTime": now, "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady",
+             "message": f"containers with unready status: [{_main_container(pod)}]", "lastTransitionTime": now},
+            {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+             "message": f"containers with unready status: [{_main_container(pod)}]", "lastTransitionTime": now}],
+            "containerStatuses": [{"name": _main_container(pod), "image": container.get("image", ""), "imageID": "",
+                                   "ready": False, "started": False, "restartCount": 0,
+                                   "state": {"waiting": {"reason": reason, "message": message}}}]}})
+        await self.event(pod, "Failed", f"Error: {reason}" if reason != "CreateContainerConfigError"
+                         else f"Error: {message}", component="kubelet")
+
+    async def _while_stuck(self, owner: Mapping[str, Any], pods: list[dict[str, Any]]) -> None:
+        """Hold while the owner's pods are stuck (`knobs.stuck_pods`); then they start, as after a fix."""
+        if self.knobs.failure(self.knobs.stuck_pods, owner) is None:
+            return
+        while self.knobs.failure(self.knobs.stuck_pods, owner) is not None:
+            await asyncio.sleep(0.05)
+        for pod in pods:
+            meta = pod["metadata"]
+            await self.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", {
+                "status": {"phase": "Running", "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()},
+                    {"type": "Ready", "status": "True", "lastTransitionTime": now_rfc3339()}],
+                    "containerStatuses": [{"name": _main_container(pod), "ready": True, "started": True,
+                                           "restartCount": 0, "state": {"running": {"startedAt": now_rfc3339()}}}]}})
 
     @staticmethod
     def _pod_template(owner: Mapping[str, Any], role: str) -> Mapping[str, Any]:
@@ -397,6 +470,14 @@ class ClusterSimulation:
         if any(c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True" for c in conditions):
             return True
         await self._hold(mpijob)
+        if not self.knobs.mpi_operator_running:
+            return False  # nothing watches MPIJobs: the object just sits there
+        refusal = self.knobs.failure(self.knobs.refuse_mpijobs, mpijob)
+        if refusal:  # its syncHandler: record the Event, do not requeue, set no condition
+            await self.event(mpijob, "ValidationError", f"Found validation errors: {refusal}",
+                             component="mpi-job-controller")
+            return True
+        stuck = self.knobs.failure(self.knobs.stuck_pods, mpijob)
         meta = mpijob["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         errors = mpi_rules.validation_errors(mpijob)
@@ -415,17 +496,21 @@ class ClusterSimulation:
         job_labels = {"training.kubeflow.org/job-name": name, "training.kubeflow.org/operator-name": "mpi-operator"}
         worker_pods = [await self._pod(mpijob, f"{name}-worker-{index}", {
             **job_labels, "training.kubeflow.org/job-role": "worker", "training.kubeflow.org/replica-index": str(index)},
-            role="Worker") for index in range(workers)]
-        for index, worker in enumerate(worker_pods):
-            self.print(worker, f"Server listening on 0.0.0.0 port 22 (worker {index})\n")
-        ready = asyncio.gather(*(self._become_ready(mpijob, worker) for worker in worker_pods))
-        if mpijob["spec"]["launcherCreationPolicy"] == mpi_rules.WAIT_FOR_WORKERS_READY:
+            role="Worker", stuck=stuck) for index in range(workers)]
+        wait_for_workers = mpijob["spec"]["launcherCreationPolicy"] == mpi_rules.WAIT_FOR_WORKERS_READY
+        if wait_for_workers:  # upstream: no launcher Job until every worker pod is Ready
             self.history.append(("waiting-for-workers", name))
-            await ready  # upstream: no launcher Job until every worker pod is Ready
+            await self._while_stuck(mpijob, worker_pods)  # a worker that cannot start is never Ready
+            await asyncio.gather(*(self._become_ready(mpijob, worker) for worker in worker_pods))
         launcher = await self._pod(mpijob, f"{name}-launcher-{_suffix()}", {
-            **job_labels, "training.kubeflow.org/job-role": "launcher"})
+            **job_labels, "training.kubeflow.org/job-role": "launcher"},
+            stuck=self.knobs.failure(self.knobs.stuck_pods, mpijob))
         self.history.append(("launcher-created", name))
-        await ready
+        await self._while_stuck(mpijob, [*worker_pods, launcher])  # no Running condition until they start
+        for index, worker in enumerate(worker_pods):  # a container that never started prints nothing
+            self.print(worker, f"Server listening on 0.0.0.0 port 22 (worker {index})\n")
+        if not wait_for_workers:  # AtStartup: the launcher runs while the workers are still coming up
+            await asyncio.gather(*(self._become_ready(mpijob, worker) for worker in worker_pods))
         self.print(launcher, f"lanex launch: mpirun -np {workers} --hostfile /etc/mpi/hostfile lanex train\n")
         running = {"type": "Running", "status": "True", "reason": "MPIJobRunning",
                    "message": f"MPIJob {namespace}/{name} is running.", "lastTransitionTime": now_rfc3339()}
@@ -520,13 +605,18 @@ class ClusterSimulation:
                 "message": f"failed to get input parameters to create snapshot {name}: {exc}", "time": now_rfc3339()}}})
             return True
         size = ((pvc.get("status") or {}).get("capacity") or {}).get("storage", "1Gi")
+        klass, problem = await self._snapshot_class(snapshot, pvc)
+        if problem:
+            await self.request("PATCH", base, {"status": {"readyToUse": False, "error": {
+                "message": problem, "time": now_rfc3339()}}})
+            return True
         content = f"snapcontent-{meta['uid']}"
         await self.request("POST", "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents", {
             "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
             "metadata": {"name": content},
-            "spec": {"deletionPolicy": "Delete", "driver": "csi.trident.netapp.io",
+            "spec": {"deletionPolicy": klass.get("deletionPolicy", "Delete"), "driver": klass["driver"],
                      "source": {"volumeHandle": pvc.get("spec", {}).get("volumeName", "")},
-                     "volumeSnapshotClassName": snapshot["spec"].get("volumeSnapshotClassName"),
+                     "volumeSnapshotClassName": klass["metadata"]["name"],
                      "volumeSnapshotRef": {"kind": "VolumeSnapshot", "namespace": namespace, "name": name,
                                            "uid": meta["uid"]}},
         }, content_type="application/json")
@@ -534,3 +624,40 @@ class ClusterSimulation:
             "boundVolumeSnapshotContentName": content, "creationTime": now_rfc3339(),
             "readyToUse": True, "restoreSize": size}})
         return True
+
+    async def _snapshot_class(self, snapshot: dict[str, Any],
+                              pvc: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """The class a snapshot gets, as the external-snapshotter's common controller picks it: a named class is
+        used as is and its driver takes the snapshot (a driver that does not own the volume fails it); with none
+        named, the one class of the PV's CSI driver marked default is written into the snapshot's spec."""
+        meta = snapshot["metadata"]
+        volume = (pvc.get("spec") or {}).get("volumeName") or ""
+        try:
+            pv = await self.request("GET", f"/api/v1/persistentvolumes/{volume}")
+        except RuntimeError as exc:
+            return {}, f"Failed to get input parameters to create snapshot {meta['name']}: {exc}"
+        pv_driver = ((pv.get("spec") or {}).get("csi") or {}).get("driver", "")
+        named = (snapshot.get("spec") or {}).get("volumeSnapshotClassName")
+        if named:
+            try:
+                klass = await self.request("GET", f"/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses/{named}")
+            except RuntimeError as exc:
+                return {}, f"Failed to get input parameters to create snapshot {meta['name']}: {exc}"
+            if klass.get("driver") != pv_driver:  # the sidecar of the class's driver does not know the volume
+                return klass, (f"Failed to check and update snapshot content: failed to take snapshot of the volume "
+                               f"{volume}: \"rpc error: code = NotFound desc = volume {volume} not found by driver "
+                               f"{klass.get('driver')}\"")
+            return klass, None
+        classes = (await self.request("GET", "/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses")).get("items")
+        defaults = [c for c in classes or [] if c.get("driver") == pv_driver
+                    and (c["metadata"].get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"]
+        if len(defaults) != 1:
+            detail = ("cannot find default snapshot class" if not defaults
+                      else f"{len(defaults)} default snapshot classes were found")
+            await self.event(snapshot, "SetDefaultSnapshotClassFailed",
+                             f"Failed to set default snapshot class with error {detail}", component="snapshot-controller")
+            return {}, f"Failed to set default snapshot class with error {detail}"
+        namespace = meta["namespace"]
+        await self.request("PATCH", f"/apis/snapshot.storage.k8s.io/v1/namespaces/{namespace}/volumesnapshots/"
+                                    f"{meta['name']}", {"spec": {"volumeSnapshotClassName": defaults[0]["metadata"]["name"]}})
+        return defaults[0], None

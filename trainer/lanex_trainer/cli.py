@@ -133,6 +133,8 @@ def train_command(
     resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue from the newest checkpoint."),
     sync_batchnorm: Optional[bool] = typer.Option(None, "--sync-batchnorm/--no-sync-batchnorm", help="SyncBatchNorm."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    progress_interval: Optional[float] = typer.Option(None, help="Seconds between progress reports "
+                                                      "(progress.json, LANEX_PROGRESS lines; env LANEX_PROGRESS_INTERVAL)."),
     setting: List[str] = typer.Option([], "--set", help="Any other TrainConfig field as key=value (YAML value)."),
 ) -> None:
     """Train SCNN on a prepared dataset (single process, or one rank of a distributed job)."""
@@ -140,9 +142,10 @@ def train_command(
 
     from lanex_trainer.config import ConfigError, build_config
     from lanex_trainer.engine import TrainingDiverged
+    from lanex_trainer.lease import Fenced
 
     _configure_logging()
-    overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config", "TrainingDiverged"}}
+    overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config", "TrainingDiverged", "Fenced"}}
     for item in setting:
         key, sep, value = item.partition("=")
         if not sep:
@@ -157,7 +160,7 @@ def train_command(
     except ConfigError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
-    except TrainingDiverged as error:
+    except (TrainingDiverged, Fenced) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
     from lanex_trainer.distributed import detect_world

@@ -89,6 +89,14 @@ class TrainConfig(BaseModel):
     collective_timeout_s: int = Field(
         300, ge=10, description="A collective that waits longer (e.g. a dead rank) fails the job."
     )
+    # Who owns output_dir is not what is learned: excluded from dumps, so from the fingerprint too.
+    lease_heartbeat_s: float = Field(
+        10.0, gt=0, exclude=True, description="Seconds between renewals of rank 0's lease on output_dir."
+    )
+    lease_stale_s: float = Field(
+        120.0, gt=0, exclude=True, description="A lease not renewed for this long is taken over by the next "
+        "training on output_dir (its owner hung or its machine is gone); at least 3 heartbeats."
+    )
     background_weight: float = Field(0.4, gt=0, description="Cross-entropy weight of the background class.")
     existence_loss_weight: float = Field(0.1, ge=0, description="Weight of the lane-existence BCE term.")
     lane_width_px: int = Field(16, ge=1, description="Painted lane width in 1280x720 pixels for targets.")
@@ -100,7 +108,11 @@ class TrainConfig(BaseModel):
     existence_threshold: float = Field(0.5, gt=0, lt=1, description="Post-processing: keep a lane above this.")
     point_threshold: float = Field(0.3, gt=0, lt=1, description="Post-processing: keep a row's arg-max above this.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses one GPU per local rank if any.")
-    log_every: int = Field(10, ge=1, description="Steps between progress/TensorBoard updates.")
+    log_every: int = Field(10, ge=1, description="Steps between TensorBoard updates.")
+    progress_interval: float = Field(
+        10.0, gt=0, description="Seconds between progress publications (progress.json and a LANEX_PROGRESS "
+        "log line); also at every epoch end and validation (env LANEX_PROGRESS_INTERVAL)."
+    )
     enable_snapshot: bool = Field(False, description="TR-4896's ENABLE_SNAPSHOT: logged only (the operator snapshots).")
     pvc_name: Optional[str] = Field(None, description="TR-4896's PVC_NAME: logged only.")
 
@@ -120,6 +132,13 @@ class TrainConfig(BaseModel):
         return data
 
     @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> "TrainConfig":
+        if self.lease_stale_s < 3 * self.lease_heartbeat_s:
+            raise ValueError(f"lease_stale_s ({self.lease_stale_s:g}) must be at least 3 x lease_heartbeat_s "
+                             f"({self.lease_heartbeat_s:g}): a live owner would look stale between two renewals")
+        return self
+
+    @model_validator(mode="after")
     def _weights_exist(self) -> "TrainConfig":
         if self.pretrained_weights is not None and not self.pretrained_weights.is_file():
             raise ValueError(f"pretrained_weights: no such file {self.pretrained_weights}")
@@ -128,7 +147,8 @@ class TrainConfig(BaseModel):
     def fingerprint(self) -> str:
         """sha256 of the settings that change what is learned (not paths or logging)."""
         # Run length is not identity: a run may be extended (or cut short) and still resume.
-        ignored = {"data_root", "output_dir", "resume", "log_every", "pvc_name", "enable_snapshot",
+        ignored = {"data_root", "output_dir", "resume", "log_every", "progress_interval", "pvc_name",
+                   "enable_snapshot",
                    "epochs", "max_iterations", "checkpoint_every", "keep_checkpoints", "loader_workers",
                    "use_workers", "val_batch_size", "validation", "collective_timeout_s", "device"}
         payload = {k: v for k, v in self.model_dump(mode="json").items() if k not in ignored}
@@ -151,6 +171,16 @@ def _env_int(name: str, raw: str) -> int:
         raise ConfigError(f"environment variable {name}={raw!r}: expected an integer") from error
 
 
+def _env_seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError as error:
+        raise ConfigError(f"environment variable {name}={raw!r}: expected a number of seconds") from error
+    if not value > 0:
+        raise ConfigError(f"environment variable {name}={raw!r}: must be more than 0 seconds")
+    return value
+
+
 # TR-4896's job definitions set these (plus lanex's own launcher variable); each maps onto one field.
 TR4896_ENV = {
     "USE_WORKERS": ("use_workers", _env_bool),
@@ -162,6 +192,10 @@ TR4896_ENV = {
     "PVC_NAME": ("pvc_name", lambda _name, raw: raw),
     # Set by `lanex launch --backend` for every rank it starts.
     "LANEX_BACKEND": ("backend", lambda _name, raw: raw),
+    # lanex's own: progress reporting (PROGRESS_CONTRACT.md).
+    "LANEX_PROGRESS_INTERVAL": ("progress_interval", _env_seconds),
+    # For `spec.training.env`: how long a silent lease lasts before another training takes it.
+    "LANEX_LEASE_STALE_S": ("lease_stale_s", _env_int),
 }
 
 
@@ -177,9 +211,11 @@ def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 def settings_from_file(path: Path) -> dict[str, Any]:
     """A YAML or JSON mapping of TrainConfig fields (snake_case)."""
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except FileNotFoundError as error:
         raise ConfigError(f"config file {path}: not found") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path}: not UTF-8 text: byte offset {error.start}: {error.reason}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path}: not valid YAML/JSON: {error}") from error
     if loaded is None:

@@ -1,8 +1,9 @@
 """`lanex train`: wires data, model, optimiser and checkpoints into a (distributed) run.
 
-Rank 0 alone writes into `output_dir` (checkpoints, TensorBoard, results.json, curves); every
-rank reads the checkpoint that rank 0 chose, so all resume at the same step. A resumed run sees
-exactly the batches, augmentations and random states an uninterrupted one would have.
+Rank 0 alone writes into `output_dir` (checkpoints, TensorBoard, results.json, curves, progress.json,
+overlays and worst.png); every rank reads the checkpoint that rank 0 chose, so all resume at the
+same step. A resumed run sees exactly the batches, augmentations and random states an
+uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from lanex_trainer.config import ConfigError, TrainConfig
 from lanex_trainer.distributed import Distributed, init_distributed
 from lanex_trainer.engine import EvalResult, evaluate, train_one_epoch
 from lanex_trainer.evaluation.postprocess import PostprocessSettings
+from lanex_trainer.lease import OutputOwnership
 from lanex_trainer.losses import SCNNLoss
+from lanex_trainer.progress import GpuProbe, ProgressReporter, epochs_of_run
 from lanex_trainer.sampling import ResumableDistributedSampler, evaluation_shard
 
 log = logging.getLogger(__name__)
@@ -105,9 +108,12 @@ def run_training(cfg: TrainConfig) -> dict:
     """Train per `cfg` in the job described by the environment; returns the results (all ranks)."""
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     dist = init_distributed(cfg.backend, use_cuda, cfg.collective_timeout_s, cfg.sync_batchnorm, cfg.fp16_allreduce)
+    ownership = OutputOwnership(cfg.output_dir, dist, cfg.lease_stale_s, cfg.lease_heartbeat_s)
     try:
-        return Trainer(cfg, dist).run()
+        ownership.acquire()  # before anything is read from or written to output_dir
+        return Trainer(cfg, dist, ownership).run()
     finally:
+        ownership.release()
         dist.shutdown()
 
 
@@ -119,13 +125,13 @@ def _single_threaded_worker(worker_id: int) -> None:
 class Trainer:
     """Holds one run's collaborators; `run()` is the loop."""
 
-    def __init__(self, cfg: TrainConfig, dist: Distributed):
+    def __init__(self, cfg: TrainConfig, dist: Distributed, ownership: OutputOwnership):
         from lanex_trainer.data.dataset import AugmentConfig, LaneDataset
         from lanex_trainer.data.prepare import is_prepared, load_index
         from lanex_trainer.model.backbones import warn_if_from_scratch
         from lanex_trainer.model.scnn import build_model
 
-        self.cfg, self.dist = cfg, dist
+        self.cfg, self.dist, self.ownership = cfg, dist, ownership
         log_effective_config(cfg, dist)
         if not is_prepared(cfg.data_root):
             raise ConfigError(f"data_root {cfg.data_root}: not prepared; run `lanex data prepare --root {cfg.data_root}`")
@@ -201,6 +207,7 @@ class Trainer:
             "fingerprint": self.cfg.fingerprint(),
             "history": self.history, "best": self.best,
             "world_size": self.dist.world_size,
+            "run_id": self.ownership.run_id,
         }
 
     def _resume_state(self) -> Optional[dict]:
@@ -254,6 +261,11 @@ class Trainer:
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
             # One line per optimizer step; a resumed run appends (the newest line of a step wins).
             self.step_log = (self.out / STEP_LOG).open("a")
+        self.progress = ProgressReporter(
+            dist, self.out, epochs=epochs_of_run(self.total_steps, self.steps_per_epoch, cfg.epochs),
+            steps=self.total_steps, run_id=self.ownership.run_id, interval_s=cfg.progress_interval,
+            gpu=GpuProbe.for_device(self.device))
+        self.progress.start(step, epoch, self.history)
 
         train_seconds, trained_images = 0.0, 0
         while (cfg.epochs is None or epoch < cfg.epochs) and step < self.total_steps:
@@ -261,7 +273,9 @@ class Trainer:
             self.train_set.set_epoch(epoch)
             epoch_first_step = step - batch_in_epoch
 
-            def on_step(new_step: int, loss: float, epoch=epoch, epoch_first_step=epoch_first_step) -> None:
+            def on_step(new_step: int, loss: float, timing, epoch=epoch, epoch_first_step=epoch_first_step) -> None:
+                self.progress.step(new_step, epoch, loss, optimizer.param_groups[0]["lr"], timing.images,
+                                   timing.data_seconds, timing.seconds)
                 if dist.is_main:
                     self.step_log.write(json.dumps({"step": new_step, "epoch": epoch, "loss": loss,
                                                     "lr": optimizer.param_groups[0]["lr"]}) + "\n")
@@ -272,6 +286,8 @@ class Trainer:
                 # The epoch's last step is checkpointed by the epoch-end save right after (with the
                 # next epoch as its position), so a resumed run never starts inside a finished epoch.
                 last_of_epoch = new_step - epoch_first_step >= self.steps_per_epoch
+                if new_step % cfg.checkpoint_every == 0 and not last_of_epoch:
+                    self.ownership.check()  # fencing: every rank stops here if another run took output_dir
                 if dist.is_main and new_step % cfg.checkpoint_every == 0 and not last_of_epoch:
                     save_checkpoint(self._state(optimizer, scheduler, epoch, new_step - epoch_first_step, new_step),
                                     self.checkpoints, new_step, cfg.keep_checkpoints)
@@ -285,17 +301,21 @@ class Trainer:
             train_seconds += stats.seconds
             trained_images += stats.images
             finished_epoch = step - epoch_first_step >= self.steps_per_epoch
+            self.progress.epoch_end()
             record = {"epoch": epoch, "step": step, "train_loss": stats.mean_loss,
                       "images_per_second": stats.images * dist.world_size / max(stats.seconds, 1e-9)}
             if cfg.validation and self.val_entries:
+                self.progress.validating()
                 val = self._evaluate(train_model, "val", self.val_entries)
                 record.update({f"val_{k}": v for k, v in val.metrics().items()})
+                self.progress.validated(epoch, val.metrics())
             self.history.append(record)
             self._log_epoch(record)
             if finished_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
             else:
                 batch_in_epoch = step - epoch_first_step
+            self.ownership.check()
             if dist.is_main:
                 state = self._state(optimizer, scheduler, epoch, batch_in_epoch, step)
                 save_checkpoint(state, self.checkpoints, step, cfg.keep_checkpoints)
@@ -330,6 +350,7 @@ class Trainer:
 
     def _finish(self, train_model, optimizer, scheduler, epoch, step, trained_images, train_seconds) -> dict:
         cfg, dist = self.cfg, self.dist
+        self.ownership.check()
         final_state = self._state(optimizer, scheduler, epoch, 0, step) if dist.is_main else None
         if dist.is_main:
             atomic_torch_save(final_state, self.out / FINAL_MODEL)
@@ -337,22 +358,24 @@ class Trainer:
         test = None
         if self.test_entries:
             dist.barrier()  # rank 0's best/final model is on disk before any rank reads it
+            self.progress.validating()
             chosen = best_path if best_path.exists() else self.out / FINAL_MODEL
             self.model.load_state_dict(load_checkpoint(chosen)["model"])
             test = self._evaluate(train_model, "test", self.test_entries)
+            self.ownership.check()  # the test pass can be long: still the owner before writing its results?
             # Each rank predicted its shard; rank 0 writes them all, in the test split's order.
             shards = dist.gather_objects(test.predictions)
             if dist.is_main:
                 order = {entry["raw_file"]: i for i, entry in enumerate(self.test_entries)}
                 predictions = sorted((p for shard in shards for p in shard), key=lambda p: order[p["raw_file"]])
                 self._write_predictions(predictions, self.out / "test_predictions.json")
-                self._write_overlays(predictions[:OVERLAY_IMAGES])
+                self._write_pictures(predictions)
         results = {
             "epochs": epoch, "steps": step, "world_size": dist.world_size, "backend": dist.backend,
             "images_per_second": trained_images * dist.world_size / max(train_seconds, 1e-9),
             "train_seconds": train_seconds,
             "checkpoint": str(best_path if best_path.exists() else self.out / FINAL_MODEL),
-            "config_hash": cfg.fingerprint(),
+            "config_hash": cfg.fingerprint(), "run_id": self.ownership.run_id,
             "best": self.best, "history": self.history,
         }
         last_val = next((r for r in reversed(self.history) if "val_accuracy" in r), None)
@@ -370,17 +393,27 @@ class Trainer:
             from lanex_trainer.curves import plot_curves
 
             plot_curves(self.history, self.out / "curves.png")
+        self.progress.finished()
         return results
 
-    def _write_overlays(self, predictions: list[dict]) -> None:
-        from lanex_trainer.predict import draw_overlay
+    def _write_pictures(self, predictions: list[dict]) -> None:
+        """Overlays of the first test images and `worst.png`, each image with its own TuSimple scores."""
+        from lanex_trainer.evaluation.tusimple import evaluate_per_image
+        from lanex_trainer.pictures import draw_overlay, worst_first, write_worst_sheet
 
-        by_raw_file = {e["raw_file"]: e for e in self.test_entries}
-        for prediction in predictions:
-            entry = by_raw_file[prediction["raw_file"]]
-            name = Path(entry["raw_file"]).with_suffix("").as_posix().replace("/", "_") + ".png"
-            draw_overlay(self.cfg.data_root / entry["image"], prediction["lanes"], entry["h_samples"],
-                         self.out / "overlays" / name)
+        ground_truth = [{"raw_file": e["raw_file"], "lanes": e["lanes"], "h_samples": e["h_samples"]}
+                        for e in self.test_entries]
+        per_image = evaluate_per_image(predictions, ground_truth)
+        lanes_of = {p["raw_file"]: p["lanes"] for p in predictions}
+        scores_of = {raw_file: {"accuracy": float(a), "fp": float(fp), "fn": float(fn)} for raw_file, a, fp, fn
+                     in zip(per_image.raw_files, per_image.accuracy, per_image.fp, per_image.fn)}
+        scored = [{**entry, "gt_lanes": entry["lanes"], "lanes": lanes_of[entry["raw_file"]], **scores_of[entry["raw_file"]]}
+                  for entry in self.test_entries]
+        for item in scored[:OVERLAY_IMAGES]:
+            name = Path(item["raw_file"]).with_suffix("").as_posix().replace("/", "_") + ".png"
+            draw_overlay(self.cfg.data_root / item["image"], item["lanes"], item["h_samples"],
+                         self.out / "overlays" / name, ground_truth=item["gt_lanes"], scores=item)
+        write_worst_sheet(worst_first(scored), self.cfg.data_root, self.out)
 
     def _write_predictions(self, predictions: list[dict], path: Path) -> None:
         path.write_text("".join(json.dumps(p) + "\n" for p in predictions))

@@ -56,10 +56,11 @@ reads pods/log) belong to the users' roles, not to the operator's.
 - apiGroups: [""]
   resources: ["persistentvolumes"]
   verbs: ["get", "patch"]
-# Preflight: the classes an experiment uses exist.
+# Preflight: the classes an experiment uses exist; for an existing claim, the snapshot class is the
+# one of its volume's CSI driver marked default (listed, as the snapshot controller chooses).
 - apiGroups: ["snapshot.storage.k8s.io"]
   resources: ["volumesnapshotclasses"]
-  verbs: ["get"]
+  verbs: ["get", "list"]
 - apiGroups: ["storage.k8s.io"]
   resources: ["storageclasses"]
   verbs: ["get"]

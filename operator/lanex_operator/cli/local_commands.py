@@ -1,4 +1,4 @@
-"""`lanex run` and `lanex snapshots` for local experiments (no cluster needed)."""
+"""`lanex run`, `lanex get --workspace` and `lanex snapshots` for local experiments (no cluster needed)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def run_command(
     from rich.console import Console
 
     from lanex_operator.api import ExperimentFileError, load_experiment_file
-    from lanex_operator.local.runner import LocalRunError, LocalRunner
+    from lanex_operator.local.runner import ExperimentBusy, LocalRunError, LocalRunner
     from lanex_operator.local.secrets import SecretSourceError, parse_secret_option
     from lanex_operator.api.models import InvalidSpecError
 
@@ -39,6 +39,9 @@ def run_command(
         raise typer.Exit(2) from error
     try:
         summary = runner.run()
+    except ExperimentBusy as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
     except LocalRunError as error:
         typer.echo(f"error: {error}", err=True)
         typer.echo(f"run `lanex run {experiment}` again to continue from the failed step", err=True)
@@ -65,9 +68,86 @@ def print_summary(summary: dict) -> None:
     console = Console()
     console.width = max(console.width, 132)  # a full row even when piped (rich assumes 80 columns)
     console.print(table)
-    for key in ("results", "curves", "overlays", "checkpoint"):
+    for key in ("results", "curves", "worst", "overlays", "checkpoint"):
         if summary.get(key):
             console.print(f"{key + ':':12}{summary[key]}")
+
+
+LOCAL_GET_HEADERS = ("NAME", "PHASE", "PROGRESS", "LOSS", "IMG/S", "ETA", "VAL ACC", "ACCURACY", "SNAPSHOT")
+# --watch prints rows one at a time, so its columns have fixed widths (PHASE fits ProvisioningDataset).
+WATCH_WIDTHS = (12, 19, 10, 8, 7, 7, 8, 8, 0)
+
+
+def watch_line(cells, names_width: int) -> str:
+    widths = (max(names_width, WATCH_WIDTHS[0]), *WATCH_WIDTHS[1:])
+    return "   ".join(str(cell).ljust(width) for cell, width in zip(cells, widths)).rstrip()
+
+
+def local_row(experiment: dict) -> list[str]:
+    from lanex_operator.cli.views import decimal
+    from lanex_operator.local.runner import FINAL_PHASES
+    from lanex_trainer.progress import human_seconds, progress_summary
+
+    progress = experiment.get("progress") or {}
+    validation = progress.get("validation") or {}
+    running = progress and progress.get("state") != "finished" and experiment.get("running") is not False
+    rate = progress.get("imagesPerSecond")
+    phase = experiment.get("phase") or "-"
+    if experiment.get("running") is False and phase not in FINAL_PHASES:
+        phase += " (stopped)"  # killed or interrupted: `lanex run` again resumes it
+    return [experiment["name"], phase, progress_summary(progress) if progress else "-",
+            decimal(progress.get("loss")), "-" if rate is None else f"{rate:.1f}",
+            human_seconds(progress.get("etaSeconds")) if running else "-",
+            decimal(validation.get("accuracy")), decimal(experiment["results"].get("accuracy")),
+            experiment.get("snapshot") or "-"]
+
+
+def get_local(workspace: Path, name: Optional[str], output: Optional[str], watch: bool, poll_s: float = 0.5) -> None:
+    """`lanex get --workspace DIR`: one table (or JSON/YAML document); with --watch, a row per change
+    until every experiment shown is Succeeded or Failed, or its `lanex run` has stopped."""
+    import time
+
+    from lanex_operator.cli.views import dump, table
+    from lanex_operator.local.runner import FINAL_PHASES, LocalRunError, local_experiments
+
+    def read() -> list[dict]:
+        try:
+            return local_experiments(workspace, name)
+        except LocalRunError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from error
+
+    experiments = read()
+    if not watch:
+        if output:
+            typer.echo(dump({"experiments": experiments, "sweeps": []}, output))
+        elif experiments:
+            typer.echo(table(LOCAL_GET_HEADERS, [local_row(e) for e in experiments]))
+        else:
+            typer.echo(f"No local experiments in workspace {workspace}.", err=True)
+        return
+    shown: dict[str, object] = {}
+    if output is None:
+        names_width = max([len(e["name"]) for e in experiments] or [0])
+        typer.echo(watch_line(LOCAL_GET_HEADERS, names_width))
+    try:
+        while True:
+            for experiment in experiments:
+                row = local_row(experiment) if output is None else experiment
+                if shown.get(experiment["name"]) == row:
+                    continue
+                shown[experiment["name"]] = row
+                if output is None:
+                    typer.echo(watch_line(row, names_width))
+                else:
+                    document = dump(experiment, output).rstrip()  # one document per change, like kubectl -w
+                    typer.echo(document if output == "json" else f"---\n{document}")
+            if experiments and all(e.get("phase") in FINAL_PHASES or e.get("running") is False for e in experiments):
+                return
+            time.sleep(poll_s)
+            experiments = read()
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 @snapshots_app.command("list")

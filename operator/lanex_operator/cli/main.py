@@ -42,4 +42,7 @@ def operator_command(
 
 
 def main() -> None:
+    from lanex_trainer.lifeline import arm_from_env
+
+    arm_from_env()  # started by `lanex run`/`lanex launch`: end with that parent, however it ends
     app()

@@ -5,16 +5,21 @@ project namespace would otherwise surface as a crash loop or a child stuck forev
 checks at start-up (logged) and for each experiment (reported as the `Preflight` condition and a
 Warning Event, retried until it passes). Lookups are cached for a few seconds so that many
 experiments arriving together cost one request per distinct object.
+
+It also chooses the VolumeSnapshotClass of a claim lanex did not create (`snapshot_class`): the
+snapshot controller uses a named class whatever its CSI driver, so naming the Trident class for a
+claim of another driver would never give a usable snapshot.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional
 
-from lanex_operator.plan.defaults import SCHEDULER_FIELD, SNAPSHOT_CLASS_FIELD, STORAGE_CLASS_FIELD, field_origin
+from lanex_operator.plan.defaults import (SCHEDULER_FIELD, SNAPSHOT_CLASS_FIELD, STORAGE_CLASS_FIELD, VARIABLES,
+                                          field_origin)
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.plan.steps import ExperimentPlan
 
@@ -68,6 +73,9 @@ def crd_features(crd: Mapping[str, Any]) -> MPIOperatorFeatures:
         if node is not None:
             found.add(name)
     return MPIOperatorFeatures(frozenset(found))
+# The external-snapshotter's mark of the class it gives snapshots that name none, per CSI driver.
+DEFAULT_SNAPSHOT_CLASS_ANNOTATION = "snapshot.storage.kubernetes.io/is-default-class"
+EXISTING_CLAIM_FIELD = "spec.dataset.existingClaim.claimName"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +95,7 @@ class Preflight:
         self.clock = clock
         self._cache: dict[str, tuple[float, bool]] = {}
         self._features: tuple[float, MPIOperatorFeatures] | None = None
+        self._classes: tuple[float, list[dict[str, Any]]] | None = None  # VolumeSnapshotClasses, listed once per ttl
 
     async def _exists(self, key: str, probe: Callable[[], object]) -> bool:
         now = self.clock()
@@ -160,7 +169,11 @@ class Preflight:
                 problems.append(Problem("MissingSnapshot", f'VolumeSnapshot "{source}" '
                                                            f"(spec.dataset.fromSnapshot.snapshotName) not found in "
                                                            f'namespace "{namespace}"'))
-        if plan.snapshot is not None and snapshot_api:
+        if plan.snapshot is not None and snapshot_api and chooses_class_by_driver(plan):
+            _, problem = await self.snapshot_class(plan)
+            if problem is not None:
+                problems.append(problem)
+        elif plan.snapshot is not None and snapshot_api:
             klass = plan.snapshot.volume_snapshot_class_name
             if not await self._object(object_path(SNAPSHOT_API[0], "volumesnapshotclasses", name=klass)):
                 origin = field_origin(SNAPSHOT_CLASS_FIELD, plan.defaulted)
@@ -182,3 +195,69 @@ class Preflight:
                                                                f'"{project}" ({origin}) '
                                                                f"not found: create the project in RUN:ai"))
         return problems
+
+    async def _snapshot_classes(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        if self._classes is None or self._classes[0] <= now:
+            items = await self.kube.list(object_path(SNAPSHOT_API[0], "volumesnapshotclasses"))
+            self._classes = (now + self.ttl, items)
+        return self._classes[1]
+
+    async def snapshot_class(self, plan: ExperimentPlan) -> tuple[str | None, Problem | None]:
+        """The VolumeSnapshotClass of the experiment's snapshots, or the Problem why none fits.
+
+        A class named in the spec, and the class of a claim lanex creates, are used as they are. For a
+        claim lanex did not create (existingClaim) the class follows the bound PV's CSI driver
+        (`choose_snapshot_class`): the snapshot controller would use a named class whatever its driver.
+        (None, None) while that claim is not bound yet: the choice is made again when the snapshot is taken.
+        """
+        if plan.snapshot is None:
+            return None, None
+        if not chooses_class_by_driver(plan):
+            return plan.snapshot.volume_snapshot_class_name, None
+        claim = plan.dataset.claim_name
+        pvc = await self.kube.get_or_none(object_path("v1", "persistentvolumeclaims", plan.namespace, claim)) or {}
+        volume = (pvc.get("spec") or {}).get("volumeName")
+        if not volume or (pvc.get("status") or {}).get("phase") != "Bound":
+            return None, None
+        pv = await self.kube.get_or_none(object_path("v1", "persistentvolumes", name=volume)) or {}
+        driver = ((pv.get("spec") or {}).get("csi") or {}).get("driver")
+        if not driver:
+            return None, Problem("NotACSIVolume", f'PersistentVolume "{volume}" of PersistentVolumeClaim "{claim}" '
+                                                  f"({EXISTING_CLAIM_FIELD}) is not a CSI volume and cannot be "
+                                                  f"snapshotted: set spec.snapshot.enabled to false")
+        return choose_snapshot_class(await self._snapshot_classes(), driver, plan.snapshot.volume_snapshot_class_name,
+                                     f'PersistentVolumeClaim "{claim}" ({EXISTING_CLAIM_FIELD}, PersistentVolume '
+                                     f'"{volume}")')
+
+
+def chooses_class_by_driver(plan: ExperimentPlan) -> bool:
+    """Whether the snapshot class follows the claim's CSI driver: an existing claim, and no class in the spec."""
+    return plan.snapshot is not None and not plan.dataset.creates_claim and SNAPSHOT_CLASS_FIELD in plan.defaulted
+
+
+def choose_snapshot_class(classes: Iterable[Mapping[str, Any]], driver: str, configured: str,
+                          claim: str) -> tuple[str | None, Problem | None]:
+    """The class for a volume of CSI `driver`: the one of that driver marked default (as the external-snapshotter
+    chooses for a snapshot that names none; two such are its error too), else the operator's default `configured`
+    when it is of that driver, else a Problem naming the driver."""
+    classes = list(classes)
+    defaults = sorted(str(c["metadata"]["name"]) for c in classes if c.get("driver") == driver
+                      and ((c.get("metadata") or {}).get("annotations") or {}).get(DEFAULT_SNAPSHOT_CLASS_ANNOTATION)
+                      == "true")
+    if len(defaults) == 1:
+        return defaults[0], None
+    if len(defaults) > 1:
+        return None, Problem("AmbiguousVolumeSnapshotClass",
+                             f'{len(defaults)} VolumeSnapshotClasses of CSI driver "{driver}" ({", ".join(defaults)}) '
+                             f"are marked {DEFAULT_SNAPSHOT_CLASS_ANNOTATION}, for {claim}: unmark all but one, "
+                             f"or name one in {SNAPSHOT_CLASS_FIELD}")
+    own = next((c for c in classes if (c.get("metadata") or {}).get("name") == configured), None)
+    if own is not None and own.get("driver") == driver:
+        return configured, None
+    theirs = (f'is of driver "{own.get("driver")}"' if own is not None else "does not exist")
+    return None, Problem("NoVolumeSnapshotClassForDriver",
+                         f'no VolumeSnapshotClass for CSI driver "{driver}" of {claim}: none of that driver is marked '
+                         f'{DEFAULT_SNAPSHOT_CLASS_ANNOTATION}: "true", and the operator\'s default "{configured}" '
+                         f"({VARIABLES[SNAPSHOT_CLASS_FIELD]}) {theirs}; create a class for that driver, or name one "
+                         f"in {SNAPSHOT_CLASS_FIELD}, or set spec.snapshot.enabled to false")

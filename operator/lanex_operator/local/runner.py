@@ -5,11 +5,19 @@ processes with that directory standing in for `/mnt`: the prepare step's script,
 `lanex launch` (torchrun or horovodrun on localhost) for training, then a local snapshot.
 Progress is recorded in `<workspace>/experiments/<name>/state.json` after every step, so
 running the same file again continues from the first unfinished step (training itself resumes
-from its newest checkpoint) and never redoes or overwrites finished work.
+from its newest checkpoint) and never redoes or overwrites finished work. While training, the
+terminal shows the trainer's progress bar; its `LANEX_PROGRESS` lines go to the step's log only,
+and `local_experiments` reads state.json with the trainer's progress.json (both replaced
+atomically, never locked) for `lanex get --workspace` in another terminal.
+
+One writer per experiment: a run holds an exclusive lock on `<experiment>/run.lock` (the kernel
+drops it when the runner ends, however), and every process of a step ends with the runner, even
+when it is SIGKILLed (lanex_trainer.lifeline), so a rerun never meets the trainers of the last one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -26,13 +34,21 @@ from lanex_operator.local import secrets as local_secrets
 from lanex_operator.local.secrets import SecretSource, SecretSourceError
 from lanex_operator.local.snapshots import SnapshotError, SnapshotStore
 from lanex_operator.plan.steps import ExperimentPlan, StepName, plan_for, secret_names
+from lanex_trainer import lifeline
+from lanex_trainer.progress import MARKER, PROGRESS_FILE, read_progress
 
 LOCAL_NAMESPACE = "local"
 STATE_FILE = "state.json"
+LOCK_FILE = "run.lock"
+FINAL_PHASES = ("Succeeded", "Failed")
 
 
 class LocalRunError(RuntimeError):
     """A step failed or cannot start; the message names the step and what to do."""
+
+
+class ExperimentBusy(LocalRunError):
+    """Another `lanex run` of the same experiment is running (CLI exit 2)."""
 
 
 def _free_port() -> int:
@@ -133,6 +149,7 @@ class LocalRunner:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        env[lifeline.ENV_FLAG] = "1"  # the `lanex` commands of a step end with this runner
         return env
 
     def _run(self, step: StepName, argv: list[str], env: dict[str, str], log_name: str) -> None:
@@ -141,12 +158,15 @@ class LocalRunner:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             log.write(f"\n=== {_now()} {' '.join(argv)[:500]}\n".encode())
-            process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       preexec_fn=lifeline.preexec_die_with_parent())
             assert process.stdout is not None
+            terminal = ProgressLineFilter()
             for chunk in iter(lambda: process.stdout.read1(4096), b""):
                 log.write(chunk)
-                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.write(terminal.feed(chunk))
                 sys.stdout.flush()
+            sys.stdout.buffer.write(terminal.flush())
             code = process.wait()
         if code != 0:
             raise LocalRunError(f"step {step.value} failed (exit code {code}); its log is {log_path}")
@@ -198,12 +218,42 @@ class LocalRunner:
         return {"snapshot": info.name, "files": info.files, "bytes": info.bytes}
 
     # -- the run ------------------------------------------------------------------------------
+    def _lock(self):
+        """Hold the experiment's lock for this process's lifetime; ExperimentBusy names the holder."""
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.exp_dir / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ExperimentBusy(f"experiment {self.name} is already being run by {holder}; wait for it to end "
+                                 f"or stop it, then run it again (it continues where it stopped)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"lanex run (pid {os.getpid()} on {socket.gethostname()}, since {_now()})\n")
+        handle.flush()
+        return handle
+
     def run(self) -> dict:
+        lock = self._lock()  # also released if this process is killed: the kernel drops flocks
+        try:
+            # As the last holder of the lock left it (it may have finished steps since __init__).
+            self.state = RunState.load(self.state.path, self.plan.config_hash, self.plan.dataset_source)
+            return self._run_steps()
+        finally:
+            lock.close()
+
+    def _run_steps(self) -> dict:
         started = time.monotonic()
         actions = {StepName.DATASET: self._dataset, StepName.PREPARE: self._prepare, StepName.SHARE: lambda: {"note": "local directories are shared by all processes"},
                    StepName.TRAIN: self._train, StepName.SNAPSHOT: self._snapshot}
         if self.plan.train.from_scratch is not None and not self.state.done(StepName.TRAIN):
             self.echo(f"[lanex] warning: TrainingFromScratch: {self.plan.train.from_scratch}")
+        self.state.data["outputDir"] = self.plan.paths.output_dir  # where `lanex get --workspace` finds progress
+        # Lets `lanex get --workspace` tell a run that is going on from one that was killed or interrupted.
+        self.state.data["runner"] = {"pid": os.getpid(), "host": socket.gethostname()}
         try:
             for step in self.plan.steps:
                 if self.state.done(step):
@@ -237,5 +287,100 @@ class LocalRunner:
             "accuracy": results.get("accuracy"), "fp": results.get("fp"), "fn": results.get("fn"),
             "snapshot": (data.get("snapshots") or [None])[-1], "seconds": data.get("seconds"),
             "results": str(output / "results.json"), "curves": str(output / "curves.png"),
-            "overlays": str(output / "overlays"), "checkpoint": results.get("checkpoint"),
+            "overlays": str(output / "overlays"), "worst": str(output / "worst.png"),
+            "checkpoint": results.get("checkpoint"),
         }
+
+
+class ProgressLineFilter:
+    """Drops `LANEX_PROGRESS {...}` lines from a byte stream and passes everything else on at once.
+
+    The trainer's progress bar redraws with carriage returns and no newline, so output cannot wait
+    for line ends; only a tail that may be the start of the marker is held back until it is decided.
+    """
+
+    marker = MARKER.encode()
+
+    def __init__(self) -> None:
+        self.held = b""
+        self.dropping = False  # inside a progress line, until its newline
+
+    def feed(self, chunk: bytes) -> bytes:
+        data, self.held, shown = self.held + chunk, b"", bytearray()
+        while data:
+            if self.dropping:
+                end = data.find(b"\n")
+                if end < 0:
+                    return bytes(shown)
+                data, self.dropping = data[end + 1:], False
+                continue
+            start = data.find(self.marker)
+            if start >= 0:
+                shown += data[:start]
+                data, self.dropping = data[start:], True
+                continue
+            keep = self._partial_marker(data)
+            shown += data[:len(data) - keep]
+            self.held = data[len(data) - keep:]
+            break
+        return bytes(shown)
+
+    def flush(self) -> bytes:
+        rest, self.held = (b"" if self.dropping else self.held), b""
+        return rest
+
+    def _partial_marker(self, data: bytes) -> int:
+        """Length of the longest tail of `data` that begins the marker."""
+        for size in range(min(len(self.marker) - 1, len(data)), 0, -1):
+            if self.marker.startswith(data[-size:]):
+                return size
+        return 0
+
+
+def _runner_alive(state: dict) -> Optional[bool]:
+    """Whether the `lanex run` that last wrote this state is still going; None when it cannot be told
+    (a state from an older lanex, or a run on another host sharing the workspace)."""
+    if state.get("phase") in FINAL_PHASES:
+        return False
+    runner = state.get("runner") or {}
+    if not runner.get("pid") or runner.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(runner["pid"], 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, but belongs to another user
+        return True
+    return True
+
+
+def local_experiments(workspace: Path, name: Optional[str] = None) -> list[dict]:
+    """The experiments of a workspace as `lanex get --workspace -o json` shows them (PROGRESS_CONTRACT.md).
+
+    Reads each state.json and the trainer's progress.json without locking: both are replaced
+    atomically, so a run in another terminal is never disturbed and never seen half-written.
+    """
+    root = Workspace(workspace.resolve()).root / "experiments"
+    names = [name] if name else sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    found = []
+    for experiment in names:
+        try:
+            state = json.loads((root / experiment / STATE_FILE).read_text())
+        except FileNotFoundError:
+            if name:
+                raise LocalRunError(f"no local experiment {name} in workspace {workspace}") from None
+            continue
+        except json.JSONDecodeError as error:
+            raise LocalRunError(f"{root / experiment / STATE_FILE}: not valid JSON ({error})") from error
+        output_dir = state.get("outputDir")
+        results = state.get("results") or {}
+        found.append({
+            "name": experiment, "phase": state.get("phase"), "running": _runner_alive(state),
+            "progress": read_progress(Path(output_dir)) if output_dir else None,
+            "results": {key: results.get(key) for key in ("accuracy", "fp", "fn")},
+            "snapshot": (state.get("snapshots") or [None])[-1],
+            "startTime": state.get("startTime"), "completionTime": state.get("completionTime"),
+            "message": state.get("message"),
+            "progressFile": str(Path(output_dir) / PROGRESS_FILE) if output_dir else None,
+        })
+    return found

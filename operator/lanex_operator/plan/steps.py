@@ -532,7 +532,8 @@ def plan_for(
             effective.trainer_image,
             training.image_pull_policy,
             launch_command(spec, paths),
-            training_env(spec, names.dataset_claim, launcher=True),
+            # LANEX_JOB: a restarted launcher's run takes the output directory over from the last attempt's.
+            training_env(spec, names.dataset_claim, launcher=True) + (("LANEX_JOB", f"{namespace}/{name}"),),
             data_mount + shm_mount,
         ),
         worker=ContainerRun(
