@@ -73,6 +73,9 @@ def test_a_run_length_in_epochs_alone_is_not_capped_by_the_recipe_iterations():
     assert run_steps(both, steps_per_epoch=103) == 500
     recipe = build_config(environ={}, overrides=BASE)
     assert run_steps(recipe, steps_per_epoch=103) == 1500
+    from lanex_trainer.progress import epochs_of_run
+
+    assert epochs_of_run(1500, 103, recipe.epochs) == 15 and epochs_of_run(500, 103, 100) == 5
 
 
 def test_resnet18_is_an_accepted_backbone_and_unknown_ones_are_named():
