@@ -161,7 +161,21 @@ INVALID_SPECS = [
     ("no urls", {"dataset": {"download": {"urls": []}}}, "spec.dataset.download.urls", "spec.dataset.download.urls"),
     ("unknown service level", with_changes("storage.serviceLevel", "Gold"), "spec.storage.serviceLevel", "spec.storage.serviceLevel"),
     ("zero gpus is fine but negative is not", with_changes("training.gpusPerWorker", -1), "spec.training.gpusPerWorker", "spec.training.gpusPerWorker"),
+    ("zero iterations", with_changes("training.iterations", 0), "spec.training.iterations", "spec.training.iterations"),
+    ("unknown backbone", with_changes("training.backbone", "resnet50"), "spec.training.backbone", "spec.training.backbone"),
 ]
+
+
+def test_resnet18_and_a_run_length_in_iterations_reach_the_train_command():
+    from lanex_operator.plan.steps import plan_for
+
+    spec = with_changes("training.iterations", 1500, with_changes("training.backbone", "resnet18"))
+    assert validate_against_crd(as_object(spec)) == []
+    command = plan_for("exp", "default", parse_spec(spec)).train.train_command
+    assert command[command.index("--backbone") + 1] == "resnet18"
+    assert command[command.index("--max-iterations") + 1] == "1500" and "--epochs" not in command
+    by_epochs = plan_for("exp", "default", parse_spec(MINIMAL)).train.train_command
+    assert by_epochs[by_epochs.index("--epochs") + 1] == "30" and "--max-iterations" not in by_epochs
 
 
 @pytest.mark.parametrize(

@@ -238,3 +238,42 @@ def test_items_do_not_depend_on_loader_workers_and_set_epoch_reaches_persistent_
             expected = reference[int(batch["index"])]
             assert torch.equal(batch["image"][0], expected["image"])
             assert torch.equal(batch["seg"][0], expected["seg"])
+
+
+# ---- horizontal flip ----------------------------------------------------------------------------
+
+
+def test_horizontal_flip_mirrors_image_and_target_and_swaps_left_and_right_slots(scenes: tuple[Path, list[dict]]) -> None:
+    from lanex_trainer.data.dataset import AugmentConfig, random_draw
+
+    root, entries = scenes
+    flip_only = AugmentConfig(rotation_deg=0.0, scale=(1.0, 1.0), translate=(0.0, 0.0), brightness=0.0, contrast=0.0,
+                              color=0.0, horizontal_flip=True)
+    dataset = LaneDataset(entries, root, HEIGHT, WIDTH, augment=True, augment_config=flip_only)
+    plain = LaneDataset(entries, root, HEIGHT, WIDTH, augment=False)[1]  # LEFT, FAR_LEFT, RIGHT: slots 1, 2, 3
+    flips = []
+    for epoch in range(12):
+        dataset.set_epoch(epoch)
+        flips.append(random_draw(dataset.rng(1), flip_only, WIDTH, HEIGHT).flip)
+    assert True in flips and False in flips  # about half the draws flip
+    dataset.set_epoch(flips.index(True))
+    flipped = dataset[1]
+
+    # Mirrored, the three lanes sit one left and two right of the car: slots 2, 3, 4.
+    assert plain["exist"].tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert flipped["exist"].tolist() == [0.0, 1.0, 1.0, 1.0]
+    swapped = {0: 0, 1: 4, 2: 3, 3: 2, 4: 1}
+    expected = np.vectorize(swapped.get)(np.fliplr(plain["seg"].numpy()))
+    agree = (flipped["seg"].numpy() == expected)[expected > 0].mean()
+    assert agree > 0.95, f"only {agree:.3f} of the mirrored target pixels have the swapped slot"
+    assert torch.allclose(flipped["image"], plain["image"].flip(-1), atol=0.15)
+    lanes = flipped["seg"].numpy() > 0
+    assert (brightness(flipped["image"])[lanes] > 0.55).mean() > 0.98
+
+    dataset.set_epoch(flips.index(False))
+    assert torch.equal(dataset[1]["seg"], plain["seg"])
+    no_flip = LaneDataset(entries, root, HEIGHT, WIDTH, augment=True,
+                          augment_config=AugmentConfig(**{**flip_only.__dict__, "horizontal_flip": False}))
+    for epoch in range(12):
+        no_flip.set_epoch(epoch)
+        assert torch.equal(no_flip[1]["seg"], plain["seg"])

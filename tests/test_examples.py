@@ -80,7 +80,13 @@ def test_tusimple_runai_example_is_tr4896s_run():
     assert hosts == {"datasets.example.com"}  # placeholders, documented as to be replaced
     assert all(entry.url.startswith("https://") for entry in spec.dataset.download.urls)
     training = spec.training
-    assert (training.workers, training.gpus_per_worker, training.batch_size, training.loader_workers) == (3, 1, 33, 4)
+    assert (training.workers, training.gpus_per_worker, training.loader_workers) == (3, 1, 4)
+    # The published recipe (SCNN_Pytorch exp0): global batch ~32, lr 0.15 after linear scaling, 1500 steps, 288x512.
+    assert training.workers * training.batch_size == 33 and training.iterations == 1500
+    assert training.learning_rate * training.workers == pytest.approx(0.15)
+    assert (training.height, training.width, training.backbone) == (288, 512, "vgg16_bn")
+    command = plan_for(metadata["name"], metadata["namespace"], spec).train.train_command
+    assert "--max-iterations" in command and "--epochs" not in command
     assert training.validation.enabled is False and training.backend == "horovod"
     assert (spec.scheduler.type, spec.scheduler.project) == ("runai", "lane-detection")
     assert spec.snapshot.enabled

@@ -83,7 +83,11 @@ def test_a_training_step_sends_gradients_to_every_parameter_and_lowers_the_loss(
     torch.manual_seed(0)
     model = build_model("small", input_size=(32, 64)).train()
     images = torch.randn(4, 3, 32, 64)
-    labels = torch.randint(0, 5, (4, 32, 64))
+    # Four vertical "lanes" the images show in their red channel: a target the net can learn.
+    labels = torch.zeros(4, 32, 64, dtype=torch.long)
+    for lane in range(4):
+        labels[:, :, 6 + 14 * lane : 10 + 14 * lane] = lane + 1
+    images[:, 0] += (labels > 0).float() * 2
     exists = torch.randint(0, 2, (4, 4)).float()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
@@ -193,6 +197,30 @@ def test_message_passing_under_autocast_keeps_float32_weight_gradients():
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+def test_message_passing_under_bf16_autocast_sweeps_in_float32_without_drift():
+    """A bf16 sweep drifts (weight gradients ~6 % off float32); lanex sweeps in float32 under autocast,
+    so it differs from float32 on the same bf16-rounded input only by rounding its output and incoming gradient."""
+    torch.manual_seed(0)
+    module = MessagePassing(channels=32, kernel=9)
+    x = torch.relu(torch.randn(2, 32, 18, 50)).to(torch.bfloat16)
+    upstream = torch.randn(2, 32, 18, 50)
+
+    def run(inputs, autocast: bool):
+        inputs = inputs.detach().clone().requires_grad_(True)
+        module.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = module(inputs)
+        (out.float() * upstream).sum().backward()
+        return [out.detach().float(), inputs.grad.float()] + [conv.weight.grad for conv in module.sweeps()]
+
+    reference = run(x.float(), autocast=False)
+    mixed = run(x, autocast=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert module(x).dtype == torch.bfloat16  # handed back in the dtype it came in
+    for got, want in zip(mixed, reference):
+        assert ((got - want).norm() / want.norm()).item() < 1e-2
+
+
 def test_message_passing_rejects_wrong_channels_and_even_kernels():
     with pytest.raises(ValueError, match="odd"):
         MessagePassing(channels=8, kernel=8)
@@ -272,7 +300,7 @@ def test_weights_in_the_torch_hub_cache_are_not_loaded_unless_asked(tmp_path, mo
 def test_pretrained_file_of_another_network_is_rejected_with_the_missing_keys(tmp_path):
     path = tmp_path / "not-vgg.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
-    with pytest.raises(PretrainedWeightsError, match=r"not-vgg.pth lacks 91 keys: features.0.weight"):
+    with pytest.raises(PretrainedWeightsError, match=r"not-vgg.pth lacks key features.0.weight \(expected shape \(64, 3, 3, 3\)\)"):
         build_model("vgg16_bn", input_size=(32, 64), pretrained_weights=path)
     with pytest.raises(PretrainedWeightsError, match="'small' has no pretrained weights"):
         build_model("small", input_size=(32, 64), pretrained_weights=path)
@@ -282,3 +310,91 @@ def test_importing_the_cli_does_not_import_torch():
     code = "import sys, lanex_trainer, lanex_trainer.cli; sys.exit(1 if 'torch' in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr or "torch was imported by lanex_trainer.cli"
+
+
+def _torchvision_file(tmp_path, name: str, keep=lambda key: True):
+    """A state dict in torchvision's published layout: the 2017 files predate BatchNorm's
+    num_batches_tracked buffer and use torch's legacy (pre-zip) serialization."""
+    import torchvision
+
+    torch.manual_seed(5)
+    network = getattr(torchvision.models, name)(weights=None)
+    state = {k: v for k, v in network.state_dict().items() if not k.endswith("num_batches_tracked") and keep(k)}
+    for key, value in state.items():
+        if key.endswith("running_var"):
+            value.uniform_(0.5, 1.5)  # non-default statistics, so a skipped buffer would show
+    path = tmp_path / f"{name}-legacy.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    return path, state
+
+
+@pytest.mark.parametrize("name", ["vgg16_bn", "resnet18"])
+def test_torchvision_legacy_layout_without_num_batches_tracked_loads(tmp_path, name):
+    path, state = _torchvision_file(tmp_path, name, keep=lambda k: not k.startswith("classifier."))
+    model = build_model(name, input_size=(32, 64), pretrained_weights=path)
+    first_bn = next(m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+    expected_key = "features.1.running_var" if name == "vgg16_bn" else "bn1.running_var"
+    assert torch.equal(first_bn.running_var, state[expected_key])
+    first_conv = next(m for m in model.backbone.modules() if isinstance(m, nn.Conv2d))
+    assert torch.equal(first_conv.weight, state["features.0.weight" if name == "vgg16_bn" else "conv1.weight"])
+
+
+def test_weights_file_with_a_wrong_shape_names_the_first_mismatching_key(tmp_path):
+    path, state = _torchvision_file(tmp_path, "resnet18")
+    state["layer1.0.conv2.weight"] = torch.zeros(64, 64, 1, 1)
+    torch.save(state, path)
+    with pytest.raises(PretrainedWeightsError, match=r"resnet18-legacy.pth: key layer1.0.conv2.weight has shape "
+                       r"\(64, 64, 1, 1\), the backbone needs \(64, 64, 3, 3\)"):
+        build_model("resnet18", input_size=(32, 64), pretrained_weights=path)
+
+
+def test_resnet18_weights_given_to_vgg16_bn_are_rejected_naming_the_first_missing_key(tmp_path):
+    path, _ = _torchvision_file(tmp_path, "resnet18")
+    with pytest.raises(PretrainedWeightsError, match=r"resnet18-legacy.pth lacks key features.0.weight"):
+        build_model("vgg16_bn", input_size=(32, 64), pretrained_weights=path)
+
+
+def test_corrupt_weights_file_is_an_error_naming_it(tmp_path):
+    path, _ = _torchvision_file(tmp_path, "resnet18")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PretrainedWeightsError, match=r"resnet18-legacy.pth could not be read"):
+        build_model("resnet18", input_size=(32, 64), pretrained_weights=path)
+
+
+def test_training_vgg16_bn_without_weights_warns_that_it_trains_from_scratch(caplog, tmp_path):
+    from lanex_trainer.model.backbones import warn_if_from_scratch
+
+    with caplog.at_level("WARNING", logger="lanex_trainer.model.backbones"):
+        assert warn_if_from_scratch("vgg16_bn", None)
+    assert any("no pretrained weights given, training from random initialisation" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lanex_trainer.model.backbones"):
+        assert not warn_if_from_scratch("small", None)
+        assert not warn_if_from_scratch("vgg16_bn", tmp_path / "vgg16_bn-6c64b313.pth")
+        build_model("vgg16_bn", input_size=(32, 64))  # building to load a checkpoint into: no warning
+    assert not caplog.records
+
+
+@pytest.mark.parametrize(("backbone", "size"), [("small", (144, 400)), ("resnet18", (288, 512)), ("vgg16_bn", (288, 800))])
+def test_initial_loss_is_near_that_of_uniform_predictions_not_saturated(backbone, size):
+    """At step 0 the 5-way segmentation is not saturated: its loss is of the order of ln 5 (1.61, uniform
+    predictions; up to ~3.6 with PyTorch's default head init), not ~24 as with Kaiming fan-out on the
+    5-output head (logit std ~14 on vgg16_bn)."""
+    import math
+
+    from lanex_trainer.losses import SCNNLoss
+
+    torch.manual_seed(0)
+    model = build_model(backbone, input_size=size).train()
+    images = torch.randn(2, 3, *size)
+    seg = torch.zeros(2, *size, dtype=torch.long)
+    seg[:, :, size[1] // 4 : size[1] // 4 + 8] = 1
+    seg[:, :, size[1] // 2 : size[1] // 2 + 8] = 3
+    exist = torch.tensor([[1.0, 0.0, 1.0, 0.0]] * 2)
+    with torch.no_grad():
+        seg_logits, exist_logits = model(images)
+    loss = SCNNLoss()(seg_logits, exist_logits, seg, exist)
+    assert seg_logits.std() < 3.0
+    assert 0.25 * math.log(5) < loss.segmentation.item() < 2.5 * math.log(5)
+    assert abs(loss.existence.item() - math.log(2)) < 0.35

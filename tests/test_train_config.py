@@ -55,6 +55,35 @@ def test_fingerprint_ignores_paths_but_not_learning_settings():
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
 
 
+def test_defaults_are_scnn_pytorchs_tusimple_recipe():
+    """SCNN_Pytorch experiments/exp0/cfg.json: 512x288, batch 32, SGD 0.15 Nesterov, 1500 iterations, 20 warm-up."""
+    cfg = build_config(environ={}, overrides=BASE)
+    assert (cfg.height, cfg.width, cfg.batch_size, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay) == (
+        288, 512, 32, 0.15, 0.9, True, 1e-4)
+    assert (cfg.epochs, cfg.max_iterations, cfg.warmup_iterations) == (None, 1500, None)
+    assert round(cfg.warmup_fraction * cfg.max_iterations) == 20
+
+
+def test_a_run_length_in_epochs_alone_is_not_capped_by_the_recipe_iterations():
+    from lanex_trainer.train import run_steps
+
+    by_epochs = build_config(environ={}, overrides={**BASE, "epochs": 100})
+    assert by_epochs.max_iterations is None and run_steps(by_epochs, steps_per_epoch=103) == 10300
+    both = build_config(environ={}, overrides={**BASE, "epochs": 100, "max_iterations": 500})
+    assert run_steps(both, steps_per_epoch=103) == 500
+    recipe = build_config(environ={}, overrides=BASE)
+    assert run_steps(recipe, steps_per_epoch=103) == 1500
+    from lanex_trainer.progress import epochs_of_run
+
+    assert epochs_of_run(1500, 103, recipe.epochs) == 15 and epochs_of_run(500, 103, 100) == 5
+
+
+def test_resnet18_is_an_accepted_backbone_and_unknown_ones_are_named():
+    assert build_config(environ={}, overrides={**BASE, "backbone": "resnet18"}).backbone == "resnet18"
+    with pytest.raises(ConfigError, match="backbone"):
+        build_config(environ={}, overrides={**BASE, "backbone": "resnet50"})
+
+
 def test_lease_settings_change_no_fingerprint_and_a_stale_time_below_three_heartbeats_is_refused(tmp_path: Path):
     base = {"data_root": tmp_path, "output_dir": tmp_path / "o"}
     default = build_config(environ={}, overrides=base)

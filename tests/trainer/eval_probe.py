@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Subset
 def main() -> None:
     data_root, checkpoint, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     torch.set_num_threads(1)
+    from lanex_trainer.checkpoint import load_checkpoint
     from lanex_trainer.data.dataset import LaneDataset
     from lanex_trainer.data.prepare import load_index
     from lanex_trainer.distributed import init_distributed
@@ -24,7 +25,7 @@ def main() -> None:
     from lanex_trainer.sampling import evaluation_shard
 
     dist = init_distributed("torch", use_cuda=False, timeout_s=60, sync_batchnorm=False, fp16_allreduce=False)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint)
     config = state["config"]
     model = build_model(config["backbone"], input_size=(config["height"], config["width"]))
     model.load_state_dict(state["model"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lanex_trainer import train as train_module
+from lanex_trainer.checkpoint import load_checkpoint
 from lanex_trainer.config import build_config
 from lanex_trainer.distributed import Distributed, WorldInfo
 from lanex_trainer.lease import LEASE_FILE, Fenced, Lease, LeaseBusy, OutputOwnership, new_run_id
@@ -131,7 +132,7 @@ def test_a_trainer_whose_lease_is_taken_stops_before_its_next_checkpoint(prepare
     assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*.pt")) == [
         "checkpoint-000000001.pt", "checkpoint-000000002.pt"]
     assert not (out / "final.pt").exists() and not (out / "results.json").exists()
-    checkpoint = torch.load(out / "checkpoints" / "checkpoint-000000002.pt", map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(out / "checkpoints" / "checkpoint-000000002.pt")
     assert checkpoint["run_id"] == "20260101T000000000000Z-aaaaaa"
     assert json.loads((out / LEASE_FILE).read_text())["host"] == "intruder"  # the new owner keeps its lease
 
@@ -189,4 +190,4 @@ def test_a_restarted_launchers_run_takes_over_and_the_earlier_attempts_ranks_are
     assert earlier.returncode == 1
     assert f"run {earlier_id} no longer owns output_dir {out}: it is owned by run {restarted_id}" in errors
     assert json.loads((out / "results.json").read_text())["run_id"] == restarted_id
-    assert torch.load(out / "final.pt", map_location="cpu", weights_only=False)["run_id"] == restarted_id
+    assert load_checkpoint(out / "final.pt")["run_id"] == restarted_id

@@ -114,15 +114,15 @@ def train_command(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of training settings (snake_case)."),
     data_root: Optional[Path] = typer.Option(None, help="Prepared dataset root."),
     output_dir: Optional[Path] = typer.Option(None, help="Where checkpoints, logs and results go."),
-    backbone: Optional[str] = typer.Option(None, help="vgg16_bn or small."),
-    pretrained_weights: Optional[Path] = typer.Option(None, help="torchvision vgg16_bn state_dict file."),
+    backbone: Optional[str] = typer.Option(None, help="vgg16_bn, resnet18 or small."),
+    pretrained_weights: Optional[Path] = typer.Option(None, help="torchvision ImageNet state_dict file of the backbone."),
     height: Optional[int] = typer.Option(None, help="Input height (multiple of 16)."),
     width: Optional[int] = typer.Option(None, help="Input width (multiple of 16)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per worker per step (env BATCH_SIZE)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs."),
     max_iterations: Optional[int] = typer.Option(None, help="Stop after this many steps."),
     lr: Optional[float] = typer.Option(None, help="Base learning rate per worker batch."),
-    warmup_iterations: Optional[int] = typer.Option(None, help="Warm-up steps."),
+    warmup_iterations: Optional[int] = typer.Option(None, help="Warm-up steps (default: warmup_fraction of the run)."),
     loader_workers: Optional[int] = typer.Option(None, help="DataLoader workers (env NUM_WORKERS)."),
     use_workers: Optional[bool] = typer.Option(None, "--use-workers/--no-use-workers", help="Multi-process loading (env USE_WORKERS)."),
     validation: Optional[bool] = typer.Option(None, "--val/--no-val", help="Per-epoch validation (env USE_VAL)."),
@@ -189,6 +189,27 @@ def predict_command(
     typer.echo(json.dumps(summary))
 
 
+def import_checkpoint_command(
+    file: Path = typer.Argument(..., help="The checkpoint to import (SCNN_Pytorch / TR-4896: {'net': state_dict, ...})."),
+    source: str = typer.Option(..., "--from", help="Where it comes from: scnn-pytorch."),
+    out: Path = typer.Option(..., help="The lanex checkpoint to write (for `lanex predict --checkpoint`)."),
+    height: int = typer.Option(288, help="Input height it was trained at (multiple of 16)."),
+    width: Optional[int] = typer.Option(None, help="Input width it was trained at; default: from its existence head."),
+) -> None:
+    """Turn a TR-era SCNN checkpoint (other key names, DataParallel prefixes) into a lanex checkpoint."""
+    from lanex_trainer.checkpoint_import import SOURCES, ImportCheckpointError, import_scnn_pytorch
+
+    if source not in SOURCES:
+        typer.echo(f"error: --from {source!r}: expected one of {', '.join(SOURCES)}", err=True)
+        raise typer.Exit(2)
+    try:
+        summary = import_scnn_pytorch(file, out, height=height, width=width)
+    except ImportCheckpointError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(json.dumps(summary))
+
+
 def launch_command(
     command: List[str] = typer.Argument(..., help="The training command, after `--`."),
     backend: str = typer.Option("auto", help="horovod, torch or auto (sets LANEX_BACKEND for the ranks)."),
@@ -235,4 +256,5 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(eval_command)
     app.command("train")(train_command)
     app.command("predict")(predict_command)
+    app.command("import-checkpoint")(import_checkpoint_command)
     app.command("launch", context_settings={"allow_interspersed_args": False})(launch_command)

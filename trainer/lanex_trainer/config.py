@@ -17,6 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+# SCNN_Pytorch's TuSimple run (experiments/exp0/cfg.json: lr_scheduler.max_iter) at global batch 32.
+RECIPE_ITERATIONS = 1500
+
+
 class ConfigError(ValueError):
     """A training configuration that cannot be used; the message names the field and the source."""
 
@@ -28,29 +32,43 @@ class TrainConfig(BaseModel):
 
     data_root: Path = Field(description="Prepared TuSimple dataset root (holds lanex_index/).")
     output_dir: Path = Field(description="Checkpoints, TensorBoard logs, results.json and curves go here.")
-    backbone: Literal["vgg16_bn", "small"] = Field("vgg16_bn", description="SCNN backbone; 'small' is for CPU.")
+    backbone: Literal["vgg16_bn", "resnet18", "small"] = Field(
+        "vgg16_bn", description="SCNN backbone: vgg16_bn (the paper's), resnet18 (lighter), 'small' (for CPU)."
+    )
     pretrained_weights: Optional[Path] = Field(
-        None, description="torchvision vgg16_bn ImageNet state_dict file; never downloaded."
+        None, description="torchvision ImageNet state_dict file of the backbone (vgg16_bn-*.pth, resnet18-*.pth); "
+        "never downloaded."
     )
+    # Defaults: SCNN_Pytorch's TuSimple recipe (experiments/exp0/cfg.json, 94.16 % with ImageNet
+    # VGG16-BN weights): 288x512, batch 32, SGD lr 0.15 Nesterov, 1,500 iterations, 20 of them warm-up.
     height: int = Field(288, ge=16, description="Input height in pixels (multiple of 16).")
-    width: int = Field(800, ge=16, description="Input width in pixels (multiple of 16).")
-    batch_size: int = Field(33, ge=1, description="Images per worker per step (TR-4896: BATCH_SIZE).")
-    epochs: int = Field(12, ge=1, description="Passes over the training split.")
-    max_iterations: Optional[int] = Field(
-        None, ge=1, description="Stop after this many optimizer steps (overrides epochs when smaller)."
+    width: int = Field(512, ge=16, description="Input width in pixels (multiple of 16).")
+    batch_size: int = Field(32, ge=1, description="Images per worker per step (TR-4896: BATCH_SIZE).")
+    epochs: Optional[int] = Field(
+        None, ge=1, description="Passes over the training split; unset: as many as max_iterations takes."
     )
-    lr: float = Field(0.01, gt=0, description="Base learning rate for one worker's batch (see lr_scaling).")
+    max_iterations: Optional[int] = Field(
+        None, ge=1, description="Run length in optimizer steps (the run stops at epochs or here, whichever is "
+        f"first); with neither set: {RECIPE_ITERATIONS}, the recipe's."
+    )
+    lr: float = Field(0.15, gt=0, description="Base learning rate for one worker's batch (see lr_scaling).")
     lr_scaling: Literal["linear", "none"] = Field(
         "linear", description="'linear' multiplies lr by the world size (global batch grows with workers)."
     )
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(True, description="Nesterov momentum (SCNN_Pytorch's recipe).")
     weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay.")
     grad_clip_norm: float = Field(
         5.0, gt=0, description="Gradients are clipped to this global L2 norm (SCNN's recurrent message passing "
         "can otherwise blow up in one step early in training)."
     )
-    warmup_iterations: int = Field(
-        100, ge=0, description="Linear warm-up steps from lr/10, then poly decay (power poly_power) to 0."
+    warmup_iterations: Optional[int] = Field(
+        None, ge=0, description="Linear warm-up steps from lr/10, then poly decay (power poly_power) to 0; "
+        "unset: warmup_fraction of the run."
+    )
+    warmup_fraction: float = Field(
+        20 / 1500, ge=0, lt=1, description="Warm-up as a fraction of the run's steps when warmup_iterations is "
+        "unset (SCNN_Pytorch: 20 of 1,500)."
     )
     poly_power: float = Field(0.9, gt=0, description="Exponent of the poly learning-rate decay.")
     amp: bool = Field(True, description="bf16 autocast on CUDA; ignored on CPU.")
@@ -83,6 +101,10 @@ class TrainConfig(BaseModel):
     existence_loss_weight: float = Field(0.1, ge=0, description="Weight of the lane-existence BCE term.")
     lane_width_px: int = Field(16, ge=1, description="Painted lane width in 1280x720 pixels for targets.")
     augment: bool = Field(True, description="Geometric and photometric augmentation of training images.")
+    horizontal_flip: bool = Field(
+        False, description="Augmentation: mirror half the training images, lane slots swapped left/right "
+        "(measured on synthetic data: README, 'Training recipe')."
+    )
     existence_threshold: float = Field(0.5, gt=0, lt=1, description="Post-processing: keep a lane above this.")
     point_threshold: float = Field(0.3, gt=0, lt=1, description="Post-processing: keep a row's arg-max above this.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses one GPU per local rank if any.")
@@ -100,6 +122,14 @@ class TrainConfig(BaseModel):
         if value % 16:
             raise ValueError(f"must be a multiple of 16, got {value}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_run_length(cls, data: Any) -> Any:
+        """No run length given: the recipe's iterations (epochs alone means epochs, uncapped)."""
+        if isinstance(data, dict) and data.get("epochs") is None and data.get("max_iterations") is None:
+            data = {**data, "max_iterations": RECIPE_ITERATIONS}
+        return data
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> "TrainConfig":

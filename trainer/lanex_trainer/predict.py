@@ -8,6 +8,7 @@ TuSimple benchmark defines it.
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from pathlib import Path
 from typing import Sequence
@@ -43,16 +44,19 @@ def collect_images(inputs: Sequence[Path]) -> list[tuple[Path, str]]:
 
 
 def load_model(checkpoint: Path, device: torch.device):
+    from lanex_trainer.checkpoint import UnsafeCheckpointError, load_checkpoint
     from lanex_trainer.model.scnn import build_model
 
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = load_checkpoint(checkpoint)
         config = state["config"]
         model = build_model(config["backbone"], input_size=(config["height"], config["width"]))
         model.load_state_dict(state["model"])
     except FileNotFoundError as error:
         raise PredictError(f"checkpoint {checkpoint}: not found") from error
-    except (KeyError, RuntimeError, EOFError, OSError) as error:
+    except UnsafeCheckpointError as error:
+        raise PredictError(str(error)) from error
+    except (KeyError, TypeError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
         raise PredictError(f"checkpoint {checkpoint}: not a usable lanex checkpoint ({error})") from error
     return model.to(device).eval(), config
 

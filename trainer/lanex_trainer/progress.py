@@ -394,6 +394,8 @@ def progress_summary(progress: dict) -> str:
     return text
 
 
-def epochs_of_run(total_steps: int, steps_per_epoch: int, epochs: int) -> int:
-    """Epochs the run will touch (max_iterations may end it inside an earlier epoch)."""
-    return max(1, min(epochs, math.ceil(total_steps / max(steps_per_epoch, 1))))
+def epochs_of_run(total_steps: int, steps_per_epoch: int, epochs: Optional[int]) -> int:
+    """Epochs the run will touch (max_iterations may end it inside an earlier epoch; a run sized in
+    iterations alone has epochs None)."""
+    touched = math.ceil(total_steps / max(steps_per_epoch, 1))
+    return max(1, touched if epochs is None else min(epochs, touched))

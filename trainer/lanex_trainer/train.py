@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from lanex_trainer.checkpoint import atomic_torch_save, load_latest_checkpoint, save_checkpoint
+from lanex_trainer.checkpoint import atomic_torch_save, load_checkpoint, load_latest_checkpoint, save_checkpoint
 from lanex_trainer.config import ConfigError, TrainConfig
 from lanex_trainer.distributed import Distributed, init_distributed
 from lanex_trainer.engine import EvalResult, evaluate, train_one_epoch
@@ -50,6 +50,14 @@ def warmup_poly(total_steps: int, warmup_steps: int, power: float):
         return max(0.0, 1.0 - progress) ** power
 
     return factor
+
+
+def run_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: ``epochs`` passes or ``max_iterations``, whichever ends first."""
+    limits = [cfg.max_iterations] if cfg.max_iterations is not None else []
+    if cfg.epochs is not None:
+        limits.append(cfg.epochs * steps_per_epoch)
+    return min(limits)
 
 
 def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
@@ -118,8 +126,9 @@ class Trainer:
     """Holds one run's collaborators; `run()` is the loop."""
 
     def __init__(self, cfg: TrainConfig, dist: Distributed, ownership: OutputOwnership):
-        from lanex_trainer.data.dataset import LaneDataset
+        from lanex_trainer.data.dataset import AugmentConfig, LaneDataset
         from lanex_trainer.data.prepare import is_prepared, load_index
+        from lanex_trainer.model.backbones import warn_if_from_scratch
         from lanex_trainer.model.scnn import build_model
 
         self.cfg, self.dist, self.ownership = cfg, dist, ownership
@@ -138,18 +147,21 @@ class Trainer:
 
         def dataset(entries, augment):
             return LaneDataset(entries, cfg.data_root, cfg.height, cfg.width, augment=augment,
-                               lane_width_px=cfg.lane_width_px, seed=cfg.seed)
+                               lane_width_px=cfg.lane_width_px, seed=cfg.seed,
+                               augment_config=AugmentConfig(horizontal_flip=cfg.horizontal_flip))
 
         self.train_set = dataset(self.train_entries, cfg.augment)
         self.sampler = ResumableDistributedSampler(len(self.train_set), dist.world_size, dist.rank, seed=cfg.seed)
         self.loader_workers = cfg.loader_workers if cfg.use_workers else 0
         self.train_loader = self._loader(self.train_set, cfg.batch_size, sampler=self.sampler)
         self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.batch_size)
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        if cfg.max_iterations is not None:
-            self.total_steps = min(self.total_steps, cfg.max_iterations)
+        self.total_steps = run_steps(cfg, self.steps_per_epoch)
+        self.warmup_steps = (cfg.warmup_iterations if cfg.warmup_iterations is not None
+                             else round(cfg.warmup_fraction * self.total_steps))
 
         model = build_model(cfg.backbone, input_size=(cfg.height, cfg.width), pretrained_weights=cfg.pretrained_weights)
+        if dist.is_main:
+            warn_if_from_scratch(cfg.backbone, cfg.pretrained_weights)
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -207,7 +219,7 @@ class Trainer:
         chosen = self.dist.broadcast_object(chosen)
         if chosen is None:
             return None
-        state = torch.load(chosen, map_location="cpu", weights_only=False)
+        state = load_checkpoint(chosen)
         previous_length = (state["config"].get("epochs"), state["config"].get("max_iterations"))
         if previous_length != (self.cfg.epochs, self.cfg.max_iterations) and self.dist.is_main:
             log.warning("resuming with epochs/max_iterations %s instead of %s: the learning-rate schedule is "
@@ -229,8 +241,9 @@ class Trainer:
         if resume:
             self.model.load_state_dict(resume["model"])
         train_model = dist.wrap_model(self.model, self.device)
-        optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_poly(self.total_steps, cfg.warmup_iterations, cfg.poly_power))
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_poly(self.total_steps, self.warmup_steps, cfg.poly_power))
         epoch, batch_in_epoch, step = 0, 0, 0
         if resume:
             optimizer.load_state_dict(resume["optimizer"])
@@ -255,7 +268,7 @@ class Trainer:
         self.progress.start(step, epoch, self.history)
 
         train_seconds, trained_images = 0.0, 0
-        while epoch < cfg.epochs and step < self.total_steps:
+        while (cfg.epochs is None or epoch < cfg.epochs) and step < self.total_steps:
             self.sampler.set_epoch(epoch, start_index=batch_in_epoch * cfg.batch_size)
             self.train_set.set_epoch(epoch)
             epoch_first_step = step - batch_in_epoch
@@ -347,7 +360,7 @@ class Trainer:
             dist.barrier()  # rank 0's best/final model is on disk before any rank reads it
             self.progress.validating()
             chosen = best_path if best_path.exists() else self.out / FINAL_MODEL
-            self.model.load_state_dict(torch.load(chosen, map_location="cpu", weights_only=False)["model"])
+            self.model.load_state_dict(load_checkpoint(chosen)["model"])
             test = self._evaluate(train_model, "test", self.test_entries)
             self.ownership.check()  # the test pass can be long: still the owner before writing its results?
             # Each rank predicted its shard; rank 0 writes them all, in the test split's order.

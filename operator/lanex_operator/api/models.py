@@ -430,8 +430,9 @@ class TrainingSpec(SpecModel):
     backend: Literal["horovod", "torch"] = Field(
         "horovod", description="Distributed backend: horovod (TR-4896) or torch (DistributedDataParallel)."
     )
-    backbone: Literal["vgg16_bn", "small"] = Field(
-        "vgg16_bn", description="SCNN backbone: vgg16_bn (the paper's) or small (fast, for CPUs and demos)."
+    backbone: Literal["vgg16_bn", "resnet18", "small"] = Field(
+        "vgg16_bn",
+        description="SCNN backbone: vgg16_bn (the paper's), resnet18 (lighter) or small (fast, for CPUs and demos).",
     )
     workers: int = Field(3, description="Number of worker pods (TR-4896: 3 nodes).", ge=1, le=MAX_WORKERS)
     gpus_per_worker: int = Field(
@@ -441,7 +442,14 @@ class TrainingSpec(SpecModel):
     loader_workers: int = Field(4, description="Data-loader processes per training process (env NUM_WORKERS).", ge=0)
     use_workers: bool = Field(True, description="Load data in worker processes (env USE_WORKERS).")
     validation: ValidationSpec = _section(ValidationSpec, "Validation after each epoch.")
-    epochs: int = Field(30, description="Number of training epochs.", ge=1, le=10000)
+    epochs: int = Field(30, description="Number of training epochs (ignored when iterations is set).", ge=1, le=10000)
+    iterations: Optional[int] = Field(
+        None,
+        description="Run length in optimizer steps, replacing epochs (the published recipe: 1500 at a global batch"
+        " of 32); warm-up is 1.3 % of the run.",
+        ge=1,
+        le=10_000_000,
+    )
     learning_rate: float = Field(
         0.05, description="Base learning rate of SGD (momentum 0.9, poly decay).", gt=0, le=10
     )

@@ -219,7 +219,8 @@ def _spec_lines(spec_doc: Mapping[str, Any]) -> list[str]:
     lines = [
         f"  Dataset:     {d.source_description()} (storage class {d.storage_class_name}, size {d.size})",
         f"  Training:    {t.backend}, {t.backbone}, {t.workers} worker(s) x {gpus} = {t.processes()} process(es), "
-        f"{t.epochs} epoch(s), lr {t.learning_rate:g}, {t.height}x{t.width}",
+        f"{f'{t.iterations} iteration(s)' if t.iterations else f'{t.epochs} epoch(s)'}, lr {t.learning_rate:g}, "
+        f"{t.height}x{t.width}",
         f"  Batch:       {t.batch_size} per process, loader workers {t.loader_workers} (useWorkers "
         f"{str(t.use_workers).lower()}), validation {validation}, "
         f"large shm {str(t.large_shm).lower()}",

@@ -439,13 +439,14 @@ def training_env(spec: LaneExperimentSpec, claim_name: str, *, launcher: bool) -
 def train_command(spec: LaneExperimentSpec, paths: Paths) -> tuple[str, ...]:
     """`lanex train ...` as every training process runs it."""
     training = spec.training
+    length = ("--epochs", str(training.epochs)) if training.iterations is None else ("--max-iterations", str(training.iterations))
     weights = pretrained_weights_path(spec, paths.mount_root)
     return (
         "lanex", "train",
         "--data-root", paths.data_root,
         "--output-dir", paths.output_dir,
         "--backbone", training.backbone,
-        "--epochs", str(training.epochs),
+        *length,
         "--lr", repr(training.learning_rate),
         "--height", str(training.height),
         "--width", str(training.width),

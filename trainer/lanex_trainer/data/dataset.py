@@ -16,7 +16,9 @@ reduced-size JPEG decode, one resampling pass and one lookup-table pass:
 
 Randomness is a numpy Generator seeded from (seed, epoch, index), so an item is the same whatever
 the number of DataLoader workers or processes, and differs from epoch to epoch (`set_epoch`).
-No horizontal flip: it would swap left and right lane slots.
+Horizontal flip (off by default, `AugmentConfig.horizontal_flip`): the decoded image is mirrored and
+so are the label x values, and the slots are assigned again on the mirrored lanes, so the lane left
+of the car becomes the one right of it (slot 2 <-> 3, 1 <-> 4), as it is in a mirrored scene.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class AugmentConfig:
     """Contrast factor 1 +- r about the image's mean grey level."""
     color: float = 0.08
     """Per-channel gain 1 +- r (colour cast / white balance)."""
+    horizontal_flip: bool = False
+    """Mirror half the images (lane slots swapped to match)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class Draw:
     brightness: float = 1.0
     contrast: float = 1.0
     gains: tuple[float, float, float] = (1.0, 1.0, 1.0)  # R, G, B
+    flip: bool = False  # mirror left-right before everything else
 
     @property
     def geometric(self) -> bool:
@@ -89,6 +94,8 @@ def random_draw(rng: np.random.Generator, config: AugmentConfig, width: int, hei
         brightness=float(1.0 + rng.uniform(-config.brightness, config.brightness)),
         contrast=float(1.0 + rng.uniform(-config.contrast, config.contrast)),
         gains=tuple(float(g) for g in 1.0 + rng.uniform(-config.color, config.color, size=3)),  # type: ignore[arg-type]
+        # Drawn even when flipping is off, so the other draws of an item do not depend on the option.
+        flip=bool(rng.random() < 0.5) and config.horizontal_flip,
     )
 
 
@@ -247,6 +254,11 @@ def draw_targets(
     return seg
 
 
+def mirrored_lanes(lanes: Sequence[Sequence[float]], image_width: int) -> list[list[float]]:
+    """Lanes of the left-right mirrored image: x -> width - 1 - x (pixel centres), missing points (< 0) kept."""
+    return [[image_width - 1 - x if x >= 0 else x for x in lane] for lane in lanes]
+
+
 class LaneDataset(torch.utils.data.Dataset):
     """TuSimple entries (from `load_index`) -> dict(image, seg, exist, index) for SCNN.
 
@@ -309,9 +321,13 @@ class LaneDataset(torch.utils.data.Dataset):
         source_size = (int(entry["width"]), int(entry["height"]))
         image, factor = decode_bgr(self.root / entry["image"], self.height, self.width, source_size)
         draw = random_draw(self.rng(index), self.augment_config, self.width, self.height) if self.augment else Draw()
+        lanes = entry["lanes"]
+        if draw.flip:
+            image = cv2.flip(image, 1)
+            lanes = mirrored_lanes(lanes, source_size[0])
         label_matrix = affine_matrix(draw, self.width / source_size[0], self.height / source_size[1], self.width, self.height)
         image = resample(image, factor, label_matrix, draw, self.height, self.width)
-        slots = assign_slots(entry["lanes"], entry["h_samples"], image_width=source_size[0])
+        slots = assign_slots(lanes, entry["h_samples"], image_width=source_size[0])
         thickness = max(1, round(self.lane_width_px * self.width / TUSIMPLE_WIDTH * draw.scale))
         seg = draw_targets(slots, entry["h_samples"], label_matrix, self.height, self.width, thickness)
         return {

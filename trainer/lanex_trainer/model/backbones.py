@@ -12,12 +12,15 @@ downloaded: ImageNet weights come from a torchvision state-dict file the caller 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 BACKBONE_NAMES = ("vgg16_bn", "resnet18", "small")
 
@@ -63,7 +66,11 @@ def init_weights(module: nn.Module) -> None:
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a torchvision-style state dict (``torch.save(model.state_dict(), path)``) onto the CPU."""
+    """Read a torchvision-style state dict (``torch.save(model.state_dict(), path)``) onto the CPU.
+
+    ``weights_only=True``: the file is data, never code. torchvision's 2017 files (``vgg16_bn-6c64b313.pth``,
+    ``resnet18-5c106cde.pth``) use torch's legacy serialization, which this reads as well.
+    """
     path = Path(path)
     if not path.is_file():
         raise PretrainedWeightsError(f"pretrained weights file {path} does not exist")
@@ -76,18 +83,39 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def _optional_key(key: str) -> bool:
+    """Keys a published file may lack: BatchNorm's ``num_batches_tracked`` appeared in torch 0.4.1,
+    after torchvision's VGG16-BN file was published, and torch's own loader fills it in too."""
+    return key.endswith("num_batches_tracked")
+
+
 def _load_prefixed(target: nn.Module, state: Mapping[str, torch.Tensor], prefix: str, path: Path) -> None:
-    """Load ``state[prefix + key]`` into ``target[key]`` for every key of ``target``, strictly."""
+    """Load ``state[prefix + key]`` into ``target[key]`` for every key of ``target``.
+
+    Every parameter and running statistic must be in the file with the target's shape; the first
+    key that is missing or has another shape is named in the error, so a wrong file (another
+    architecture, a truncated export) is caught before training starts.
+    """
     wanted = target.state_dict()
-    missing = [prefix + key for key in wanted if prefix + key not in state]
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise PretrainedWeightsError(f"pretrained weights file {path} lacks {len(missing)} keys: {shown}")
-    picked = {key: state[prefix + key] for key in wanted}
-    bad = [f"{prefix}{k} {tuple(v.shape)} != {tuple(wanted[k].shape)}" for k, v in picked.items() if v.shape != wanted[k].shape]
-    if bad:
-        raise PretrainedWeightsError(f"pretrained weights file {path} has wrong shapes: {'; '.join(bad[:5])}")
-    target.load_state_dict(picked, strict=True)
+    picked: dict[str, torch.Tensor] = {}
+    for key, expected in wanted.items():
+        found = state.get(prefix + key)
+        if found is None:
+            if _optional_key(key):
+                continue
+            raise PretrainedWeightsError(
+                f"pretrained weights file {path} lacks key {prefix}{key} (expected shape {tuple(expected.shape)}); "
+                "is it the torchvision file of this backbone?"
+            )
+        if found.shape != expected.shape:
+            raise PretrainedWeightsError(
+                f"pretrained weights file {path}: key {prefix}{key} has shape {tuple(found.shape)}, "
+                f"the backbone needs {tuple(expected.shape)}"
+            )
+        picked[key] = found
+    result = target.load_state_dict(picked, strict=False)
+    # Only optional buffers may stay at their initial value (load_state_dict reports what it skipped).
+    assert all(_optional_key(key) for key in result.missing_keys), result.missing_keys
 
 
 def vgg16_bn_dilated(weights_file: Path | None = None) -> Backbone:
@@ -149,6 +177,21 @@ def small_stride8() -> Backbone:
     features = nn.Sequential(*layers)
     init_weights(features)
     return Backbone(features, out_channels=64, neck_channels=128, message_channels=32)
+
+
+def warn_if_from_scratch(name: str, weights_file: Path | None) -> bool:
+    """Log a warning when ``vgg16_bn`` is about to be trained without ImageNet weights; True if it did.
+
+    Called by training only: building a model to load a checkpoint into is not training from scratch.
+    """
+    if name != "vgg16_bn" or weights_file is not None:
+        return False
+    log.warning(
+        "backbone vgg16_bn: no pretrained weights given, training from random initialisation; "
+        "the published recipe (and its ~94%% TuSimple accuracy) starts from torchvision's ImageNet "
+        "vgg16_bn weights (pretrained_weights / spec.training.pretrainedWeights)"
+    )
+    return True
 
 
 def build_backbone(name: str, weights_file: Path | None = None) -> Backbone:
