@@ -356,6 +356,11 @@ def template_document(spec: LaneSweepSpec) -> dict[str, Any]:
 # --- trials: deterministic, pure ---------------------------------------------------------------
 
 
+def dataset_snapshot_name(sweep: str) -> str:
+    """The snapshot of the sweep's prepared dataset (deterministic: created once, found again after a restart)."""
+    return f"{sweep}-dataset"
+
+
 def trial_name(sweep: str, index: int) -> str:
     """`<sweep>-NNN`, 0-based."""
     return f"{sweep}-{index:03d}"

@@ -14,18 +14,28 @@ snapshots_app = typer.Typer(help="Snapshots of experiment volumes (local workspa
 
 
 def run_command(
-    experiment: Path = typer.Argument(..., help="LaneExperiment YAML file."),
+    experiment: Path = typer.Argument(..., help="LaneExperiment or LaneSweep YAML file."),
     workspace: Path = typer.Option(DEFAULT_WORKSPACE, help="Local workspace: volumes, experiments, snapshots."),
+    parallel: int = typer.Option(1, "--parallel", min=1, help="A LaneSweep's trials running at once."),
 ) -> None:
-    """Run a LaneExperiment on this machine: data, distributed training, evaluation, snapshot."""
+    """Run a LaneExperiment on this machine: data, distributed training, evaluation, snapshot.
+
+    A LaneSweep file runs its trials on clones of one prepared dataset, --parallel at a time, with a
+    live leaderboard; it ends with the trials table and compare.png.
+    """
     from rich.console import Console
 
     from lanex_operator.api import ExperimentFileError, load_experiment_file
+    from lanex_operator.api.files import read_document
+    from lanex_operator.api.sweep_files import document_kind
     from lanex_operator.local.runner import LocalRunError, LocalRunner
     from lanex_operator.api.models import InvalidSpecError
 
     console = Console(stderr=True)
     try:
+        if document_kind(read_document(experiment)) == "LaneSweep":
+            run_sweep(experiment, workspace, parallel)
+            return
         metadata, spec = load_experiment_file(experiment)
         runner = LocalRunner(metadata["name"], spec, workspace, echo=lambda text: console.print(text, style="bold cyan", markup=False))
     except (ExperimentFileError, InvalidSpecError, LocalRunError) as error:
@@ -41,6 +51,49 @@ def run_command(
         typer.echo(f"\ninterrupted: run `lanex run {experiment}` again to resume", err=True)
         raise typer.Exit(130)
     print_summary(summary)
+
+
+def run_sweep(file: Path, workspace: Path, parallel: int) -> None:
+    """`lanex run sweep.yaml`: the dataset once, trials on clones, a live leaderboard, the final table."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from lanex_operator.api import ExperimentFileError
+    from lanex_operator.api.models import InvalidSpecError
+    from lanex_operator.api.sweep_files import load_sweep_file
+    from lanex_operator.cli.sweep_views import best_line, leaderboard
+    from lanex_operator.local.runner import LocalRunError
+    from lanex_operator.local.snapshots import SnapshotError
+    from lanex_operator.local.sweep import LocalSweep
+
+    console = Console(stderr=True)
+    try:
+        metadata, spec = load_sweep_file(file)
+        sweep = LocalSweep(metadata["name"], spec, workspace, parallel=parallel,
+                           echo=lambda text: console.print(text, style="bold cyan", markup=False))
+    except (ExperimentFileError, InvalidSpecError, LocalRunError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    try:
+        with Live(leaderboard({}), console=console, refresh_per_second=2, transient=True) as live:
+            sweep.echo = lambda text: live.console.print(text, style="bold cyan", markup=False)
+            status = sweep.run(on_update=lambda views: live.update(leaderboard(sweep.state, title=sweep.name)))
+    except (LocalRunError, SnapshotError) as error:
+        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"run `lanex run {file}` again to continue", err=True)
+        raise typer.Exit(1) from error
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: run `lanex run {file}` again to resume the sweep", err=True)
+        raise typer.Exit(130)
+    out = Console()
+    out.width = max(out.width, 132)
+    out.print(leaderboard(status, title=f"{sweep.name}: {status['phase']}"))
+    out.print(best_line(status, spec.objective.metric))
+    out.print(f"{'dataset:':12}{status.get('datasetSnapshot')} (prepared once, cloned for every trial)")
+    if status.get("comparePlot"):
+        out.print(f"{'compare:':12}{status['comparePlot']}")
+    if status["phase"] != "Succeeded":
+        raise typer.Exit(1)
 
 
 def print_summary(summary: dict) -> None:

@@ -1,0 +1,117 @@
+"""`lanex run sweep.yaml` end to end on a tiny dataset: prepared once, trials on hard-link clones of it
+(the very same image inodes), parallel trials, the final table and compare.png, resume without rework,
+retention of the best N; and the local early-stopping decision on a trial's progress files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lanex_operator.api.sweep import parse_sweep_spec
+from lanex_operator.local.sweep import validation_history
+
+LANEX = str(Path(sys.executable).parent / "lanex")
+
+TINY = {
+    "apiVersion": "lanex.dev/v1alpha1", "kind": "LaneSweep", "metadata": {"name": "tiny"},
+    "spec": {
+        "template": {
+            "dataset": {"synthetic": {"clips": 4, "seed": 1}, "size": "1Gi"},
+            "training": {"backend": "torch", "backbone": "small", "workers": 1, "gpusPerWorker": 0, "batchSize": 2,
+                         "loaderWorkers": 0, "useWorkers": False, "validation": {"enabled": True, "batchSize": 4},
+                         "epochs": 1, "height": 32, "width": 64, "largeShm": False},
+        },
+        "parameters": [{"path": "learningRate", "values": [0.01, 0.05]}],
+        "retention": {"keepBest": 1},
+    },
+}
+
+
+def run(file: Path, workspace: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([LANEX, "run", str(file), "--workspace", str(workspace), *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def images(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_ino for p in root.rglob("*.jpg")}
+
+
+@pytest.mark.slow
+def test_sweep_prepares_once_and_every_trial_reads_the_same_image_inodes(tmp_path: Path):
+    file = tmp_path / "tiny.yaml"
+    file.write_text(yaml.safe_dump(TINY))
+    workspace = tmp_path / "ws"
+    done = run(file, workspace, "--parallel", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    # the dataset: prepared once (one prepare log, one synth run), then it became the snapshot
+    prepare_log = (workspace / "sweeps" / "tiny" / "dataset" / "logs" / "prepare.log").read_text()
+    assert prepare_log.count("lanex data synth") == 1
+    assert not (workspace / "volumes" / "tiny-data").exists()
+    dataset = images(workspace / "snapshots" / "tiny-dataset" / "data")
+    assert len(dataset) >= 4
+
+    state = json.loads((workspace / "sweeps" / "tiny" / "state.json").read_text())
+    assert (state["phase"], state["datasetSnapshot"], state["trialCount"]) == ("Succeeded", "tiny-dataset", 2)
+    assert [t["name"] for t in state["trials"]] == ["tiny-000", "tiny-001"]
+    assert [t["parameters"] for t in state["trials"]] == [{"learningRate": 0.01}, {"learningRate": 0.05}]
+    assert all(t["phase"] == "Succeeded" and "objective" in t for t in state["trials"])
+    assert state["counts"]["succeeded"] == 2
+    best = state["bestTrial"]["name"]
+    assert best in ("tiny-000", "tiny-001")
+    assert Path(state["comparePlot"]).read_bytes().startswith(b"\x89PNG")
+    assert "best trial: " + best in done.stdout and "tiny-dataset" in done.stdout
+
+    # the trials' images are the dataset snapshot's inodes (hard links), not copies
+    for trial in ("tiny-000", "tiny-001"):
+        trial_state = json.loads((workspace / "experiments" / trial / "state.json").read_text())
+        spec_source = trial_state["datasetSource"]
+        assert spec_source == "fromSnapshot:tiny-dataset"
+    kept = images(workspace / "volumes" / f"{best}-data")
+    assert kept == dataset
+    # retention keepBest 1: the other trial's volume and snapshots are gone, its row stays
+    other = "tiny-001" if best == "tiny-000" else "tiny-000"
+    assert not (workspace / "volumes" / f"{other}-data").exists()
+    assert not any(p.name.startswith(other) for p in (workspace / "snapshots").iterdir())
+    assert next(t for t in state["trials"] if t["name"] == other)["deleted"] is True
+    # the best trial's snapshot links the dataset files it still shares
+    snapshot = workspace / "snapshots" / state["bestTrial"]["snapshot"] / "data"
+    assert images(snapshot) == dataset
+
+    # running the file again resumes: nothing is prepared or trained again
+    again = run(file, workspace)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (workspace / "sweeps" / "tiny" / "dataset" / "logs" / "prepare.log").read_text() == prepare_log
+    for trial in ("tiny-000", "tiny-001"):
+        log = workspace / "experiments" / trial / "logs" / "train.log"
+        assert log.read_text().count("\n=== ") == 1  # one run of the train step, ever
+
+
+def test_a_changed_sweep_spec_is_refused_on_resume(tmp_path: Path):
+    from lanex_operator.local.runner import LocalRunError
+    from lanex_operator.local.sweep import LocalSweep
+
+    spec = parse_sweep_spec(TINY["spec"])
+    LocalSweep("tiny", spec, tmp_path).save()
+    changed = parse_sweep_spec({**TINY["spec"], "parallelism": 2})
+    with pytest.raises(LocalRunError, match="different spec"):
+        LocalSweep("tiny", changed, tmp_path)
+
+
+def test_validation_history_reads_the_progress_file_else_the_results_history(tmp_path: Path):
+    assert validation_history(tmp_path) == []
+    (tmp_path / "results.json").write_text(json.dumps({"history": [
+        {"epoch": 0, "step": 2, "train_loss": 1.0, "val_accuracy": 0.5, "val_fp": 0.2, "val_fn": 0.3, "val_loss": 0.9},
+        {"epoch": 1, "step": 4, "train_loss": 0.8}]}))
+    assert validation_history(tmp_path) == [{"epoch": 1, "accuracy": 0.5, "fp": 0.2, "fn": 0.3, "loss": 0.9}]
+    (tmp_path / "progress.json").write_text(json.dumps({"state": "training", "validationHistory": [
+        {"epoch": 1, "accuracy": 0.4, "fp": 0.1, "fn": 0.1, "loss": None},
+        {"epoch": 2, "accuracy": 0.6, "fp": 0.1, "fn": 0.1, "loss": None}]}))
+    assert [h["accuracy"] for h in validation_history(tmp_path)] == [0.4, 0.6]
+    (tmp_path / "progress.json").write_text('{"state": "train')  # half written: no history, no error
+    assert validation_history(tmp_path)[0]["accuracy"] == 0.5
