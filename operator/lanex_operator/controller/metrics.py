@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from lanex_operator.azure.storage_tier import StorageTierMetrics
 
 PHASES = ("Pending", "ProvisioningDataset", "Downloading", "SharingVolume", "Training", "Snapshotting",
-          "Succeeded", "Failed")
+          "Succeeded", "Failed", "Stopped")
 STEP_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
 
 

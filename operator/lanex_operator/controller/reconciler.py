@@ -58,6 +58,7 @@ from lanex_operator.controller.tier_steps import StorageTiering, TierSteps
 PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, skip the prepare Job
 SPEC_ANNOTATION = "lanex.dev/spec"  # on the MPIJob: the spec training started with
 GENERATION_ANNOTATION = "lanex.dev/generation"  # on the MPIJob: the experiment generation of that spec
+STOP_ANNOTATION = "lanex.dev/stop"  # on the experiment (set by its LaneSweep): end training now, phase Stopped
 LAUNCHER_SELECTOR = "training.kubeflow.org/job-name={name},training.kubeflow.org/job-role=launcher"
 JOB_POD_SELECTOR = "batch.kubernetes.io/job-name={name}"
 PARSED_SPECS_KEPT = 4096  # memoized (spec, plan) entries; the oldest go first
@@ -405,6 +406,9 @@ class Reconciler:
         if book.is_settled(C.TRAINED.value):
             return None  # False only when a snapshot on failure is still to be taken
         name = plan.names.mpijob
+        stop = ((body["metadata"].get("annotations") or {}).get(STOP_ANNOTATION))
+        if stop:
+            return await self._stop(body, book, spec, plan, stop)
         book.enter(Phase.TRAINING, f"training with MPIJob {name} ({plan.train.workers} workers)")
         mpijob = self.cache.get(MPIJOB, plan.namespace, name)
         if mpijob is None:
@@ -443,6 +447,21 @@ class Reconciler:
                                f"MPIJob {name} is running ({plan.train.workers} workers, "
                                f"{plan.train.processes} processes)")
         return self.config.resync_seconds
+
+    async def _stop(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec, plan: ExperimentPlan,
+                    why: str) -> float | None:
+        """Early stop (the `lanex.dev/stop` annotation): delete the MPIJob, then Stopped (after the snapshot on
+        failure, when the spec asks for one: it keeps the checkpoints and logs)."""
+        name = plan.names.mpijob
+        await self.kube.delete(object_path(MPIJOB.api_version, MPIJOB.plural, plan.namespace, name))
+        message = clip(f"training stopped early, MPIJob {name} deleted: {why}")
+        reason = FailureReason.EARLY_STOPPED
+        if plan.snapshot is not None and plan.snapshot.on_failure:
+            book.set_condition(C.TRAINED.value, "False", reason.value, message)
+            return None
+        await self.tier.lower(body, book, spec, plan)
+        book.stop(reason, message)
+        return None
 
     async def _snapshot(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                         plan: ExperimentPlan) -> float | None:
@@ -499,6 +518,9 @@ class Reconciler:
 
     def _finish(self, book: StatusBook) -> None:
         trained = book.condition(C.TRAINED.value) or {}
+        if trained.get("status") == "False" and trained.get("reason") == FailureReason.EARLY_STOPPED.value:
+            book.stop(FailureReason.EARLY_STOPPED, str(trained.get("message", "")))
+            return
         if trained.get("status") == "False":
             book.fail(FailureReason(trained.get("reason", FailureReason.TRAINING_FAILED.value)),
                       str(trained.get("message", "")))
