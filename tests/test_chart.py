@@ -85,6 +85,7 @@ NAMESPACED_GRANTS = {
     ("lanex.dev", "laneexperiments", "patch"), ("lanex.dev", "laneexperiments/status", "patch"),
     ("lanex.dev", "laneexperiments/finalizers", "update"),
     ("", "pods", "list"), ("", "events", "create"), ("", "events", "list"),
+    ("", "pods", "delete"), ("", "pods/log", "get"),  # progress reads and stallAction Restart (issue 13)
 } | {("", "persistentvolumeclaims", verb) for verb in ("get", "list", "watch", "create", "patch", "delete")} | {
     (group, resource, verb)
     for group, resource in (("batch", "jobs"), ("kubeflow.org", "mpijobs"))

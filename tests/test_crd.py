@@ -73,7 +73,7 @@ def test_names_scope_subresource_and_printer_columns():
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
     assert version["subresources"] == {"status": {}}
     columns = {column["name"]: column["jsonPath"] for column in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Phase", "Workers", "Accuracy", "Snapshot", "Age"]
+    assert list(columns) == ["Phase", "Progress", "ETA", "Workers", "Accuracy", "Snapshot", "Age"]
     schema = open_api()
     for column, path in columns.items():
         if path.startswith(".metadata"):

@@ -11,7 +11,11 @@ API, as real controllers talk to the apiserver:
 * the Job controller: one pod per Job, success or failure with a termination message;
 * the mpi-operator: Created -> Running -> Succeeded/Failed conditions, worker pods (removed when
   training ends, as `cleanPodPolicy: Running` does) and a launcher pod whose termination message is
-  the trainer's results JSON;
+  the trainer's results JSON; the launcher logs the trainer's `LANEX_PROGRESS {...}` lines (see
+  PROGRESS_CONTRACT: every step, a validation per epoch) and, as mpi-operator's launcher Job does
+  (v0.3+: a batch/v1 Job with the MPIJob's `runPolicy.backoffLimit`), a deleted launcher pod is
+  replaced by a new one that resumes from the last checkpoint (the start of its epoch), counted as
+  a failure; more failures than the backoff limit fail the MPIJob;
 * the kubelet's logs: what each of those containers prints, written into the emulator, which serves
   it as `pods/NAME/log` (followed logs are streamed while the container runs);
 * the snapshot controller: VolumeSnapshotContent, readyToUse, restoreSize, creationTime, or an error.
@@ -28,6 +32,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import string
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -62,6 +67,22 @@ class SimKnobs:
     # "Kind", "Kind/experiment" or "Kind/object-name": hold the next step of those objects;
     # "MPIJob.running/experiment": hold training midway, its pods running and their logs open.
     paused: set[str] = dataclasses.field(default_factory=set)
+    # The launcher's progress lines: epochs come from the trainer's `--epochs`; each epoch has
+    # `steps_per_epoch` optimizer steps, `step_seconds` apart (None: mpijob_duration spread over all).
+    steps_per_epoch: int = 2
+    step_seconds: float | None = None
+    # What the trainer reports about its speed (ETA = steps left x reported_step_seconds, None: step_seconds).
+    reported_step_seconds: float | None = None
+    images_per_second: float = 96.0
+    # Experiment name -> validation accuracy after each epoch (sweeps' early stopping reads them);
+    # unnamed experiments climb from 0.5 towards training_results' accuracy.
+    val_accuracy: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    # Experiment name -> the results JSON of its launcher (default: training_results).
+    results_for: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # Experiments whose launcher hangs: no more log lines, the MPIJob stays Running, until the name is
+    # removed (it goes on where it stopped) or the launcher pod is deleted (a hang belongs to one
+    # process: the replacement does not inherit it, so the sim drops the name when it replaces the pod).
+    stall_logging: set[str] = dataclasses.field(default_factory=set)
 
     def failure(self, table: Mapping[str, str], obj: Mapping[str, Any]) -> str | None:
         meta = obj.get("metadata", {})
@@ -116,7 +137,9 @@ class ClusterSimulation:
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[tuple[str, str]] = set()
         self._done: set[tuple[str, str]] = set()
+        self._deleted_pods: set[tuple[str, str]] = set()  # (namespace, name), fed by a pod watch
         self.errors: list[str] = []
+        self.launcher_restarts: dict[str, int] = {}  # MPIJob name -> launcher pods replaced
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(headers={"User-Agent": f"{SYSTEM_USER_AGENT}/1"})
@@ -128,6 +151,7 @@ class ClusterSimulation:
         }
         for path, handler in watches.items():
             self._tasks.append(asyncio.create_task(self._watch(path, handler)))
+        self._tasks.append(asyncio.create_task(self._watch("/api/v1/pods", None, deleted=self._on_pod_deleted)))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -151,8 +175,9 @@ class ClusterSimulation:
                 raise RuntimeError(f"{method} {path}: {response.status} {payload.get('message')}")
             return payload
 
-    async def _watch(self, path: str, handler: Any) -> None:
-        """List-then-watch with resumption, dispatching every object state to a level-triggered handler."""
+    async def _watch(self, path: str, handler: Any | None, deleted: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """List-then-watch with resumption, dispatching every object state to a level-triggered handler
+        (and deletions to `deleted`)."""
         assert self._session is not None
         since = ""
         while True:
@@ -169,7 +194,10 @@ class ClusterSimulation:
                         obj = event["object"]
                         since = obj["metadata"]["resourceVersion"]
                         if event["type"] != "DELETED":
-                            self._spawn(handler, obj)
+                            if handler is not None:
+                                self._spawn(handler, obj)
+                        elif deleted is not None:
+                            deleted(obj)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the emulator restarts watches; keep going like a controller would
@@ -376,36 +404,157 @@ class ClusterSimulation:
         launcher = await self._pod(mpijob, f"{name}-launcher-{_suffix()}", {
             **job_labels, "training.kubeflow.org/job-role": "launcher"})
         self.print(launcher, f"lanex launch: mpirun -np {workers} --hostfile /etc/mpi/hostfile lanex train\n")
+        self.print(launcher, json.dumps({"epoch": 1, "train_loss": 0.41, "images_per_second": 96.0}) + "\n")
         running = {"type": "Running", "status": "True", "reason": "MPIJobRunning",
                    "message": f"MPIJob {namespace}/{name} is running.", "lastTransitionTime": now_rfc3339()}
         await self.request("PATCH", base, {"status": {"startTime": now_rfc3339(), "conditions": [created, running],
                                                       "replicaStatuses": {"Launcher": {"active": 1},
                                                                           "Worker": {"active": workers}}}})
-        await asyncio.sleep(self.knobs.mpijob_duration / 2)
-        self.print(launcher, json.dumps({"epoch": 1, "train_loss": 0.41, "images_per_second": 96.0}) + "\n")
-        await self._hold(mpijob, stage="running")
-        await asyncio.sleep(self.knobs.mpijob_duration / 2)
-        await self._hold(mpijob)
+        launcher, launcher_failures = await self._train(mpijob, launcher, base, created, running)
         failure = self.knobs.failure(self.knobs.fail_mpijobs, mpijob)
+        backoff_limit = int((mpijob["spec"].get("runPolicy") or {}).get("backoffLimit", 6))
+        if launcher_failures > backoff_limit:
+            failure = "Job has reached the specified backoff limit"
         done = dict(running, status="False", lastTransitionTime=now_rfc3339())
         for worker in worker_pods:  # cleanPodPolicy Running: the workers go when training ends
             await self.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{worker['metadata']['name']}")
         if failure:
-            self.print(launcher, f"{failure}\n")
-            await self._terminate(launcher, exit_code=1, message=failure)
+            if launcher is not None:
+                self.print(launcher, f"{failure}\n")
+                await self._terminate(launcher, exit_code=1, message=failure)
             final = {"type": "Failed", "status": "True", "reason": "MPIJobFailed",
                      "message": f"MPIJob {namespace}/{name} has failed because 1 Launcher replica(s) failed.",
                      "lastTransitionTime": now_rfc3339()}
-            replicas = {"Launcher": {"failed": 1}, "Worker": {}}
+            replicas = {"Launcher": {"failed": max(1, launcher_failures)}, "Worker": {}}
         else:
-            self.print(launcher, json.dumps(self.knobs.training_results) + "\n")
-            await self._terminate(launcher, exit_code=0, message=json.dumps(self.knobs.training_results))
+            assert launcher is not None
+            results = self.knobs.results_for.get(self._experiment(mpijob), self.knobs.training_results)
+            self.print(launcher, json.dumps(results) + "\n")
+            await self._terminate(launcher, exit_code=0, message=json.dumps(results))
             final = {"type": "Succeeded", "status": "True", "reason": "MPIJobSucceeded",
                      "message": f"MPIJob {namespace}/{name} successfully completed.", "lastTransitionTime": now_rfc3339()}
-            replicas = {"Launcher": {"succeeded": 1}, "Worker": {}}
+            replicas = {"Launcher": {"succeeded": 1, **({"failed": launcher_failures} if launcher_failures else {})},
+                        "Worker": {}}
         await self.request("PATCH", base, {"status": {"completionTime": now_rfc3339(), "conditions": [created, done, final],
                                                       "replicaStatuses": replicas}})
         return True
+
+    # ---- the trainer, as the launcher's log shows it
+
+    @staticmethod
+    def _experiment(obj: Mapping[str, Any]) -> str:
+        meta = obj.get("metadata") or {}
+        return str((meta.get("labels") or {}).get(EXPERIMENT_LABEL) or meta.get("name"))
+
+    def _on_pod_deleted(self, pod: Mapping[str, Any]) -> None:
+        meta = pod.get("metadata") or {}
+        self._deleted_pods.add((str(meta.get("namespace")), str(meta.get("name"))))
+
+    def _gone(self, pod: Mapping[str, Any]) -> bool:
+        meta = pod["metadata"]
+        return (meta["namespace"], meta["name"]) in self._deleted_pods
+
+    @staticmethod
+    def _epochs(mpijob: Mapping[str, Any]) -> int:
+        """The trainer's `--epochs` from the launcher's command (1 when it has none)."""
+        template = ClusterSimulation._pod_template(mpijob, "Launcher")
+        command = " ".join(str(part) for part in ((template.get("spec") or {}).get("containers") or [{}])[0]
+                           .get("command") or [])
+        found = re.search(r"--epochs[ =](\d+)", command)
+        return int(found.group(1)) if found else 1
+
+    def _gpus(self, mpijob: Mapping[str, Any], ranks: int) -> list[dict[str, Any]] | None:
+        """Per-rank NVML readings when the workers ask for GPUs, else null (as on CPU)."""
+        worker = (ClusterSimulation._pod_template(mpijob, "Worker").get("spec") or {}).get("containers") or [{}]
+        if not ((worker[0].get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu"):
+            return None
+        return [{"rank": rank, "utilizationPercent": 91.0 - rank, "memoryUsedBytes": 9 * 2**30,
+                 "memoryTotalBytes": 16 * 2**30} for rank in range(ranks)]
+
+    def val_accuracies(self, experiment: str, epochs: int) -> list[float]:
+        """Validation accuracy after each epoch: the `val_accuracy` knob, else a climb to the results'."""
+        given = self.knobs.val_accuracy.get(experiment)
+        if given:
+            return [float(given[min(i, len(given) - 1)]) for i in range(epochs)]
+        top = float(self.knobs.training_results.get("accuracy", 0.95))
+        return [round(0.5 + (top - 0.5) * (epoch + 1) / epochs, 4) for epoch in range(epochs)]
+
+    async def _train(self, mpijob: dict[str, Any], launcher: dict[str, Any], base: str, created: dict[str, Any],
+                     running: dict[str, Any]) -> tuple[dict[str, Any] | None, int]:
+        """Play the trainer in the launcher: LANEX_PROGRESS lines step by step, a validation per epoch.
+
+        Returns the launcher pod that finished (None when the last one was deleted past the backoff
+        limit) and how many launcher pods were deleted and replaced (each counts as a failure).
+        """
+        meta = mpijob["metadata"]
+        experiment, epochs = self._experiment(mpijob), self._epochs(mpijob)
+        per_epoch = max(1, self.knobs.steps_per_epoch)
+        steps = epochs * per_epoch
+        pause = self.knobs.step_seconds if self.knobs.step_seconds is not None else self.knobs.mpijob_duration / steps
+        accuracies = self.val_accuracies(experiment, epochs)
+        reported = self.knobs.reported_step_seconds if self.knobs.reported_step_seconds is not None else pause
+        workers = int(mpijob["spec"]["mpiReplicaSpecs"]["Worker"].get("replicas", 1))
+        backoff_limit = int((mpijob["spec"].get("runPolicy") or {}).get("backoffLimit", 6))
+        gpus = self._gpus(mpijob, workers)
+        history: list[dict[str, Any]] = []
+        failures, step, loss = 0, 0, 1.2
+        run_id = f"{meta['name']}-{meta['uid'][:8]}"
+
+        def line(state: str) -> str:
+            epoch = max(1, (step - 1) // per_epoch + 1)  # the epoch the last step belongs to
+            progress = {
+                "state": state, "runId": run_id, "epoch": epoch, "epochs": epochs, "step": step, "steps": steps,
+                "loss": round(loss, 4), "learningRate": round(0.05 * (1 - step / steps) ** 0.9, 6),
+                "imagesPerSecond": self.knobs.images_per_second, "dataWaitFraction": 0.12,
+                "etaSeconds": int(round((steps - step) * reported)), "validation": history[-1] if history else None,
+                "validationHistory": list(history), "gpus": gpus, "updatedAt": now_rfc3339()}
+            return "[1,0]<stdout>:LANEX_PROGRESS " + json.dumps(progress, separators=(",", ":")) + "\n"
+
+        while step < steps:
+            if self._gone(launcher):  # deleted: the launcher Job makes a new pod, which resumes
+                failures += 1
+                self.launcher_restarts[meta["name"]] = failures
+                self.knobs.stall_logging.discard(experiment)
+                if failures > backoff_limit:
+                    return None, failures
+                launcher = await self._replace_launcher(mpijob, base, created, running, failures)
+                step = (step // per_epoch) * per_epoch  # the checkpoint of the last finished epoch
+                history = history[: step // per_epoch]
+                self.print(launcher, f"lanex train: resuming from checkpoint of epoch {step // per_epoch} "
+                                     f"(step {step}/{steps})\n")
+                continue
+            if experiment in self.knobs.stall_logging or meta["name"] in self.knobs.stall_logging:
+                await asyncio.sleep(0.02)  # hung: nothing logged, the MPIJob stays Running
+                continue
+            if step == steps // 2:
+                await self._hold(mpijob, stage="running")
+                if self._gone(launcher):
+                    continue
+            await asyncio.sleep(pause)
+            step += 1
+            loss = loss * 0.9 + 0.05
+            self.print(launcher, line("training"))
+            if step % per_epoch == 0:
+                epoch = step // per_epoch
+                self.print(launcher, line("validating"))
+                history.append({"epoch": epoch, "accuracy": accuracies[epoch - 1],
+                                "fp": round(0.3 / (epoch + 1), 4), "fn": round(0.25 / (epoch + 1), 4),
+                                "loss": round(loss * 1.1, 4)})
+                self.print(launcher, line("training" if step < steps else "finished"))
+        await self._hold(mpijob)
+        return launcher, failures
+
+    async def _replace_launcher(self, mpijob: dict[str, Any], base: str, created: dict[str, Any],
+                                running: dict[str, Any], failures: int) -> dict[str, Any]:
+        meta = mpijob["metadata"]
+        workers = int(mpijob["spec"]["mpiReplicaSpecs"]["Worker"].get("replicas", 1))
+        labels = {"training.kubeflow.org/job-name": meta["name"], "training.kubeflow.org/operator-name": "mpi-operator",
+                  "training.kubeflow.org/job-role": "launcher"}
+        launcher = await self._pod(mpijob, f"{meta['name']}-launcher-{_suffix()}", labels)
+        self.print(launcher, f"lanex launch: mpirun -np {workers} --hostfile /etc/mpi/hostfile lanex train\n")
+        await self.request("PATCH", base, {"status": {"conditions": [created, running], "replicaStatuses": {
+            "Launcher": {"active": 1, "failed": failures}, "Worker": {"active": workers}}}})
+        return launcher
 
     # ---- snapshot controller
 

@@ -16,7 +16,11 @@ semantics with the parts of the apiserver that kopf and the operator rely on:
   garbage collection;
 * LIST (items carry kind/apiVersion) and WATCH with label and field selectors, resumption from a
   resourceVersion (410 Gone when too old), timeoutSeconds, bookmarks;
-* a request log (`calls`) in RBAC terms, for the RBAC test, and fault injection (`faults`).
+* a request log (`calls`) in RBAC terms, for the RBAC test, and fault injection (`faults`);
+* server-side printing (`Accept: ...;as=Table;g=meta.k8s.io`, what `kubectl get` asks for) of custom
+  resources with `additionalPrinterColumns`: GET, LIST and WATCH answer meta.k8s.io/v1 Tables whose
+  cells follow the columns' JSONPaths (null when a path finds nothing, `date` columns as an age), as
+  the apiextensions-apiserver's table convertor does.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class ResourceSpec:
     namespaced: bool
     subresources: frozenset[str] = frozenset()
     short_names: frozenset[str] = frozenset()
+    # additionalPrinterColumns as (name, type, jsonPath, description, priority), for server-side tables
+    printer_columns: tuple[tuple[str, str, str, str, int], ...] = ()
 
     @property
     def key(self) -> Resource:
@@ -114,6 +120,8 @@ def resource_specs_from_crd(crd: Mapping[str, Any]) -> list[ResourceSpec]:
             namespaced=spec.get("scope", "Namespaced") == "Namespaced",
             subresources=frozenset((version.get("subresources") or {}).keys()),
             short_names=frozenset(names.get("shortNames") or ()),
+            printer_columns=tuple((c["name"], c["type"], c["jsonPath"], c.get("description", ""),
+                                   int(c.get("priority", 0))) for c in version.get("additionalPrinterColumns") or ()),
         )
         for version in spec["versions"]
         if version.get("served", True)
@@ -362,6 +370,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         payload = await super()._serve_version(request)
         if isinstance(payload, dict) and payload.get("groupVersion", "").startswith("/"):
             payload["groupVersion"] = payload["groupVersion"].lstrip("/")
+        for entry in payload.get("resources") or [] if isinstance(payload, dict) else []:
+            if "/" in entry.get("name", ""):  # subresources have no short names or categories (kubectl warns)
+                entry.update(shortNames=[], categories=[], singularName="")
         return payload
 
     # ---- HTTP entry
@@ -417,9 +428,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 return await self._stream_watch(request, spec)
             if call.resource == "pods/log" and call.verb == "get":
                 key = self._log_key(request, spec)
+                self._log_window(b"", request.params)  # refuse bad options before answering
                 self.calls.append(dataclasses.replace(call, status=200))
                 return await self._serve_log(request, key)
             payload, status = self._dispatch(request, spec, call)
+            if call.verb in ("get", "list") and status == 200 and self._wants_table(request, spec):
+                payload = self._table(spec, payload.get("items", [payload]) if call.verb == "list" else [payload],
+                                      (payload.get("metadata") or {}).get("resourceVersion", ""), request.params)
         except ApiError as exc:
             self.calls.append(dataclasses.replace(call, status=exc.code))
             return _json(exc.status(), exc.code)
@@ -734,6 +749,15 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if queue is not None:
             self._watchers[spec.key].add(queue)
 
+        as_table = self._wants_table(request, spec)
+
+        def encoded(event: dict[str, Any]) -> bytes:
+            if as_table and event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                obj = event["object"]
+                event = {"type": event["type"], "object": self._table(
+                    spec, [obj], (obj.get("metadata") or {}).get("resourceVersion", ""), params)}
+            return json.dumps(event).encode() + b"\n"
+
         assert request._raw_request is not None
         response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         await response.prepare(request._raw_request)
@@ -741,7 +765,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         deadline = asyncio.get_running_loop().time() + timeout if timeout else None
         try:
             for event in initial:
-                await response.write(json.dumps(event).encode() + b"\n")
+                await response.write(encoded(event))
             while queue is not None and not self._closing:
                 remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
                 if remaining is not None and remaining <= 0:
@@ -753,7 +777,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 if event is None:
                     break
                 if visible(event["object"]):
-                    await response.write(json.dumps(event).encode() + b"\n")
+                    await response.write(encoded(event))
             await response.write_eof()
         except (ConnectionError, asyncio.CancelledError, RuntimeError):
             pass
@@ -761,6 +785,56 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if queue is not None:
                 self._watchers[spec.key].discard(queue)
         return response
+
+    # ---- server-side printing (kubectl get)
+
+    @staticmethod
+    def _wants_table(request: rendering.Request, spec: ResourceSpec) -> bool:
+        accept = request.headers.get("Accept", "")
+        return bool(spec.printer_columns) and "as=Table" in accept and "g=meta.k8s.io" in accept
+
+    @staticmethod
+    def _cell(obj: Mapping[str, Any], column: tuple[str, str, str, str, int]) -> Any:
+        _, type_, path, _, _ = column
+        value: Any = obj
+        for part in re.findall(r"[^.\[\]]+", path):
+            if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                value = value[int(part)]
+            elif isinstance(value, Mapping) and part in value:
+                value = value[part]
+            else:
+                return None
+        if value is None or isinstance(value, (dict, list)) and type_ != "string":
+            return None
+        if type_ == "date":
+            from lanex_operator.cli.views import age  # the apiserver prints dates as kubectl's AGE
+
+            return age(str(value))
+        if type_ == "integer" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return int(value)
+        if type_ == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        return value if not isinstance(value, (dict, list)) else json.dumps(value)
+
+    def _table(self, spec: ResourceSpec, objects: list[dict[str, Any]], resource_version: str,
+               params: Mapping[str, str]) -> dict[str, Any]:
+        """A meta.k8s.io/v1 Table of `objects`: Name, then the printer columns (Age is one of them)."""
+        columns = [{"name": "Name", "type": "string", "format": "name", "priority": 0,
+                    "description": "Name must be unique within a namespace."}]
+        columns += [{"name": name, "type": type_, "format": "", "description": description, "priority": priority}
+                    for name, type_, _, description, priority in spec.printer_columns]
+        include = params.get("includeObject", "Metadata")
+        rows = []
+        for obj in objects:
+            row: dict[str, Any] = {"cells": [obj["metadata"]["name"], *(self._cell(obj, c) for c in spec.printer_columns)]}
+            if include == "Object":
+                row["object"] = obj
+            elif include != "None":
+                row["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                 "metadata": obj["metadata"]}
+            rows.append(row)
+        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version},
+                "columnDefinitions": columns, "rows": rows}
 
     # ---- pods/log: what the kubelet would serve
 
@@ -794,7 +868,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     async def _serve_log(self, request: rendering.Request, key: tuple[str, str, str]) -> aiohttp.web.StreamResponse:
         """The log so far; with follow=true, streamed (chunked) as it grows until the container ends."""
         if request.params.get("follow") not in ("true", "1"):
-            return aiohttp.web.Response(body=bytes(self._pod_logs.get(key, b"")), content_type="text/plain")
+            return aiohttp.web.Response(body=self._log_window(bytes(self._pod_logs.get(key, b"")), request.params),
+                                        content_type="text/plain")
         assert request._raw_request is not None
         response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
         await response.prepare(request._raw_request)
@@ -813,6 +888,23 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         except (ConnectionError, asyncio.CancelledError, RuntimeError):
             pass
         return response
+
+    @staticmethod
+    def _log_window(log: bytes, params: Mapping[str, str]) -> bytes:
+        """`tailLines` and `limitBytes` as the kubelet applies them: the last N lines, then at most
+        `limitBytes` bytes from the start of those (so a cut removes the newest end); bad values: 400."""
+        for option in ("tailLines", "limitBytes"):
+            value = params.get(option)
+            if value is not None and (not value.lstrip("-").isdigit() or int(value) < (0 if option == "tailLines" else 1)):
+                raise ApiError(400, "BadRequest", f"{option}: Invalid value: {value!r}: must be "
+                                                  f"{'greater than or equal to 0' if option == 'tailLines' else 'greater than 0'}")
+        if params.get("tailLines") is not None:
+            lines = log.splitlines(keepends=True)
+            count = int(params["tailLines"])
+            log = b"".join(lines[len(lines) - count:]) if count else b""
+        if params.get("limitBytes") is not None:
+            log = log[: int(params["limitBytes"])]
+        return log
 
     def compact(self) -> None:
         """Forget all watch history, like etcd compaction: older resourceVersions get 410 Gone."""

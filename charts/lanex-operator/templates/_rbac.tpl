@@ -4,7 +4,7 @@ Roles). Exactly what the operator uses: tests/test_rbac_matches_operator.py runs
 through its lifecycle scenarios against an API server that records every request, and fails on a
 request these rules do not grant or on a rule no request used. No wildcards, no peering resources
 (the operator runs standalone: one replica, strategy Recreate). Users' own reads (`lanex logs`
-reads pods/log) belong to the users' roles, not to the operator's.
+follows pods/log) belong to the users' roles; the operator reads only the launcher's log tail.
 */}}
 
 {{/* Namespaced resources: a ClusterRole when serving all namespaces, else a Role per namespace. */}}
@@ -31,10 +31,16 @@ reads pods/log) belong to the users' roles, not to the operator's.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create"]
-# The termination messages of finished pods (results, or why a step failed), by label selector.
+# The termination messages of finished pods (results, or why a step failed), by label selector;
+# the launcher pod is found the same way for progress reads, and deleted on a stall when the
+# experiment asks for it (spec.training.stallAction: Restart; its launcher Job starts a new one).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "delete"]
+# Training progress: the tail of the launcher's log (tailLines/limitBytes, never followed).
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # The training job (kubeflow mpi-operator v2beta1; garbage-collected with the experiment).
 - apiGroups: ["kubeflow.org"]
   resources: ["mpijobs"]

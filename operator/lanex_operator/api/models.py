@@ -32,6 +32,7 @@ from lanex_operator.api.status import (  # noqa: F401  (re-exported: api.models 
     Condition,
     ConditionType,
     FailureReason,
+    GpuReading,
     LaneExperimentStatus,
     Phase,
     Provenance,
@@ -39,6 +40,8 @@ from lanex_operator.api.status import (  # noqa: F401  (re-exported: api.models 
     SnapshotError,
     SnapshotRecord,
     StorageMove,
+    TrainingProgress,
+    ValidationResult,
 )
 
 GROUP = "lanex.dev"
@@ -332,6 +335,16 @@ class TrainingSpec(SpecModel):
     )
     active_deadline_seconds: Optional[int] = Field(
         None, description="Fail training (reason Timeout) after this many seconds; unset means no limit.", ge=1
+    )
+    stall_timeout_seconds: int = Field(
+        1800,
+        description="Seconds without new training progress (while the MPIJob runs) before the Stalled condition.",
+        ge=1,
+    )
+    stall_action: Literal["None", "Restart"] = Field(
+        "None",
+        description="On a stall: None (condition and Warning Event only) or Restart (delete the launcher pod; its"
+        " launcher Job starts a new one that resumes from the last checkpoint, using one of backoffLimit's retries).",
     )
 
     @model_validator(mode="after")

@@ -1,15 +1,17 @@
 """Status of a LaneExperiment: phase, conditions, children, snapshots, results, provenance.
 
 Written only by the operator. The models read leniently (kopf keeps its own fields under
-`status` too), and the CRD keeps unknown status fields for the same reason.
+`status` too), and the CRD keeps unknown status fields for the same reason. `TrainingProgress` is
+the trainer's progress record (PROGRESS_CONTRACT: the same camelCase keys in the trainer's
+progress.json and `LANEX_PROGRESS` log line, in `status.progress` and in `lanex get --workspace`).
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from lanex_operator.api.fields import Quantity, Timestamp
@@ -55,6 +57,7 @@ class ConditionType(str, Enum):
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
     STORAGE_TIER = "StorageTier"
     STOPPED = "Stopped"
+    STALLED = "Stalled"
 
 
 class StatusModel(BaseModel):
@@ -131,6 +134,83 @@ class StorageMove(StatusModel):
     result: Optional[str] = Field(None, description="Succeeded, Failed or InProgress, with the reason on failure.")
 
 
+def _whole_seconds(value: Any) -> Any:
+    # The contract says int; a trainer that writes 12.0 (or 12.4) still means 12 seconds.
+    return int(round(value)) if isinstance(value, float) else value
+
+
+class ValidationResult(StatusModel):
+    """One validation of the trainer (TuSimple metric on the validation split) after an epoch."""
+
+    epoch: int = Field(description="Epoch the validation followed (1-based).", ge=0)
+    accuracy: float = Field(description="TuSimple accuracy (0..1).")
+    fp: float = Field(description="False-positive rate.")
+    fn: float = Field(description="False-negative rate.")
+    loss: Optional[float] = Field(None, description="Validation loss (null if not computed).")
+
+
+class GpuReading(StatusModel):
+    """One rank's GPU, read through NVML by the trainer."""
+
+    rank: int = Field(description="Training process rank.", ge=0)
+    utilization_percent: Optional[float] = Field(None, description="GPU utilisation, percent.")
+    memory_used_bytes: Optional[int] = Field(None, description="GPU memory in use, bytes.")
+    memory_total_bytes: Optional[int] = Field(None, description="GPU memory in total, bytes.")
+
+
+class TrainingProgress(StatusModel):
+    """The trainer's newest progress (rank 0 publishes it), as the operator last read it.
+
+    Every key is always present; null means unknown (e.g. `gpus` on CPU, `validation` before the
+    first epoch ended). `observedAt` is the operator's: when it read a progress that had advanced
+    (a new step, state, epoch or validation), so it is also the clock of stall detection.
+    """
+
+    state: Literal["training", "validating", "finished"] = Field(description="training, validating or finished.")
+    run_id: Optional[str] = Field(None, description="The training run's id.")
+    epoch: int = Field(description="Current epoch, 1-based.", ge=0)
+    epochs: int = Field(description="Epochs of the run.", ge=0)
+    step: int = Field(description="Optimizer steps done in the whole run.", ge=0)
+    steps: int = Field(description="Optimizer steps of the whole run.", ge=0)
+    loss: Optional[float] = Field(None, description="Smoothed (EMA) training loss.")
+    learning_rate: Optional[float] = Field(None, description="Current learning rate.")
+    images_per_second: Optional[float] = Field(None, description="Training throughput over all ranks.")
+    data_wait_fraction: Optional[float] = Field(None, description="Share of step time spent waiting for data (0..1).")
+    eta_seconds: Annotated[Optional[int], BeforeValidator(_whole_seconds)] = Field(
+        None, description="Estimated seconds until training ends.")
+    validation: Optional[ValidationResult] = Field(None, description="The newest validation.")
+    validation_history: list[ValidationResult] = Field(
+        default_factory=list, description="Every validation so far, oldest first.")
+    gpus: Optional[list[GpuReading]] = Field(None, description="Per-rank GPU readings (null without NVML).")
+    updated_at: Optional[Timestamp] = Field(None, description="When the trainer wrote it (RFC 3339, UTC).")
+    observed_at: Optional[Timestamp] = Field(None, description="When the operator read it (RFC 3339, UTC).")
+
+    def percent(self) -> Optional[int]:
+        """Steps done, in whole percent (None when the run's steps are unknown)."""
+        return int(100 * self.step / self.steps) if self.steps > 0 else None
+
+    def summary(self) -> str:
+        """`12/30 40%`: epoch/epochs and the share of steps done, as the Progress column shows it."""
+        percent = self.percent()
+        return f"{self.epoch}/{self.epochs}" + (f" {percent}%" if percent is not None else "")
+
+    def eta(self) -> str:
+        """The ETA column: `1h05m`, `12m30s`, `45s`, `done` once finished, `-` when unknown."""
+        if self.state == "finished":
+            return "done"
+        if self.eta_seconds is None:
+            return "-"
+        seconds = max(0, self.eta_seconds)
+        hours, minutes = seconds // 3600, seconds % 3600 // 60
+        if hours:
+            return f"{hours}h{minutes:02d}m"
+        return f"{minutes}m{seconds % 60:02d}s" if minutes else f"{seconds}s"
+
+    def advance_key(self) -> tuple[Any, ...]:
+        """What must change for the progress to count as new (a heartbeat with the same step does not)."""
+        return (self.run_id, self.state, self.epoch, self.step, len(self.validation_history))
+
+
 class LaneExperimentStatus(StatusModel):
     """Observed state of a LaneExperiment, written only by the operator."""
 
@@ -146,3 +226,6 @@ class LaneExperimentStatus(StatusModel):
     completion_time: Optional[Timestamp] = Field(None, description="When the experiment succeeded or failed.")
     provenance: Optional[Provenance] = Field(None, description="Trainer image, config hash, data source, snapshot.")
     storage_moves: list[StorageMove] = Field(default_factory=list, description="Service-level changes of the volume.")
+    progress: Optional[TrainingProgress] = Field(None, description="Live training progress read from the launcher.")
+    progress_summary: Optional[str] = Field(None, description="Progress column: epoch/epochs and percent of steps.")
+    eta: Optional[str] = Field(None, description="ETA column: estimated time until training ends.")

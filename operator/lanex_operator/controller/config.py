@@ -16,7 +16,7 @@ ENV_PREFIX = "LANEX_OPERATOR_"
 
 @dataclasses.dataclass(frozen=True)
 class OperatorConfig:
-    """Intervals and timeouts, all in seconds."""
+    """Intervals and timeouts in seconds, and the request budget of progress reads."""
 
     # Re-check an experiment at least this often even without any event (missed events, timeouts).
     resync_seconds: float = 30.0
@@ -33,6 +33,11 @@ class OperatorConfig:
     # kopf: watch-stream server timeout and backoffs between API retries (comma-separated).
     watch_server_timeout_seconds: float = 300.0
     api_error_backoffs: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    # Read each training experiment's progress (the launcher's log tail) this often.
+    progress_interval_seconds: float = 30.0
+    # All progress reads and writes together, across experiments: at most this many API requests per
+    # second (a token bucket holding as many tokens); under load each experiment is simply read less often.
+    progress_requests_per_second: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:

@@ -5,7 +5,9 @@ decisions live in `reconciler` (lifecycle) and `retention` (deletion). The desig
 triggered: one daemon per unfinished LaneExperiment runs `Reconciler.reconcile` whenever something
 about it changed (its own events, or a watch event of a labelled child, which pokes it through
 `Wakers`) and at least every `resync_seconds`. A restart only re-reads state: progress is in the
-experiment's status and in the children themselves, never in memory.
+experiment's status and in the children themselves, never in memory. While an experiment trains, a
+second daemon (`progress`) reads the launcher's progress into `status.progress`; being its own task
+with its own API client and request budget, it never delays a lifecycle step.
 
 Handlers are registered into an explicit `kopf.OperatorRegistry` (no import-time registration), so
 tests and `run_operator` can build as many independent operators as they need.
@@ -19,12 +21,13 @@ from typing import Any
 
 import kopf
 
-from lanex_operator.api.models import GROUP, PLURAL, VERSION
+from lanex_operator.api.models import GROUP, PLURAL, VERSION, Phase
 from lanex_operator.controller.children import EXPERIMENT_LABEL, WATCHED_KINDS, ChildCache, ChildKind, Wakers
 from lanex_operator.controller.config import OperatorConfig
-from lanex_operator.controller.kube import Kube, KubeError
+from lanex_operator.controller.kube import USER_AGENT, Kube, KubeError
 from lanex_operator.controller.metrics import OperatorMetrics
 from lanex_operator.controller.preflight import Preflight
+from lanex_operator.controller.progress import ProgressFollower
 from lanex_operator.controller.reconciler import STOP_ANNOTATION, Reconciler
 from lanex_operator.controller.retention import release
 from lanex_operator.controller.status import TERMINAL_PHASES, StatusBook
@@ -45,6 +48,7 @@ class OperatorState:
     wakers: Wakers = dataclasses.field(default_factory=Wakers)
     kube: Kube | None = None
     reconciler: Reconciler | None = None
+    progress: ProgressFollower | None = None
 
 
 def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
@@ -65,6 +69,10 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
 
 def _unfinished(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in TERMINAL_PHASES
+
+
+def _training(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") == Phase.TRAINING.value
 
 
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
@@ -90,6 +98,11 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
             logger.info(f"storage tier: capacity pools configured for {', '.join(sorted(tiering.settings.pools))}")
         state.reconciler = Reconciler(state.kube, state.cache, preflight, state.metrics, state.config,
                                       tiering=tiering)
+        # Its own client (own connections, own User-Agent in audit logs) so that progress reads never
+        # queue in front of lifecycle requests.
+        progress_kube = Kube.from_connection_info(info, state.config.request_timeout_seconds)
+        progress_kube.set_user_agent(f"{USER_AGENT} progress")
+        state.progress = ProgressFollower(progress_kube, state.config, state.metrics, state.wakers)
         for problem in await preflight.cluster():
             logger.warning(f"preflight: {problem.reason}: {problem.message} (experiments wait until it is fixed)")
 
@@ -97,6 +110,8 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
     async def cleanup(**_: Any) -> None:
         if state.kube is not None:
             await state.kube.close()
+        if state.progress is not None:
+            await state.progress.kube.close()
 
     @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, id="lifecycle", when=_unfinished, cancellation_timeout=2.0,
                  backoff=state.config.retry_delay_seconds)
@@ -125,6 +140,14 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
                 return
             await state.wakers.wait(namespace, name, wait)
 
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, id="progress", when=_training, cancellation_timeout=1.0,
+                 backoff=state.config.retry_delay_seconds)
+    async def training_progress(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        """While the experiment trains: read the launcher's progress into status.progress (kopf stops
+        this daemon once the phase is no longer Training)."""
+        assert state.progress is not None
+        await state.progress.follow(body, stopped)
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="wake")
     async def experiment_changed(type: str, name: str, namespace: str, meta: kopf.Meta, **_: Any) -> None:
         # Status writes are the daemon's own; only a new generation (spec change) is news to it,
@@ -143,6 +166,8 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         log.info(f"{namespace}/{name} deleted: {released.summary()}")
         kopf.event(dict(body), type="Normal", reason="Deleted", message=released.summary())
         state.metrics.observe_phase(uid, None)
+        if state.progress is not None:
+            state.progress.forget(namespace, name, uid)
         state.wakers.forget(namespace, name)
 
     for kind in WATCHED_KINDS:

@@ -19,6 +19,11 @@ child. An Event is posted for every phase transition and every warning.
 Storage tier (`spec.storage`, TR-4896's pool change): the two bracketed steps are `tier_steps`;
 this module only says when they run (right before the MPIJob is created, once it finished, and
 before an experiment is failed) and hands them its status writer and child reader.
+
+Stalls: while the MPIJob runs, the training step compares `status.progress` (written by the
+progress daemon, `controller.progress`) with `spec.training.stallTimeoutSeconds` and sets the
+`Stalled` condition (with `stallAction: Restart`, deletes the launcher pod: mpi-operator's launcher
+Job makes a new one, which resumes from the last checkpoint).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from lanex_operator.controller.metrics import OperatorMetrics
 from lanex_operator.plan.defaults import ClusterDefaults
 from lanex_operator.plan.steps import ExperimentPlan, plan_for
 from lanex_operator.controller.preflight import Preflight
+from lanex_operator.controller.progress import LAUNCHER_SELECTOR, StallVerdict, judge_stall
 from lanex_operator.controller.status import MESSAGE_LIMIT, StatusBook, clip
 from lanex_operator.controller.tier_steps import StorageTiering, TierSteps
 
@@ -59,7 +65,6 @@ PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, sk
 SPEC_ANNOTATION = "lanex.dev/spec"  # on the MPIJob: the spec training started with
 GENERATION_ANNOTATION = "lanex.dev/generation"  # on the MPIJob: the experiment generation of that spec
 STOP_ANNOTATION = "lanex.dev/stop"  # on the experiment (set by its LaneSweep): end training now, phase Stopped
-LAUNCHER_SELECTOR = "training.kubeflow.org/job-name={name},training.kubeflow.org/job-role=launcher"
 JOB_POD_SELECTOR = "batch.kubernetes.io/job-name={name}"
 PARSED_SPECS_KEPT = 4096  # memoized (spec, plan) entries; the oldest go first
 _Parsed = tuple["tuple[LaneExperimentSpec, ExperimentPlan] | None", "InvalidSpecError | None"]
@@ -421,6 +426,8 @@ class Reconciler:
             kopf.adopt(manifest, owner=dict(body))
             mpijob = await self._create(MPIJOB, manifest)
         conditions = (mpijob.get("status") or {}).get("conditions")
+        if _true(conditions, "Succeeded") or _true(conditions, "Failed"):
+            self._end_stall(book, plan)
         if _true(conditions, "Succeeded"):
             results, note = await self._results(plan.namespace, name)
             if results is not None:
@@ -442,10 +449,12 @@ class Reconciler:
             await self.tier.lower(body, book, spec, plan)  # before Failed: a finished experiment is not resumed
             book.fail(reason, message)
             return None
-        if _true(conditions, "Running"):
+        running = _true(conditions, "Running")
+        if running:
             book.set_condition(C.TRAINED.value, "Unknown", "Running",
                                f"MPIJob {name} is running ({plan.train.workers} workers, "
                                f"{plan.train.processes} processes)")
+            return await self._watch_stall(body, book, spec, plan, mpijob, running)
         return self.config.resync_seconds
 
     async def _stop(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec, plan: ExperimentPlan,
@@ -456,12 +465,73 @@ class Reconciler:
         await self.kube.delete(object_path(MPIJOB.api_version, MPIJOB.plural, plan.namespace, name))
         message = clip(f"training stopped early, MPIJob {name} deleted: {why}")
         reason = FailureReason.EARLY_STOPPED
+        self._end_stall(book, plan)
         if plan.snapshot is not None and plan.snapshot.on_failure:
             book.set_condition(C.TRAINED.value, "False", reason.value, message)
             return None
         await self.tier.lower(body, book, spec, plan)
         book.stop(reason, message)
         return None
+
+    # ---- stalls: no new progress while the MPIJob runs
+
+    async def _watch_stall(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                           plan: ExperimentPlan, mpijob: Mapping[str, Any], running: Mapping[str, Any]) -> float:
+        """Set or clear `Stalled`; returns how long until a stall could next be declared."""
+        timeout = spec.training.stall_timeout_seconds
+        current = book.condition(C.STALLED.value)
+        verdict = judge_stall((body.get("status") or {}).get("progress"), running.get("lastTransitionTime"),
+                              current, self.now(), timeout)
+        if not verdict.stalled:
+            if current is not None and current.get("status") == "True":
+                message = f"training progresses again ({self._last_step(verdict)})"
+                book.set_condition(C.STALLED.value, "False", "ProgressResumed", message)
+                book.event("Normal", "ProgressResumed", message)
+            self.metrics.training.set_stalled(plan.namespace, plan.name, False)
+            return max(0.05, min(self.config.resync_seconds, verdict.seconds_left))
+        self.metrics.training.set_stalled(plan.namespace, plan.name, True)
+        message = clip(verdict.describe(timeout))
+        if book.set_condition(C.STALLED.value, "True", "NoProgress", message):
+            book.event("Warning", C.STALLED.value, message)
+        if spec.training.stall_action == "Restart":
+            await self.flush(body, book)  # Stalled=True is in status before the launcher goes
+            await self._restart_launcher(book, plan, mpijob, verdict, timeout)
+        return self.config.resync_seconds
+
+    @staticmethod
+    def _last_step(verdict: StallVerdict) -> str:
+        last = verdict.last
+        return "no progress yet" if last is None else f"epoch {last.epoch}/{last.epochs}, step {last.step}/{last.steps}"
+
+    async def _restart_launcher(self, book: StatusBook, plan: ExperimentPlan, mpijob: Mapping[str, Any],
+                                verdict: StallVerdict, timeout: int) -> None:
+        """Delete the running launcher pod: the launcher Job (mpi-operator v0.3+) starts a new one, which
+        counts against `backoffLimit`; so a launcher whose retries are used up is left alone."""
+        name = plan.names.mpijob
+        launcher = (((mpijob.get("status") or {}).get("replicaStatuses") or {}).get("Launcher") or {})
+        failed, limit = int(launcher.get("failed") or 0), plan.train.backoff_limit
+        if failed >= limit:
+            message = clip(f"{verdict.describe(timeout)}; not restarted: the launcher Job of MPIJob {name} has used "
+                           f"its backoffLimit ({failed} of {limit} retries)")
+            if book.set_condition(C.STALLED.value, "True", "RestartsExhausted", message):
+                book.event("Warning", "RestartsExhausted", message)
+            return
+        pods = await self.kube.list(object_path("v1", "pods", plan.namespace),
+                                    label_selector=LAUNCHER_SELECTOR.format(name=name))
+        live = sorted(p["metadata"]["name"] for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running"))
+        for pod in live:
+            await self.kube.delete(object_path("v1", "pods", plan.namespace, pod))
+        message = clip(f"{verdict.describe(timeout)}; deleted launcher pod {', '.join(live) or '(none running)'}: "
+                       f"the launcher Job starts a new one that resumes from the last checkpoint (retry "
+                       f"{failed + 1} of {limit})")
+        book.set_condition(C.STALLED.value, "False", "LauncherRestarted", message)
+        book.event("Warning", "LauncherRestarted", message)
+
+    def _end_stall(self, book: StatusBook, plan: ExperimentPlan) -> None:
+        """Training ended: a Stalled=True condition no longer applies."""
+        current = book.condition(C.STALLED.value)
+        if current is not None and current.get("status") == "True":
+            book.set_condition(C.STALLED.value, "False", "TrainingEnded", "the MPIJob finished")
 
     async def _snapshot(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                         plan: ExperimentPlan) -> float | None:
