@@ -25,6 +25,7 @@ from k8s.emulator import ApiCall, ClusterEmulator, FaultPlan, ResourceSpec
 T = TypeVar("T")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / "lanex.dev_laneexperiments.yaml"
+SWEEP_CRD_PATH = REPO_ROOT / "crds" / "lanex.dev_lanesweeps.yaml"
 
 # Used until the generated CRD is checked in: the same resource, served with a status subresource.
 FALLBACK_LANEEXPERIMENT = ResourceSpec("lanex.dev", "v1alpha1", "laneexperiments", "LaneExperiment", True,
@@ -45,6 +46,17 @@ def load_crd() -> dict[str, Any] | None:
     except ImportError:
         return None
     return build_crd()
+
+
+def load_sweep_crd() -> dict[str, Any] | None:
+    """The LaneSweep CRD: the checked-in file, else generated from the API models."""
+    if SWEEP_CRD_PATH.exists():
+        return yaml.safe_load(SWEEP_CRD_PATH.read_text())
+    try:
+        from lanex_operator.api.sweep_crd import build_sweep_crd
+    except ImportError:
+        return None
+    return build_sweep_crd()
 
 
 class EmulatedCluster:
@@ -78,6 +90,10 @@ class EmulatedCluster:
             self.create(crd)
         else:
             self.emulator.register(FALLBACK_LANEEXPERIMENT)
+        sweep_crd = load_sweep_crd()
+        if sweep_crd is not None:
+            self.emulator.register_crd(sweep_crd)
+            self.create(sweep_crd)
         await self.emulator.__aenter__()
         self._server = kmock.Server(self.emulator)
         await self._server.__aenter__()

@@ -173,6 +173,10 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
     for kind in WATCHED_KINDS:
         _register_child(registry, state, kind)
 
+    from lanex_operator.controller.sweep_handlers import register_sweeps  # LaneSweeps: same runtime, own module
+
+    register_sweeps(registry, state)
+
 
 def _register_child(registry: kopf.OperatorRegistry, state: OperatorState, kind: ChildKind) -> None:
     @kopf.on.event(kind.group, kind.version, kind.plural, registry=registry, id=f"child-{kind.plural}",
