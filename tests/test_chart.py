@@ -86,6 +86,11 @@ NAMESPACED_GRANTS = {
     ("lanex.dev", "laneexperiments/finalizers", "update"),
     ("", "pods", "list"), ("", "events", "create"), ("", "events", "list"),
     ("", "pods", "delete"), ("", "pods/log", "get"),  # progress reads and stallAction Restart (issue 13)
+    # LaneSweeps (issue 14): the sweeps themselves, their trials (LaneExperiments), early stopping
+    ("lanex.dev", "lanesweeps", "list"), ("lanex.dev", "lanesweeps", "watch"), ("lanex.dev", "lanesweeps", "patch"),
+    ("lanex.dev", "lanesweeps/status", "patch"), ("lanex.dev", "lanesweeps/finalizers", "update"),
+    ("lanex.dev", "laneexperiments", "get"), ("lanex.dev", "laneexperiments", "create"),
+    ("lanex.dev", "laneexperiments", "delete"), ("kubeflow.org", "mpijobs", "delete"),
 } | {("", "persistentvolumeclaims", verb) for verb in ("get", "list", "watch", "create", "patch", "delete")} | {
     (group, resource, verb)
     for group, resource in (("batch", "jobs"), ("kubeflow.org", "mpijobs"))
