@@ -85,6 +85,9 @@ def test_submitted_experiment_is_followed_by_every_cluster_command_to_deletion(a
     assert children["MPIJob"] == ["kubeflow-torch-ddp-train", "Succeeded"]
     assert children["VolumeSnapshot"][:3] == [snapshot, "readyToUse", "true,"]
     assert "Accuracy:    0.9512" in described
+    pictures = described.split("Pictures (dataset volume):")[1].split("Provenance:")[0]
+    assert "Curves:      /mnt/experiments/kubeflow-torch-ddp/curves.png" in pictures
+    assert "Worst tests: /mnt/experiments/kubeflow-torch-ddp/worst.png" in pictures
     events = described.split("Events:")[1]
     assert "Training" in events and "LaneExperiment/kubeflow-torch-ddp" in events
 

@@ -54,7 +54,7 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     losses, digests = [], []
 
-    def on_step(step: int, loss: float) -> None:
+    def on_step(step: int, loss: float, timing) -> None:
         mean = dist.all_reduce_sum(torch.tensor([loss], dtype=torch.float64)).item() / dist.world_size
         losses.append(mean)
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])

@@ -49,6 +49,9 @@ def test_local_run_succeeds_with_results_snapshot_and_summary(finished):
     assert "experiments/tiny/results.json" in manifest["files"]
     assert "tusimple_data/lanex_index/prepared.json" in manifest["files"]
     assert "Succeeded" in done.stdout and snapshot in done.stdout and str(output / "curves.png") in done.stdout
+    assert f"worst:      {output / 'worst.png'}" in done.stdout and (output / "worst.png").is_file()
+    assert "LANEX_PROGRESS" not in done.stdout + done.stderr  # on the terminal: the bar, not the JSON lines
+    assert "LANEX_PROGRESS {" in (workspace / "experiments" / "tiny" / "logs" / "train.log").read_text()
 
 
 def test_running_a_finished_experiment_again_redoes_nothing(finished):
@@ -104,3 +107,63 @@ def test_interrupted_run_resumes_from_the_step_and_checkpoint_it_reached(tmp_pat
     assert "resuming from" in done.stdout  # the trainer's log, streamed through the runner
     state = json.loads((workspace / "experiments" / "interrupted" / "state.json").read_text())
     assert state["phase"] == "Succeeded"
+
+
+def _json_documents(text: str) -> list[dict]:
+    """The JSON objects `lanex get -w -o json` printed one after another."""
+    decoder, documents, at = json.JSONDecoder(), [], 0
+    while at < len(text):
+        if text[at].isspace():
+            at += 1
+            continue
+        document, at = decoder.raw_decode(text, at)
+        documents.append(document)
+    return documents
+
+
+def test_lanex_get_workspace_from_another_process_follows_the_step_of_a_running_experiment(tmp_path):
+    experiment = _experiment(tmp_path, "watched", epochs=5, height=144, width=400,
+                             validation={"enabled": True, "batchSize": 4})
+    workspace = tmp_path / "ws"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    # The watcher starts before the run exists and ends by itself once the experiment has Succeeded.
+    watcher = subprocess.Popen([LANEX, "get", "--workspace", str(workspace), "-w", "-o", "json"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_lanex("run", str(experiment), "--workspace", str(workspace), env={"LANEX_PROGRESS_INTERVAL": "0.2"},
+                  timeout=600)
+        watched, errors = watcher.communicate(timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert watcher.returncode == 0, errors
+    documents = _json_documents(watched)
+    training = [d["progress"] for d in documents if d["phase"] == "Training" and d["progress"]]
+    steps = [p["step"] for p in training]
+    assert steps == sorted(steps) and len(set(steps)) >= 3, steps  # seen moving while it trained
+    assert any(p["state"] == "training" and 0 < p["step"] < p["steps"] for p in training)
+    assert documents[-1]["phase"] == "Succeeded"
+
+    state = json.loads((workspace / "experiments" / "watched" / "state.json").read_text())
+    listed = json.loads(run_lanex("get", "--workspace", str(workspace), "-o", "json").stdout)
+    assert listed["sweeps"] == [] and [e["name"] for e in listed["experiments"]] == ["watched"]
+    shown = listed["experiments"][0]
+    assert shown["phase"] == "Succeeded" and shown["snapshot"] == state["snapshots"][-1]
+    assert shown["results"] == {k: state["results"][k] for k in ("accuracy", "fp", "fn")}
+    output = Path(state["outputDir"])
+    results = json.loads((output / "results.json").read_text())
+    progress = shown["progress"]
+    assert progress == json.loads((output / "progress.json").read_text())
+    assert (progress["state"], progress["runId"], progress["epoch"], progress["epochs"]) == ("finished", "watched", 5, 5)
+    assert progress["step"] == progress["steps"] == results["steps"]
+    assert [v["accuracy"] for v in progress["validationHistory"]] == [
+        r["val_accuracy"] for r in results["history"] if "val_accuracy" in r]
+    assert progress["imagesPerSecond"] > 0  # two ranks' images over rank 0's wall time
+
+    table = run_lanex("get", "--workspace", str(workspace)).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "IMG/S", "ETA", "VAL", "ACC", "ACCURACY",
+                                "SNAPSHOT"]
+    assert table[1].split()[:4] == ["watched", "Succeeded", "5/5", "100%"]
+    missing = run_lanex("get", "nothing", "--workspace", str(workspace), check=False)
+    assert missing.returncode == 1 and "no local experiment nothing" in missing.stderr

@@ -120,6 +120,8 @@ def train_command(
     resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue from the newest checkpoint."),
     sync_batchnorm: Optional[bool] = typer.Option(None, "--sync-batchnorm/--no-sync-batchnorm", help="SyncBatchNorm."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    progress_interval: Optional[float] = typer.Option(None, help="Seconds between progress reports "
+                                                      "(progress.json, LANEX_PROGRESS lines; env LANEX_PROGRESS_INTERVAL)."),
     setting: List[str] = typer.Option([], "--set", help="Any other TrainConfig field as key=value (YAML value)."),
 ) -> None:
     """Train SCNN on a prepared dataset (single process, or one rank of a distributed job)."""

@@ -78,7 +78,12 @@ class TrainConfig(BaseModel):
     existence_threshold: float = Field(0.5, gt=0, lt=1, description="Post-processing: keep a lane above this.")
     point_threshold: float = Field(0.3, gt=0, lt=1, description="Post-processing: keep a row's arg-max above this.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses one GPU per local rank if any.")
-    log_every: int = Field(10, ge=1, description="Steps between progress/TensorBoard updates.")
+    log_every: int = Field(10, ge=1, description="Steps between TensorBoard updates.")
+    progress_interval: float = Field(
+        10.0, gt=0, description="Seconds between progress publications (progress.json and a LANEX_PROGRESS "
+        "log line); also at every epoch end and validation (env LANEX_PROGRESS_INTERVAL)."
+    )
+    run_id: Optional[str] = Field(None, description="Id of this training run, reported in progress (env LANEX_RUN_ID).")
     enable_snapshot: bool = Field(False, description="TR-4896's ENABLE_SNAPSHOT: logged only (the operator snapshots).")
     pvc_name: Optional[str] = Field(None, description="TR-4896's PVC_NAME: logged only.")
 
@@ -98,7 +103,8 @@ class TrainConfig(BaseModel):
     def fingerprint(self) -> str:
         """sha256 of the settings that change what is learned (not paths or logging)."""
         # Run length is not identity: a run may be extended (or cut short) and still resume.
-        ignored = {"data_root", "output_dir", "resume", "log_every", "pvc_name", "enable_snapshot",
+        ignored = {"data_root", "output_dir", "resume", "log_every", "progress_interval", "run_id", "pvc_name",
+                   "enable_snapshot",
                    "epochs", "max_iterations", "checkpoint_every", "keep_checkpoints", "loader_workers",
                    "use_workers", "val_batch_size", "validation", "collective_timeout_s", "device"}
         payload = {k: v for k, v in self.model_dump(mode="json").items() if k not in ignored}
@@ -121,6 +127,16 @@ def _env_int(name: str, raw: str) -> int:
         raise ConfigError(f"environment variable {name}={raw!r}: expected an integer") from error
 
 
+def _env_seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError as error:
+        raise ConfigError(f"environment variable {name}={raw!r}: expected a number of seconds") from error
+    if not value > 0:
+        raise ConfigError(f"environment variable {name}={raw!r}: must be more than 0 seconds")
+    return value
+
+
 # TR-4896's job definitions set these (plus lanex's own launcher variable); each maps onto one field.
 TR4896_ENV = {
     "USE_WORKERS": ("use_workers", _env_bool),
@@ -132,6 +148,9 @@ TR4896_ENV = {
     "PVC_NAME": ("pvc_name", lambda _name, raw: raw),
     # Set by `lanex launch --backend` for every rank it starts.
     "LANEX_BACKEND": ("backend", lambda _name, raw: raw),
+    # lanex's own: progress reporting (PROGRESS_CONTRACT.md).
+    "LANEX_PROGRESS_INTERVAL": ("progress_interval", _env_seconds),
+    "LANEX_RUN_ID": ("run_id", lambda _name, raw: raw),
 }
 
 

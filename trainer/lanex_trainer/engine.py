@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
-from tqdm import tqdm
 
 from lanex_trainer.distributed import Distributed
 from lanex_trainer.evaluation.postprocess import PostprocessSettings, lanes_from_probabilities
@@ -24,6 +23,15 @@ from lanex_trainer.losses import SCNNLoss
 
 class TrainingDiverged(RuntimeError):
     """The loss is no longer finite; continuing would only waste the job."""
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """One optimizer step on this rank: its images, the seconds spent waiting for the batch, in all."""
+
+    images: int
+    data_seconds: float
+    seconds: float
 
 
 @dataclass
@@ -67,22 +75,22 @@ def train_one_epoch(
     amp: bool = True,
     channels_last: bool = False,
     grad_clip_norm: float = 5.0,
-    on_step: Optional[Callable[[int, float], None]] = None,
+    on_step: Optional[Callable[[int, float, StepTiming], None]] = None,
 ) -> EpochStats:
     """Train until the loader is exhausted or `max_steps` optimizer steps have been taken in all.
 
-    `first_step` is the global step count before this call; `on_step(step, loss)` runs after each
-    optimizer step with the new global count (checkpointing and logging hook).
+    `first_step` is the global step count before this call; `on_step(step, loss, timing)` runs after
+    each optimizer step with the new global count (checkpointing, logging and progress hook). The
+    timing ends before the hook, so a checkpoint write counts as neither data wait nor step time.
     """
     model.train()
     step, images, loss_sum = first_step, 0, 0.0
     started = time.perf_counter()
-    # Progress in images (this rank's share) so the rate reads as images/s, with step, loss and lr.
-    progress = tqdm(total=len(loader.sampler) if loader.sampler is not None else None, unit="img",
-                    desc=f"epoch {epoch}", disable=not dist.is_main, leave=False, mininterval=2.0)
+    fetch_started = started
     for batch in loader:
         if step >= max_steps:
             break
+        data_seconds = time.perf_counter() - fetch_started
         inputs, seg_target, exist_target = to_device(batch, device, channels_last)
         with autocast_for(device, amp):
             seg_logits, exist_logits = model(inputs)
@@ -100,11 +108,9 @@ def train_one_epoch(
         step += 1
         loss_sum += value
         images += inputs.shape[0]
-        progress.update(inputs.shape[0])
-        progress.set_postfix(step=step, loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.4g}", refresh=False)
         if on_step is not None:
-            on_step(step, value)
-    progress.close()
+            on_step(step, value, StepTiming(inputs.shape[0], data_seconds, time.perf_counter() - fetch_started))
+        fetch_started = time.perf_counter()
     return EpochStats(steps=step - first_step, images=images, loss_sum=loss_sum, seconds=time.perf_counter() - started)
 
 

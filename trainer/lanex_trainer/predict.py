@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from lanex_trainer.evaluation.postprocess import PostprocessSettings, lanes_from_probabilities
+from lanex_trainer.pictures import draw_overlay
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 DEFAULT_H_SAMPLES = list(range(160, 720, 10))
-LANE_COLOURS = [(255, 64, 64), (64, 255, 64), (64, 128, 255), (255, 220, 0)]  # slot 1..4, RGB
 
 
 class PredictError(RuntimeError):
@@ -55,21 +55,6 @@ def load_model(checkpoint: Path, device: torch.device):
     except (KeyError, RuntimeError, EOFError, OSError) as error:
         raise PredictError(f"checkpoint {checkpoint}: not a usable lanex checkpoint ({error})") from error
     return model.to(device).eval(), config
-
-
-def draw_overlay(path: Path, lanes: list[list[int]], h_samples: list[int], out: Path) -> None:
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    for slot, lane in enumerate(lanes):
-        colour = LANE_COLOURS[slot % len(LANE_COLOURS)][::-1]
-        points = [(x, y) for x, y in zip(lane, h_samples) if x >= 0]
-        for (x0, y0), (x1, y1) in zip(points, points[1:]):
-            cv2.line(image, (x0, y0), (x1, y1), colour, 4, cv2.LINE_AA)
-        for x, y in points:
-            cv2.circle(image, (x, y), 5, colour, -1, cv2.LINE_AA)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), image)
 
 
 @torch.no_grad()

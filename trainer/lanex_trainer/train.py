@@ -26,6 +26,7 @@ from lanex_trainer.distributed import Distributed, init_distributed
 from lanex_trainer.engine import EvalResult, evaluate, train_one_epoch
 from lanex_trainer.evaluation.postprocess import PostprocessSettings
 from lanex_trainer.losses import SCNNLoss
+from lanex_trainer.progress import GpuProbe, ProgressReporter, epochs_of_run
 from lanex_trainer.sampling import ResumableDistributedSampler, evaluation_shard
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,11 @@ class Trainer:
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
             # One line per optimizer step; a resumed run appends (the newest line of a step wins).
             self.step_log = (self.out / STEP_LOG).open("a")
+        self.progress = ProgressReporter(
+            dist, self.out, epochs=epochs_of_run(self.total_steps, self.steps_per_epoch, cfg.epochs),
+            steps=self.total_steps, run_id=cfg.run_id, interval_s=cfg.progress_interval,
+            gpu=GpuProbe.for_device(self.device))
+        self.progress.start(step, epoch, self.history)
 
         train_seconds, trained_images = 0.0, 0
         while epoch < cfg.epochs and step < self.total_steps:
@@ -248,7 +254,9 @@ class Trainer:
             self.train_set.set_epoch(epoch)
             epoch_first_step = step - batch_in_epoch
 
-            def on_step(new_step: int, loss: float, epoch=epoch, epoch_first_step=epoch_first_step) -> None:
+            def on_step(new_step: int, loss: float, timing, epoch=epoch, epoch_first_step=epoch_first_step) -> None:
+                self.progress.step(new_step, epoch, loss, optimizer.param_groups[0]["lr"], timing.images,
+                                   timing.data_seconds, timing.seconds)
                 if dist.is_main:
                     self.step_log.write(json.dumps({"step": new_step, "epoch": epoch, "loss": loss,
                                                     "lr": optimizer.param_groups[0]["lr"]}) + "\n")
@@ -272,11 +280,14 @@ class Trainer:
             train_seconds += stats.seconds
             trained_images += stats.images
             finished_epoch = step - epoch_first_step >= self.steps_per_epoch
+            self.progress.epoch_end()
             record = {"epoch": epoch, "step": step, "train_loss": stats.mean_loss,
                       "images_per_second": stats.images * dist.world_size / max(stats.seconds, 1e-9)}
             if cfg.validation and self.val_entries:
+                self.progress.validating()
                 val = self._evaluate(train_model, "val", self.val_entries)
                 record.update({f"val_{k}": v for k, v in val.metrics().items()})
+                self.progress.validated(epoch, val.metrics())
             self.history.append(record)
             self._log_epoch(record)
             if finished_epoch:
@@ -324,6 +335,7 @@ class Trainer:
         test = None
         if self.test_entries:
             dist.barrier()  # rank 0's best/final model is on disk before any rank reads it
+            self.progress.validating()
             chosen = best_path if best_path.exists() else self.out / FINAL_MODEL
             self.model.load_state_dict(torch.load(chosen, map_location="cpu", weights_only=False)["model"])
             test = self._evaluate(train_model, "test", self.test_entries)
@@ -333,7 +345,7 @@ class Trainer:
                 order = {entry["raw_file"]: i for i, entry in enumerate(self.test_entries)}
                 predictions = sorted((p for shard in shards for p in shard), key=lambda p: order[p["raw_file"]])
                 self._write_predictions(predictions, self.out / "test_predictions.json")
-                self._write_overlays(predictions[:OVERLAY_IMAGES])
+                self._write_pictures(predictions)
         results = {
             "epochs": epoch, "steps": step, "world_size": dist.world_size, "backend": dist.backend,
             "images_per_second": trained_images * dist.world_size / max(train_seconds, 1e-9),
@@ -357,17 +369,27 @@ class Trainer:
             from lanex_trainer.curves import plot_curves
 
             plot_curves(self.history, self.out / "curves.png")
+        self.progress.finished()
         return results
 
-    def _write_overlays(self, predictions: list[dict]) -> None:
-        from lanex_trainer.predict import draw_overlay
+    def _write_pictures(self, predictions: list[dict]) -> None:
+        """Overlays of the first test images and `worst.png`, each image with its own TuSimple scores."""
+        from lanex_trainer.evaluation.tusimple import evaluate_per_image
+        from lanex_trainer.pictures import draw_overlay, worst_first, write_worst_sheet
 
-        by_raw_file = {e["raw_file"]: e for e in self.test_entries}
-        for prediction in predictions:
-            entry = by_raw_file[prediction["raw_file"]]
-            name = Path(entry["raw_file"]).with_suffix("").as_posix().replace("/", "_") + ".png"
-            draw_overlay(self.cfg.data_root / entry["image"], prediction["lanes"], entry["h_samples"],
-                         self.out / "overlays" / name)
+        ground_truth = [{"raw_file": e["raw_file"], "lanes": e["lanes"], "h_samples": e["h_samples"]}
+                        for e in self.test_entries]
+        per_image = evaluate_per_image(predictions, ground_truth)
+        lanes_of = {p["raw_file"]: p["lanes"] for p in predictions}
+        scores_of = {raw_file: {"accuracy": float(a), "fp": float(fp), "fn": float(fn)} for raw_file, a, fp, fn
+                     in zip(per_image.raw_files, per_image.accuracy, per_image.fp, per_image.fn)}
+        scored = [{**entry, "gt_lanes": entry["lanes"], "lanes": lanes_of[entry["raw_file"]], **scores_of[entry["raw_file"]]}
+                  for entry in self.test_entries]
+        for item in scored[:OVERLAY_IMAGES]:
+            name = Path(item["raw_file"]).with_suffix("").as_posix().replace("/", "_") + ".png"
+            draw_overlay(self.cfg.data_root / item["image"], item["lanes"], item["h_samples"],
+                         self.out / "overlays" / name, ground_truth=item["gt_lanes"], scores=item)
+        write_worst_sheet(worst_first(scored), self.cfg.data_root, self.out)
 
     def _write_predictions(self, predictions: list[dict], path: Path) -> None:
         path.write_text("".join(json.dumps(p) + "\n" for p in predictions))

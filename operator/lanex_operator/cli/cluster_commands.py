@@ -156,13 +156,27 @@ def get_command(
     name: Optional[str] = typer.Argument(None, help="Experiment name (default: all in the namespace)."),
     namespace: Optional[str] = NAMESPACE_OPTION,
     output: Optional[str] = typer.Option(None, "--output", "-o", help="json or yaml (default: a table)."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace",
+                                             help="The local experiments of this `lanex run` workspace instead "
+                                                  "(phase, progress, accuracy, snapshot; no cluster)."),
+    watch: bool = typer.Option(False, "--watch", "-w",
+                               help="With --workspace: print a row whenever an experiment changes, until all "
+                                    "are Succeeded or Failed."),
 ) -> None:
     """List LaneExperiments like `kubectl get lx`: NAME, PHASE, WORKERS, ACCURACY, SNAPSHOT, AGE.
 
-    Exit codes: 0 shown, 1 not found or API error, 2 bad --output.
+    With --workspace DIR: the local experiments of that workspace, also while one trains in another
+    terminal. Exit codes: 0 shown, 1 not found or API error, 2 bad --output.
     """
     if output not in (None, "json", "yaml"):
         _fail(f"--output {output}: must be json or yaml", EXIT_USAGE)
+    if workspace is not None:
+        from lanex_operator.cli.local_commands import get_local
+
+        get_local(workspace, name, output, watch)
+        return
+    if watch:
+        _fail("--watch: only with --workspace", EXIT_USAGE)
     with reporting():
         cluster = connect(namespace)
         items = [cluster.get_experiment(name)] if name else cluster.list_experiments()

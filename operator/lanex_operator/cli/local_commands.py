@@ -1,4 +1,4 @@
-"""`lanex run` and `lanex snapshots` for local experiments (no cluster needed)."""
+"""`lanex run`, `lanex get --workspace` and `lanex snapshots` for local experiments (no cluster needed)."""
 
 from __future__ import annotations
 
@@ -112,9 +112,82 @@ def print_summary(summary: dict) -> None:
     console = Console()
     console.width = max(console.width, 132)  # a full row even when piped (rich assumes 80 columns)
     console.print(table)
-    for key in ("results", "curves", "overlays", "checkpoint"):
+    for key in ("results", "curves", "worst", "overlays", "checkpoint"):
         if summary.get(key):
             console.print(f"{key + ':':12}{summary[key]}")
+
+
+LOCAL_GET_HEADERS = ("NAME", "PHASE", "PROGRESS", "LOSS", "IMG/S", "ETA", "VAL ACC", "ACCURACY", "SNAPSHOT")
+# --watch prints rows one at a time, so its columns have fixed widths (PHASE fits ProvisioningDataset).
+WATCH_WIDTHS = (12, 19, 9, 8, 7, 7, 8, 8, 0)
+
+
+def watch_line(cells, names_width: int) -> str:
+    widths = (max(names_width, WATCH_WIDTHS[0]), *WATCH_WIDTHS[1:])
+    return "   ".join(str(cell).ljust(width) for cell, width in zip(cells, widths)).rstrip()
+
+
+def local_row(experiment: dict) -> list[str]:
+    from lanex_operator.cli.views import decimal
+    from lanex_trainer.progress import human_seconds, progress_summary
+
+    progress = experiment.get("progress") or {}
+    validation = progress.get("validation") or {}
+    running = progress and progress.get("state") != "finished"
+    rate = progress.get("imagesPerSecond")
+    return [experiment["name"], experiment.get("phase") or "-", progress_summary(progress) if progress else "-",
+            decimal(progress.get("loss")), "-" if rate is None else f"{rate:.1f}",
+            human_seconds(progress.get("etaSeconds")) if running else "-",
+            decimal(validation.get("accuracy")), decimal(experiment["results"].get("accuracy")),
+            experiment.get("snapshot") or "-"]
+
+
+def get_local(workspace: Path, name: Optional[str], output: Optional[str], watch: bool, poll_s: float = 0.5) -> None:
+    """`lanex get --workspace DIR`: one table (or JSON/YAML document); with --watch, a row per change
+    until every experiment shown is Succeeded or Failed."""
+    import time
+
+    from lanex_operator.cli.views import dump, table
+    from lanex_operator.local.runner import FINAL_PHASES, LocalRunError, local_experiments
+
+    def read() -> list[dict]:
+        try:
+            return local_experiments(workspace, name)
+        except LocalRunError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from error
+
+    experiments = read()
+    if not watch:
+        if output:
+            typer.echo(dump({"experiments": experiments, "sweeps": []}, output))
+        elif experiments:
+            typer.echo(table(LOCAL_GET_HEADERS, [local_row(e) for e in experiments]))
+        else:
+            typer.echo(f"No local experiments in workspace {workspace}.", err=True)
+        return
+    shown: dict[str, object] = {}
+    if output is None:
+        names_width = max([len(e["name"]) for e in experiments] or [0])
+        typer.echo(watch_line(LOCAL_GET_HEADERS, names_width))
+    try:
+        while True:
+            for experiment in experiments:
+                row = local_row(experiment) if output is None else experiment
+                if shown.get(experiment["name"]) == row:
+                    continue
+                shown[experiment["name"]] = row
+                if output is None:
+                    typer.echo(watch_line(row, names_width))
+                else:
+                    document = dump(experiment, output).rstrip()  # one document per change, like kubectl -w
+                    typer.echo(document if output == "json" else f"---\n{document}")
+            if experiments and all(e.get("phase") in FINAL_PHASES for e in experiments):
+                return
+            time.sleep(poll_s)
+            experiments = read()
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 @snapshots_app.command("list")

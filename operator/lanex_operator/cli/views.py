@@ -240,6 +240,18 @@ def _event_rows(cluster: "Cluster", obj: Mapping[str, Any], now: datetime) -> li
     return rows
 
 
+def picture_paths(obj: Mapping[str, Any]) -> dict[str, str]:
+    """Where the trainer put the pictures of a trained experiment (on its dataset volume, and so in
+    its result snapshot): loss/accuracy curves, the worst test images, per-image overlays."""
+    from lanex_operator.plan.steps import experiment_paths
+
+    if not (status_of(obj).get("results") or {}):
+        return {}
+    output_dir = experiment_paths(obj["metadata"]["name"]).output_dir
+    return {"curves": f"{output_dir}/curves.png", "worst": f"{output_dir}/worst.png",
+            "overlays": f"{output_dir}/overlays/"}
+
+
 def _time_lines(status: Mapping[str, Any], now: datetime) -> list[str]:
     start, end = parse_time(status.get("startTime")), parse_time(status.get("completionTime"))
     lines = ["Times:", f"  Started:     {status.get('startTime') or '-'}",
@@ -267,6 +279,8 @@ def describe_lines(cluster: "Cluster", obj: Mapping[str, Any], now: datetime) ->
                                              if results.get(k) is not None}},
                    (("accuracy", "Accuracy"), ("fp", "FP rate"), ("fn", "FN rate"), ("imagesPerSecond", "Images/s"),
                     ("epochs", "Epochs"), ("checkpoint", "Checkpoint")))
+    out += _fields("Pictures (dataset volume)", picture_paths(obj),
+                   (("curves", "Curves"), ("worst", "Worst tests"), ("overlays", "Overlays")))
     out += _fields("Provenance", status.get("provenance") or {},
                    (("trainerImage", "Image"), ("configHash", "Config hash"), ("datasetSource", "Data source"),
                     ("resultSnapshot", "Snapshot")))

@@ -5,7 +5,10 @@ processes with that directory standing in for `/mnt`: the prepare step's script,
 `lanex launch` (torchrun or horovodrun on localhost) for training, then a local snapshot.
 Progress is recorded in `<workspace>/experiments/<name>/state.json` after every step, so
 running the same file again continues from the first unfinished step (training itself resumes
-from its newest checkpoint) and never redoes or overwrites finished work.
+from its newest checkpoint) and never redoes or overwrites finished work. While training, the
+terminal shows the trainer's progress bar; its `LANEX_PROGRESS` lines go to the step's log only,
+and `local_experiments` reads state.json with the trainer's progress.json (both replaced
+atomically, never locked) for `lanex get --workspace` in another terminal.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from lanex_operator.api.models import LaneExperimentSpec
+from lanex_trainer.progress import MARKER, PROGRESS_FILE, read_progress
 from lanex_operator.local.snapshots import SnapshotError, SnapshotStore
 from lanex_operator.plan.steps import ExperimentPlan, StepName, plan_for
 
 LOCAL_NAMESPACE = "local"
 STATE_FILE = "state.json"
+FINAL_PHASES = ("Succeeded", "Failed")
 
 
 class LocalRunError(RuntimeError):
@@ -144,11 +149,14 @@ class LocalRunner:
                                        start_new_session=self.quiet)
             self._process = process
             assert process.stdout is not None
+            terminal = ProgressLineFilter()
             for chunk in iter(lambda: process.stdout.read1(4096), b""):
                 log.write(chunk)
                 if not self.quiet:
-                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.write(terminal.feed(chunk))
                     sys.stdout.flush()
+            if not self.quiet:
+                sys.stdout.buffer.write(terminal.flush())
             code = process.wait()
             self._process = None
         if code != 0:
@@ -181,6 +189,7 @@ class LocalRunner:
         argv = list(train.launcher.command)
         env = self._env(train.launcher.env_dict(), processes=train.processes)
         env.setdefault("MASTER_PORT", str(_free_port()))  # several local experiments may train at once
+        env.setdefault("LANEX_RUN_ID", self.name)
         self._run(StepName.TRAIN, argv, env, "train.log")
         results_file = Path(self.plan.paths.output_dir) / "results.json"
         if not results_file.is_file():
@@ -219,6 +228,7 @@ class LocalRunner:
         started = time.monotonic()
         actions = {StepName.DATASET: self._dataset, StepName.PREPARE: self._prepare, StepName.SHARE: lambda: {"note": "local directories are shared by all processes"},
                    StepName.TRAIN: self._train, StepName.SNAPSHOT: self._snapshot}
+        self.state.data["outputDir"] = self.plan.paths.output_dir  # where `lanex get --workspace` finds progress
         try:
             for step in self.plan.steps:
                 if steps is not None and step not in steps:
@@ -260,5 +270,83 @@ class LocalRunner:
             "accuracy": results.get("accuracy"), "fp": results.get("fp"), "fn": results.get("fn"),
             "snapshot": (data.get("snapshots") or [None])[-1], "seconds": data.get("seconds"),
             "results": str(output / "results.json"), "curves": str(output / "curves.png"),
-            "overlays": str(output / "overlays"), "checkpoint": results.get("checkpoint"),
+            "overlays": str(output / "overlays"), "worst": str(output / "worst.png"),
+            "checkpoint": results.get("checkpoint"),
         }
+
+
+class ProgressLineFilter:
+    """Drops `LANEX_PROGRESS {...}` lines from a byte stream and passes everything else on at once.
+
+    The trainer's progress bar redraws with carriage returns and no newline, so output cannot wait
+    for line ends; only a tail that may be the start of the marker is held back until it is decided.
+    """
+
+    marker = MARKER.encode()
+
+    def __init__(self) -> None:
+        self.held = b""
+        self.dropping = False  # inside a progress line, until its newline
+
+    def feed(self, chunk: bytes) -> bytes:
+        data, self.held, shown = self.held + chunk, b"", bytearray()
+        while data:
+            if self.dropping:
+                end = data.find(b"\n")
+                if end < 0:
+                    return bytes(shown)
+                data, self.dropping = data[end + 1:], False
+                continue
+            start = data.find(self.marker)
+            if start >= 0:
+                shown += data[:start]
+                data, self.dropping = data[start:], True
+                continue
+            keep = self._partial_marker(data)
+            shown += data[:len(data) - keep]
+            self.held = data[len(data) - keep:]
+            break
+        return bytes(shown)
+
+    def flush(self) -> bytes:
+        rest, self.held = (b"" if self.dropping else self.held), b""
+        return rest
+
+    def _partial_marker(self, data: bytes) -> int:
+        """Length of the longest tail of `data` that begins the marker."""
+        for size in range(min(len(self.marker) - 1, len(data)), 0, -1):
+            if self.marker.startswith(data[-size:]):
+                return size
+        return 0
+
+
+def local_experiments(workspace: Path, name: Optional[str] = None) -> list[dict]:
+    """The experiments of a workspace as `lanex get --workspace -o json` shows them (PROGRESS_CONTRACT.md).
+
+    Reads each state.json and the trainer's progress.json without locking: both are replaced
+    atomically, so a run in another terminal is never disturbed and never seen half-written.
+    """
+    root = Workspace(workspace.resolve()).root / "experiments"
+    names = [name] if name else sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    found = []
+    for experiment in names:
+        try:
+            state = json.loads((root / experiment / STATE_FILE).read_text())
+        except FileNotFoundError:
+            if name:
+                raise LocalRunError(f"no local experiment {name} in workspace {workspace}") from None
+            continue
+        except json.JSONDecodeError as error:
+            raise LocalRunError(f"{root / experiment / STATE_FILE}: not valid JSON ({error})") from error
+        output_dir = state.get("outputDir")
+        results = state.get("results") or {}
+        found.append({
+            "name": experiment, "phase": state.get("phase"),
+            "progress": read_progress(Path(output_dir)) if output_dir else None,
+            "results": {key: results.get(key) for key in ("accuracy", "fp", "fn")},
+            "snapshot": (state.get("snapshots") or [None])[-1],
+            "startTime": state.get("startTime"), "completionTime": state.get("completionTime"),
+            "message": state.get("message"),
+            "progressFile": str(Path(output_dir) / PROGRESS_FILE) if output_dir else None,
+        })
+    return found
