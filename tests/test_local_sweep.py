@@ -83,6 +83,14 @@ def test_sweep_prepares_once_and_every_trial_reads_the_same_image_inodes(tmp_pat
     snapshot = workspace / "snapshots" / state["bestTrial"]["snapshot"] / "data"
     assert images(snapshot) == dataset
 
+    # lanex get --workspace lists the sweep with the CRD status's names
+    listed = subprocess.run([LANEX, "get", "--workspace", str(workspace), "-o", "json"], capture_output=True,
+                            text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    (swept,) = json.loads(listed.stdout)["sweeps"]
+    assert (swept["name"], swept["datasetSnapshot"], swept["bestTrial"]["name"]) == ("tiny", "tiny-dataset", best)
+    assert [t["name"] for t in swept["trials"]] == ["tiny-000", "tiny-001"]
+
     # running the file again resumes: nothing is prepared or trained again
     again = run(file, workspace)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -115,3 +123,47 @@ def test_validation_history_reads_the_progress_file_else_the_results_history(tmp
     assert [h["accuracy"] for h in validation_history(tmp_path)] == [0.4, 0.6]
     (tmp_path / "progress.json").write_text('{"state": "train')  # half written: no history, no error
     assert validation_history(tmp_path)[0]["accuracy"] == 0.5
+
+
+def test_stopping_a_trial_ends_its_process_tree_and_marks_it_stopped(tmp_path: Path):
+    import threading
+    import time
+
+    from lanex_operator.api.models import parse_spec
+    from lanex_operator.local.runner import LocalRunner
+    from lanex_operator.plan.steps import StepName
+
+    spec = parse_spec({"dataset": {"synthetic": {"clips": 2000}}, "training": {"epochs": 1}})
+    runner = LocalRunner("slow", spec, tmp_path, echo=lambda text: None, quiet=True)
+    thread = threading.Thread(target=runner.run, kwargs={"steps": {StepName.DATASET, StepName.PREPARE}})
+    thread.start()
+    deadline = time.monotonic() + 60
+    while runner._process is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process = runner._process
+    assert process is not None
+    runner.stop("below the median")
+    thread.join(timeout=60)
+    assert not thread.is_alive() and process.poll() is not None
+    state = json.loads((tmp_path / "experiments" / "slow" / "state.json").read_text())
+    assert (state["phase"], state["reason"], state["message"]) == ("Stopped", "EarlyStopped", "below the median")
+    # the whole process group is gone (the synth ran as a child of sh); zombies awaiting their reaper do not count
+    assert live_group_members(process.pid) == []
+
+
+def live_group_members(group: int, patience: float = 10.0) -> list[int]:
+    import time
+
+    deadline = time.monotonic() + patience
+    while True:
+        members = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+        if not members or time.monotonic() > deadline:
+            return members
+        time.sleep(0.1)

@@ -142,6 +142,19 @@ def local_row(experiment: dict) -> list[str]:
             experiment.get("snapshot") or "-"]
 
 
+SWEEP_GET_HEADERS = ("SWEEP", "PHASE", "TRIALS", "RUNNING", "BEST", "OBJECTIVE", "DATASET")
+
+
+def sweep_row(sweep: dict) -> list[str]:
+    """One `lanex get --workspace` row of a local sweep, the columns of `kubectl get lxs`."""
+    from lanex_operator.cli.views import decimal
+
+    best = sweep.get("bestTrial") or {}
+    return [sweep["name"], sweep.get("phase") or "-", str(sweep.get("trialCount") or "-"),
+            str((sweep.get("counts") or {}).get("running", 0)), best.get("name") or "-",
+            decimal(best.get("objective")), sweep.get("datasetSnapshot") or "-"]
+
+
 def get_local(workspace: Path, name: Optional[str], output: Optional[str], watch: bool, poll_s: float = 0.5) -> None:
     """`lanex get --workspace DIR`: one table (or JSON/YAML document); with --watch, a row per change
     until every experiment shown is Succeeded or Failed."""
@@ -149,8 +162,13 @@ def get_local(workspace: Path, name: Optional[str], output: Optional[str], watch
 
     from lanex_operator.cli.views import dump, table
     from lanex_operator.local.runner import FINAL_PHASES, LocalRunError, local_experiments
+    from lanex_operator.local.sweep import workspace_sweeps
+
+    sweeps = [s for s in workspace_sweeps(workspace) if name is None or s["name"] == name]
 
     def read() -> list[dict]:
+        if name is not None and sweeps:
+            return []  # NAME is a sweep: its trials are listed in the sweep
         try:
             return local_experiments(workspace, name)
         except LocalRunError as error:
@@ -160,10 +178,13 @@ def get_local(workspace: Path, name: Optional[str], output: Optional[str], watch
     experiments = read()
     if not watch:
         if output:
-            typer.echo(dump({"experiments": experiments, "sweeps": []}, output))
-        elif experiments:
+            typer.echo(dump({"experiments": experiments, "sweeps": sweeps}, output))
+            return
+        if experiments:
             typer.echo(table(LOCAL_GET_HEADERS, [local_row(e) for e in experiments]))
-        else:
+        if sweeps:
+            typer.echo(("\n" if experiments else "") + table(SWEEP_GET_HEADERS, [sweep_row(s) for s in sweeps]))
+        if not experiments and not sweeps:
             typer.echo(f"No local experiments in workspace {workspace}.", err=True)
         return
     shown: dict[str, object] = {}
