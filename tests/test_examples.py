@@ -111,5 +111,8 @@ def test_sweep_example_is_valid_and_every_trial_builds_valid_children(path: Path
         meta = {"name": name, "namespace": "default"}
         plan = plan_for(name, "default", trial)
         assert plan.prepare is None and plan.dataset.restore_from == snapshot
-        for manifest in (restore_pvc_for(meta, trial, plan, "5Gi"), mpijob_for(meta, trial, plan)):
+        manifests = [restore_pvc_for(meta, trial, plan, "5Gi")] + [
+            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": replica["template"]}
+            for replica in mpijob_for(meta, trial, plan)["spec"]["mpiReplicaSpecs"].values()]
+        for manifest in manifests:
             assert kubernetes_validate.validate(manifest, "1.30", strict=True) == "1.30"
