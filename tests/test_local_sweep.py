@@ -91,6 +91,15 @@ def test_sweep_prepares_once_and_every_trial_reads_the_same_image_inodes(tmp_pat
     assert (swept["name"], swept["datasetSnapshot"], swept["bestTrial"]["name"]) == ("tiny", "tiny-dataset", best)
     assert [t["name"] for t in swept["trials"]] == ["tiny-000", "tiny-001"]
 
+    # lanex compare of the local sweep: its trials side by side, and the overlay plot
+    plot = tmp_path / "compare.png"
+    compared = subprocess.run([LANEX, "compare", "tiny", "--workspace", str(workspace), "--out", str(plot)],
+                              capture_output=True, text=True, timeout=60)
+    assert compared.returncode == 0, compared.stderr
+    assert compared.stdout.splitlines()[0].split() == ["tiny-000", "tiny-001"]
+    assert compared.stdout.splitlines()[1].split() == ["learningRate", "0.01", "0.05"]
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
     # running the file again resumes: nothing is prepared or trained again
     again = run(file, workspace)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, List, NoReturn, Optional
 
 import typer
 
+from lanex_operator.cli import sweep_commands
 from lanex_operator.cli.submit import (
     SubmitOverrides,
     UsageError,
@@ -125,6 +126,10 @@ def submit_command(
     flags = SubmitOverrides(processes=processes, gpu=gpu, pvc=pvc, env=tuple(env), large_shm=large_shm,
                             project=project)
     with reporting():
+        if sweep_commands.is_sweep_file(experiment):  # a LaneSweep: the flags change its template
+            body, file_namespace = sweep_commands.sweep_body(experiment, flags, name, namespace)
+            sweep_commands.submit_sweep(connect(namespace or file_namespace), body)
+            return
         body, file_namespace = experiment_body(experiment, flags, name, namespace)
         cluster = connect(namespace or file_namespace)
         exp_name = body["metadata"]["name"]
@@ -179,7 +184,13 @@ def get_command(
         _fail("--watch: only with --workspace", EXIT_USAGE)
     with reporting():
         cluster = connect(namespace)
+        if name and sweep_commands.get_sweep_if_named(cluster, name, output):
+            return
         items = [cluster.get_experiment(name)] if name else cluster.list_experiments()
+        sweeps = [] if name else cluster.list_sweeps()
+        if sweeps:
+            sweep_commands.show_sweeps(cluster, items, sweeps, output)
+            return
         if output:
             document = items[0] if name else {"apiVersion": "v1", "kind": "List", "items": items}
             typer.echo(dump(document, output))
@@ -202,6 +213,8 @@ def describe_command(
     """
     with reporting():
         cluster = connect(namespace)
+        if sweep_commands.describe_sweep_if_named(cluster, name):
+            return
         obj = cluster.get_experiment(name)
         typer.echo("\n".join(describe_lines(cluster, obj, datetime.now(timezone.utc))))
 
@@ -313,6 +326,8 @@ def delete_command(
 
     with reporting():
         cluster = connect(namespace)
+        if sweep_commands.delete_sweep_if_named(cluster, name, wait, timeout):
+            return
         ref = cluster.experiment_ref(name)
         obj = cluster.get_experiment(name)
         snapshots = cluster.list_snapshots(name)

@@ -78,3 +78,77 @@ def compare_rows(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[lis
     rows.append(["epochs validated", *(str(len(run.get("history") or [])) for run in runs)])
     rows.append(["phase", *(str(run.get("phase") or "-") for run in runs)])
     return headers, rows
+
+
+# --- the cluster's sweeps: `lanex get`, `lanex describe` ----------------------------------------
+
+SWEEP_HEADERS = ("NAME", "PHASE", "TRIALS", "RUNNING", "BEST", "OBJECTIVE", "AGE")
+
+
+def sweep_row(obj: Mapping[str, Any], now: Any) -> list[str]:
+    """The printer columns of `kubectl get lxs`."""
+    from lanex_operator.cli.views import age
+
+    status = obj.get("status") or {}
+    best = status.get("bestTrial") or {}
+    return [obj["metadata"]["name"], status.get("phase") or "-", str(status.get("trialCount") or "-"),
+            str((status.get("counts") or {}).get("running", 0)), best.get("name") or "-", number(best.get("objective")),
+            age(obj["metadata"].get("creationTimestamp"), now)]
+
+
+def sweep_describe_lines(cluster: Any, obj: Mapping[str, Any], now: Any) -> list[str]:
+    """`lanex describe` of a LaneSweep: spec summary, status, dataset, trials table, best trial, Events."""
+    from lanex_operator.cli.views import _condition_rows, _event_time, _events_for, _section, _time_lines, age
+
+    meta, status, spec = obj["metadata"], obj.get("status") or {}, obj.get("spec") or {}
+    out = [f"Name:          {meta['name']}", f"Namespace:     {meta.get('namespace', cluster.namespace)}",
+           f"Kind:          LaneSweep", f"Phase:         {status.get('phase') or '-'}"]
+    out += [f"{label + ':':15}{status[key]}" for key, label in (("reason", "Reason"), ("message", "Message"))
+            if status.get(key)]
+    algorithm = spec.get("algorithm") or {}
+    out += ["Spec:", f"  Parameters:  " + "; ".join(
+        f"{p.get('path')}={p['values']}" if "values" in p else f"{p.get('path')} in [{p.get('min')}, {p.get('max')}]"
+        f" ({p.get('scale', 'linear')})" for p in spec.get("parameters") or []),
+        f"  Algorithm:   {algorithm.get('type', 'grid')}"
+        + (f" (seed {algorithm.get('seed', 0)}, {algorithm['maxTrials']} trials)" if algorithm.get("maxTrials") else ""),
+        f"  Parallelism: {spec.get('parallelism', 1)}",
+        f"  Objective:   {(spec.get('objective') or {}).get('metric', 'accuracy')} on the test split"]
+    if spec.get("earlyStopping"):
+        stopping = spec["earlyStopping"]
+        out.append(f"  Early stop:  median rule on validation {spec.get('valMetric', 'accuracy')} from epoch "
+                   f"{stopping.get('minEpochs', 2)} ({stopping.get('minTrials', 2)} other trials at least)")
+    out += _section("Conditions", ("TYPE", "STATUS", "REASON", "LAST TRANSITION", "MESSAGE"), _condition_rows(status))
+    out += ["Dataset:", f"  Claim:       {status.get('datasetClaim') or '-'}",
+            f"  Prepare Job: {status.get('prepareJob') or '-'}",
+            f"  Snapshot:    {status.get('datasetSnapshot') or '-'}"]
+    out += _section("Trials", TRIAL_HEADERS, trial_rows(status))
+    out.append(best_line(status, (spec.get("objective") or {}).get("metric", "accuracy")))
+    out += _time_lines(status, now)
+    involved = {("LaneSweep", meta["name"])}
+    rows = [[age(_event_time(e), now), e.get("type", ""), e.get("reason", ""),
+             f"{(e.get('involvedObject') or {}).get('kind')}/{(e.get('involvedObject') or {}).get('name')}",
+             (e.get("message") or "").replace("\n", " ")] for e in _events_for(cluster, involved)]
+    out += _section("Events", ("AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"), rows)
+    return out
+
+
+# --- compare ---------------------------------------------------------------------------------------
+
+
+def differing_training(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per run, the training fields (dotted camelCase) whose values differ between the runs compared."""
+    def flat(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                out.update(flat(value, f"{prefix}{key}."))
+            elif not isinstance(value, list):
+                out[f"{prefix}{key}"] = value
+        return out
+
+    flattened = {name: flat(training) for name, training in specs.items()}
+    keys = sorted({key for values in flattened.values() for key in values})
+    differ = [key for key in keys if len({repr(values.get(key)) for values in flattened.values()}) > 1]
+    if len(flattened) == 1:
+        differ = [key for key in ("learningRate", "batchSize", "epochs", "backbone", "workers") if key in keys]
+    return {name: {key: values.get(key) for key in differ} for name, values in flattened.items()}

@@ -127,6 +127,8 @@ class LocalRunner:
             name, LOCAL_NAMESPACE, spec, mount_root=str(self.volume), termination_log=str(self.exp_dir / "termination-log")
         )
         self.state = RunState.load(self.exp_dir / STATE_FILE, self.plan.config_hash, self.plan.dataset_source)
+        # The training spec, for `lanex compare` (the config hash alone does not say what differs).
+        self.state.data.setdefault("training", spec.training.model_dump(mode="json", by_alias=True))
         self.bin_dir = python_bin or Path(sys.executable).parent
 
     # -- process environment --------------------------------------------------------------------
