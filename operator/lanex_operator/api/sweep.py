@@ -49,8 +49,8 @@ SWEEP_SHORT_NAME = "lxs"
 SWEEP_LABEL = "lanex.dev/sweep"  # on every trial and every child of the sweep: the sweep's name
 TRIAL_PARAMETERS_ANNOTATION = "lanex.dev/trial-parameters"  # on a trial: its parameters, JSON
 MAX_TRIALS = 999
-# Trials are named `<sweep>-NNN` and must stay valid LaneExperiment names (40 characters).
-MAX_SWEEP_NAME_LENGTH = 36
+# Trials are `<sweep>-NNN` and the dataset `<sweep>-dataset`: both must stay valid experiment names (40 characters).
+MAX_SWEEP_NAME_LENGTH = 32
 METRICS = ("accuracy", "fp", "fn")
 Metric = Literal["accuracy", "fp", "fn"]
 
@@ -282,7 +282,7 @@ def check_sweep_name(name: Any) -> str:
         raise InvalidSpecError(f"metadata.name: required, a non-empty string (got {name!r})")
     if len(name) > MAX_SWEEP_NAME_LENGTH:
         raise InvalidSpecError(f"metadata.name: must have at most {MAX_SWEEP_NAME_LENGTH} characters so that trial "
-                               f"names (<name>-NNN) stay valid (got {len(name)}: {name!r})")
+                               f"names (<name>-NNN, <name>-dataset) stay valid (got {len(name)}: {name!r})")
     if not re.match(DNS_LABEL_PATTERN, name):
         raise InvalidSpecError(f"metadata.name: must be lower-case letters, digits and '-', starting and ending with a"
                                f" letter or digit (got {name!r})")

@@ -123,3 +123,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def sweep_fields_table() -> str:
+    """The README's LaneSweep field table; `spec.template` is one row (its fields are the LaneExperiment table's)."""
+    from lanex_operator.api.docs import fields_table
+
+    schema = sweep_spec_schema()
+    template = dict(schema["properties"]["template"])
+    template.pop("properties", None)
+    template.pop("required", None)
+    schema["properties"] = dict(schema["properties"], template=template)
+    return fields_table(schema)

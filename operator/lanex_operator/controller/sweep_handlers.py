@@ -50,7 +50,7 @@ def register_sweeps(registry: kopf.OperatorRegistry, state: Any) -> SweepState:
     async def startup(**_: Any) -> None:
         # Runs after the experiments' startup handler (registered first), which logged in.
         assert state.kube is not None
-        sweeps.reconciler = SweepReconciler(state.kube, sweeps.trials, state.config)
+        sweeps.reconciler = SweepReconciler(state.kube, sweeps.trials, state.config, cache=state.cache)
 
     @kopf.daemon(GROUP, VERSION, SWEEP_PLURAL, registry=registry, id="sweep", when=_unfinished,
                  cancellation_timeout=2.0, backoff=state.config.retry_delay_seconds)
@@ -100,12 +100,17 @@ def register_sweeps(registry: kopf.OperatorRegistry, state: Any) -> SweepState:
         sweeps.trials.drop(namespace, name)
 
     for kind in (PVC, JOB, SNAPSHOT):
-        _register_dataset_child(registry, sweeps, kind)
+        _register_dataset_child(registry, state, sweeps, kind)
     return sweeps
 
 
-def _register_dataset_child(registry: kopf.OperatorRegistry, sweeps: SweepState, kind: ChildKind) -> None:
+def _register_dataset_child(registry: kopf.OperatorRegistry, state: Any, sweeps: SweepState, kind: ChildKind) -> None:
     @kopf.on.event(kind.group, kind.version, kind.plural, registry=registry, id=f"sweep-child-{kind.plural}",
                    labels={SWEEP_LABEL: kopf.PRESENT})
-    async def child_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    async def child_changed(type: str, body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> None:
+        # Into the experiments' child cache too: every trial reads the dataset snapshot it restores from.
+        if type == "DELETED":
+            state.cache.forget(kind, dict(body))
+        else:
+            state.cache.put(kind, dict(body))
         sweeps.wakers.poke(namespace, labels[SWEEP_LABEL])

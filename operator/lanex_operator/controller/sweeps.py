@@ -45,7 +45,7 @@ from lanex_operator.api.sweep import (
     trial_spec,
 )
 from lanex_operator.controller import builders
-from lanex_operator.controller.children import EXPERIMENT_LABEL, JOB, PVC, SNAPSHOT, ChildKind
+from lanex_operator.controller.children import EXPERIMENT_LABEL, JOB, PVC, SNAPSHOT, ChildCache, ChildKind
 from lanex_operator.controller.config import OperatorConfig
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.controller.reconciler import PREPARED_ANNOTATION, STOP_ANNOTATION, EventPoster, kopf_event
@@ -54,6 +54,10 @@ from lanex_operator.plan.defaults import ClusterDefaults
 from lanex_operator.plan.steps import ExperimentPlan, plan_for
 from lanex_operator.plan.sweep import FINAL_PHASES, TrialView, best_trial, counts, next_trials, retained, to_stop
 
+# A trial moving between its own unfinished phases changes the sweep's trials table but decides nothing;
+# such writes wait (at most this long) to go out with the next one that matters, so a sweep of many
+# trials costs about one status patch per finished trial.
+MINOR_STATUS_DELAY_SECONDS = 2.0
 SWEEP_SPEC_ANNOTATION = "lanex.dev/sweep-spec"  # on the sweep: the spec it started with (later edits are ignored)
 SWEEP_TERMINAL = (SweepPhase.SUCCEEDED.value, SweepPhase.FAILED.value)
 DELETE_ALL = {"dataset": "Delete", "snapshots": "Delete"}
@@ -131,8 +135,9 @@ class SweepReconciler:
 
     def __init__(self, kube: Kube, trials: TrialCache, config: OperatorConfig, post_event: EventPoster = kopf_event,
                  now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 defaults: ClusterDefaults | None = None) -> None:
+                 defaults: ClusterDefaults | None = None, cache: ChildCache | None = None) -> None:
         self.kube = kube
+        self.cache = cache if cache is not None else ChildCache()  # the dataset children, fed by watch events
         self.trials = trials
         self.config = config
         self.post_event = post_event
@@ -154,8 +159,32 @@ class SweepReconciler:
                 raise
             self._fail(book, "ApiError", clip(f"API request failed and cannot be retried: {exc}"))
             wait = None
+        if wait is not None and book.changed and not self._matters(book):
+            due = getattr(book, "minor_since", None)
+            if due is None:
+                book.minor_since = self.now()  # type: ignore[attr-defined]
+                return min(wait, MINOR_STATUS_DELAY_SECONDS)
+            left = MINOR_STATUS_DELAY_SECONDS - (self.now() - due).total_seconds()
+            if left > 0:
+                return min(wait, left)
         await self.flush(body, book)
+        book.minor_since = None  # type: ignore[attr-defined]
+        book.written_signature = self._signature(book)  # type: ignore[attr-defined]
         return wait
+
+    @staticmethod
+    def _signature(book: StatusBook) -> str:
+        """What a status write must not hold back: phase, conditions, dataset, finished trials, the best one."""
+        data = book.data
+        counts_ = data.get("counts") or {}
+        finished = [(row.get("name"), row.get("phase"), row.get("deleted")) for row in data.get("trials") or []
+                    if row.get("phase") in FINAL_PHASES]
+        return json.dumps([data.get("phase"), data.get("message"), data.get("conditions"), data.get("datasetSnapshot"),
+                           data.get("bestTrial"), finished, [counts_.get(k) for k in ("succeeded", "failed", "stopped")]],
+                          sort_keys=True, default=str)
+
+    def _matters(self, book: StatusBook) -> bool:
+        return book.events != [] or self._signature(book) != getattr(book, "written_signature", None)
 
     async def _pass(self, body: Mapping[str, Any], book: StatusBook) -> float | None:
         meta = body["metadata"]
@@ -246,7 +275,7 @@ class SweepReconciler:
         source = spec.template.dataset
         if source.from_snapshot is not None:
             name = source.from_snapshot.snapshot_name
-            snapshot = await self.kube.get_or_none(object_path(SNAPSHOT.api_version, SNAPSHOT.plural, namespace, name))
+            snapshot = await self._child(SNAPSHOT, namespace, name)
             if snapshot is None:
                 self._fail(book, "DatasetFailed", f'VolumeSnapshot "{name}" (spec.template.dataset.fromSnapshot) not found')
                 return None
@@ -257,7 +286,7 @@ class SweepReconciler:
                                                         f"{plan.dataset.claim_name}")
         book.set("datasetClaim", plan.dataset.claim_name)
         claim_path = object_path(PVC.api_version, PVC.plural, namespace, plan.dataset.claim_name)
-        pvc = await self.kube.get_or_none(claim_path)
+        pvc = await self._child(PVC, namespace, plan.dataset.claim_name, fresh=not plan.dataset.creates_claim)
         if pvc is None:
             if not plan.dataset.creates_claim:
                 self._fail(book, "DatasetFailed", f'PersistentVolumeClaim "{plan.dataset.claim_name}" '
@@ -278,7 +307,7 @@ class SweepReconciler:
         prepared = ((pvc.get("metadata") or {}).get("annotations") or {}).get(PREPARED_ANNOTATION) == "true"
         if plan.prepare is not None and not prepared:
             book.set("prepareJob", plan.names.prepare_job)
-            job = await self.kube.get_or_none(object_path(JOB.api_version, JOB.plural, namespace, plan.names.prepare_job))
+            job = await self._child(JOB, namespace, plan.names.prepare_job)
             if job is None:
                 manifest = _relabel(builders.prepare_job_for(owner, spec.template, plan), sweep)
                 kopf.adopt(manifest, owner=dict(body))
@@ -293,10 +322,10 @@ class SweepReconciler:
                                                                           f"the dataset")
                 return self.config.resync_seconds
             if plan.dataset.creates_claim:
-                await self.kube.patch(claim_path, {"metadata": {"annotations": {PREPARED_ANNOTATION: "true"}}})
+                self.cache.put(PVC, await self.kube.patch(claim_path, {"metadata": {"annotations": {
+                    PREPARED_ANNOTATION: "true"}}}))
         name = dataset_snapshot_name(sweep)
-        snapshot_path = object_path(SNAPSHOT.api_version, SNAPSHOT.plural, namespace, name)
-        snapshot = await self.kube.get_or_none(snapshot_path)
+        snapshot = await self._child(SNAPSHOT, namespace, name)
         if snapshot is None:
             manifest = _relabel(builders.snapshot_for(owner, spec.template, plan, self.now()), sweep)
             manifest["metadata"]["name"] = name  # deterministic: one dataset snapshot per sweep, ever
@@ -483,14 +512,23 @@ class SweepReconciler:
         book.set("completionTime", book.now_text())
         book.event("Warning", reason, message)
 
+    async def _child(self, kind: ChildKind, namespace: str, name: str, fresh: bool = False) -> dict[str, Any] | None:
+        """The object from the watch-fed cache (sweep-labelled children are kept there), else from the API."""
+        cached = None if fresh else self.cache.get(kind, namespace, name)
+        if cached is not None:
+            return cached
+        found = await self.kube.get_or_none(object_path(kind.api_version, kind.plural, namespace, name))
+        return None if found is None else self.cache.put(kind, found)
+
     async def _create(self, kind: ChildKind, manifest: Mapping[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
         try:
-            return await self.kube.create(object_path(kind.api_version, kind.plural, meta["namespace"]), manifest)
+            created = await self.kube.create(object_path(kind.api_version, kind.plural, meta["namespace"]), manifest)
         except KubeError as exc:
             if not exc.already_exists:
                 raise
-            return await self.kube.get(object_path(kind.api_version, kind.plural, meta["namespace"], meta["name"]))
+            created = await self.kube.get(object_path(kind.api_version, kind.plural, meta["namespace"], meta["name"]))
+        return self.cache.put(kind, created)
 
 
 async def release_sweep(kube: Kube, body: Mapping[str, Any]) -> str:
