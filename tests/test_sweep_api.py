@@ -211,3 +211,11 @@ def test_best_trial_retention_counts_and_parallelism():
     assert to_stop(spec, trials) == []
     minimize = parse_sweep_spec(spec_with(objective={"metric": "fn"}))
     assert best_trial(minimize, trials).name == "s-000"
+
+
+def test_readme_sweep_table_is_generated_from_the_models():
+    from lanex_operator.api.sweep_crd import sweep_fields_table
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- sweep-table:begin", 1)[1].split("-->", 1)[1].split("<!-- sweep-table:end -->", 1)[0]
+    assert table.strip() == sweep_fields_table().strip()
