@@ -164,3 +164,19 @@ def test_retention_keeps_the_best_trial_and_deleting_the_sweep_releases_its_data
                         and api_server.get("persistentvolumeclaims", "rt-dataset-data", "default") is None
                         and not trials(api_server, "rt"), timeout=30,
                         message="the sweep, its trials, its dataset claim and snapshot to be gone")
+
+
+def test_a_flaky_api_server_with_errors_conflicts_and_slow_answers_loses_nothing(api_server, operator_factory):
+    from k8s.emulator import FaultPlan
+
+    plan = FaultPlan(error_rate=0.08, conflict_rate=0.08, slow_rate=0.1, slow_seconds=0.3, seed=14)
+    api_server.set_faults(plan)
+    operator_factory()
+    api_server.create(sweep("fl", {"parallelism": 2}))
+    done = wait_sweep(api_server, "fl", timeout=180)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert [j["metadata"]["name"] for j in api_server.list("jobs", "default")] == ["fl-dataset-prepare"]
+    assert [t["metadata"]["name"] for t in trials(api_server, "fl")] == ["fl-000", "fl-001", "fl-002"]
+    assert restores_of(api_server, "fl-dataset") == ["fl-000-data", "fl-001-data", "fl-002-data"]
+    assert done["status"]["counts"]["succeeded"] == 3
+    assert plan.injected["error"] > 0 and plan.injected["conflict"] > 0 and plan.injected["slow"] > 0, plan.injected

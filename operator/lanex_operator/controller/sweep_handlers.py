@@ -19,7 +19,7 @@ import kopf
 
 from lanex_operator.api.models import GROUP, PLURAL, VERSION
 from lanex_operator.api.sweep import SWEEP_LABEL, SWEEP_PLURAL
-from lanex_operator.controller.children import JOB, PVC, SNAPSHOT, ChildKind, Wakers
+from lanex_operator.controller.children import EXPERIMENT_LABEL, JOB, PVC, SNAPSHOT, ChildKind, Wakers
 from lanex_operator.controller.kube import KubeError
 from lanex_operator.controller.status import StatusBook
 from lanex_operator.controller.sweeps import SWEEP_TERMINAL, SweepReconciler, TrialCache, release_sweep
@@ -105,8 +105,9 @@ def register_sweeps(registry: kopf.OperatorRegistry, state: Any) -> SweepState:
 
 
 def _register_dataset_child(registry: kopf.OperatorRegistry, state: Any, sweeps: SweepState, kind: ChildKind) -> None:
+    # A trial's own children inherit its labels (kopf.adopt), the sweep label too: those are the trial's news.
     @kopf.on.event(kind.group, kind.version, kind.plural, registry=registry, id=f"sweep-child-{kind.plural}",
-                   labels={SWEEP_LABEL: kopf.PRESENT})
+                   labels={SWEEP_LABEL: kopf.PRESENT, EXPERIMENT_LABEL: kopf.ABSENT})
     async def child_changed(type: str, body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> None:
         # Into the experiments' child cache too: every trial reads the dataset snapshot it restores from.
         if type == "DELETED":
