@@ -9,6 +9,7 @@ value fails with a message naming the key; the chart ships the generated CRD byt
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,8 @@ FULL_VALUES: dict[str, Any] = {
         "volumeSnapshotClassName": "netapp-csi-snapclass",
         "scheduler": "runai",
     },
-    "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}}},
+    "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}},
+                "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "lanex"}}},
     "storage": {"tierPools": {"Standard": pool_id("standard"), "Premium": pool_id("premium"),
                               "Ultra": pool_id("ultra")}},
     "azure": {"workloadIdentity": {"clientId": CLIENT_ID}},
@@ -232,9 +234,38 @@ def test_full_install_renders_every_optional_piece():
         ("Role", "runai-lane-detection"), ("RoleBinding", "runai-lane-detection"),
         ("Role", "ml-team"), ("RoleBinding", "ml-team"),
         ("Deployment", RELEASE_NAMESPACE), ("Service", RELEASE_NAMESPACE), ("ServiceAccount", RELEASE_NAMESPACE),
-        ("ServiceMonitor", RELEASE_NAMESPACE),
+        ("ServiceMonitor", RELEASE_NAMESPACE), ("ConfigMap", RELEASE_NAMESPACE),
         ("TridentBackendConfig", "trident"), ("StorageClass", None), ("VolumeSnapshotClass", None),
     ])
+
+
+def test_operator_reads_the_progress_budget_the_chart_passes():
+    from lanex_operator.controller.config import OperatorConfig
+
+    values = merged(FULL_VALUES, {"progress": {"intervalSeconds": 60, "requestsPerSecond": 2.5}})
+    container = only(objects_for(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    config = OperatorConfig.from_env({item["name"]: item["value"] for item in container["env"] if "value" in item})
+    assert (config.progress_interval_seconds, config.progress_requests_per_second) == (60.0, 2.5)
+    assert (OperatorConfig().progress_interval_seconds, OperatorConfig().progress_requests_per_second) == (30.0, 10.0)
+
+
+def test_grafana_dashboard_is_a_sidecar_configmap_with_the_panels_of_issue_13():
+    assert not [obj for obj in objects_for() if obj["kind"] == "ConfigMap"]  # off by default
+    configmap = only(objects_for(FULL_VALUES), "ConfigMap")
+    assert configmap["metadata"]["name"] == f"{FULLNAME}-dashboard"
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "lanex"}
+    dashboard = json.loads(configmap["data"]["lanex.json"])
+    assert dashboard == json.loads((CHART_DIR / "dashboards" / "lanex.json").read_text())
+    titles = [panel["title"] for panel in dashboard["panels"]]
+    for wanted in ("Experiments per phase", "Training progress", "Throughput", "Validation accuracy over epochs",
+                   "Storage-tier moves", "GPU utilisation of worker pods (DCGM exporter)"):
+        assert wanted in titles
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(titles)
+    assert all(panel["targets"] and all(t["expr"] for t in panel["targets"]) for panel in dashboard["panels"])
+    elsewhere = only(objects_for(merged(FULL_VALUES, {"metrics": {"grafanaDashboard": {"namespace": "monitoring"}}})),
+                     "ConfigMap")
+    assert elsewhere["metadata"]["namespace"] == "monitoring"
 
 
 @pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["defaults", "full"])
@@ -310,6 +341,8 @@ def test_operator_defaults_and_ports_come_from_values():
         "LANEX_DEFAULT_STORAGE_CLASS": "azurenetappfiles",
         "LANEX_DEFAULT_SNAPSHOT_CLASS": "netapp-csi-snapclass",
         "LANEX_DEFAULT_SCHEDULER": "runai",
+        "LANEX_OPERATOR_PROGRESS_INTERVAL_SECONDS": "30",
+        "LANEX_OPERATOR_PROGRESS_REQUESTS_PER_SECOND": "10",
         "LANEX_ANF_POOL_PREMIUM": pool_id("premium"),
         "LANEX_ANF_POOL_STANDARD": pool_id("standard"),
         "LANEX_ANF_POOL_ULTRA": pool_id("ultra"),

@@ -11,7 +11,8 @@ granted rule must be used by some scenario or be in `GRANTED_BUT_NOT_SEEN` with 
 
 Scenarios: a Kubeflow run, a RUN:ai run, a restore from a snapshot, a training failure, a dataset
 volume that never binds, a preflight with a missing storage class, an existing claim, a child that
-already exists (as after a crash), and a deletion with retention Delete. A second operator serves
+already exists (as after a crash), a hung launcher restarted (stallAction Restart), and a deletion
+with retention Delete. A second operator serves
 two namespaces only, and each of its requests must be authorized by the namespaced install's Roles
 in that namespace (or its small ClusterRole for cluster-scoped resources).
 """
@@ -161,6 +162,8 @@ def run_lifecycle_scenarios(cluster: EmulatedCluster) -> dict[str, Any]:
                              "parameters": [{"path": "learningRate", "values": [0.01, 0.02, 0.04]}],
                              "parallelism": 3, "earlyStopping": {"minEpochs": 1, "minTrials": 2},
                              "retention": {"keepBest": 1, "dataset": "Delete"}}})
+    cluster.knobs.stall_logging.add("rbac-stall")  # its launcher hangs until the operator deletes the pod
+    cluster.create(experiment("rbac-stall", spec={"training": {"stallTimeoutSeconds": 1, "stallAction": "Restart"}}))
 
     outcomes: dict[str, Any] = {}
     cluster.wait_for(lambda: any(c["type"] == "DataPrepared" and c["status"] == "Unknown" for c in
@@ -173,7 +176,7 @@ def run_lifecycle_scenarios(cluster: EmulatedCluster) -> dict[str, Any]:
                                                                 "fromSnapshot": {"snapshotName": snapshot}}}))
     for name, namespace in (("rbac-kubeflow", "default"), ("rbac-runai", "runai-lanes"), ("rbac-fail", "default"),
                             ("rbac-nobind", "default"), ("rbac-claim", "default"), ("rbac-again", "default"),
-                            ("rbac-drop", "default"), ("rbac-restore", "default")):
+                            ("rbac-drop", "default"), ("rbac-restore", "default"), ("rbac-stall", "default")):
         exp = wait_phase(cluster, name, ["Succeeded", "Failed"], namespace=namespace, timeout=40)
         outcomes[name] = (exp["status"]["phase"], exp["status"].get("reason"))
     cluster.wait_for(lambda: condition(get_experiment(cluster, "rbac-preflight"), "Preflight")["status"] == "False",
@@ -248,7 +251,8 @@ def two_namespaces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recordi
 
 def test_the_scenarios_ran_to_their_expected_outcomes(all_namespaces):
     outcomes = all_namespaces.outcomes
-    for name in ("rbac-kubeflow", "rbac-runai", "rbac-claim", "rbac-again", "rbac-drop", "rbac-restore"):
+    for name in ("rbac-kubeflow", "rbac-runai", "rbac-claim", "rbac-again", "rbac-drop", "rbac-restore",
+                 "rbac-stall"):
         assert outcomes[name] == ("Succeeded", None), (name, outcomes[name])
     assert outcomes["rbac-fail"] == ("Failed", "TrainingFailed")
     assert outcomes["rbac-nobind"] == ("Failed", "DatasetFailed")
@@ -288,9 +292,13 @@ def test_the_allow_listed_finalizers_rule_is_needed_by_the_owner_references_the_
                               for ref in references), references
 
 
-def test_user_reads_are_not_operator_permissions():
+def test_the_operator_reads_only_launcher_logs_and_deletes_only_launcher_pods(all_namespaces):
     granted = granted_permissions(None)
-    assert ("", "pods/log", "get") not in granted  # `lanex logs` reads logs with the user's own rights
+    assert ("", "pods/log", "get") in granted  # the progress reads (issue 13); `lanex logs` uses the user's rights
+    pods = [call for call in all_namespaces.operator_calls() if call.resource in ("pods/log", "pods")
+            and call.verb in ("get", "delete")]
+    assert pods and all("-train-launcher-" in (call.name or "") for call in pods), pods
+    assert any(call.verb == "delete" for call in pods)  # rbac-stall's launcher was restarted
     assert not {permission for permission in granted if permission[2] in ("update", "deletecollection", "*")
                 and permission[1] != "laneexperiments/finalizers"}
 

@@ -439,7 +439,7 @@ class ClusterSimulation:
             final = {"type": "Failed", "status": "True", "reason": "MPIJobFailed",
                      "message": f"MPIJob {namespace}/{name} has failed because 1 Launcher replica(s) failed.",
                      "lastTransitionTime": now_rfc3339()}
-            replicas = {"Launcher": {"failed": max(1, launcher_failures)}, "Worker": {}}
+            replicas = {"Launcher": {"active": None, "failed": max(1, launcher_failures)}, "Worker": {"active": None}}
         else:
             assert launcher is not None
             results = self.knobs.results_for.get(self._experiment(mpijob), self.knobs.training_results)
@@ -447,8 +447,9 @@ class ClusterSimulation:
             await self._terminate(launcher, exit_code=0, message=json.dumps(results))
             final = {"type": "Succeeded", "status": "True", "reason": "MPIJobSucceeded",
                      "message": f"MPIJob {namespace}/{name} successfully completed.", "lastTransitionTime": now_rfc3339()}
-            replicas = {"Launcher": {"succeeded": 1, **({"failed": launcher_failures} if launcher_failures else {})},
-                        "Worker": {}}
+            replicas = {"Launcher": {"active": None, "succeeded": 1,  # a merge patch: None drops the key
+                                     **({"failed": launcher_failures} if launcher_failures else {})},
+                        "Worker": {"active": None}}
         await self.request("PATCH", base, {"status": {"completionTime": now_rfc3339(), "conditions": [created, done, final],
                                                       "replicaStatuses": replicas}})
         return True

@@ -901,7 +901,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if params.get("tailLines") is not None:
             lines = log.splitlines(keepends=True)
             count = int(params["tailLines"])
-            log = b"".join(lines[len(lines) - count:]) if count else b""
+            log = b"".join(lines[max(0, len(lines) - count):])
         if params.get("limitBytes") is not None:
             log = log[: int(params["limitBytes"])]
         return log

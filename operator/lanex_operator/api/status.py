@@ -167,7 +167,7 @@ class TrainingProgress(StatusModel):
     """
 
     state: Literal["training", "validating", "finished"] = Field(description="training, validating or finished.")
-    run_id: Optional[str] = Field(None, description="The training run's id.")
+    run_id: Optional[str] = Field(None, description="The training run's id.", max_length=253)
     epoch: int = Field(description="Current epoch, 1-based.", ge=0)
     epochs: int = Field(description="Epochs of the run.", ge=0)
     step: int = Field(description="Optimizer steps done in the whole run.", ge=0)

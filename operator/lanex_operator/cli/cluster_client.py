@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
@@ -153,13 +153,7 @@ class Cluster:
         return self._none_if_missing(lambda: self.get_experiment(name))
 
     def list_experiments(self) -> list[dict[str, Any]]:
-        try:
-            with self._api(f"{PLURAL} in namespace {self.namespace}"):
-                listing = self._json(self.custom.list_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, _preload_content=False))
-        except ClusterError as error:
-            raise self._api_missing(error) from None
-        return sorted(listing.get("items") or [], key=lambda item: item["metadata"]["name"])
+        return self._experiments_now(None)[0]
 
     def create_experiment(self, body: Mapping[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
@@ -192,20 +186,31 @@ class Cluster:
         Uses the API's watch (no polling); resumes from the last resourceVersion when a stream ends
         and re-reads the object after 410 Gone. Raises WaitTimeout once `timeout` seconds have passed.
         """
+        return self.watch_experiments(name, timeout)
+
+    def watch_experiments(self, name: Optional[str] = None, timeout: Optional[float] = None,
+                          synced: Optional[Callable[[], None]] = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Like `watch_experiment`, for one experiment (`name`) or every one in the namespace: a
+        ("CURRENT", obj) per experiment first (then `synced()` is called), then ADDED/MODIFIED/DELETED
+        events (one experiment's watch ends with its DELETED)."""
         from kubernetes import watch
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        current = self.get_experiment(name)
-        yield "CURRENT", current
-        version = current["metadata"].get("resourceVersion")
-        ref = self.experiment_ref(name)
+        current, version = self._experiments_now(name)
+        for obj in current:
+            yield "CURRENT", obj
+        if synced is not None:
+            synced()
+        ref = self.experiment_ref(name) if name else f"{PLURAL} in namespace {self.namespace}"
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise WaitTimeout(f"timed out after {timeout:g}s waiting for {ref}")
             server_timeout = 300 if remaining is None else max(1, int(remaining + 0.999))
-            kwargs: dict[str, Any] = {"field_selector": f"metadata.name={name}", "timeout_seconds": server_timeout,
+            kwargs: dict[str, Any] = {"timeout_seconds": server_timeout,
                                       "_request_timeout": (10, server_timeout + 10), "deserialize": False}
+            if name:
+                kwargs["field_selector"] = f"metadata.name={name}"
             if version:
                 kwargs["resource_version"] = version
             stream = watch.Watch()
@@ -217,22 +222,22 @@ class Cluster:
                         if event.get("type") == "BOOKMARK":
                             version = obj.get("metadata", {}).get("resourceVersion") or version
                             continue
-                        if (obj.get("metadata") or {}).get("name") != name:
+                        if name and (obj.get("metadata") or {}).get("name") != name:
                             continue
                         version = obj["metadata"].get("resourceVersion") or version
                         yield event["type"], obj
-                        if event["type"] == "DELETED":
+                        if name and event["type"] == "DELETED":
                             return
                         if deadline is not None and time.monotonic() >= deadline:
                             break
             except ClusterError as error:
                 if error.status != GONE:
                     raise
-                found = self.find_experiment(name)  # history compacted: re-read, then watch from now
-                if found is None:
+                if name and self.find_experiment(name) is None:
                     return
-                version = found["metadata"].get("resourceVersion")
-                yield "MODIFIED", found
+                found, version = self._experiments_now(name)  # history compacted: re-read, watch from now
+                for obj in found:
+                    yield "MODIFIED", obj
             finally:
                 stream.stop()
 
@@ -290,6 +295,19 @@ class Cluster:
                 GROUP, VERSION, self.namespace, PLURAL, label_selector=f"{SWEEP_LABEL}={sweep}",
                 _preload_content=False))
         return sorted(listing.get("items") or [], key=lambda item: item["metadata"]["name"])
+    def _experiments_now(self, name: Optional[str]) -> tuple[list[dict[str, Any]], Optional[str]]:
+        """The experiment (or all of them) and the resourceVersion to watch from."""
+        if name:
+            current = self.get_experiment(name)
+            return [current], current["metadata"].get("resourceVersion")
+        try:
+            with self._api(f"{PLURAL} in namespace {self.namespace}"):
+                listing = self._json(self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, _preload_content=False))
+        except ClusterError as error:
+            raise self._api_missing(error) from None
+        items = sorted(listing.get("items") or [], key=lambda item: item["metadata"]["name"])
+        return items, (listing.get("metadata") or {}).get("resourceVersion")
 
     # ---- children, pods, events
 

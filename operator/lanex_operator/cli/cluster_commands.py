@@ -34,6 +34,9 @@ from lanex_operator.cli.views import (
     await_pod,
     container_of,
     deleted_event,
+    EXPERIMENT_HEADERS,
+    WATCH_WIDTHS,
+    WatchTable,
     describe_lines,
     dump,
     experiment_row,
@@ -162,16 +165,15 @@ def get_command(
     namespace: Optional[str] = NAMESPACE_OPTION,
     output: Optional[str] = typer.Option(None, "--output", "-o", help="json or yaml (default: a table)."),
     workspace: Optional[Path] = typer.Option(None, "--workspace",
-                                             help="The local experiments of this `lanex run` workspace instead "
-                                                  "(phase, progress, accuracy, snapshot; no cluster)."),
-    watch: bool = typer.Option(False, "--watch", "-w",
-                               help="With --workspace: print a row whenever an experiment changes, until all "
-                                    "are Succeeded or Failed."),
+                                             help="The local experiments and sweeps of this `lanex run` workspace "
+                                                  "instead (phase, progress, accuracy, snapshot; no cluster)."),
+    watch: bool = typer.Option(False, "--watch", "-w", help="After the table, print a row whenever one changes "
+                                                            "(with --workspace: until all are finished)."),
 ) -> None:
-    """List LaneExperiments like `kubectl get lx`: NAME, PHASE, WORKERS, ACCURACY, SNAPSHOT, AGE.
+    """List LaneExperiments like `kubectl get lx`: NAME, PHASE, PROGRESS, ETA, WORKERS, ACCURACY, SNAPSHOT, AGE.
 
-    With --workspace DIR: the local experiments of that workspace, also while one trains in another
-    terminal. Exit codes: 0 shown, 1 not found or API error, 2 bad --output.
+    With --workspace DIR: the local experiments (and sweeps) of that workspace, also while one trains in
+    another terminal. Exit codes: 0 shown (or -w interrupted), 1 not found or API error, 2 bad --output.
     """
     if output not in (None, "json", "yaml"):
         _fail(f"--output {output}: must be json or yaml", EXIT_USAGE)
@@ -180,10 +182,13 @@ def get_command(
 
         get_local(workspace, name, output, watch)
         return
-    if watch:
-        _fail("--watch: only with --workspace", EXIT_USAGE)
+    if watch and output:
+        _fail("--watch shows the table; for objects use kubectl get lx -w -o json", EXIT_USAGE)
     with reporting():
         cluster = connect(namespace)
+        if watch:
+            _watch_table(cluster, name)
+            return
         if name and sweep_commands.get_sweep_if_named(cluster, name, output):
             return
         items = [cluster.get_experiment(name)] if name else cluster.list_experiments()
@@ -199,8 +204,29 @@ def get_command(
             typer.echo(f"No LaneExperiments found in namespace {cluster.namespace}.", err=True)
             return
         now = datetime.now(timezone.utc)
-        typer.echo(table(("NAME", "PHASE", "WORKERS", "ACCURACY", "SNAPSHOT", "AGE"),
-                         [experiment_row(item, now) for item in items]))
+        typer.echo(table(EXPERIMENT_HEADERS, [experiment_row(item, now) for item in items]))
+
+
+def _watch_table(cluster: "Cluster", name: Optional[str]) -> None:
+    """`lanex get -w`: the table, then follow the experiments through the API's watch until interrupted."""
+    shown = WatchTable(EXPERIMENT_HEADERS, WATCH_WIDTHS)
+    current: list[list[str]] = []
+
+    def synced() -> None:
+        for line in shown.start(current):
+            typer.echo(line)
+
+    try:
+        for event, obj in cluster.watch_experiments(name, synced=synced):
+            now = datetime.now(timezone.utc)
+            if event == "CURRENT":
+                current.append(experiment_row(obj, now))
+                continue
+            line = shown.change(experiment_row(obj, now), deleted=event == "DELETED")
+            if line is not None:
+                typer.echo(line)
+    except KeyboardInterrupt:
+        pass
 
 
 def describe_command(

@@ -93,15 +93,14 @@ def show_sweeps(cluster: "Cluster", experiments: list[dict[str, Any]], sweeps: l
                 output: Optional[str]) -> None:
     """`lanex get` when the namespace has sweeps: both lists (one List document with -o, else two tables)."""
     from lanex_operator.cli.sweep_views import SWEEP_HEADERS, sweep_row
-    from lanex_operator.cli.views import dump, experiment_row, table
+    from lanex_operator.cli.views import EXPERIMENT_HEADERS, dump, experiment_row, table
 
     if output:
         typer.echo(dump({"apiVersion": "v1", "kind": "List", "items": experiments + sweeps}, output))
         return
     now = datetime.now(timezone.utc)
     if experiments:
-        typer.echo(table(("NAME", "PHASE", "WORKERS", "ACCURACY", "SNAPSHOT", "AGE"),
-                         [experiment_row(item, now) for item in experiments]) + "\n")
+        typer.echo(table(EXPERIMENT_HEADERS, [experiment_row(item, now) for item in experiments]) + "\n")
     typer.echo(table(SWEEP_HEADERS, [sweep_row(item, now) for item in sweeps]))
 
 

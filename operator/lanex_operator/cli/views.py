@@ -114,12 +114,89 @@ def _workers(obj: Mapping[str, Any]) -> str:
     return str(((obj.get("spec") or {}).get("training") or {}).get("workers", "?"))
 
 
+EXPERIMENT_HEADERS = ("NAME", "PHASE", "PROGRESS", "ETA", "WORKERS", "ACCURACY", "SNAPSHOT", "AGE")
+# -w prints rows one at a time: room for the longest phase, "30/30 100%" and "12h05m" from the start.
+WATCH_WIDTHS = (16, len("ProvisioningDataset"), len("30/30 100%"), len("12h05m"))
+
+
 def experiment_row(obj: Mapping[str, Any], now: Optional[datetime] = None) -> list[str]:
+    """One `lanex get` row; PROGRESS and ETA are the operator's, the same as `kubectl get lx` shows."""
     status = status_of(obj)
-    return [obj["metadata"]["name"], status.get("phase") or "-", _workers(obj),
+    return [obj["metadata"]["name"], status.get("phase") or "-", status.get("progressSummary") or "-",
+            status.get("eta") or "-", _workers(obj),
             decimal((status.get("results") or {}).get("accuracy")),
             (status.get("provenance") or {}).get("resultSnapshot") or "-",
             age(obj["metadata"].get("creationTimestamp"), now)]
+
+
+class WatchTable:
+    """`lanex get -w`: the table, then one row per change of an experiment (AGE alone is no change),
+    aligned to the widest cell seen so far."""
+
+    def __init__(self, headers: Sequence[str], widths: Sequence[int] = ()) -> None:
+        self.widths = [max(len(header), int(width)) for header, width in
+                       zip(headers, [*widths, *([0] * (len(headers) - len(widths)))])]
+        self.headers = list(headers)
+        self._last: dict[str, list[str]] = {}
+
+    def _line(self, row: Sequence[str]) -> str:
+        self.widths = [max(width, len(cell)) for width, cell in zip(self.widths, row)]
+        return "   ".join(cell.ljust(width) for cell, width in zip(row, self.widths)).rstrip()
+
+    def start(self, rows: Sequence[Sequence[str]]) -> list[str]:
+        for row in rows:
+            self.widths = [max(width, len(cell)) for width, cell in zip(self.widths, row)]
+            self._last[row[0]] = list(row)
+        return [self._line(self.headers), *(self._line(row) for row in rows)]
+
+    def change(self, row: Sequence[str], deleted: bool = False) -> Optional[str]:
+        """The line to print for an experiment's new state, or None when nothing shown changed."""
+        previous = self._last.pop(row[0], None) if deleted else self._last.get(row[0])
+        if not deleted:
+            if previous is not None and previous[:-1] == list(row[:-1]):
+                return None
+            self._last[row[0]] = list(row)
+        return self._line(row)
+
+
+def progress_lines(status: Mapping[str, Any], now: Optional[datetime] = None) -> list[str]:
+    """`lanex describe`'s Progress section, from `status.progress` (the trainer's newest record)."""
+    progress = status.get("progress")
+    if not isinstance(progress, Mapping):
+        return []
+
+    def number(key: str, digits: int) -> Optional[str]:
+        value = progress.get(key)
+        return None if value is None else f"{float(value):.{digits}f}"
+
+    lines = [f"  State:       {progress.get('state', '-')} ({status.get('progressSummary') or '-'}, "
+             f"epoch {progress.get('epoch', '-')}/{progress.get('epochs', '-')}, "
+             f"step {progress.get('step', '-')}/{progress.get('steps', '-')})",
+             f"  ETA:         {status.get('eta') or '-'}"]
+    values = {"Loss": number("loss", 4), "LR": number("learningRate", 6), "Images/s": number("imagesPerSecond", 1)}
+    wait = progress.get("dataWaitFraction")
+    if wait is not None:
+        values["Data wait"] = f"{100 * float(wait):.0f}% of step time"
+    lines += [f"  {label + ':':13}{value}" for label, value in values.items() if value is not None]
+    validation = progress.get("validation")
+    if isinstance(validation, Mapping):
+        lines.append(f"  Validation:  epoch {validation.get('epoch')}: accuracy {decimal(validation.get('accuracy'))}, "
+                     f"FP {decimal(validation.get('fp'))}, FN {decimal(validation.get('fn'))}")
+    history = [v for v in progress.get("validationHistory") or [] if isinstance(v, Mapping)]
+    if len(history) > 1:
+        lines.append("  Accuracy:    " + " ".join(decimal(v.get("accuracy"), 3) for v in history)
+                     + " (by epoch)")
+    gpus = [g for g in progress.get("gpus") or [] if isinstance(g, Mapping)]
+    if gpus:
+        lines.append("  GPUs:        " + ", ".join(
+            f"rank {g.get('rank')} {float(g.get('utilizationPercent') or 0):.0f}%"
+            + (f" {int(g['memoryUsedBytes']) / 2**30:.1f}/{int(g['memoryTotalBytes']) / 2**30:.1f} GiB"
+               if g.get("memoryUsedBytes") is not None and g.get("memoryTotalBytes") is not None else "")
+            for g in gpus))
+    seen = progress.get("observedAt")
+    lines.append(f"  Updated:     {progress.get('updatedAt') or '-'} (read {seen or '-'}"
+                 + (f", {age(seen, now)} ago)" if seen else ")"))
+    return ["Progress:", *lines]
 
 
 # --- describe ------------------------------------------------------------------------------------
@@ -274,6 +351,7 @@ def describe_lines(cluster: "Cluster", obj: Mapping[str, Any], now: datetime) ->
     out += ["Spec:", *_spec_lines(obj.get("spec") or {})]
     out += _section("Conditions", ("TYPE", "STATUS", "REASON", "LAST TRANSITION", "MESSAGE"), _condition_rows(status))
     out += _section("Children", ("KIND", "NAME", "STATE"), _child_rows(cluster, obj))
+    out += progress_lines(status, now)
     results = status.get("results") or {}
     out += _fields("Results", {**results, **{k: decimal(results.get(k)) for k in ("accuracy", "fp", "fn")
                                              if results.get(k) is not None}},

@@ -22,6 +22,7 @@ from lanex_operator import __version__
 
 USER_AGENT = f"lanex-operator/{__version__}"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 class KubeError(Exception):
@@ -162,6 +163,10 @@ class Kube:
 
     async def patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("PATCH", path, dict(patch), content_type=MERGE_PATCH)
+
+    async def json_patch(self, path: str, operations: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """A JSON patch (RFC 6902): unlike a merge patch, it can write a null value."""
+        return await self.request("PATCH", path, [dict(op) for op in operations], content_type=JSON_PATCH)
 
     async def delete(self, path: str, propagation: str = "Background") -> dict[str, Any] | None:
         try:

@@ -40,9 +40,13 @@ from lanex_operator.controller.status import parse_utc, utc_text
 PROGRESS_PREFIX = "LANEX_PROGRESS "
 MARKER = PROGRESS_PREFIX + "{"  # mpirun/horovodrun/torchrun prefixes may come before it on the line
 # The tail read: enough lines to find the newest progress line among other ranks' output, and a byte
-# cap so that one read stays small (the kubelet cuts at limitBytes from the start of the tail).
-TAIL_LINES = 200
+# cap so that one read stays small. The kubelet cuts at limitBytes from the *start* of the tail, so a
+# cut read lost the newest lines: it is read again with fewer lines (long lines, e.g. a progress bar
+# redrawn with carriage returns, or a long validation history).
+TAIL_LINES = (200, 20, 2)
 LIMIT_BYTES = 256 * 1024
+# status.progress keeps the newest validations only, so that status stays far below etcd's object limit.
+HISTORY_KEPT = 500
 LAUNCHER_SELECTOR = "training.kubeflow.org/job-name={name},training.kubeflow.org/job-role=launcher"
 log = logging.getLogger("lanex.operator.progress")
 
@@ -64,7 +68,8 @@ def newest_progress(text: str) -> Optional[TrainingProgress]:
 def progress_status(progress: TrainingProgress, observed: datetime, ended: bool = False) -> dict[str, Any]:
     """The status keys the progress writer owns: `progress` (every key, nulls kept), and the two columns
     (once training `ended` without a finished record, the ETA column says `-`, not a stale estimate)."""
-    record = progress.model_copy(update={"observed_at": observed})
+    record = progress.model_copy(update={"observed_at": observed,
+                                         "validation_history": progress.validation_history[-HISTORY_KEPT:]})
     return {"progress": record.model_dump(by_alias=True, mode="json"), "progressSummary": record.summary(),
             "eta": record.eta() if record.state == "finished" or not ended else "-"}
 
@@ -89,8 +94,8 @@ class RequestBudget:
                 now = self._clock()
                 self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
                 self._stamp = now
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                if self._tokens >= 1.0 - 1e-9:  # (a float refill may fall short of 1 by a rounding error)
+                    self._tokens = max(0.0, self._tokens - 1.0)
                     return
                 await asyncio.sleep((1.0 - self._tokens) / self.rate)
 
@@ -169,8 +174,10 @@ class ProgressFollower:
         if key == followed.written and isinstance(previous, Mapping):
             observed = parse_utc(str(previous.get("observedAt") or "")) or observed  # nothing new was seen
         await self.budget.acquire()
-        await self.kube.patch(object_path(API_VERSION, PLURAL, namespace, name, "status"),
-                              {"status": progress_status(progress, observed, ended=final)})
+        # A JSON patch: a merge patch would delete the keys whose value is null (the contract keeps them).
+        await self.kube.json_patch(object_path(API_VERSION, PLURAL, namespace, name, "status"), [
+            {"op": "add", "path": f"/status/{key}", "value": value}
+            for key, value in progress_status(progress, observed, ended=final).items()])
         followed.written = key
         stalled = next((c for c in status.get("conditions") or [] if c.get("type") == ConditionType.STALLED.value), {})
         if stalled.get("status") == "True":
@@ -187,16 +194,21 @@ class ProgressFollower:
                 return None
             newest = max(live, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
             followed.launcher = newest["metadata"]["name"]
-        await self.budget.acquire()
-        try:
-            text = await self.kube.text(object_path("v1", "pods", namespace, followed.launcher, "log"),
-                                        params={"tailLines": str(TAIL_LINES), "limitBytes": str(LIMIT_BYTES)})
-        except KubeError as exc:
-            if exc.not_found:
-                followed.launcher = None  # replaced (a restart): find the new one next time
-                return None
-            raise
-        return newest_progress(text)
+        found = None
+        for lines in TAIL_LINES:
+            await self.budget.acquire()
+            try:
+                text = await self.kube.text(object_path("v1", "pods", namespace, followed.launcher, "log"),
+                                            params={"tailLines": str(lines), "limitBytes": str(LIMIT_BYTES)})
+            except KubeError as exc:
+                if exc.not_found:
+                    followed.launcher = None  # replaced (a restart): find the new one next time
+                    return None
+                raise
+            found = newest_progress(text) or found
+            if len(text.encode()) < LIMIT_BYTES:
+                break  # nothing was cut: the newest lines are in
+        return found
 
 
 def _training_ended(stopped: Any) -> bool:

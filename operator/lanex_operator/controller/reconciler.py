@@ -480,6 +480,7 @@ class Reconciler:
         """Set or clear `Stalled`; returns how long until a stall could next be declared."""
         timeout = spec.training.stall_timeout_seconds
         current = book.condition(C.STALLED.value)
+        gauges = not body["metadata"].get("deletionTimestamp")  # a deleted experiment's series are gone
         verdict = judge_stall((body.get("status") or {}).get("progress"), running.get("lastTransitionTime"),
                               current, self.now(), timeout)
         if not verdict.stalled:
@@ -487,9 +488,11 @@ class Reconciler:
                 message = f"training progresses again ({self._last_step(verdict)})"
                 book.set_condition(C.STALLED.value, "False", "ProgressResumed", message)
                 book.event("Normal", "ProgressResumed", message)
-            self.metrics.training.set_stalled(plan.namespace, plan.name, False)
+            if gauges:
+                self.metrics.training.set_stalled(plan.namespace, plan.name, False)
             return max(0.05, min(self.config.resync_seconds, verdict.seconds_left))
-        self.metrics.training.set_stalled(plan.namespace, plan.name, True)
+        if gauges:
+            self.metrics.training.set_stalled(plan.namespace, plan.name, True)
         message = clip(verdict.describe(timeout))
         if book.set_condition(C.STALLED.value, "True", "NoProgress", message):
             book.event("Warning", C.STALLED.value, message)
