@@ -300,7 +300,7 @@ def test_the_operator_reads_only_launcher_logs_and_deletes_only_launcher_pods(al
     assert pods and all("-train-launcher-" in (call.name or "") for call in pods), pods
     assert any(call.verb == "delete" for call in pods)  # rbac-stall's launcher was restarted
     assert not {permission for permission in granted if permission[2] in ("update", "deletecollection", "*")
-                and permission[1] != "laneexperiments/finalizers"}
+                and permission[1] not in ("laneexperiments/finalizers", "lanesweeps/finalizers")}
 
 
 # --- the namespaced install: a Role per served namespace, a small ClusterRole ---------------------
