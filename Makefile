@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.lanex-installed
 
-.PHONY: venv system horovod test demo bench clean
+.PHONY: venv system horovod azurite test demo bench clean
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	python3 -m venv $(VENV)
@@ -22,7 +22,11 @@ system:
 horovod: venv system
 	bash scripts/build_horovod.sh $(PY)
 
-test: venv system horovod
+# Azurite (npm), the Azure Storage emulator the Blob download tests run against.
+azurite:
+	bash scripts/install_azurite.sh
+
+test: venv system horovod azurite
 	$(PY) -m pytest -q -ra
 
 demo: venv

@@ -20,6 +20,8 @@ BENCHMARKS = {
     "eval": ["bench_eval.py"],
     "scaling": ["bench_scaling.py", "--max-procs", "2"],
     "operator": ["bench_operator.py", "--experiments", "100"],
+    "download": ["bench_download.py"],
+    "kill_run": ["bench_kill_run.py", "--trials", "3"],
 }
 
 

@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+# The session fails when a process the tests started outlives them (tests/process_guard.py).
+from process_guard import pytest_sessionfinish, pytest_sessionstart  # noqa: E402,F401
+
 
 @pytest.fixture
 def api_server(tmp_path: Path) -> Iterator[Any]:

@@ -293,12 +293,12 @@ def test_experiment_file_errors_name_the_file_and_the_field(tmp_path: Path):
 
 def test_experiment_file_checks_kind_name_and_yaml(tmp_path: Path):
     wrong = tmp_path / "wrong.yaml"
-    wrong.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: " + "x" * 41 + "}\nspec: {dataset: {synthetic: {}}}\n")
+    wrong.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: " + "x" * 43 + "}\nspec: {dataset: {synthetic: {}}}\n")
     with pytest.raises(ExperimentFileError) as caught:
         load_experiment_file(wrong)
     message = str(caught.value)
     assert "apiVersion: must be lanex.dev/v1alpha1" in message and "kind: must be LaneExperiment" in message
-    assert "metadata.name: must have at most 40 characters" in message
+    assert "metadata.name: must have at most 42 characters" in message
 
     broken = tmp_path / "broken.yaml"
     broken.write_text("spec:\n  dataset: [\n")
@@ -306,6 +306,10 @@ def test_experiment_file_checks_kind_name_and_yaml(tmp_path: Path):
         load_experiment_file(broken)
     with pytest.raises(ExperimentFileError, match="missing.yaml: cannot read"):
         load_experiment_file(tmp_path / "missing.yaml")
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_text("apiVersion: lanex.dev/v1alpha1\n", encoding="utf-16")
+    with pytest.raises(ExperimentFileError, match=r"utf16.yaml: not UTF-8 text: byte offset 0 \(0xff\): invalid start byte"):
+        load_experiment_file(utf16)
 
 
 def test_experiment_file_returns_metadata_and_spec(tmp_path: Path):

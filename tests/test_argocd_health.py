@@ -150,6 +150,20 @@ def test_storage_tier_failure_is_mentioned_without_changing_health():
                                                     "is not configured)")
 
 
+def test_training_shows_its_progress_and_eta_and_a_stall_as_a_warning():
+    status = LaneExperimentStatus(phase=Phase.TRAINING, message="training with MPIJob tusimple-train (3 workers)",
+                                  progress_summary="12/30 40%", eta="1h05m", observed_generation=1)
+    assert run_health("lanex.dev_LaneExperiment", experiment(status)) == (
+        "Progressing", "Training 12/30 40%, ETA 1h05m: training with MPIJob tusimple-train (3 workers)")
+    status.conditions = [condition("Stalled", "True", "NoProgress", "no training progress for 1800s (last: epoch 12/30, "
+                                   "step 3600/9000, seen at 2026-12-01T22:00:00Z)")]
+    assert run_health("lanex.dev_LaneExperiment", experiment(status))[1].endswith(
+        "(warning: Stalled NoProgress: no training progress for 1800s (last: epoch 12/30, step 3600/9000, "
+        "seen at 2026-12-01T22:00:00Z))")
+    status.conditions = [condition("Stalled", "False", "ProgressResumed", "training progresses again")]
+    assert "warning" not in run_health("lanex.dev_LaneExperiment", experiment(status))[1]
+
+
 def test_ignored_spec_change_and_tier_warning_are_both_listed():
     status = LaneExperimentStatus(phase=Phase.FAILED, conditions=[
         condition("Failed", "True", "Timeout", "no progress for 3600 s"),

@@ -189,7 +189,8 @@ def test_runai_mpijob_is_tr4896_three_workers_one_gpu_each():
         assert pod["containers"][0]["image"] == "ghcr.io/lanex/trainer:0.1.0"
     (launcher_container,) = launcher["template"]["spec"]["containers"]
     (worker_container,) = worker["template"]["spec"]["containers"]
-    assert env_of(launcher_container) == {**tr4896_env, "RUNAI_MPI_NUM_WORKERS": "3"}
+    assert env_of(launcher_container) == {**tr4896_env, "RUNAI_MPI_NUM_WORKERS": "3",
+                                          "LANEX_JOB": "runai-lane-detection/tr4896"}
     assert env_of(worker_container) == tr4896_env
     assert launcher_container["command"] == [
         "lanex", "launch", "--backend", "horovod", "--processes", "3", "--termination-log", "/dev/termination-log",
@@ -453,8 +454,8 @@ def test_metadata_must_match_the_plan_and_names_must_fit():
     meta, spec, plan = build(RUNAI_SPEC)
     with pytest.raises(ValueError, match="plan is for runai-lane-detection/tr4896"):
         mpijob_for({"name": "other", "namespace": "runai-lane-detection"}, spec, plan)
-    with pytest.raises(InvalidSpecError, match="metadata.name: must have at most 40 characters"):
-        plan_for("x" * 41, "default", spec)
+    with pytest.raises(InvalidSpecError, match="metadata.name: must have at most 42 characters"):
+        plan_for("x" * 43, "default", spec)
     with pytest.raises(ValueError, match="snapshot.enabled is false"):
         disabled = parse_spec({**RUNAI_SPEC, "snapshot": {"enabled": False}})
         snapshot_for(meta, disabled, plan_for("tr4896", "runai-lane-detection", disabled), AT)

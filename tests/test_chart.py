@@ -100,9 +100,10 @@ NAMESPACED_GRANTS = {
 } | {("snapshot.storage.k8s.io", "volumesnapshots", verb) for verb in ("get", "list", "watch", "create", "delete")}
 CLUSTER_GRANTS = {
     ("", "persistentvolumes", "get"), ("", "persistentvolumes", "patch"),
-    ("snapshot.storage.k8s.io", "volumesnapshotclasses", "get"),
+    ("snapshot.storage.k8s.io", "volumesnapshotclasses", "get"), ("snapshot.storage.k8s.io", "volumesnapshotclasses", "list"),
     ("storage.k8s.io", "storageclasses", "get"),
     ("", "namespaces", "get"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "get"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
@@ -341,6 +342,9 @@ def test_operator_defaults_and_ports_come_from_values():
         "LANEX_DEFAULT_STORAGE_CLASS": "azurenetappfiles",
         "LANEX_DEFAULT_SNAPSHOT_CLASS": "netapp-csi-snapclass",
         "LANEX_DEFAULT_SCHEDULER": "runai",
+        "LANEX_OPERATOR_DATASET_BOUND_TIMEOUT_SECONDS": "1800",
+        "LANEX_OPERATOR_MPIJOB_CONDITION_TIMEOUT_SECONDS": "600",
+        "LANEX_OPERATOR_POD_STUCK_TIMEOUT_SECONDS": "1800",
         "LANEX_OPERATOR_PROGRESS_INTERVAL_SECONDS": "30",
         "LANEX_OPERATOR_PROGRESS_REQUESTS_PER_SECOND": "10",
         "LANEX_ANF_POOL_PREMIUM": pool_id("premium"),
@@ -372,6 +376,24 @@ def test_operator_reads_the_defaults_the_chart_passes(values):
     # The chart's own defaults are the operator's built-in fallbacks: an install changes nothing by itself.
     if values is None:
         assert ClusterDefaults.from_env(environ) == ClusterDefaults()
+
+
+def test_operator_reads_the_wait_bounds_the_chart_passes():
+    from lanex_operator.controller.config import OperatorConfig
+
+    def config(values):
+        container = only(objects_for(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        return OperatorConfig.from_env({item["name"]: item["value"] for item in container["env"] if "value" in item})
+
+    # The chart's defaults are the operator's built-in ones; each value reaches its setting.
+    default = config(None)
+    assert (default.dataset_bound_timeout_seconds, default.mpijob_condition_timeout_seconds,
+            default.pod_stuck_timeout_seconds) == (1800.0, 600.0, 1800.0) == (
+        OperatorConfig().dataset_bound_timeout_seconds, OperatorConfig().mpijob_condition_timeout_seconds,
+        OperatorConfig().pod_stuck_timeout_seconds)
+    chosen = config({"timeouts": {"datasetBoundSeconds": 900, "mpijobConditionSeconds": 120, "podStuckSeconds": 3600}})
+    assert (chosen.dataset_bound_timeout_seconds, chosen.mpijob_condition_timeout_seconds,
+            chosen.pod_stuck_timeout_seconds) == (900.0, 120.0, 3600.0)
 
 
 def test_operator_reads_the_tier_pools_the_chart_passes():
@@ -441,6 +463,19 @@ def test_snapshot_class_deletes_by_default_and_storage_setup_is_off_by_default()
         assert chart.values["storageSetup"]["backend"]["exportRule"] == ""
 
 
+def test_snapshot_class_can_be_marked_the_default_of_its_driver_and_is_not_by_default():
+    from lanex_operator.controller.preflight import DEFAULT_SNAPSHOT_CLASS_ANNOTATION
+
+    assert DEFAULT_SNAPSHOT_CLASS_ANNOTATION not in only(objects_for(FULL_VALUES), "VolumeSnapshotClass")[
+        "metadata"]["annotations"]
+    marked = only(objects_for(merged(FULL_VALUES, {"storageSetup": {"snapshotClass": {"isDefault": True}}})),
+                  "VolumeSnapshotClass")
+    assert marked["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep",
+                                                 DEFAULT_SNAPSHOT_CLASS_ANNOTATION: "true"}
+    with helm.Chart.load(CHART_DIR) as chart:
+        assert chart.values["storageSetup"]["snapshotClass"]["isDefault"] is False
+
+
 def test_managed_identity_backend_carries_no_credentials_or_tenant():
     values = merged(FULL_VALUES, {"storageSetup": {"backend": {"credentialsSecret": "", "useManagedIdentity": True}}})
     spec = only(objects_for(values), "TridentBackendConfig")["spec"]
@@ -483,6 +518,9 @@ SCHEMA_REJECTIONS = [
      ["/storageSetup/backend/serviceLevel", "'Standard', 'Premium', 'Ultra'"]),
     ("bad deletion policy", {"storageSetup": {"snapshotClass": {"deletionPolicy": "Keep"}}},
      ["/storageSetup/snapshotClass/deletionPolicy"]),
+    ("zero wait bound", {"timeouts": {"podStuckSeconds": 0}}, ["/timeouts/podStuckSeconds", "minimum"]),
+    ("string default mark", {"storageSetup": {"snapshotClass": {"isDefault": "yes"}}},
+     ["/storageSetup/snapshotClass/isDefault", "want boolean"]),
 ]
 
 

@@ -183,6 +183,18 @@ def test_invalid_file_or_flag_is_refused_with_exit_2_naming_the_field_before_any
     assert "spec.training.validation.batchSize: must be >= 1 (got 0) (from -e VAL_BATCH_SIZE)" in result.stderr
 
 
+@pytest.mark.parametrize("command", [("submit",), ("run", "--workspace", "ws")], ids=["submit", "run"])
+def test_a_spec_file_that_is_not_utf8_text_is_refused_with_exit_2_naming_the_file_and_offset(tmp_path, command):
+    latin1 = tmp_path / "latin1.yaml"
+    text = DDP_EXAMPLE.read_text()
+    offset = len(text.encode())
+    latin1.write_bytes(text.encode() + "# caf\u00e9 au lait\n".encode("latin-1"))
+    result = lanex(tmp_path / "no-such-kubeconfig", command[0], str(latin1), *command[1:])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {latin1}: not UTF-8 text: byte offset {offset + 5} (0xe9)")
+    assert "Traceback" not in result.stderr
+
+
 def test_tr4896_environment_flags_set_their_typed_fields_and_other_variables_go_to_env():
     spec = {"dataset": {"synthetic": {"clips": 4}}, "training": {"env": [{"name": "NCCL_DEBUG", "value": "INFO"}]}}
     flags = SubmitOverrides(processes=3, gpu=1, large_shm=False, project="lane-detection", pvc="tusimple:/mnt",

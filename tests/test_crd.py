@@ -109,7 +109,7 @@ def test_only_metadata_name_is_restricted():
     metadata = open_api()["properties"]["metadata"]
     assert metadata == {
         "type": "object",
-        "properties": {"name": {"type": "string", "maxLength": 40, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}},
+        "properties": {"name": {"type": "string", "maxLength": 42, "pattern": "^[a-z]([-a-z0-9]*[a-z0-9])?$"}},
     }
 
 

@@ -406,3 +406,14 @@ def test_cli_downloads_and_prints_the_file(server, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "pack.zip")
     assert (tmp_path / "a.txt").read_bytes() == b"A"
+
+
+def test_archive_overwriting_a_different_file_of_an_earlier_one_is_logged(server, tmp_path, caplog):
+    knobs, base = server
+    knobs.files["/train_set.zip"] = make_zip({"clips/0531/1/20.jpg": b"train frame"})
+    knobs.files["/test_set.zip"] = make_zip({"clips/0531/1/20.jpg": b"test frame", "clips/0531/2/20.jpg": b"x"})
+    with caplog.at_level("WARNING", logger="lanex_trainer.data.download"):
+        download_all([f"{base}/train_set.zip", f"{base}/test_set.zip"], [], tmp_path, policy=FAST)
+    assert (tmp_path / "clips/0531/1/20.jpg").read_bytes() == b"test frame"
+    assert [record.getMessage() for record in caplog.records] == [
+        f"test_set.zip: {tmp_path / 'clips/0531/1/20.jpg'} replaces a different file of an earlier download"]

@@ -86,6 +86,11 @@ def test_tusimple_runai_example_is_tr4896s_run():
     assert (spec.scheduler.type, spec.scheduler.project) == ("runai", "lane-detection")
     assert spec.snapshot.enabled
     assert "replace" in (EXAMPLES / "tusimple-runai-3gpu.yaml").read_text().lower()
+    # credentials by Secret name only; torchvision's official VGG16-BN file, by its published digest prefix
+    assert {entry.secret_ref.name for entry in spec.dataset.download.urls if entry.secret_ref} == {"tusimple-mirror"}
+    weights = training.pretrained_weights
+    assert weights is not None
+    assert (weights.url, weights.sha256) == ("https://download.pytorch.org/models/vgg16_bn-6c64b313.pth", "6c64b313")
 
 
 def test_restore_and_kubeflow_examples_show_their_feature():

@@ -1,5 +1,6 @@
 """`lanex launch` chooses the launcher and its flags from the environment (pure planning)."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,16 @@ def test_rendezvous_prefers_master_addr_then_hostfile(tmp_path: Path):
     assert rendezvous_address({"LANEX_MPI_HOSTFILE": str(hostfile)}) == ("node-a", 29500)
     with pytest.raises(DistributedError, match="does not exist"):
         rendezvous_address({"LANEX_MPI_HOSTFILE": str(tmp_path / "missing")})
+
+
+def test_each_launch_is_a_new_run_whose_ranks_end_with_it_and_learn_its_job(tmp_path: Path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("exp-train-worker-0 slots=1\nexp-train-worker-1 slots=1\n")
+    environ = {"LANEX_MPI_HOSTFILE": str(hostfile), "LANEX_JOB": "team/exp"}
+    first = plan_launch(TRAIN, "torch", environ=environ)
+    time.sleep(0.001)  # run ids order by start time, to the microsecond
+    restarted = plan_launch(TRAIN, "torch", environ=environ)
+    assert first.env["LANEX_RUN_ID"] < restarted.env["LANEX_RUN_ID"]  # a restarted launcher's run sorts later
+    assert first.env["LANEX_DIE_WITH_PARENT"] == "1"
+    for name in ("LANEX_RUN_ID", "LANEX_JOB", "LANEX_DIE_WITH_PARENT"):  # mpirun passes them to remote ranks
+        assert first.argv[first.argv.index(name) - 1] == "-x"

@@ -249,3 +249,16 @@ def test_kubectl_and_lanex_get_watch_follow_a_run_epoch_by_epoch(api_server, run
     assert header.split() == ["NAME", "PHASE", "PROGRESS", "ETA", "WORKERS", "ACCURACY", "SNAPSHOT", "AGE"]
     rows = [line for line in outputs[1][0].splitlines() if line.startswith("followed")]
     assert len(rows) == len(set(line.rsplit(None, 1)[0] for line in rows))  # a row only when something changed
+
+
+def test_a_restarted_operator_goes_on_reading_progress_from_where_status_is(api_server, operator_factory):
+    slow_training(api_server, steps_per_epoch=30, step_seconds=0.15)
+    first_operator = operator_factory()
+    api_server.create(experiment("survivor"))
+    before = wait_step(api_server, "survivor", 3)
+    first_operator.kill()  # SIGKILL: nothing in memory survives
+    operator_factory()
+    after = wait_step(api_server, "survivor", before["step"], timeout=40)
+    assert after["runId"] == before["runId"] and after["observedAt"] >= before["observedAt"]
+    assert wait_phase(api_server, "survivor", ["Succeeded", "Failed"], timeout=60)["status"]["phase"] == "Succeeded"
+    assert not any(c["type"] == "Stalled" for c in get_experiment(api_server, "survivor")["status"]["conditions"])

@@ -53,3 +53,14 @@ def test_fingerprint_ignores_paths_but_not_learning_settings():
     longer = build_config(environ={}, overrides={**BASE, "epochs": 99, "loader_workers": 0})
     assert longer.fingerprint() == a.fingerprint()
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_lease_settings_change_no_fingerprint_and_a_stale_time_below_three_heartbeats_is_refused(tmp_path: Path):
+    base = {"data_root": tmp_path, "output_dir": tmp_path / "o"}
+    default = build_config(environ={}, overrides=base)
+    patient = build_config(environ={}, overrides={**base, "lease_stale_s": 600, "lease_heartbeat_s": 30})
+    assert (default.lease_heartbeat_s, default.lease_stale_s) == (10.0, 120.0)
+    assert patient.fingerprint() == default.fingerprint()
+    assert build_config(environ={"LANEX_LEASE_STALE_S": "600"}, overrides=base).lease_stale_s == 600  # spec.training.env
+    with pytest.raises(ConfigError, match=r"lease_stale_s \(20\) must be at least 3 x lease_heartbeat_s \(10\)"):
+        build_config(environ={}, overrides={**base, "lease_stale_s": 20})

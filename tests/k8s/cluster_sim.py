@@ -8,9 +8,15 @@ API, as real controllers talk to the apiserver:
   volume in TR-4896 that had to be patched to ReadWriteMany, and that name their ANF volume in
   `spec.csi.volumeAttributes.internalName` as Trident's PVs do; restores PVCs whose dataSource is a
   ready VolumeSnapshot (size at least its restoreSize);
-* the Job controller: one pod per Job, success or failure with a termination message;
+* the Job controller: one pod per Job, success or failure with a termination message; like the
+  kubelet, a pod whose secret volume names a Secret that does not exist stays Pending with a
+  FailedMount Warning Event until the Secret is created;
 * the mpi-operator: Created -> Running -> Succeeded/Failed conditions, worker pods (removed when
   training ends, as `cleanPodPolicy: Running` does) and a launcher pod whose termination message is
+  the trainer's results JSON; like v0.8.2 it refuses an MPIJob that breaks its rules (`k8s.mpi_rules`:
+  a `ValidationError` Event, no pods, no condition), creates no pods while `runPolicy.suspend` is true
+  (Kueue admits by unsuspending), and with `launcherCreationPolicy: WaitForWorkersReady` creates the
+  launcher only once every worker pod is Ready;
   the trainer's results JSON; the launcher logs the trainer's `LANEX_PROGRESS {...}` lines (see
   PROGRESS_CONTRACT: every step, a validation per epoch) and, as mpi-operator's launcher Job does
   (v0.3+: a batch/v1 Job with the MPIJob's `runPolicy.backoffLimit`), a deleted launcher pod is
@@ -18,7 +24,14 @@ API, as real controllers talk to the apiserver:
   a failure; more failures than the backoff limit fail the MPIJob;
 * the kubelet's logs: what each of those containers prints, written into the emulator, which serves
   it as `pods/NAME/log` (followed logs are streamed while the container runs);
-* the snapshot controller: VolumeSnapshotContent, readyToUse, restoreSize, creationTime, or an error.
+* the snapshot controller: VolumeSnapshotContent, readyToUse, restoreSize, creationTime, or an error;
+  the class as the external-snapshotter picks it (a named class as is, with its driver; none named:
+  the class of the PV's CSI driver marked default, else an error);
+* the kubelet and the scheduler when a pod cannot start: container waiting reasons
+  (ImagePullBackOff, ErrImagePull, CreateContainerConfigError) or PodScheduled=False/Unschedulable in
+  pod status, with their Warning Events on the pod;
+* a CSI provisioner of another driver: a StorageClass whose provisioner is not Trident gets PVs of
+  that driver.
 
 Every step can be made to fail or stall through `SimKnobs`, keyed by the experiment name (the
 `lanex.dev/experiment` label) or by the object's own name.
@@ -35,13 +48,18 @@ import random
 import re
 import string
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
+from k8s import mpi_rules
 from k8s.emulator import SYSTEM_USER_AGENT, now_rfc3339
 
 EXPERIMENT_LABEL = "lanex.dev/experiment"
+V = TypeVar("V")  # what a knob table maps a name to
+TRIDENT = "csi.trident.netapp.io"
+DEFAULT_CLASS_ANNOTATION = "snapshot.storage.kubernetes.io/is-default-class"
+KUBELET_WAITING = ("ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError")
 log = logging.getLogger("lanex.tests.cluster_sim")
 
 DEFAULT_RESULTS = {"accuracy": 0.9512, "fp": 0.0621, "fn": 0.0544,
@@ -64,9 +82,20 @@ class SimKnobs:
     snapshot_delay: float = 0.05
     fail_snapshots: dict[str, str] = dataclasses.field(default_factory=dict)
     stall_snapshots: set[str] = dataclasses.field(default_factory=set)
+    # No mpi-operator runs: MPIJobs are stored but nothing ever acts on them (no condition, no pods).
+    mpi_operator_running: bool = True
+    # mpi-operator refuses these MPIJobs: a Warning Event ValidationError "Found validation errors: <message>",
+    # no condition and no launcher, never retried (as its syncHandler does).
+    refuse_mpijobs: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Pods of these Jobs/MPIJobs cannot start while the entry stays: name -> (reason, message) with reason one
+    # of ImagePullBackOff, ErrImagePull, CreateContainerConfigError (kubelet) or Unschedulable (scheduler).
+    stuck_pods: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     # "Kind", "Kind/experiment" or "Kind/object-name": hold the next step of those objects;
     # "MPIJob.running/experiment": hold training midway, its pods running and their logs open.
     paused: set[str] = dataclasses.field(default_factory=set)
+    # Worker pods turn Ready this long after they start; experiments or MPIJobs named here stay not Ready.
+    worker_ready_delay: float = 0.0
+    unready_workers: set[str] = dataclasses.field(default_factory=set)
     # The launcher's progress lines: epochs come from the trainer's `--epochs`; each epoch has
     # `steps_per_epoch` optimizer steps, `step_seconds` apart (None: mpijob_duration spread over all).
     steps_per_epoch: int = 2
@@ -84,7 +113,7 @@ class SimKnobs:
     # process: the replacement does not inherit it, so the sim drops the name when it replaces the pod).
     stall_logging: set[str] = dataclasses.field(default_factory=set)
 
-    def failure(self, table: Mapping[str, str], obj: Mapping[str, Any]) -> str | None:
+    def failure(self, table: Mapping[str, V], obj: Mapping[str, Any]) -> V | None:
         meta = obj.get("metadata", {})
         for key in (meta.get("name"), (meta.get("labels") or {}).get(EXPERIMENT_LABEL)):
             if key is not None and key in table:
@@ -142,6 +171,9 @@ class ClusterSimulation:
         self.mpijobs_running: dict[str, int] = {}  # namespace -> MPIJobs between Created and their end, now
         self.mpijobs_running_peak: dict[str, int] = {}  # namespace -> the most at any moment
         self.errors: list[str] = []
+        # What the simulated mpi-operator did, in order: ("refused" | "suspended" | "resumed" |
+        # "waiting-for-workers" | "launcher-created", MPIJob name) and ("worker-ready", pod name).
+        self.history: list[tuple[str, str]] = []
         self.launcher_restarts: dict[str, int] = {}  # MPIJob name -> launcher pods replaced
 
     async def start(self) -> None:
@@ -240,14 +272,18 @@ class ClusterSimulation:
         while keys & self.knobs.paused and meta.get("uid") not in self._deleted_mpijobs:
             await asyncio.sleep(0.02)
 
-    async def event(self, obj: Mapping[str, Any], reason: str, message: str, type_: str = "Warning") -> None:
+    async def event(self, obj: Mapping[str, Any], reason: str, message: str, type_: str = "Warning",
+                    component: str = "cluster-sim") -> None:
+        """A core/v1 Event about `obj`, as client-go's recorder writes it (`component`: the recording controller)."""
         meta = obj["metadata"]
         namespace = meta.get("namespace") or "default"
         await self.request("POST", f"/api/v1/namespaces/{namespace}/events", {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
-            "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],
-                               "namespace": namespace, "uid": meta["uid"]},
-            "reason": reason, "message": message, "type": type_, "source": {"component": "cluster-sim"},
+            "involvedObject": {"apiVersion": obj.get("apiVersion", "v1"), "kind": obj.get("kind", "Pod"),
+                               "name": meta["name"], "namespace": namespace, "uid": meta["uid"],
+                               "resourceVersion": meta.get("resourceVersion", "")},
+            "reason": reason, "message": message, "type": type_, "source": {"component": component},
+            "reportingComponent": component,
             "firstTimestamp": now_rfc3339(), "lastTimestamp": now_rfc3339(), "count": 1,
         }, content_type="application/json")
 
@@ -261,9 +297,11 @@ class ClusterSimulation:
         meta, spec = pvc["metadata"], pvc.get("spec", {})
         namespace, name = meta["namespace"], meta["name"]
         try:  # like a CSI provisioner, serve only claims of a storage class that exists
-            await self.request("GET", f"/apis/storage.k8s.io/v1/storageclasses/{spec.get('storageClassName')}")
+            storage_class = await self.request("GET", f"/apis/storage.k8s.io/v1/storageclasses/"
+                                                      f"{spec.get('storageClassName')}")
         except RuntimeError:
             return False
+        driver = storage_class.get("provisioner") or TRIDENT
         failure = self.knobs.failure(self.knobs.fail_binding, pvc)
         if failure:
             await self.event(pvc, "ProvisioningFailed", failure)
@@ -281,13 +319,13 @@ class ClusterSimulation:
         pv_name = f"pvc-{meta['uid']}"
         await self.request("POST", "/api/v1/persistentvolumes", {
             "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": pv_name, "annotations": {"pv.kubernetes.io/provisioned-by": "csi.trident.netapp.io"}},
+            "metadata": {"name": pv_name, "annotations": {"pv.kubernetes.io/provisioned-by": driver}},
             "spec": {"capacity": {"storage": size}, "accessModes": list(self.knobs.pv_access_modes),
                      "persistentVolumeReclaimPolicy": "Delete", "storageClassName": spec.get("storageClassName"),
                      "volumeMode": "Filesystem",
                      "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": namespace,
                                   "name": name, "uid": meta["uid"]},
-                     "csi": trident_csi(pv_name)},
+                     "csi": trident_csi(pv_name) if driver == TRIDENT else {"driver": driver, "volumeHandle": pv_name}},
         }, content_type="application/json")
         await self.request("PATCH", f"/api/v1/persistentvolumes/{pv_name}/status", {"status": {"phase": "Bound"}})
         await self.request("PATCH", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}",
@@ -328,8 +366,12 @@ class ClusterSimulation:
         base = f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}/status"
         start = now_rfc3339()
         await self.request("PATCH", base, {"status": {"active": 1, "startTime": start}})
+        stuck = self.knobs.failure(self.knobs.stuck_pods, job)
         pod = await self._pod(job, f"{name}-{_suffix()}", {"batch.kubernetes.io/job-name": name, "job-name": name,
-                                                          "batch.kubernetes.io/controller-uid": meta["uid"]})
+                                                          "batch.kubernetes.io/controller-uid": meta["uid"]},
+                              stuck=stuck)
+        await self._mount_secrets(pod)
+        await self._while_stuck(job, [pod])
         self.print(pod, "lanex data: preparing the dataset in /mnt/tusimple_data\n")
         await asyncio.sleep(self.knobs.job_duration)
         await self._hold(job)
@@ -350,13 +392,38 @@ class ClusterSimulation:
                 {"type": "Complete", "status": "True", "lastTransitionTime": now_rfc3339()}]}})
         return True
 
+    async def _mount_secrets(self, pod: Mapping[str, Any]) -> None:
+        """The kubelet's mount of secret volumes: Pending + FailedMount while a Secret is missing."""
+        meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        waiting = False
+        for volume in (pod.get("spec") or {}).get("volumes") or []:
+            secret = volume.get("secret") or {}
+            if not secret.get("secretName") or secret.get("optional"):
+                continue
+            while True:
+                try:
+                    await self.request("GET", f"/api/v1/namespaces/{meta['namespace']}/secrets/{secret['secretName']}")
+                    break
+                except RuntimeError:
+                    if not waiting:
+                        waiting = True
+                        await self.request("PATCH", path, {"status": {"phase": "Pending", "containerStatuses": [{
+                            "name": _main_container(pod), "ready": False, "restartCount": 0,
+                            "state": {"waiting": {"reason": "ContainerCreating"}}}]}})
+                        await self.event(pod, "FailedMount", f'MountVolume.SetUp failed for volume "{volume["name"]}"'
+                                                             f' : secret "{secret["secretName"]}" not found')
+                    await asyncio.sleep(0.1)
+        if waiting:
+            await self.request("PATCH", path, {"status": {"phase": "Running", "containerStatuses": None}})
+
     def print(self, pod: Mapping[str, Any], text: str) -> None:
         """What the pod's main container writes to its log."""
         if self._write_log is not None:
             self._write_log(pod["metadata"]["namespace"], pod["metadata"]["name"], _main_container(pod), text)
 
     async def _pod(self, owner: dict[str, Any], name: str, labels: dict[str, str],
-                   role: str = "Launcher") -> dict[str, Any]:
+                   role: str = "Launcher", stuck: tuple[str, str] | None = None) -> dict[str, Any]:
         meta = owner["metadata"]
         template = self._pod_template(owner, role)
         pod = await self.request("POST", f"/api/v1/namespaces/{meta['namespace']}/pods", {
@@ -366,9 +433,54 @@ class ClusterSimulation:
                 "controller": True, "blockOwnerDeletion": True}]},
             "spec": template.get("spec") or {"containers": [{"name": "main", "image": "busybox"}]},
         }, content_type="application/json")
+        if stuck is not None:
+            await self._stuck(pod, *stuck)
+            return pod
         await self.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{name}/status",
                            {"status": {"phase": "Running", "startTime": now_rfc3339()}})
         return pod
+
+    async def _stuck(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
+        """The pod cannot start: the scheduler finds no node (PodScheduled=False/Unschedulable), or the kubelet
+        cannot create its main container (a waiting reason), each with its Warning Event on the pod."""
+        meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        now = now_rfc3339()
+        if reason == "Unschedulable":
+            await self.request("PATCH", path, {"status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+                "lastProbeTime": None, "lastTransitionTime": now}]}})
+            await self.event(pod, "FailedScheduling", message, component="default-scheduler")
+            return
+        assert reason in KUBELET_WAITING, reason
+        container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+        await self.request("PATCH", path, {"status": {"phase": "Pending", "startTime": now, "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady",
+             "message": f"containers with unready status: [{_main_container(pod)}]", "lastTransitionTime": now},
+            {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+             "message": f"containers with unready status: [{_main_container(pod)}]", "lastTransitionTime": now}],
+            "containerStatuses": [{"name": _main_container(pod), "image": container.get("image", ""), "imageID": "",
+                                   "ready": False, "started": False, "restartCount": 0,
+                                   "state": {"waiting": {"reason": reason, "message": message}}}]}})
+        await self.event(pod, "Failed", f"Error: {reason}" if reason != "CreateContainerConfigError"
+                         else f"Error: {message}", component="kubelet")
+
+    async def _while_stuck(self, owner: Mapping[str, Any], pods: list[dict[str, Any]]) -> None:
+        """Hold while the owner's pods are stuck (`knobs.stuck_pods`); then they start, as after a fix."""
+        if self.knobs.failure(self.knobs.stuck_pods, owner) is None:
+            return
+        while self.knobs.failure(self.knobs.stuck_pods, owner) is not None:
+            await asyncio.sleep(0.05)
+        for pod in pods:
+            meta = pod["metadata"]
+            await self.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", {
+                "status": {"phase": "Running", "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()},
+                    {"type": "Ready", "status": "True", "lastTransitionTime": now_rfc3339()}],
+                    "containerStatuses": [{"name": _main_container(pod), "ready": True, "started": True,
+                                           "restartCount": 0, "state": {"running": {"startedAt": now_rfc3339()}}}]}})
 
     @staticmethod
     def _pod_template(owner: Mapping[str, Any], role: str) -> Mapping[str, Any]:
@@ -393,27 +505,52 @@ class ClusterSimulation:
         if any(c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True" for c in conditions):
             return True
         await self._hold(mpijob)
+        if not self.knobs.mpi_operator_running:
+            return False  # nothing watches MPIJobs: the object just sits there
+        refusal = self.knobs.failure(self.knobs.refuse_mpijobs, mpijob)
+        if refusal:  # its syncHandler: record the Event, do not requeue, set no condition
+            await self.event(mpijob, "ValidationError", f"Found validation errors: {refusal}",
+                             component="mpi-job-controller")
+            return True
+        stuck = self.knobs.failure(self.knobs.stuck_pods, mpijob)
         meta = mpijob["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        errors = mpi_rules.validation_errors(mpijob)
+        if errors:  # upstream: one Warning Event, no Service, no pods, no condition, never requeued
+            await self.event(mpijob, mpi_rules.VALIDATION_ERROR, mpi_rules.validation_event_message(errors))
+            self.history.append(("refused", name))
+            return True
+        mpijob = mpi_rules.defaulted(mpijob)
         base = f"/apis/kubeflow.org/v2beta1/namespaces/{namespace}/mpijobs/{name}/status"
         workers = mpijob["spec"]["mpiReplicaSpecs"]["Worker"].get("replicas", 1)
         created = {"type": "Created", "status": "True", "reason": "MPIJobCreated",
                    "message": f"MPIJob {namespace}/{name} is created.", "lastTransitionTime": now_rfc3339()}
-        await self.request("PATCH", base, {"status": {"conditions": [created]}})
+        resumed = await self._while_suspended(mpijob, base, created)
+        await self.request("PATCH", base, {"status": {"conditions": [created, *resumed]}})
         await asyncio.sleep(self.knobs.mpijob_start_delay)
         job_labels = {"training.kubeflow.org/job-name": name, "training.kubeflow.org/operator-name": "mpi-operator"}
         worker_pods = [await self._pod(mpijob, f"{name}-worker-{index}", {
             **job_labels, "training.kubeflow.org/job-role": "worker", "training.kubeflow.org/replica-index": str(index)},
-            role="Worker") for index in range(workers)]
-        for index, worker in enumerate(worker_pods):
-            self.print(worker, f"Server listening on 0.0.0.0 port 22 (worker {index})\n")
+            role="Worker", stuck=stuck) for index in range(workers)]
+        wait_for_workers = mpijob["spec"]["launcherCreationPolicy"] == mpi_rules.WAIT_FOR_WORKERS_READY
+        if wait_for_workers:  # upstream: no launcher Job until every worker pod is Ready
+            self.history.append(("waiting-for-workers", name))
+            await self._while_stuck(mpijob, worker_pods)  # a worker that cannot start is never Ready
+            await asyncio.gather(*(self._become_ready(mpijob, worker) for worker in worker_pods))
         launcher = await self._pod(mpijob, f"{name}-launcher-{_suffix()}", {
-            **job_labels, "training.kubeflow.org/job-role": "launcher"})
+            **job_labels, "training.kubeflow.org/job-role": "launcher"},
+            stuck=self.knobs.failure(self.knobs.stuck_pods, mpijob))
+        self.history.append(("launcher-created", name))
+        await self._while_stuck(mpijob, [*worker_pods, launcher])  # no Running condition until they start
+        for index, worker in enumerate(worker_pods):  # a container that never started prints nothing
+            self.print(worker, f"Server listening on 0.0.0.0 port 22 (worker {index})\n")
+        if not wait_for_workers:  # AtStartup: the launcher runs while the workers are still coming up
+            await asyncio.gather(*(self._become_ready(mpijob, worker) for worker in worker_pods))
         self.print(launcher, f"lanex launch: mpirun -np {workers} --hostfile /etc/mpi/hostfile lanex train\n")
         self.print(launcher, json.dumps({"epoch": 1, "train_loss": 0.41, "images_per_second": 96.0}) + "\n")
         running = {"type": "Running", "status": "True", "reason": "MPIJobRunning",
                    "message": f"MPIJob {namespace}/{name} is running.", "lastTransitionTime": now_rfc3339()}
-        await self.request("PATCH", base, {"status": {"startTime": now_rfc3339(), "conditions": [created, running],
+        await self.request("PATCH", base, {"status": {"startTime": now_rfc3339(), "conditions": [created, *resumed, running],
                                                       "replicaStatuses": {"Launcher": {"active": 1},
                                                                           "Worker": {"active": workers}}}})
         namespace_count = self.mpijobs_running.get(namespace, 0) + 1
@@ -450,9 +587,44 @@ class ClusterSimulation:
             replicas = {"Launcher": {"active": None, "succeeded": 1,  # a merge patch: None drops the key
                                      **({"failed": launcher_failures} if launcher_failures else {})},
                         "Worker": {"active": None}}
-        await self.request("PATCH", base, {"status": {"completionTime": now_rfc3339(), "conditions": [created, done, final],
+        await self.request("PATCH", base, {"status": {"completionTime": now_rfc3339(), "conditions": [created, *resumed, done, final],
                                                       "replicaStatuses": replicas}})
         return True
+
+    async def _while_suspended(self, mpijob: Mapping[str, Any], base: str,
+                               created: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Upstream's suspended MPIJob: Created, Suspended, Running False, and no pods until it is
+        unsuspended (by Kueue's admission); then the `Suspended False MPIJobResumed` condition to keep."""
+        if not mpi_rules.is_suspended(mpijob):
+            return []
+        meta = mpijob["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        suspended = {"type": "Suspended", "status": "True", "reason": "MPIJobSuspended", "message": "MPIJob suspended",
+                     "lastTransitionTime": now_rfc3339()}
+        waiting = {"type": "Running", "status": "False", "reason": "MPIJobSuspended",
+                   "message": f"MPIJob {namespace}/{name} is suspended.", "lastTransitionTime": now_rfc3339()}
+        await self.request("PATCH", base, {"status": {"conditions": [dict(created), suspended, waiting]}})
+        await self.event(mpijob, "MPIJobSuspended", "MPIJob suspended", type_="Normal")
+        self.history.append(("suspended", name))
+        path = f"/apis/kubeflow.org/v2beta1/namespaces/{namespace}/mpijobs/{name}"
+        while mpi_rules.is_suspended(await self.request("GET", path)):
+            await asyncio.sleep(0.05)
+        self.history.append(("resumed", name))
+        await self.event(mpijob, "MPIJobResumed", "MPIJob resumed", type_="Normal")
+        return [dict(suspended, status="False", reason="MPIJobResumed", message="MPIJob resumed",
+                     lastTransitionTime=now_rfc3339())]
+
+    async def _become_ready(self, mpijob: Mapping[str, Any], pod: Mapping[str, Any]) -> None:
+        """A worker pod turns Ready (its sshd listens) unless `knobs.unready_workers` holds its experiment."""
+        await asyncio.sleep(self.knobs.worker_ready_delay)
+        while self.knobs.matches(self.knobs.unready_workers, mpijob):
+            await asyncio.sleep(0.02)
+        meta = pod["metadata"]
+        await self.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", {"status": {
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now_rfc3339()}],
+            "containerStatuses": [{"name": _main_container(pod), "ready": True, "restartCount": 0,
+                                   "state": {"running": {"startedAt": now_rfc3339()}}}]}})
+        self.history.append(("worker-ready", meta["name"]))
 
     # ---- the trainer, as the launcher's log shows it
 
@@ -600,13 +772,18 @@ class ClusterSimulation:
                 "message": f"failed to get input parameters to create snapshot {name}: {exc}", "time": now_rfc3339()}}})
             return True
         size = ((pvc.get("status") or {}).get("capacity") or {}).get("storage", "1Gi")
+        klass, problem = await self._snapshot_class(snapshot, pvc)
+        if problem:
+            await self.request("PATCH", base, {"status": {"readyToUse": False, "error": {
+                "message": problem, "time": now_rfc3339()}}})
+            return True
         content = f"snapcontent-{meta['uid']}"
         await self.request("POST", "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents", {
             "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
             "metadata": {"name": content},
-            "spec": {"deletionPolicy": "Delete", "driver": "csi.trident.netapp.io",
+            "spec": {"deletionPolicy": klass.get("deletionPolicy", "Delete"), "driver": klass["driver"],
                      "source": {"volumeHandle": pvc.get("spec", {}).get("volumeName", "")},
-                     "volumeSnapshotClassName": snapshot["spec"].get("volumeSnapshotClassName"),
+                     "volumeSnapshotClassName": klass["metadata"]["name"],
                      "volumeSnapshotRef": {"kind": "VolumeSnapshot", "namespace": namespace, "name": name,
                                            "uid": meta["uid"]}},
         }, content_type="application/json")
@@ -614,3 +791,40 @@ class ClusterSimulation:
             "boundVolumeSnapshotContentName": content, "creationTime": now_rfc3339(),
             "readyToUse": True, "restoreSize": size}})
         return True
+
+    async def _snapshot_class(self, snapshot: dict[str, Any],
+                              pvc: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """The class a snapshot gets, as the external-snapshotter's common controller picks it: a named class is
+        used as is and its driver takes the snapshot (a driver that does not own the volume fails it); with none
+        named, the one class of the PV's CSI driver marked default is written into the snapshot's spec."""
+        meta = snapshot["metadata"]
+        volume = (pvc.get("spec") or {}).get("volumeName") or ""
+        try:
+            pv = await self.request("GET", f"/api/v1/persistentvolumes/{volume}")
+        except RuntimeError as exc:
+            return {}, f"Failed to get input parameters to create snapshot {meta['name']}: {exc}"
+        pv_driver = ((pv.get("spec") or {}).get("csi") or {}).get("driver", "")
+        named = (snapshot.get("spec") or {}).get("volumeSnapshotClassName")
+        if named:
+            try:
+                klass = await self.request("GET", f"/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses/{named}")
+            except RuntimeError as exc:
+                return {}, f"Failed to get input parameters to create snapshot {meta['name']}: {exc}"
+            if klass.get("driver") != pv_driver:  # the sidecar of the class's driver does not know the volume
+                return klass, (f"Failed to check and update snapshot content: failed to take snapshot of the volume "
+                               f"{volume}: \"rpc error: code = NotFound desc = volume {volume} not found by driver "
+                               f"{klass.get('driver')}\"")
+            return klass, None
+        classes = (await self.request("GET", "/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses")).get("items")
+        defaults = [c for c in classes or [] if c.get("driver") == pv_driver
+                    and (c["metadata"].get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"]
+        if len(defaults) != 1:
+            detail = ("cannot find default snapshot class" if not defaults
+                      else f"{len(defaults)} default snapshot classes were found")
+            await self.event(snapshot, "SetDefaultSnapshotClassFailed",
+                             f"Failed to set default snapshot class with error {detail}", component="snapshot-controller")
+            return {}, f"Failed to set default snapshot class with error {detail}"
+        namespace = meta["namespace"]
+        await self.request("PATCH", f"/apis/snapshot.storage.k8s.io/v1/namespaces/{namespace}/volumesnapshots/"
+                                    f"{meta['name']}", {"spec": {"volumeSnapshotClassName": defaults[0]["metadata"]["name"]}})
+        return defaults[0], None

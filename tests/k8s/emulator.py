@@ -17,6 +17,12 @@ semantics with the parts of the apiserver that kopf and the operator rely on:
 * LIST (items carry kind/apiVersion) and WATCH with label and field selectors, resumption from a
   resourceVersion (410 Gone when too old), timeoutSeconds, bookmarks;
 * a request log (`calls`) in RBAC terms, for the RBAC test, and fault injection (`faults`);
+* for CRDs registered with `validate=True` (the LaneExperiment CRD, the upstream MPIJob and
+  VolumeSnapshot CRDs): the apiserver's admission of every write over HTTP (`k8s.schema_check`:
+  structural schema, unknown fields per `fieldValidation` (Strict: 400 BadRequest `strict decoding
+  error` on POST/PUT, 422 Invalid on PATCH, as its handlers answer), defaults, CEL rules,
+  ratcheting). Writes
+  that tests make straight into the store skip it, as objects "from before the CRD" would.
 * server-side printing (`Accept: ...;as=Table;g=meta.k8s.io`, what `kubectl get` asks for) of custom
   resources with `additionalPrinterColumns`: GET, LIST and WATCH answer meta.k8s.io/v1 Tables whose
   cells follow the columns' JSONPaths (null when a path finds nothing, `date` columns as an age), as
@@ -46,6 +52,8 @@ import attrs
 import jsonpatch
 import kmock
 from kmock._internal import rendering
+
+from k8s.schema_check import CrdSchema, UnknownFields
 
 Resource = tuple[str, str, str]  # (group, version, plural); group '' is the core API
 ObjectKey = tuple[Resource, str | None, str]  # (resource, namespace or None, name)
@@ -314,6 +322,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     history_size: int = 20000  # watch events kept per resource for resumption; older -> 410 Gone
     calls: list[ApiCall] = attrs.field(factory=list)
     faults: FaultPlan | None = None
+    # fieldValidation of a write that names none. The real apiserver's default is Warn (drop the field,
+    # warn); Strict here makes an undeclared field that the operator sends a test failure, not a loss.
+    default_field_validation: str = "Strict"
+    schemas: dict[Resource, CrdSchema] = attrs.field(factory=dict)
+    _admitting: str | None = attrs.field(default=None, init=False)  # fieldValidation of the HTTP write in progress
+    _admitting_patch: bool = attrs.field(default=False, init=False)  # ... and whether it is a PATCH
 
     _specs: dict[Resource, ResourceSpec] = attrs.field(factory=dict, init=False)
     _store: dict[ObjectKey, dict[str, Any]] = attrs.field(factory=dict, init=False)
@@ -349,9 +363,33 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             shortnames=set(spec.short_names), subresources=set(spec.subresources),
         )
 
-    def register_crd(self, crd: Mapping[str, Any]) -> None:
+    def register_crd(self, crd: Mapping[str, Any], validate: bool = False) -> None:
+        """Serve a CRD's versions; with `validate`, admit writes over HTTP with its schema and CEL rules."""
         for spec in resource_specs_from_crd(crd):
             self.register(spec)
+            if validate:
+                self.schemas[spec.key] = CrdSchema(crd, spec.version)
+
+    def _admit(self, spec: ResourceSpec, old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+        """The apiserver's validation of an HTTP write (pruned, defaulted), or its 400/422 error."""
+        schema = self.schemas.get(spec.key)
+        if schema is None:
+            return new
+        if self._admitting is None:
+            return schema.defaulted(new)  # the apiserver defaults what it reads from storage too
+        try:
+            admitted, problems = schema.admit(new, old, self._admitting)
+        except UnknownFields as error:
+            if self._admitting_patch:  # the apiserver's jsonPatcher: 422 on the patched object
+                shown = json.dumps(new, separators=(",", ":")).replace('"', '\\"')
+                raise ApiError(422, "Invalid", f' "" is invalid: patch: Invalid value: "{shown}": strict decoding '
+                                               f"error: {error}") from None
+            raise ApiError(400, "BadRequest", f'{spec.kind} in version "{spec.version}" cannot be handled as a '
+                                              f"{spec.kind}: strict decoding error: {error}") from None
+        if problems:
+            raise ApiError(422, "Invalid", schema.invalid_message((new.get("metadata") or {}).get("name", ""),
+                                                                  problems))
+        return admitted
 
     def unregister(self, group: str, version: str, plural: str) -> None:
         """Make an API disappear (for preflight tests)."""
@@ -465,11 +503,24 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if spec.namespaced is False and request.namespace:
             raise ApiError(404, "NotFound", f"{spec.plural} is cluster-scoped")
         body = request.data if isinstance(request.data, (dict, list)) else None
+        if call.verb in ("create", "update", "patch"):
+            self._admitting = request.params.get("fieldValidation") or self.default_field_validation
+            self._admitting_patch = call.verb == "patch"
+            try:
+                return self._write(request, spec, call, namespace, body)
+            finally:
+                self._admitting, self._admitting_patch = None, False
         if call.verb == "get":
             return self._visible(self.get_object(spec, namespace, request.name or "")), 200
         if call.verb == "list":
             return self.list_objects(spec, namespace, request.params.get("labelSelector", ""),
                                      request.params.get("fieldSelector", "")), 200
+        if call.verb == "delete":
+            return self.delete_object(spec, namespace, request.name or "", body if isinstance(body, dict) else {}), 200
+        raise ApiError(405, "MethodNotAllowed", f"{call.method} is not supported on {call.path}")
+
+    def _write(self, request: rendering.Request, spec: ResourceSpec, call: ApiCall, namespace: str | None,
+               body: Any) -> tuple[Any, int]:
         if call.verb == "create":
             if not isinstance(body, dict):
                 raise ApiError(400, "BadRequest", "the request body must be a JSON object")
@@ -483,8 +534,6 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             content_type = request.headers.get("Content-Type", "application/merge-patch+json").split(";")[0]
             return self.patch_object(spec, namespace, request.name or "", body, content_type,
                                      status_only=request.subresource == "status"), 200
-        if call.verb == "delete":
-            return self.delete_object(spec, namespace, request.name or "", body if isinstance(body, dict) else {}), 200
         raise ApiError(405, "MethodNotAllowed", f"{call.method} is not supported on {call.path}")
 
     # ---- object operations (synchronous on the server loop: atomic with respect to other requests)
@@ -552,6 +601,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             obj.pop("status", None)  # status is written through the subresource only
         for system_field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(system_field, None)
+        obj = self._admit(spec, None, obj)
+        meta = obj["metadata"]
         meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_rv(), creationTimestamp=now_rfc3339(),
                     generation=1)
         self._store[key] = obj
@@ -627,6 +678,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             else:
                 meta.pop(fixed, None)
         new["apiVersion"], new["kind"] = spec.api_version, spec.kind
+        new = self._admit(spec, old, new)
+        meta = new["metadata"]
         if new == old:
             return self._visible(old)  # no-op: no new resourceVersion, no watch event
         if _strip_system(new) != _strip_system(old):

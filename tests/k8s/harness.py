@@ -26,6 +26,26 @@ T = TypeVar("T")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / "lanex.dev_laneexperiments.yaml"
 SWEEP_CRD_PATH = REPO_ROOT / "crds" / "lanex.dev_lanesweeps.yaml"
+# The real upstream CRDs (mpi-operator v0.8.2, external-snapshotter), unmodified, beside the project;
+# absent on a user's clone, where the emulator serves those APIs without their schemas, as before.
+UPSTREAM_DIR = REPO_ROOT.parent / "shared" / "upstream"
+UPSTREAM_CRD_FILES = ("kubeflow.org_mpijobs.yaml", "snapshot.storage.k8s.io_volumesnapshots.yaml",
+                      "snapshot.storage.k8s.io_volumesnapshotclasses.yaml",
+                      "snapshot.storage.k8s.io_volumesnapshotcontents.yaml")
+UPSTREAM_MISSING = (f"the upstream CRDs are not at {UPSTREAM_DIR} (a user's clone has no ../shared/upstream/): "
+                    f"tests against the real MPIJob and VolumeSnapshot schemas are skipped")
+
+
+def upstream_crds() -> list[dict[str, Any]]:
+    """The upstream CRDs from UPSTREAM_DIR; empty when any of them is missing."""
+    if not all((UPSTREAM_DIR / name).is_file() for name in UPSTREAM_CRD_FILES):
+        return []
+    crds = []
+    for name in UPSTREAM_CRD_FILES:
+        for doc in yaml.safe_load_all((UPSTREAM_DIR / name).read_text()):
+            if doc and doc.get("kind") == "CustomResourceDefinition":
+                crds.append(doc)
+    return crds
 
 # Used until the generated CRD is checked in: the same resource, served with a status subresource.
 FALLBACK_LANEEXPERIMENT = ResourceSpec("lanex.dev", "v1alpha1", "laneexperiments", "LaneExperiment", True,
@@ -63,9 +83,13 @@ class EmulatedCluster:
     """The emulator, the cluster simulation and a kubeconfig, started and stopped as one."""
 
     def __init__(self, workdir: pathlib.Path, knobs: SimKnobs | None = None,
-                 namespaces: tuple[str, ...] = ("default",), simulate: bool = True) -> None:
+                 namespaces: tuple[str, ...] = ("default",), simulate: bool = True,
+                 upstream: bool = True, extra_crds: tuple[dict[str, Any], ...] = ()) -> None:
         self.workdir = workdir
         self.knobs = knobs or SimKnobs()
+        # The upstream CRDs (when present and `upstream`), then `extra_crds` (e.g. an older MPIJob CRD).
+        self.upstream = upstream_crds() if upstream else []
+        self.extra_crds = extra_crds
         self.initial_namespaces = namespaces
         self.simulate = simulate
         self.emulator = ClusterEmulator()
@@ -86,14 +110,17 @@ class EmulatedCluster:
     async def _astart(self) -> None:
         crd = load_crd()
         if crd is not None:
-            self.emulator.register_crd(crd)
+            self.emulator.register_crd(crd, validate=True)
             self.create(crd)
         else:
             self.emulator.register(FALLBACK_LANEEXPERIMENT)
         sweep_crd = load_sweep_crd()
         if sweep_crd is not None:
-            self.emulator.register_crd(sweep_crd)
+            self.emulator.register_crd(sweep_crd, validate=True)
             self.create(sweep_crd)
+        for upstream in (*self.upstream, *self.extra_crds):
+            self.emulator.register_crd(upstream, validate=True)
+            self.create(upstream)
         await self.emulator.__aenter__()
         self._server = kmock.Server(self.emulator)
         await self._server.__aenter__()

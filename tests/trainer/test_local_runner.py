@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from trainer_helpers import LANEX, VENV_BIN, run_lanex
@@ -85,26 +86,68 @@ def test_invalid_experiment_names_the_field_and_exits_2(tmp_path):
     assert done.returncode == 2 and "spec.training.workers" in done.stderr
 
 
+def _alive(processes: list) -> list:
+    """Those of `processes` still running 10 s later (zombies awaiting their reaper are gone)."""
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    still = []
+    for process in alive:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                still.append(f"{process.pid}: {' '.join(process.cmdline())[:200]}")
+        except psutil.NoSuchProcess:
+            pass
+    return still
+
+
+def _processes_naming(path: Path) -> list:
+    """Every live process whose command line names `path` (the experiment's workspace)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if str(path) in " ".join(process.info["cmdline"] or []) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 @pytest.mark.slow
-def test_interrupted_run_resumes_from_the_step_and_checkpoint_it_reached(tmp_path):
-    experiment = _experiment(tmp_path, "interrupted", epochs=6, batchSize=2)
+def test_sigkilled_run_leaves_no_process_and_its_rerun_resumes_from_the_checkpoint(tmp_path):
+    # One DataLoader worker per rank: the whole tree, loader workers included, must end with the runner.
+    experiment = _experiment(tmp_path, "interrupted", epochs=6, batchSize=2, loaderWorkers=1, useWorkers=True)
     workspace = tmp_path / "ws"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     process = subprocess.Popen([LANEX, "run", str(experiment), "--workspace", str(workspace)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    checkpoints = workspace / "volumes" / "interrupted-data" / "experiments" / "interrupted" / "checkpoints"
-    deadline = time.monotonic() + 300
-    while not (checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*.pt"))):
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)  # like a power loss: no clean-up at all
-    process.wait()
+    try:
+        checkpoints = workspace / "volumes" / "interrupted-data" / "experiments" / "interrupted" / "checkpoints"
+        deadline = time.monotonic() + 300
+        while not (checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*.pt"))):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+
+        second = run_lanex("run", str(experiment), "--workspace", str(workspace), check=False)
+        assert second.returncode == 2
+        assert f"experiment interrupted is already being run by lanex run (pid {process.pid} " in second.stderr
+
+        tree = psutil.Process(process.pid).children(recursive=True)
+        commands = [" ".join(child.cmdline()) for child in tree]
+        assert any("torchrun" in c for c in commands) and sum(" train " in c for c in commands) >= 4, commands
+    finally:
+        os.kill(process.pid, signal.SIGKILL)  # `lanex run` alone, like the OOM killer: no clean-up at all
+        process.wait()
+    assert _alive(tree) == []  # launch, torchrun, both ranks and their loader workers ended with it
+    assert _alive(_processes_naming(workspace)) == []
     state = json.loads((workspace / "experiments" / "interrupted" / "state.json").read_text())
     assert state["steps"]["prepare"]["state"] == "Done" and state["steps"]["train"]["state"] == "Running"
+    killed = json.loads(run_lanex("get", "--workspace", str(workspace), "-o", "json").stdout)["experiments"][0]
+    assert (killed["phase"], killed["running"]) == ("Training", False)
+    assert "Training (stopped)" in run_lanex("get", "--workspace", str(workspace)).stdout
 
     done = run_lanex("run", str(experiment), "--workspace", str(workspace), timeout=600)
     assert "prepare: already done, skipping" in done.stderr
     assert "resuming from" in done.stdout  # the trainer's log, streamed through the runner
+    assert "taking over the lease of run " in done.stdout
     state = json.loads((workspace / "experiments" / "interrupted" / "state.json").read_text())
     assert state["phase"] == "Succeeded"
 
@@ -139,9 +182,10 @@ def test_lanex_get_workspace_from_another_process_follows_the_step_of_a_running_
             watcher.wait()
     assert watcher.returncode == 0, errors
     documents = _json_documents(watched)
+    assert all(d["running"] for d in documents if d["phase"] not in ("Succeeded", "Failed"))
     training = [d["progress"] for d in documents if d["phase"] == "Training" and d["progress"]]
     steps = [p["step"] for p in training]
-    assert steps == sorted(steps) and len(set(steps)) >= 3, steps  # seen moving while it trained
+    assert steps == sorted(steps) and len(set(steps)) >= 2, steps  # seen moving while it trained
     assert any(p["state"] == "training" and 0 < p["step"] < p["steps"] for p in training)
     assert documents[-1]["phase"] == "Succeeded"
 
@@ -149,13 +193,14 @@ def test_lanex_get_workspace_from_another_process_follows_the_step_of_a_running_
     listed = json.loads(run_lanex("get", "--workspace", str(workspace), "-o", "json").stdout)
     assert listed["sweeps"] == [] and [e["name"] for e in listed["experiments"]] == ["watched"]
     shown = listed["experiments"][0]
-    assert shown["phase"] == "Succeeded" and shown["snapshot"] == state["snapshots"][-1]
+    assert shown["phase"] == "Succeeded" and shown["running"] is False and shown["snapshot"] == state["snapshots"][-1]
     assert shown["results"] == {k: state["results"][k] for k in ("accuracy", "fp", "fn")}
     output = Path(state["outputDir"])
     results = json.loads((output / "results.json").read_text())
     progress = shown["progress"]
     assert progress == json.loads((output / "progress.json").read_text())
-    assert (progress["state"], progress["runId"], progress["epoch"], progress["epochs"]) == ("finished", "watched", 5, 5)
+    assert (progress["state"], progress["epoch"], progress["epochs"]) == ("finished", 5, 5)
+    assert progress["runId"] == results["run_id"]  # the run that held the output directory's lease
     assert progress["step"] == progress["steps"] == results["steps"]
     assert [v["accuracy"] for v in progress["validationHistory"]] == [
         r["val_accuracy"] for r in results["history"] if "val_accuracy" in r]

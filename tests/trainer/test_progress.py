@@ -242,6 +242,15 @@ def test_nvml_figures_are_parsed_from_the_device_found_by_uuid(monkeypatch):
     assert GpuProbe.open(3).handle == ("handle", 3)
 
 
+def test_a_device_nvml_does_not_know_by_uuid_is_found_by_index(monkeypatch):
+    class NoUuid(FakeNvml):
+        def nvmlDeviceGetHandleByUUID(self, uuid):
+            raise self.NVMLError("Not Found")
+
+    monkeypatch.setitem(sys.modules, "pynvml", NoUuid())
+    assert GpuProbe.open(1, uuid="0000-1").handle == ("handle", 1)
+
+
 def test_without_nvml_or_its_library_gpu_figures_are_null(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(fail_init=True))
     assert GpuProbe.open(0) is None
@@ -282,3 +291,18 @@ def test_the_terminal_filter_drops_progress_lines_split_anywhere_and_passes_the_
     terminal = ProgressLineFilter()
     assert terminal.feed(b"\r 10%|# | step 1/9") == b"\r 10%|# | step 1/9"  # no newline needed to show the bar
     assert terminal.feed(b"LANEX_PRO") == b"" and terminal.feed(b"FILE\n") == b"LANEX_PROFILE\n"
+
+
+def test_progress_interval_comes_from_the_environment_and_a_bad_one_names_the_variable(tmp_path):
+    from lanex_trainer.config import ConfigError, build_config
+
+    base = {"data_root": tmp_path, "output_dir": tmp_path / "out"}
+    assert build_config(environ={"LANEX_PROGRESS_INTERVAL": "2.5"}, overrides=base).progress_interval == 2.5
+    assert build_config(environ={"LANEX_PROGRESS_INTERVAL": "2.5"},
+                        overrides={**base, "progress_interval": 30}).progress_interval == 30  # the flag wins
+    for bad in ("soon", "0"):
+        with pytest.raises(ConfigError, match="LANEX_PROGRESS_INTERVAL"):
+            build_config(environ={"LANEX_PROGRESS_INTERVAL": bad}, overrides=base)
+    a = build_config(environ={}, overrides=base)
+    b = build_config(environ={"LANEX_PROGRESS_INTERVAL": "1"}, overrides=base)
+    assert a.fingerprint() == b.fingerprint()  # reporting settings never block a resume

@@ -12,6 +12,8 @@ from typing import List, Optional
 
 import typer
 
+from lanex_trainer.worker_wait import DEFAULT_SSH_PORT, DEFAULT_WAIT_SECONDS
+
 data_app = typer.Typer(help="TuSimple data: synthesise, download, prepare.", no_args_is_help=True)
 
 
@@ -35,16 +37,27 @@ def data_synth(
 
 @data_app.command("download")
 def data_download(
-    url: List[str] = typer.Option(..., "--url", help="http(s):// or file:// URL; repeatable."),
-    sha256: List[str] = typer.Option([], "--sha256", help="Expected SHA-256 per --url, in order."),
+    url: List[str] = typer.Option(
+        ..., "--url", help="http(s)://, file://, az://ACCOUNT/CONTAINER/PATH or https://ACCOUNT.blob.core.windows.net/"
+        " URL; repeatable."),
+    sha256: List[str] = typer.Option(
+        [], "--sha256", help="Expected SHA-256 per --url, in order (64 hex digits, or a prefix of at least 8)."),
     out: Path = typer.Option(..., help="Directory to download and extract into."),
     extract: bool = typer.Option(True, help="Extract zip/tar archives after download."),
+    credentials: Optional[Path] = typer.Option(
+        None, help="Folder of a mounted Secret, one file per key: 'sas' = a SAS query string, any other key = an"
+        " HTTP header (e.g. Authorization). Used for every --url; never printed."),
+    save_as: Optional[str] = typer.Option(None, help="File name to save the (single) --url as."),
 ) -> None:
     """Download (resumable, checksum-verified) and safely extract dataset archives."""
-    from lanex_trainer.data.download import DownloadError, download_all
+    from lanex_trainer.data.download import DownloadError, download_all, load_credentials
 
     try:
-        results = download_all(url, sha256, out, extract=extract)
+        if save_as is not None and len(url) != 1:
+            raise DownloadError(f"--save-as names one file; got {len(url)} --url values")
+        secret = load_credentials(credentials) if credentials is not None else None
+        results = download_all(url, sha256, out, extract=extract, credentials=secret,
+                               filenames=[save_as] if save_as is not None else None)
     except DownloadError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
@@ -129,9 +142,10 @@ def train_command(
 
     from lanex_trainer.config import ConfigError, build_config
     from lanex_trainer.engine import TrainingDiverged
+    from lanex_trainer.lease import Fenced
 
     _configure_logging()
-    overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config", "TrainingDiverged"}}
+    overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config", "TrainingDiverged", "Fenced"}}
     for item in setting:
         key, sep, value = item.partition("=")
         if not sep:
@@ -146,7 +160,7 @@ def train_command(
     except ConfigError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
-    except TrainingDiverged as error:
+    except (TrainingDiverged, Fenced) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
     from lanex_trainer.distributed import detect_world
@@ -183,13 +197,29 @@ def launch_command(
     master_port: Optional[int] = typer.Option(None, help="Rendezvous port for torchrun/mpirun (default: $MASTER_PORT or 29500)."),
     termination_log: Optional[Path] = typer.Option(None, help="Write the results (or the failure) here, e.g. /dev/termination-log."),
     results: Optional[Path] = typer.Option(None, help="results.json to report (default: <--output-dir>/results.json)."),
+    worker_wait_seconds: float = typer.Option(DEFAULT_WAIT_SECONDS, envvar="LANEX_WORKER_WAIT_SECONDS",
+                                              help="In an MPIJob launcher: wait at most this long for every hostfile "
+                                                   "host to accept ssh before starting (0: do not wait)."),
+    ssh_port: int = typer.Option(DEFAULT_SSH_PORT, envvar="LANEX_SSH_PORT", help="The workers' sshd port (the trainer image's)."),
 ) -> None:
     """Start distributed training: mpirun/horovodrun in an MPIJob launcher, torchrun elsewhere."""
-    from lanex_trainer.launch import LaunchError, plan_launch, results_path_of, run_launch
+    from lanex_trainer.launch import LaunchError, hostfile_in_use, plan_launch, results_path_of, run_launch
+    from lanex_trainer.worker_wait import WorkerWaitError, hostfile_hosts, remote_hosts, wait_for_hosts
 
     try:
         import os
 
+        hostfile = hostfile_in_use(os.environ)
+        if hostfile is not None and worker_wait_seconds > 0:
+            try:
+                wait_for_hosts(remote_hosts(hostfile_hosts(hostfile)), ssh_port, worker_wait_seconds,
+                               echo=lambda text: typer.echo(text, err=True))
+            except WorkerWaitError as error:
+                message = f"training failed: {error}"
+                typer.echo(f"lanex launch: {message}", err=True)
+                if termination_log is not None:
+                    termination_log.write_text(message)
+                raise typer.Exit(1) from error
         port = master_port or int(os.environ.get("MASTER_PORT", 29500))
         plan = plan_launch(command, backend, processes, launcher, master_port=port)
         code = run_launch(plan, termination_log, results or results_path_of(command))

@@ -71,6 +71,14 @@ class TrainConfig(BaseModel):
     collective_timeout_s: int = Field(
         300, ge=10, description="A collective that waits longer (e.g. a dead rank) fails the job."
     )
+    # Who owns output_dir is not what is learned: excluded from dumps, so from the fingerprint too.
+    lease_heartbeat_s: float = Field(
+        10.0, gt=0, exclude=True, description="Seconds between renewals of rank 0's lease on output_dir."
+    )
+    lease_stale_s: float = Field(
+        120.0, gt=0, exclude=True, description="A lease not renewed for this long is taken over by the next "
+        "training on output_dir (its owner hung or its machine is gone); at least 3 heartbeats."
+    )
     background_weight: float = Field(0.4, gt=0, description="Cross-entropy weight of the background class.")
     existence_loss_weight: float = Field(0.1, ge=0, description="Weight of the lane-existence BCE term.")
     lane_width_px: int = Field(16, ge=1, description="Painted lane width in 1280x720 pixels for targets.")
@@ -83,7 +91,6 @@ class TrainConfig(BaseModel):
         10.0, gt=0, description="Seconds between progress publications (progress.json and a LANEX_PROGRESS "
         "log line); also at every epoch end and validation (env LANEX_PROGRESS_INTERVAL)."
     )
-    run_id: Optional[str] = Field(None, description="Id of this training run, reported in progress (env LANEX_RUN_ID).")
     enable_snapshot: bool = Field(False, description="TR-4896's ENABLE_SNAPSHOT: logged only (the operator snapshots).")
     pvc_name: Optional[str] = Field(None, description="TR-4896's PVC_NAME: logged only.")
 
@@ -95,6 +102,13 @@ class TrainConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> "TrainConfig":
+        if self.lease_stale_s < 3 * self.lease_heartbeat_s:
+            raise ValueError(f"lease_stale_s ({self.lease_stale_s:g}) must be at least 3 x lease_heartbeat_s "
+                             f"({self.lease_heartbeat_s:g}): a live owner would look stale between two renewals")
+        return self
+
+    @model_validator(mode="after")
     def _weights_exist(self) -> "TrainConfig":
         if self.pretrained_weights is not None and not self.pretrained_weights.is_file():
             raise ValueError(f"pretrained_weights: no such file {self.pretrained_weights}")
@@ -103,7 +117,7 @@ class TrainConfig(BaseModel):
     def fingerprint(self) -> str:
         """sha256 of the settings that change what is learned (not paths or logging)."""
         # Run length is not identity: a run may be extended (or cut short) and still resume.
-        ignored = {"data_root", "output_dir", "resume", "log_every", "progress_interval", "run_id", "pvc_name",
+        ignored = {"data_root", "output_dir", "resume", "log_every", "progress_interval", "pvc_name",
                    "enable_snapshot",
                    "epochs", "max_iterations", "checkpoint_every", "keep_checkpoints", "loader_workers",
                    "use_workers", "val_batch_size", "validation", "collective_timeout_s", "device"}
@@ -150,7 +164,8 @@ TR4896_ENV = {
     "LANEX_BACKEND": ("backend", lambda _name, raw: raw),
     # lanex's own: progress reporting (PROGRESS_CONTRACT.md).
     "LANEX_PROGRESS_INTERVAL": ("progress_interval", _env_seconds),
-    "LANEX_RUN_ID": ("run_id", lambda _name, raw: raw),
+    # For `spec.training.env`: how long a silent lease lasts before another training takes it.
+    "LANEX_LEASE_STALE_S": ("lease_stale_s", _env_int),
 }
 
 
@@ -166,9 +181,11 @@ def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 def settings_from_file(path: Path) -> dict[str, Any]:
     """A YAML or JSON mapping of TrainConfig fields (snake_case)."""
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except FileNotFoundError as error:
         raise ConfigError(f"config file {path}: not found") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path}: not UTF-8 text: byte offset {error.start}: {error.reason}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path}: not valid YAML/JSON: {error}") from error
     if loaded is None:

@@ -4,6 +4,10 @@ Inside an MPIJob launcher (mpi-operator mounts the hostfile at /etc/mpi/hostfile
 `horovodrun` (TR-4896's command) or `mpirun` over the hostfile; elsewhere it runs `torchrun`
 (or `horovodrun`/`mpirun` on localhost when asked). When training succeeds it copies the run's
 results into the Kubernetes termination message, where the lanex operator reads them.
+
+Each launch is one run: it gives the ranks a fresh run id (`LANEX_RUN_ID`, ordered by start time,
+so a restarted launcher's run takes the output directory's lease over from an earlier attempt's
+workers) and makes them end with it (`LANEX_DIE_WITH_PARENT`, see lifeline.py).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from lanex_trainer import lifeline
 from lanex_trainer.distributed import DEFAULT_HOSTFILE, DEFAULT_MASTER_PORT, first_host
+from lanex_trainer.lease import RUN_ID_ENV, new_run_id
 
 # What the operator needs from results.json; the termination message is capped at 4 KiB.
 TERMINATION_FIELDS = ("accuracy", "fp", "fn", "checkpoint", "images_per_second", "epochs", "steps", "config_hash")
@@ -102,6 +108,8 @@ def plan_launch(
             launcher = "mpirun" if hostfile is not None else "torchrun"
     env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
     env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    env.setdefault(RUN_ID_ENV, new_run_id())
+    env[lifeline.ENV_FLAG] = "1"  # the ranks (torchrun's, mpirun's) end when their launcher does
     if backend != "auto":
         env["LANEX_BACKEND"] = backend
     if launcher == "torchrun":
@@ -139,9 +147,12 @@ def termination_message(results_file: Path) -> str:
 
 def run_launch(plan: LaunchPlan, termination_log: Optional[Path], results_file: Optional[Path]) -> int:
     """Run the launcher, forwarding SIGTERM/SIGINT; write the termination message on success."""
-    print(f"lanex launch: {plan.launcher} with {plan.processes} process(es): {shlex.join(plan.argv)}", file=sys.stderr, flush=True)
+    print(f"lanex launch: run {plan.env.get(RUN_ID_ENV)}, {plan.launcher} with {plan.processes} process(es): "
+          f"{shlex.join(plan.argv)}", file=sys.stderr, flush=True)
     try:
-        child = subprocess.Popen(plan.argv, env=plan.env, start_new_session=True)
+        # Its own session, so signals reach the launcher's whole tree; SIGKILLed when we end.
+        child = subprocess.Popen(plan.argv, env=plan.env, start_new_session=True,
+                                 preexec_fn=lifeline.preexec_die_with_parent())
     except FileNotFoundError as error:
         raise LaunchError(f"{plan.argv[0]} is not installed or not on PATH") from error
 
@@ -150,6 +161,8 @@ def run_launch(plan: LaunchPlan, termination_log: Optional[Path], results_file: 
             os.killpg(child.pid, signum)
         except ProcessLookupError:
             pass
+
+    lifeline.on_orphaned(lambda: forward(signal.SIGKILL, None))  # where no parent-death signal exists
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

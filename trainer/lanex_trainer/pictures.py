@@ -1,7 +1,7 @@
 """The pictures people look at after a run: lane overlays and a contact sheet of the worst test images.
 
 Why it exists: a TuSimple accuracy of 0.93 says nothing about *which* scenes fail. An overlay draws
-the ground truth (thin, one colour) under the predicted lanes (one colour per lane slot) with the
+the ground truth (thin, one colour) over the predicted lanes (one colour per lane slot) with the
 image's own TuSimple accuracy/FP/FN in a corner; `worst.png` tiles the test images with the lowest
 accuracy (ties: most FP+FN first), so the failures are one look away, next to `curves.png`.
 Text is drawn after any resizing, so it stays legible on the small tiles.
@@ -42,12 +42,13 @@ def _polyline(image: np.ndarray, lane: Sequence[int], h_samples: Sequence[int], 
 
 def draw_lanes(image: np.ndarray, lanes: Sequence[Sequence[int]], h_samples: Sequence[int],
                ground_truth: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
-    """A copy of a BGR image with the ground truth (thin, magenta) under the predicted lanes (per slot)."""
+    """A copy of a BGR image with the predicted lanes (thick, per slot) and the ground truth over them
+    (thin, magenta): where a prediction is right, the magenta line runs inside its band."""
     canvas = image.copy()
-    for lane in ground_truth or []:
-        _polyline(canvas, lane, h_samples, _bgr(GROUND_TRUTH_COLOUR), 2, 0)
     for slot, lane in enumerate(lanes):
         _polyline(canvas, lane, h_samples, _bgr(LANE_COLOURS[slot % len(LANE_COLOURS)]), 4, 5)
+    for lane in ground_truth or []:
+        _polyline(canvas, lane, h_samples, _bgr(GROUND_TRUTH_COLOUR), 2, 0)
     return canvas
 
 

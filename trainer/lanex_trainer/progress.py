@@ -99,22 +99,31 @@ class GpuProbe:
     @classmethod
     def open(cls, device_index: int, uuid: Optional[str] = None,
              importer: Callable[[str], Any] = importlib.import_module) -> Optional["GpuProbe"]:
-        """A probe of CUDA device `device_index` (found by UUID when known: CUDA and NVML may number
-        devices differently), or None without nvidia-ml-py, the NVML library or that device."""
+        """A probe of CUDA device `device_index`, or None without nvidia-ml-py, the NVML library or that device.
+
+        The device is found by its UUID when known (CUDA_VISIBLE_DEVICES renumbers CUDA's devices,
+        not NVML's), else by index (in a container both see only the GPUs it was given).
+        """
         try:
             nvml = importer("pynvml")
         except ImportError:
             return None
         try:
             nvml.nvmlInit()
-            if uuid:
-                handle = nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
-            else:
-                handle = nvml.nvmlDeviceGetHandleByIndex(device_index)
-        except Exception as error:  # pynvml.NVMLError and its many subclasses; a missing library too
+        except Exception as error:  # pynvml.NVMLError and its many subclasses (no library, no driver)
             log.info("GPU utilisation not reported: NVML unavailable (%s)", error)
             return None
-        return cls(nvml, handle)
+        lookups = [lambda: nvml.nvmlDeviceGetHandleByIndex(device_index)]
+        if uuid:
+            name = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+            lookups.insert(0, lambda: nvml.nvmlDeviceGetHandleByUUID(name))
+        for lookup in lookups:
+            try:
+                return cls(nvml, lookup())
+            except Exception as error:
+                failure = error
+        log.info("GPU utilisation not reported: NVML does not know CUDA device %d (%s)", device_index, failure)
+        return None
 
     @classmethod
     def for_device(cls, device) -> Optional["GpuProbe"]:

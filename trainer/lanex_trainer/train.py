@@ -1,8 +1,9 @@
 """`lanex train`: wires data, model, optimiser and checkpoints into a (distributed) run.
 
-Rank 0 alone writes into `output_dir` (checkpoints, TensorBoard, results.json, curves); every
-rank reads the checkpoint that rank 0 chose, so all resume at the same step. A resumed run sees
-exactly the batches, augmentations and random states an uninterrupted one would have.
+Rank 0 alone writes into `output_dir` (checkpoints, TensorBoard, results.json, curves, progress.json,
+overlays and worst.png); every rank reads the checkpoint that rank 0 chose, so all resume at the
+same step. A resumed run sees exactly the batches, augmentations and random states an
+uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from lanex_trainer.config import ConfigError, TrainConfig
 from lanex_trainer.distributed import Distributed, init_distributed
 from lanex_trainer.engine import EvalResult, evaluate, train_one_epoch
 from lanex_trainer.evaluation.postprocess import PostprocessSettings
+from lanex_trainer.lease import OutputOwnership
 from lanex_trainer.losses import SCNNLoss
 from lanex_trainer.progress import GpuProbe, ProgressReporter, epochs_of_run
 from lanex_trainer.sampling import ResumableDistributedSampler, evaluation_shard
@@ -98,9 +100,12 @@ def run_training(cfg: TrainConfig) -> dict:
     """Train per `cfg` in the job described by the environment; returns the results (all ranks)."""
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     dist = init_distributed(cfg.backend, use_cuda, cfg.collective_timeout_s, cfg.sync_batchnorm, cfg.fp16_allreduce)
+    ownership = OutputOwnership(cfg.output_dir, dist, cfg.lease_stale_s, cfg.lease_heartbeat_s)
     try:
-        return Trainer(cfg, dist).run()
+        ownership.acquire()  # before anything is read from or written to output_dir
+        return Trainer(cfg, dist, ownership).run()
     finally:
+        ownership.release()
         dist.shutdown()
 
 
@@ -112,12 +117,12 @@ def _single_threaded_worker(worker_id: int) -> None:
 class Trainer:
     """Holds one run's collaborators; `run()` is the loop."""
 
-    def __init__(self, cfg: TrainConfig, dist: Distributed):
+    def __init__(self, cfg: TrainConfig, dist: Distributed, ownership: OutputOwnership):
         from lanex_trainer.data.dataset import LaneDataset
         from lanex_trainer.data.prepare import is_prepared, load_index
         from lanex_trainer.model.scnn import build_model
 
-        self.cfg, self.dist = cfg, dist
+        self.cfg, self.dist, self.ownership = cfg, dist, ownership
         log_effective_config(cfg, dist)
         if not is_prepared(cfg.data_root):
             raise ConfigError(f"data_root {cfg.data_root}: not prepared; run `lanex data prepare --root {cfg.data_root}`")
@@ -190,6 +195,7 @@ class Trainer:
             "fingerprint": self.cfg.fingerprint(),
             "history": self.history, "best": self.best,
             "world_size": self.dist.world_size,
+            "run_id": self.ownership.run_id,
         }
 
     def _resume_state(self) -> Optional[dict]:
@@ -244,7 +250,7 @@ class Trainer:
             self.step_log = (self.out / STEP_LOG).open("a")
         self.progress = ProgressReporter(
             dist, self.out, epochs=epochs_of_run(self.total_steps, self.steps_per_epoch, cfg.epochs),
-            steps=self.total_steps, run_id=cfg.run_id, interval_s=cfg.progress_interval,
+            steps=self.total_steps, run_id=self.ownership.run_id, interval_s=cfg.progress_interval,
             gpu=GpuProbe.for_device(self.device))
         self.progress.start(step, epoch, self.history)
 
@@ -267,6 +273,8 @@ class Trainer:
                 # The epoch's last step is checkpointed by the epoch-end save right after (with the
                 # next epoch as its position), so a resumed run never starts inside a finished epoch.
                 last_of_epoch = new_step - epoch_first_step >= self.steps_per_epoch
+                if new_step % cfg.checkpoint_every == 0 and not last_of_epoch:
+                    self.ownership.check()  # fencing: every rank stops here if another run took output_dir
                 if dist.is_main and new_step % cfg.checkpoint_every == 0 and not last_of_epoch:
                     save_checkpoint(self._state(optimizer, scheduler, epoch, new_step - epoch_first_step, new_step),
                                     self.checkpoints, new_step, cfg.keep_checkpoints)
@@ -294,6 +302,7 @@ class Trainer:
                 epoch, batch_in_epoch = epoch + 1, 0
             else:
                 batch_in_epoch = step - epoch_first_step
+            self.ownership.check()
             if dist.is_main:
                 state = self._state(optimizer, scheduler, epoch, batch_in_epoch, step)
                 save_checkpoint(state, self.checkpoints, step, cfg.keep_checkpoints)
@@ -328,6 +337,7 @@ class Trainer:
 
     def _finish(self, train_model, optimizer, scheduler, epoch, step, trained_images, train_seconds) -> dict:
         cfg, dist = self.cfg, self.dist
+        self.ownership.check()
         final_state = self._state(optimizer, scheduler, epoch, 0, step) if dist.is_main else None
         if dist.is_main:
             atomic_torch_save(final_state, self.out / FINAL_MODEL)
@@ -339,6 +349,7 @@ class Trainer:
             chosen = best_path if best_path.exists() else self.out / FINAL_MODEL
             self.model.load_state_dict(torch.load(chosen, map_location="cpu", weights_only=False)["model"])
             test = self._evaluate(train_model, "test", self.test_entries)
+            self.ownership.check()  # the test pass can be long: still the owner before writing its results?
             # Each rank predicted its shard; rank 0 writes them all, in the test split's order.
             shards = dist.gather_objects(test.predictions)
             if dist.is_main:
@@ -351,7 +362,7 @@ class Trainer:
             "images_per_second": trained_images * dist.world_size / max(train_seconds, 1e-9),
             "train_seconds": train_seconds,
             "checkpoint": str(best_path if best_path.exists() else self.out / FINAL_MODEL),
-            "config_hash": cfg.fingerprint(),
+            "config_hash": cfg.fingerprint(), "run_id": self.ownership.run_id,
             "best": self.best, "history": self.history,
         }
         last_val = next((r for r in reversed(self.history) if "val_accuracy" in r), None)

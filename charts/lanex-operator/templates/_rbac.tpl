@@ -78,10 +78,11 @@ follows pods/log) belong to the users' roles; the operator reads only the launch
 - apiGroups: [""]
   resources: ["persistentvolumes"]
   verbs: ["get", "patch"]
-# Preflight: the classes an experiment uses exist.
+# Preflight: the classes an experiment uses exist; for an existing claim, the snapshot class is the
+# one of its volume's CSI driver marked default (listed, as the snapshot controller chooses).
 - apiGroups: ["snapshot.storage.k8s.io"]
   resources: ["volumesnapshotclasses"]
-  verbs: ["get"]
+  verbs: ["get", "list"]
 - apiGroups: ["storage.k8s.io"]
   resources: ["storageclasses"]
   verbs: ["get"]
@@ -97,8 +98,9 @@ follows pods/log) belong to the users' roles; the operator reads only the launch
   resources: ["namespaces"]
   verbs: ["get"]
 {{- end }}
-# kopf scans and watches the CRDs to resolve the resources it serves.
+# kopf scans and watches the CRDs to resolve the resources it serves; the preflight reads the
+# MPIJob CRD to see which mpi-operator features it declares (launcherCreationPolicy, suspend).
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 {{- end -}}

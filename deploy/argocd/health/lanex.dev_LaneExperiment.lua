@@ -5,7 +5,8 @@
 --   Succeeded -> Healthy; Failed -> Degraded with the Failed condition's reason and message;
 --   Stopped (a sweep's early stopping, on purpose) -> Healthy with the reason;
 --   any other phase -> Progressing with the phase; no status yet -> Progressing.
--- Operator warnings (a failed storage-tier move, an ignored spec change) are appended.
+-- Operator warnings (a failed storage-tier move, an ignored spec change, a stalled training) are
+-- appended; a training experiment's message leads with its progress and ETA (the printer columns).
 -- Argo CD runs this without Lua's standard libraries: only base functions and `table`.
 local hs = {}
 
@@ -39,6 +40,10 @@ local function warnings(conditions)
   local ignored = find_condition(conditions, "SpecChangeIgnored")
   if ignored ~= nil and ignored.status == "True" then
     table.insert(notes, "SpecChangeIgnored " .. describe(ignored))
+  end
+  local stalled = find_condition(conditions, "Stalled")
+  if stalled ~= nil and stalled.status == "True" then
+    table.insert(notes, "Stalled " .. describe(stalled))
   end
   return notes
 end
@@ -105,6 +110,12 @@ if generation ~= nil and status.observedGeneration ~= nil and status.observedGen
   return hs
 end
 local message = phase
+if phase == "Training" and status.progressSummary ~= nil then
+  message = message .. " " .. status.progressSummary
+  if status.eta ~= nil then
+    message = message .. ", ETA " .. status.eta
+  end
+end
 if status.message ~= nil and status.message ~= "" then
   message = message .. ": " .. status.message
 end

@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 from lanex_operator.api.models import (
     API_VERSION,
-    DNS_LABEL_PATTERN,
+    DNS_1035_LABEL_PATTERN,
+    EXPERIMENT_NAME_RULE,
     GROUP,
     KIND,
     MAX_EXPERIMENT_NAME_LENGTH,
@@ -88,14 +89,21 @@ def open_api_schema() -> dict[str, Any]:
                     "name": {
                         "type": "string",
                         "maxLength": MAX_EXPERIMENT_NAME_LENGTH,
-                        "pattern": DNS_LABEL_PATTERN,
+                        "pattern": DNS_1035_LABEL_PATTERN,
                     }
                 },
             },
             "spec": spec_schema(),
             "status": status_schema(),
         },
+        # The same rule as a CEL rule, as the API server reports it in its own words (`kubectl apply`
+        # shows this message); the schema's pattern and maxLength above are checked first.
+        "x-kubernetes-validations": [{"rule": NAME_CEL_RULE, "message": f"metadata.name must be {EXPERIMENT_NAME_RULE}"}],
     }
+
+
+NAME_CEL_RULE = (f"size(self.metadata.name) <= {MAX_EXPERIMENT_NAME_LENGTH}"
+                 f" && self.metadata.name.matches('{DNS_1035_LABEL_PATTERN}')")
 
 
 def build_crd() -> dict[str, Any]:

@@ -56,15 +56,24 @@ def load_experiment_document(document: Any, source: str = "<document>") -> tuple
     return dict(metadata), spec
 
 
+def not_utf8_message(source: str, error: UnicodeDecodeError) -> str:
+    """`FILE: not UTF-8 text (...)`, with the offset of the first bad byte, for every spec reader."""
+    bad = " ".join(f"0x{byte:02x}" for byte in error.object[error.start:error.end])
+    return (f"{source}: not UTF-8 text: byte offset {error.start} ({bad}): {error.reason}; "
+            "save the LaneExperiment as UTF-8 YAML")
+
+
 def read_document(path: Union[str, Path]) -> Any:
     """The one YAML document of the file at `path`; errors name the file (and the line of a YAML error)."""
     import yaml
 
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as error:
         raise ExperimentFileError(f"{source}: cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ExperimentFileError(not_utf8_message(source, error)) from None
     try:
         documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as error:

@@ -27,6 +27,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from lanex_operator.api.fields import PositiveQuantity, Quantity
+from lanex_trainer.data.urls import has_userinfo, redact_url
 from lanex_operator.api.status import (  # noqa: F401  (re-exported: api.models names the whole API)
     ChildNames,
     Condition,
@@ -52,9 +53,20 @@ SINGULAR = "laneexperiment"
 SHORT_NAME = "lx"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Child names append at most "-train-worker-NN" (16 characters) and must stay DNS labels (63).
-MAX_EXPERIMENT_NAME_LENGTH = 40
+# Every name derived from an experiment's must stay valid for the strictest rule that applies to it;
+# the longest of them is the launcher pod `<name>-train-launcher-xxxxx`, a DNS-1123 label (63), so 42.
+# `lanex_operator.plan.steps.longest_valid_name_length()` computes it from the name builders (a test checks).
+MAX_EXPERIMENT_NAME_LENGTH = 42
+MAX_WORKERS = 512
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# mpi-operator needs the MPIJob's name (its Service) and `<mpijob>-worker-<N-1>` to be DNS-1035 labels.
+DNS_1035_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+EXPERIMENT_NAME_RULE = (
+    f"a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, ending with a letter or digit)"
+    f" of at most {MAX_EXPERIMENT_NAME_LENGTH} characters, so that every name derived from it (MPIJob and its"
+    f" Service, worker hostnames up to -worker-{MAX_WORKERS - 1}, launcher pod, Job, PVC, snapshot) stays valid"
+)
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
@@ -101,18 +113,73 @@ def _section(model: type[BaseModel], description: str) -> Any:
 # --- spec: dataset ----------------------------------------------------------------------
 
 
+DOWNLOAD_URL_PATTERN = r"^(https?|file|az)://\S+$"
+SECRET_KEYS_HELP = (
+    "Keys: `sas` = a SAS query string appended to the request; any other key = an HTTP header sent with it"
+    " (e.g. Authorization)."
+)
+
+
+class SecretRef(SpecModel):
+    """A Secret in the experiment's namespace, mounted into the prepare Job only (never into training)."""
+
+    name: str = Field(
+        description="Name of the Secret in the experiment's namespace; locally, `lanex run FILE --secret"
+        " NAME=file:PATH|env:VAR` supplies it.",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+    )
+
+
+def _url_rules(optional: bool) -> list[dict[str, str]]:
+    # The API server's side of `_no_secret_in_url`: CEL, since a pattern cannot say why.
+    guard = "!has(self.url) || " if optional else ""
+    return [
+        {"rule": f"{guard}!self.url.contains('?')",
+         "message": "url must not hold a query string: put it into the Secret named by secretRef (key sas)"},
+        {"rule": f"{guard}!self.url.matches('^[a-z]+://[^/]*@')",
+         "message": "url must not hold user:password: put credentials into the Secret named by secretRef"},
+    ]
+
+
+def _no_secret_in_url(url: Optional[str]) -> None:
+    # Everyone who can read the experiment reads its URLs: credentials belong in a Secret.
+    if url is None:
+        return
+    if has_userinfo(url):
+        raise PydanticCustomError(
+            "secret_in_url", "must not hold user:password; put credentials into a Secret named by secretRef",
+            {"field": "url"})
+    if "?" in url:  # a SAS or presigned query is a secret, and the manifests must show no query string
+        raise PydanticCustomError(
+            "secret_in_url", "must not hold a query string; put it into a Secret (key sas: appended to the"
+            " request) named by secretRef", {"field": "url"})
+
+
 class DownloadUrl(SpecModel):
     """One archive or file to download into the dataset volume."""
 
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _url_rules(optional=False)})
+
     url: str = Field(
-        description="http://, https:// or file:// URL of an archive (zip/tar) or file; archives are extracted.",
-        pattern=r"^(https?|file)://\S+$",
+        description="http://, https://, file://, az://ACCOUNT/CONTAINER/PATH or https://ACCOUNT.blob.core.windows.net/"
+        " URL of an archive (zip/tar) or file; archives are extracted. Blob URLs are read with the secretRef's SAS,"
+        " else the prepare Job's Azure workload identity. No credentials and no query string here: use secretRef.",
+        pattern=DOWNLOAD_URL_PATTERN,
     )
     sha256: Optional[str] = Field(
         None,
         description="Expected SHA-256 of the downloaded file (64 hex digits); the download fails on mismatch.",
         pattern=r"^[0-9a-fA-F]{64}$",
     )
+    secret_ref: Optional[SecretRef] = Field(
+        None, description=f"Secret with the credentials of this URL, mounted into the prepare Job only. {SECRET_KEYS_HELP}"
+    )
+
+    @model_validator(mode="after")
+    def _credentials_not_in_url(self) -> "DownloadUrl":
+        _no_secret_in_url(self.url)
+        return self
 
 
 class DownloadSource(SpecModel):
@@ -192,6 +259,14 @@ class DatasetSpec(SpecModel):
     prepare_backoff_limit: int = Field(
         2, description="Retries of the download/prepare Job before the experiment fails.", ge=0, le=20
     )
+    prepare_service_account_name: Optional[str] = Field(
+        None,
+        description="ServiceAccount of the download/prepare Job. For az:// and *.blob.core.windows.net URLs without"
+        " a SAS, one federated with an Azure managed identity that may read the blobs (Azure workload identity: the"
+        " pod gets label azure.workload.identity/use=true).",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> "DatasetSpec":
@@ -218,7 +293,10 @@ class DatasetSpec(SpecModel):
         """A one-line, reproducible description of the source (recorded in status.provenance)."""
         if self.download is not None:
             return "download:" + ",".join(
-                entry.url + (f"#sha256={entry.sha256}" if entry.sha256 else "") for entry in self.download.urls
+                redact_url(entry.url)
+                + (f"#sha256={entry.sha256}" if entry.sha256 else "")
+                + (f"#secretRef={entry.secret_ref.name}" if entry.secret_ref else "")
+                for entry in self.download.urls
             )
         if self.synthetic is not None:
             test = f",testClips={self.synthetic.test_clips}" if self.synthetic.test_clips else ""
@@ -284,6 +362,59 @@ class EnvVar(SpecModel):
         return self
 
 
+class PretrainedWeights(SpecModel):
+    """ImageNet weights of the backbone: a file to fetch once into the volume, or one already on it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [{"required": ["url", "sha256"]}, {"required": ["path"]}],
+            "x-kubernetes-validations": [
+                {"rule": "has(self.url) != has(self.path)", "message": "exactly one of url, path must be set"},
+                {"rule": "!has(self.url) || has(self.sha256)", "message": "sha256 is required with url"},
+                {"rule": "has(self.url) || (!has(self.sha256) && !has(self.secretRef))",
+                 "message": "sha256 and secretRef are only allowed with url"},
+                *_url_rules(optional=True),
+            ],
+        }
+    )
+
+    url: Optional[str] = Field(
+        None,
+        description="Where to fetch the weights (same rules and credentials as spec.dataset.download.urls[].url), e.g."
+        " torchvision's https://download.pytorch.org/models/vgg16_bn-6c64b313.pth. The prepare Job fetches it once"
+        " into <volume>/weights/<sha256>.pth; a volume that has it (e.g. a restored snapshot) is not fetched again.",
+        pattern=DOWNLOAD_URL_PATTERN,
+    )
+    sha256: Optional[str] = Field(
+        None,
+        description="SHA-256 of the file: the full 64 hex digits, or a prefix of at least 8 (torchvision names its"
+        " files after the first 8, e.g. 6c64b313). Required with url.",
+        pattern=r"^[0-9a-fA-F]{8,64}$",
+    )
+    secret_ref: Optional[SecretRef] = Field(
+        None, description=f"Secret with the credentials of url, mounted into the prepare Job only. {SECRET_KEYS_HELP}"
+    )
+    path: Optional[str] = Field(
+        None,
+        description="A weights file already on the dataset volume, relative to its root (e.g. weights/vgg16_bn.pth).",
+        pattern=r"^[^/\s]\S*$",
+        max_length=1024,
+    )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> "PretrainedWeights":
+        if (self.url is None) == (self.path is None):
+            raise PydanticCustomError("weights_source", "exactly one of url, path must be set", {})
+        if self.url is not None and self.sha256 is None:
+            raise PydanticCustomError("weights_sha256", "required with url", {"field": "sha256"})
+        if self.path is not None and (self.sha256 is not None or self.secret_ref is not None):
+            raise PydanticCustomError("weights_path", "sha256 and secretRef are only allowed with url", {})
+        if self.path is not None and ".." in self.path.split("/"):
+            raise PydanticCustomError("weights_path", "must stay inside the volume (no '..')", {"field": "path"})
+        _no_secret_in_url(self.url)
+        return self
+
+
 class TrainingSpec(SpecModel):
     """The distributed training job (an MPIJob with one launcher and `workers` workers)."""
 
@@ -302,7 +433,7 @@ class TrainingSpec(SpecModel):
     backbone: Literal["vgg16_bn", "small"] = Field(
         "vgg16_bn", description="SCNN backbone: vgg16_bn (the paper's) or small (fast, for CPUs and demos)."
     )
-    workers: int = Field(3, description="Number of worker pods (TR-4896: 3 nodes).", ge=1, le=512)
+    workers: int = Field(3, description="Number of worker pods (TR-4896: 3 nodes).", ge=1, le=MAX_WORKERS)
     gpus_per_worker: int = Field(
         1, description="GPUs per worker (nvidia.com/gpu); one process per GPU; 0 runs on CPU.", ge=0, le=16
     )
@@ -335,6 +466,11 @@ class TrainingSpec(SpecModel):
     )
     active_deadline_seconds: Optional[int] = Field(
         None, description="Fail training (reason Timeout) after this many seconds; unset means no limit.", ge=1
+    )
+    pretrained_weights: Optional[PretrainedWeights] = Field(
+        None,
+        description="ImageNet weights of the backbone, passed to every rank as --pretrained-weights. vgg16_bn without"
+        " them trains from scratch (condition TrainingFromScratch and a Warning Event).",
     )
     stall_timeout_seconds: int = Field(
         1800,
@@ -372,22 +508,31 @@ class SchedulerSpec(SpecModel):
     model_config = ConfigDict(
         json_schema_extra={
             "oneOf": [
-                {"properties": {"type": {"enum": ["runai"]}}, "required": ["type", "project"]},
-                # type kubeflow, or unset (the operator's default): no project
-                {"properties": {"type": {"enum": ["kubeflow"]}}, "not": {"required": ["project"]}},
+                {"properties": {"type": {"enum": ["runai"]}}, "required": ["type", "project"],
+                 "not": {"required": ["queueName"]}},
+                {"properties": {"type": {"enum": ["kueue"]}}, "required": ["type", "queueName"],
+                 "not": {"required": ["project"]}},
+                # type kubeflow, or unset (the operator's default): no project, no queue
+                {"properties": {"type": {"enum": ["kubeflow"]}},
+                 "not": {"anyOf": [{"required": ["project"]}, {"required": ["queueName"]}]}},
             ],
             "x-kubernetes-validations": [
                 {
                     "rule": "has(self.type) && self.type == 'runai' ? has(self.project) : !has(self.project)",
                     "message": "project is required with type runai and only allowed with type runai",
-                }
+                },
+                {
+                    "rule": "has(self.type) && self.type == 'kueue' ? has(self.queueName) : !has(self.queueName)",
+                    "message": "queueName is required with type kueue and only allowed with type kueue",
+                },
             ],
         }
     )
 
-    type: Optional[Literal["runai", "kubeflow"]] = Field(
+    type: Optional[Literal["runai", "kubeflow", "kueue"]] = Field(
         None,
-        description="runai (schedulerName runai-scheduler, label project) or kubeflow (default scheduler); unset:"
+        description="runai (schedulerName runai-scheduler, label project), kubeflow (default scheduler) or kueue"
+        " (the MPIJob is created suspended in the Kueue LocalQueue queueName; Kueue admits it); unset:"
         " the operator's default (chart value defaults.scheduler; built in: kubeflow). A default runai runs the"
         " experiment in the RUN:ai project of its namespace runai-<project>.",
     )
@@ -398,6 +543,25 @@ class SchedulerSpec(SpecModel):
         pattern=DNS_LABEL_PATTERN,
         max_length=57,
     )
+    queue_name: Optional[str] = Field(
+        None,
+        description="Kueue LocalQueue in the experiment's namespace (required with type kueue, only allowed with"
+        " it); set as the MPIJob's label kueue.x-k8s.io/queue-name.",
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+    )
+
+    @model_validator(mode="after")
+    def _queue_matches_type(self) -> "SchedulerSpec":
+        if self.type == "kueue" and self.queue_name is None:
+            raise PydanticCustomError(
+                "missing_queue", "required when scheduler type is kueue", {"field": "queueName"}
+            )
+        if self.type != "kueue" and self.queue_name is not None:
+            raise PydanticCustomError(
+                "unexpected_queue", "only allowed when scheduler type is kueue", {"field": "queueName"}
+            )
+        return self
 
     @model_validator(mode="after")
     def _project_matches_type(self) -> "SchedulerSpec":
@@ -535,14 +699,11 @@ def check_experiment_name(name: Any) -> str:
         raise InvalidSpecError(f"metadata.name: required, a non-empty string (got {name!r})")
     if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
         raise InvalidSpecError(
-            f"metadata.name: must have at most {MAX_EXPERIMENT_NAME_LENGTH} characters so that child names"
-            f" stay valid (got {len(name)}: {name!r})"
+            f"metadata.name: must have at most {MAX_EXPERIMENT_NAME_LENGTH} characters: it must be {EXPERIMENT_NAME_RULE}"
+            f" (got {len(name)}: {name!r})"
         )
-    if not re.match(DNS_LABEL_PATTERN, name):
-        raise InvalidSpecError(
-            f"metadata.name: must be lower-case letters, digits and '-', starting and ending with a letter"
-            f" or digit (got {name!r})"
-        )
+    if not re.match(DNS_1035_LABEL_PATTERN, name):
+        raise InvalidSpecError(f"metadata.name: must be {EXPERIMENT_NAME_RULE} (got {name!r})")
     return name
 
 

@@ -57,6 +57,8 @@ class ConditionType(str, Enum):
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
     STORAGE_TIER = "StorageTier"
     STOPPED = "Stopped"
+    QUEUED = "Queued"  # scheduler kueue: the MPIJob waits, suspended, for Kueue's admission
+    TRAINING_FROM_SCRATCH = "TrainingFromScratch"
     STALLED = "Stalled"
 
 

@@ -167,8 +167,9 @@ def get_command(
     workspace: Optional[Path] = typer.Option(None, "--workspace",
                                              help="The local experiments and sweeps of this `lanex run` workspace "
                                                   "instead (phase, progress, accuracy, snapshot; no cluster)."),
-    watch: bool = typer.Option(False, "--watch", "-w", help="After the table, print a row whenever one changes "
-                                                            "(with --workspace: until all are finished)."),
+    watch: bool = typer.Option(False, "--watch", "-w",
+                               help="After the table, print a row whenever one changes (with --workspace: until "
+                                    "all are Succeeded or Failed, or their `lanex run` stopped)."),
 ) -> None:
     """List LaneExperiments like `kubectl get lx`: NAME, PHASE, PROGRESS, ETA, WORKERS, ACCURACY, SNAPSHOT, AGE.
 

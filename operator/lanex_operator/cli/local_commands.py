@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -17,6 +17,9 @@ def run_command(
     experiment: Path = typer.Argument(..., help="LaneExperiment or LaneSweep YAML file."),
     workspace: Path = typer.Option(DEFAULT_WORKSPACE, help="Local workspace: volumes, experiments, snapshots."),
     parallel: int = typer.Option(1, "--parallel", min=1, help="A LaneSweep's trials running at once."),
+    secret: List[str] = typer.Option(
+        [], "--secret", help="NAME=file:PATH or NAME=env:VAR: the keys of the Secret NAME that the spec's secretRefs"
+        " name (a folder of key files, or KEY=VALUE lines); repeatable. Values are never printed."),
 ) -> None:
     """Run a LaneExperiment on this machine: data, distributed training, evaluation, snapshot.
 
@@ -28,21 +31,27 @@ def run_command(
     from lanex_operator.api import ExperimentFileError, load_experiment_file
     from lanex_operator.api.files import read_document
     from lanex_operator.api.sweep_files import document_kind
-    from lanex_operator.local.runner import LocalRunError, LocalRunner
+    from lanex_operator.local.runner import ExperimentBusy, LocalRunError, LocalRunner
+    from lanex_operator.local.secrets import SecretSourceError, parse_secret_option
     from lanex_operator.api.models import InvalidSpecError
 
     console = Console(stderr=True)
     try:
+        secrets = {source.name: source for source in map(parse_secret_option, secret)}
         if document_kind(read_document(experiment)) == "LaneSweep":
-            run_sweep(experiment, workspace, parallel)
+            run_sweep(experiment, workspace, parallel, secrets)
             return
         metadata, spec = load_experiment_file(experiment)
-        runner = LocalRunner(metadata["name"], spec, workspace, echo=lambda text: console.print(text, style="bold cyan", markup=False))
-    except (ExperimentFileError, InvalidSpecError, LocalRunError) as error:
+        runner = LocalRunner(metadata["name"], spec, workspace, secrets=secrets,
+                             echo=lambda text: console.print(text, style="bold cyan", markup=False))
+    except (ExperimentFileError, InvalidSpecError, LocalRunError, SecretSourceError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
     try:
         summary = runner.run()
+    except ExperimentBusy as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
     except LocalRunError as error:
         typer.echo(f"error: {error}", err=True)
         typer.echo(f"run `lanex run {experiment}` again to continue from the failed step", err=True)
@@ -53,7 +62,7 @@ def run_command(
     print_summary(summary)
 
 
-def run_sweep(file: Path, workspace: Path, parallel: int) -> None:
+def run_sweep(file: Path, workspace: Path, parallel: int, secrets: Optional[dict] = None) -> None:
     """`lanex run sweep.yaml`: the dataset once, trials on clones, a live leaderboard, the final table."""
     from rich.console import Console
     from rich.live import Live
@@ -69,7 +78,7 @@ def run_sweep(file: Path, workspace: Path, parallel: int) -> None:
     console = Console(stderr=True)
     try:
         metadata, spec = load_sweep_file(file)
-        sweep = LocalSweep(metadata["name"], spec, workspace, parallel=parallel,
+        sweep = LocalSweep(metadata["name"], spec, workspace, parallel=parallel, secrets=dict(secrets or {}),
                            echo=lambda text: console.print(text, style="bold cyan", markup=False))
     except (ExperimentFileError, InvalidSpecError, LocalRunError) as error:
         typer.echo(f"error: {error}", err=True)
@@ -119,7 +128,7 @@ def print_summary(summary: dict) -> None:
 
 LOCAL_GET_HEADERS = ("NAME", "PHASE", "PROGRESS", "LOSS", "IMG/S", "ETA", "VAL ACC", "ACCURACY", "SNAPSHOT")
 # --watch prints rows one at a time, so its columns have fixed widths (PHASE fits ProvisioningDataset).
-WATCH_WIDTHS = (12, 19, 9, 8, 7, 7, 8, 8, 0)
+WATCH_WIDTHS = (12, 19, 10, 8, 7, 7, 8, 8, 0)
 
 
 def watch_line(cells, names_width: int) -> str:
@@ -129,13 +138,17 @@ def watch_line(cells, names_width: int) -> str:
 
 def local_row(experiment: dict) -> list[str]:
     from lanex_operator.cli.views import decimal
+    from lanex_operator.local.runner import FINAL_PHASES
     from lanex_trainer.progress import human_seconds, progress_summary
 
     progress = experiment.get("progress") or {}
     validation = progress.get("validation") or {}
-    running = progress and progress.get("state") != "finished"
+    running = progress and progress.get("state") != "finished" and experiment.get("running") is not False
     rate = progress.get("imagesPerSecond")
-    return [experiment["name"], experiment.get("phase") or "-", progress_summary(progress) if progress else "-",
+    phase = experiment.get("phase") or "-"
+    if experiment.get("running") is False and phase not in FINAL_PHASES:
+        phase += " (stopped)"  # killed or interrupted: `lanex run` again resumes it
+    return [experiment["name"], phase, progress_summary(progress) if progress else "-",
             decimal(progress.get("loss")), "-" if rate is None else f"{rate:.1f}",
             human_seconds(progress.get("etaSeconds")) if running else "-",
             decimal(validation.get("accuracy")), decimal(experiment["results"].get("accuracy")),
@@ -157,7 +170,7 @@ def sweep_row(sweep: dict) -> list[str]:
 
 def get_local(workspace: Path, name: Optional[str], output: Optional[str], watch: bool, poll_s: float = 0.5) -> None:
     """`lanex get --workspace DIR`: one table (or JSON/YAML document); with --watch, a row per change
-    until every experiment shown is Succeeded or Failed."""
+    until every experiment shown is Succeeded or Failed, or its `lanex run` has stopped."""
     import time
 
     from lanex_operator.cli.views import dump, table
@@ -203,7 +216,7 @@ def get_local(workspace: Path, name: Optional[str], output: Optional[str], watch
                 else:
                     document = dump(experiment, output).rstrip()  # one document per change, like kubectl -w
                     typer.echo(document if output == "json" else f"---\n{document}")
-            if experiments and all(e.get("phase") in FINAL_PHASES for e in experiments):
+            if experiments and all(e.get("phase") in FINAL_PHASES or e.get("running") is False for e in experiments):
                 return
             time.sleep(poll_s)
             experiments = read()

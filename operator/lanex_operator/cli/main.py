@@ -9,7 +9,7 @@ from typing import List
 
 import typer
 
-from lanex_operator.cli import cluster_commands, compare, local_commands
+from lanex_operator.cli import cluster_commands, compare, local_commands, render
 from lanex_trainer import cli as trainer_cli
 
 app = typer.Typer(help="lanex: lane-detection training experiments, locally or on Kubernetes.", no_args_is_help=True)
@@ -17,6 +17,7 @@ trainer_cli.register(app)
 local_commands.register(app)
 cluster_commands.register(app)
 app.command("compare")(compare.compare_command)
+render.register(app)
 
 
 @app.command("operator")
@@ -42,4 +43,7 @@ def operator_command(
 
 
 def main() -> None:
+    from lanex_trainer.lifeline import arm_from_env
+
+    arm_from_env()  # started by `lanex run`/`lanex launch`: end with that parent, however it ends
     app()

@@ -28,6 +28,13 @@ EXPERIMENT_LABEL = "lanex.dev/experiment"
 RUNAI_SCHEDULER = "runai-scheduler"
 GPU_RESOURCE = "nvidia.com/gpu"
 SNAPSHOT_API_GROUP = "snapshot.storage.k8s.io"
+# Kueue (kubernetes-sigs/kueue, MPIJob integration) queues a job labelled with its LocalQueue, created
+# suspended; it admits the job by setting spec.runPolicy.suspend to false.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# mpi-operator >= 0.5.0: create the launcher only once every worker pod is Ready, so that the workers'
+# Service resolves when Horovod's ssh checks start (the default, AtStartup, does not wait).
+WAIT_FOR_WORKERS_READY = "WaitForWorkersReady"
+WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
 
 Manifest = dict[str, Any]
 
@@ -91,6 +98,18 @@ def prepare_job_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Exp
         **_container("prepare", plan.prepare.container),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        # The secretRefs' Secrets, by name only: their values reach the pod as files, never the manifest.
+        "volumes": [_data_volume(plan)] + [
+            {"name": secret.volume, "secret": {"secretName": secret.secret_name}} for secret in plan.prepare.secret_mounts
+        ],
+    }
+    pod_labels = dict(labels)
+    if plan.prepare.service_account_name is not None:
+        pod["serviceAccountName"] = plan.prepare.service_account_name
+        pod_labels[WORKLOAD_IDENTITY_LABEL] = "true"  # the webhook injects the federated token for az:// reads
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -102,24 +121,21 @@ def prepare_job_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Exp
         },
         "spec": {
             "backoffLimit": plan.prepare.backoff_limit,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [container],
-                    "volumes": [_data_volume(plan)],
-                },
-            },
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod},
         },
     }
 
 
-def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: ExperimentPlan) -> Manifest:
+def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: ExperimentPlan, *,
+               launcher_creation_policy: bool = True) -> Manifest:
     """The kubeflow.org/v2beta1 MPIJob: one launcher running `lanex launch`, `workers` GPU workers.
 
     With the runai scheduler (the spec's, or the cluster's default) the job and its pods carry
     `project: <project>` and the pods use `runai-scheduler`; RUN:ai users create the experiment in
     their project's namespace (`runai-<project>`), which is where the MPIJob is created too.
+    With kueue the MPIJob (not its pods: Kueue's pod integration would gate them) carries the queue
+    label and is created suspended. `launcher_creation_policy` is False for an mpi-operator older
+    than 0.5.0, whose CRD has no such field (`lanex launch` then waits for the workers itself).
     """
     _check_meta(meta, plan)
     train = plan.train
@@ -159,6 +175,11 @@ def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Experime
     run_policy: dict[str, Any] = {"cleanPodPolicy": "Running", "backoffLimit": train.backoff_limit}
     if train.active_deadline_seconds is not None:
         run_policy["activeDeadlineSeconds"] = train.active_deadline_seconds
+    job_labels = dict(labels)
+    if train.scheduler == "kueue":
+        job_labels[KUEUE_QUEUE_LABEL] = str(train.kueue_queue)
+        run_policy["suspend"] = True
+    extra_spec = {"launcherCreationPolicy": WAIT_FOR_WORKERS_READY} if launcher_creation_policy else {}
 
     return {
         "apiVersion": "kubeflow.org/v2beta1",
@@ -166,10 +187,11 @@ def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Experime
         "metadata": {
             "name": plan.names.mpijob,
             "namespace": plan.namespace,
-            "labels": dict(labels),
+            "labels": job_labels,
             "annotations": provenance_annotations(plan),
         },
         "spec": {
+            **extra_spec,
             "slotsPerWorker": train.slots_per_worker,
             "mpiImplementation": "OpenMPI",
             "sshAuthMountPath": SSH_AUTH_MOUNT_PATH,
@@ -261,7 +283,10 @@ def _container(name: str, run: ContainerRun) -> dict[str, Any]:
     }
     if run.env:
         container["env"] = [{"name": key, "value": value} for key, value in run.env]
-    container["volumeMounts"] = [{"name": mount.volume, "mountPath": mount.path} for mount in run.mounts]
+    container["volumeMounts"] = [
+        {"name": mount.volume, "mountPath": mount.path, **({"readOnly": True} if mount.read_only else {})}
+        for mount in run.mounts
+    ]
     return container
 
 

@@ -40,6 +40,7 @@ PVC = ChildKind("v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 JOB = ChildKind("batch/v1", "jobs", "Job")
 MPIJOB = ChildKind("kubeflow.org/v2beta1", "mpijobs", "MPIJob")
 SNAPSHOT = ChildKind("snapshot.storage.k8s.io/v1", "volumesnapshots", "VolumeSnapshot")
+POD = ChildKind("v1", "pods", "Pod")  # not a child: named only to read the prepare pod's Events
 WATCHED_KINDS = (PVC, JOB, MPIJOB, SNAPSHOT)
 
 Key = tuple[str, str, str]  # (kind, namespace, name)

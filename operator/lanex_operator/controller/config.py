@@ -24,12 +24,25 @@ class OperatorConfig:
     preflight_retry_seconds: float = 60.0
     # Fail with DatasetFailed when the dataset PVC is not Bound within this time.
     dataset_bound_timeout_seconds: float = 1800.0
+    # Fail with TrainingFailed when the MPIJob has no condition this long after its creation: its
+    # controller refused it (a ValidationError Event, quoted) or no mpi-operator runs.
+    mpijob_condition_timeout_seconds: float = 600.0
+    # Fail the step when one of its pods stays this long in ImagePullBackOff, ErrImagePull,
+    # CreateContainerConfigError or Unschedulable (the reason is shown in the step's condition at once).
+    # Generous by default: a cluster autoscaler may take minutes to add a GPU node for an Unschedulable pod.
+    pod_stuck_timeout_seconds: float = 1800.0
+    # At most one read of a waiting step's pods, or of a pending claim's Events, per child in this
+    # interval; the first read waits until the step has been waiting this long.
+    stuck_check_seconds: float = 20.0
     # Delay before retrying after a retryable API error (5xx, 409, 429, connection errors).
     retry_delay_seconds: float = 5.0
     # How long a successful existence check (storage class, snapshot class, APIs) is trusted.
     preflight_cache_seconds: float = 10.0
     # Timeout of one API request made by the reconciler.
     request_timeout_seconds: float = 30.0
+    # While Kueue holds an MPIJob suspended, the Queued condition's waiting time moves in steps of this
+    # size (one status write per step at most, however long the queue).
+    queued_message_seconds: float = 30.0
     # kopf: watch-stream server timeout and backoffs between API retries (comma-separated).
     watch_server_timeout_seconds: float = 300.0
     api_error_backoffs: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)

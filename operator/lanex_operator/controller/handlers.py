@@ -140,7 +140,8 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
                 return
             await state.wakers.wait(namespace, name, wait)
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, id="progress", when=_training, cancellation_timeout=1.0,
+    # cancellation_timeout: time for the final read once training ended, which may wait on the budget.
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, id="progress", when=_training, cancellation_timeout=10.0,
                  backoff=state.config.retry_delay_seconds)
     async def training_progress(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
         """While the experiment trains: read the launcher's progress into status.progress (kopf stops

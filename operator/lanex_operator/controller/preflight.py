@@ -5,20 +5,77 @@ project namespace would otherwise surface as a crash loop or a child stuck forev
 checks at start-up (logged) and for each experiment (reported as the `Preflight` condition and a
 Warning Event, retried until it passes). Lookups are cached for a few seconds so that many
 experiments arriving together cost one request per distinct object.
+
+It also chooses the VolumeSnapshotClass of a claim lanex did not create (`snapshot_class`): the
+snapshot controller uses a named class whatever its CSI driver, so naming the Trident class for a
+claim of another driver would never give a usable snapshot.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Optional
 
-from lanex_operator.plan.defaults import SCHEDULER_FIELD, SNAPSHOT_CLASS_FIELD, STORAGE_CLASS_FIELD, field_origin
-from lanex_operator.controller.kube import Kube, object_path
+from lanex_operator.plan.defaults import (SCHEDULER_FIELD, SNAPSHOT_CLASS_FIELD, STORAGE_CLASS_FIELD, VARIABLES,
+                                          field_origin)
+from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.plan.steps import ExperimentPlan
 
 MPIJOB_API = ("kubeflow.org/v2beta1", "mpijobs")
 SNAPSHOT_API = ("snapshot.storage.k8s.io/v1", "volumesnapshots")
+MPIJOB_CRD = "mpijobs.kubeflow.org"
+# What lanex uses of mpi-operator, by the field its v2beta1 CRD declares and the release that added it
+# (kubeflow/mpi-operator manifests/base/kubeflow.org_mpijobs.yaml at each tag).
+MPI_OPERATOR_FEATURES = (
+    ("launcherCreationPolicy", ("spec", "launcherCreationPolicy"), "0.5.0"),
+    ("runPolicy.suspend", ("spec", "runPolicy", "suspend"), "0.4.0"),
+    ("runPolicy.managedBy", ("spec", "runPolicy", "managedBy"), "0.6.0"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MPIOperatorFeatures:
+    """The mpi-operator features the installed MPIJob CRD declares (None: the CRD could not be read)."""
+
+    fields: Optional[frozenset[str]]
+
+    def has(self, feature: str) -> bool:
+        """Whether the CRD declares `feature`; an unreadable CRD counts as a current mpi-operator."""
+        return self.fields is None or feature in self.fields
+
+    @property
+    def launcher_creation_policy(self) -> bool:
+        return self.has("launcherCreationPolicy")
+
+    def describe(self) -> str:
+        """One line for the Preflight condition, e.g. `mpi-operator: launcherCreationPolicy (>= 0.5.0) ...`."""
+        if self.fields is None:
+            return f"mpi-operator: CRD {MPIJOB_CRD} not readable, assuming >= 0.5.0"
+        parts = [f"{name} (>= {version}) {'yes' if name in self.fields else 'no'}"
+                 for name, _, version in MPI_OPERATOR_FEATURES]
+        older = "" if self.launcher_creation_policy else (
+            "; older than 0.5.0: the launcher starts at once and `lanex launch` waits for the workers' ssh")
+        return "mpi-operator: " + ", ".join(parts) + older
+
+
+def crd_features(crd: Mapping[str, Any]) -> MPIOperatorFeatures:
+    """The features declared by the served v2beta1 version of an MPIJob CRD."""
+    versions = (crd.get("spec") or {}).get("versions") or []
+    version = next((v for v in versions if v.get("name") == "v2beta1"), {})
+    root = ((version.get("schema") or {}).get("openAPIV3Schema")) or {}
+    found = set()
+    for name, path, _ in MPI_OPERATOR_FEATURES:
+        node: Any = root
+        for part in path:
+            node = ((node or {}).get("properties") or {}).get(part)
+        if node is not None:
+            found.add(name)
+    return MPIOperatorFeatures(frozenset(found))
+# The external-snapshotter's mark of the class it gives snapshots that name none, per CSI driver.
+DEFAULT_SNAPSHOT_CLASS_ANNOTATION = "snapshot.storage.kubernetes.io/is-default-class"
+EXISTING_CLAIM_FIELD = "spec.dataset.existingClaim.claimName"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +94,8 @@ class Preflight:
         self.ttl = ttl_seconds
         self.clock = clock
         self._cache: dict[str, tuple[float, bool]] = {}
+        self._features: tuple[float, MPIOperatorFeatures] | None = None
+        self._classes: tuple[float, list[dict[str, Any]]] | None = None  # VolumeSnapshotClasses, listed once per ttl
 
     async def _exists(self, key: str, probe: Callable[[], object]) -> bool:
         now = self.clock()
@@ -52,6 +111,23 @@ class Preflight:
 
     async def _api(self, api_version: str, plural: str) -> bool:
         return await self._exists(f"api:{api_version}/{plural}", lambda: self.kube.api_served(api_version, plural))
+
+    async def mpi_operator(self) -> MPIOperatorFeatures:
+        """What the installed mpi-operator supports, from its CRD (cached like the other lookups)."""
+        now = self.clock()
+        cached = self._features
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        path = object_path("apiextensions.k8s.io/v1", "customresourcedefinitions", name=MPIJOB_CRD)
+        try:
+            crd = await self.kube.get_or_none(path)
+        except KubeError as error:
+            if error.retryable:
+                raise
+            crd = None  # e.g. 403 from an older chart's RBAC: assume a current mpi-operator
+        features = crd_features(crd) if crd is not None else MPIOperatorFeatures(None)
+        self._features = (now + self.ttl, features)
+        return features
 
     async def cluster(self) -> list[Problem]:
         """The APIs every experiment needs (checked at operator start-up)."""
@@ -93,12 +169,22 @@ class Preflight:
                 problems.append(Problem("MissingSnapshot", f'VolumeSnapshot "{source}" '
                                                            f"(spec.dataset.fromSnapshot.snapshotName) not found in "
                                                            f'namespace "{namespace}"'))
-        if plan.snapshot is not None and snapshot_api:
+        if plan.snapshot is not None and snapshot_api and chooses_class_by_driver(plan):
+            _, problem = await self.snapshot_class(plan)
+            if problem is not None:
+                problems.append(problem)
+        elif plan.snapshot is not None and snapshot_api:
             klass = plan.snapshot.volume_snapshot_class_name
             if not await self._object(object_path(SNAPSHOT_API[0], "volumesnapshotclasses", name=klass)):
                 origin = field_origin(SNAPSHOT_CLASS_FIELD, plan.defaulted)
                 problems.append(Problem("MissingVolumeSnapshotClass",
                                         f'VolumeSnapshotClass "{klass}" ({origin}) not found'))
+        if plan.train.scheduler == "kueue" and not any(p.reason == "MissingMPIJobAPI" for p in problems):
+            features = await self.mpi_operator()
+            if not features.has("runPolicy.suspend"):
+                problems.append(Problem("MPIOperatorTooOld", "spec.scheduler.type kueue needs an mpi-operator "
+                                                             "whose MPIJob has spec.runPolicy.suspend (>= 0.4.0): "
+                                                             "upgrade the Kubeflow MPI operator"))
         if plan.train.scheduler == "runai":
             project = plan.train.runai_project
             project_ns = f"runai-{project}"
@@ -109,3 +195,69 @@ class Preflight:
                                                                f'"{project}" ({origin}) '
                                                                f"not found: create the project in RUN:ai"))
         return problems
+
+    async def _snapshot_classes(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        if self._classes is None or self._classes[0] <= now:
+            items = await self.kube.list(object_path(SNAPSHOT_API[0], "volumesnapshotclasses"))
+            self._classes = (now + self.ttl, items)
+        return self._classes[1]
+
+    async def snapshot_class(self, plan: ExperimentPlan) -> tuple[str | None, Problem | None]:
+        """The VolumeSnapshotClass of the experiment's snapshots, or the Problem why none fits.
+
+        A class named in the spec, and the class of a claim lanex creates, are used as they are. For a
+        claim lanex did not create (existingClaim) the class follows the bound PV's CSI driver
+        (`choose_snapshot_class`): the snapshot controller would use a named class whatever its driver.
+        (None, None) while that claim is not bound yet: the choice is made again when the snapshot is taken.
+        """
+        if plan.snapshot is None:
+            return None, None
+        if not chooses_class_by_driver(plan):
+            return plan.snapshot.volume_snapshot_class_name, None
+        claim = plan.dataset.claim_name
+        pvc = await self.kube.get_or_none(object_path("v1", "persistentvolumeclaims", plan.namespace, claim)) or {}
+        volume = (pvc.get("spec") or {}).get("volumeName")
+        if not volume or (pvc.get("status") or {}).get("phase") != "Bound":
+            return None, None
+        pv = await self.kube.get_or_none(object_path("v1", "persistentvolumes", name=volume)) or {}
+        driver = ((pv.get("spec") or {}).get("csi") or {}).get("driver")
+        if not driver:
+            return None, Problem("NotACSIVolume", f'PersistentVolume "{volume}" of PersistentVolumeClaim "{claim}" '
+                                                  f"({EXISTING_CLAIM_FIELD}) is not a CSI volume and cannot be "
+                                                  f"snapshotted: set spec.snapshot.enabled to false")
+        return choose_snapshot_class(await self._snapshot_classes(), driver, plan.snapshot.volume_snapshot_class_name,
+                                     f'PersistentVolumeClaim "{claim}" ({EXISTING_CLAIM_FIELD}, PersistentVolume '
+                                     f'"{volume}")')
+
+
+def chooses_class_by_driver(plan: ExperimentPlan) -> bool:
+    """Whether the snapshot class follows the claim's CSI driver: an existing claim, and no class in the spec."""
+    return plan.snapshot is not None and not plan.dataset.creates_claim and SNAPSHOT_CLASS_FIELD in plan.defaulted
+
+
+def choose_snapshot_class(classes: Iterable[Mapping[str, Any]], driver: str, configured: str,
+                          claim: str) -> tuple[str | None, Problem | None]:
+    """The class for a volume of CSI `driver`: the one of that driver marked default (as the external-snapshotter
+    chooses for a snapshot that names none; two such are its error too), else the operator's default `configured`
+    when it is of that driver, else a Problem naming the driver."""
+    classes = list(classes)
+    defaults = sorted(str(c["metadata"]["name"]) for c in classes if c.get("driver") == driver
+                      and ((c.get("metadata") or {}).get("annotations") or {}).get(DEFAULT_SNAPSHOT_CLASS_ANNOTATION)
+                      == "true")
+    if len(defaults) == 1:
+        return defaults[0], None
+    if len(defaults) > 1:
+        return None, Problem("AmbiguousVolumeSnapshotClass",
+                             f'{len(defaults)} VolumeSnapshotClasses of CSI driver "{driver}" ({", ".join(defaults)}) '
+                             f"are marked {DEFAULT_SNAPSHOT_CLASS_ANNOTATION}, for {claim}: unmark all but one, "
+                             f"or name one in {SNAPSHOT_CLASS_FIELD}")
+    own = next((c for c in classes if (c.get("metadata") or {}).get("name") == configured), None)
+    if own is not None and own.get("driver") == driver:
+        return configured, None
+    theirs = (f'is of driver "{own.get("driver")}"' if own is not None else "does not exist")
+    return None, Problem("NoVolumeSnapshotClassForDriver",
+                         f'no VolumeSnapshotClass for CSI driver "{driver}" of {claim}: none of that driver is marked '
+                         f'{DEFAULT_SNAPSHOT_CLASS_ANNOTATION}: "true", and the operator\'s default "{configured}" '
+                         f"({VARIABLES[SNAPSHOT_CLASS_FIELD]}) {theirs}; create a class for that driver, or name one "
+                         f"in {SNAPSHOT_CLASS_FIELD}, or set spec.snapshot.enabled to false")

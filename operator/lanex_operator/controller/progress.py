@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -36,9 +35,8 @@ from lanex_operator.controller.config import OperatorConfig
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.controller.metrics import OperatorMetrics
 from lanex_operator.controller.status import parse_utc, utc_text
+from lanex_trainer.progress import parse_progress_line  # torch-free: the operator image ships lanex_trainer
 
-PROGRESS_PREFIX = "LANEX_PROGRESS "
-MARKER = PROGRESS_PREFIX + "{"  # mpirun/horovodrun/torchrun prefixes may come before it on the line
 # The tail read: enough lines to find the newest progress line among other ranks' output, and a byte
 # cap so that one read stays small. The kubelet cuts at limitBytes from the *start* of the tail, so a
 # cut read lost the newest lines: it is read again with fewer lines (long lines, e.g. a progress bar
@@ -54,13 +52,12 @@ log = logging.getLogger("lanex.operator.progress")
 def newest_progress(text: str) -> Optional[TrainingProgress]:
     """The newest valid progress record in a log text (a cut or garbled line is passed over)."""
     for line in reversed(text.splitlines()):
-        start = line.find(MARKER)
-        if start < 0:
+        data = parse_progress_line(line)  # the trainer's own reader of its line format
+        if data is None:
             continue
         try:
-            data = json.loads(line[start + len(PROGRESS_PREFIX):])
             return TrainingProgress.model_validate(data)
-        except (ValueError, ValidationError):
+        except ValidationError:
             continue
     return None
 

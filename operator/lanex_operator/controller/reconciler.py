@@ -29,14 +29,16 @@ Job makes a new one, which resumes from the last checkpoint).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 import kopf
 
-from lanex_operator.controller import builders
+from lanex_operator.controller import builders, desired
 from lanex_operator.api.models import (
     API_VERSION,
     PLURAL,
@@ -50,22 +52,25 @@ from lanex_operator.api.models import (
     Results,
     parse_spec,
 )
-from lanex_operator.controller.children import JOB, MPIJOB, PVC, SNAPSHOT, ChildCache, ChildKind
+from lanex_operator.controller.children import JOB, MPIJOB, POD, PVC, SNAPSHOT, ChildCache, ChildKind
 from lanex_operator.controller.config import OperatorConfig
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.controller.metrics import OperatorMetrics
 from lanex_operator.plan.defaults import ClusterDefaults
-from lanex_operator.plan.steps import ExperimentPlan, plan_for
+from lanex_operator.plan.steps import FROM_SCRATCH_REASON, ExperimentPlan, plan_for
 from lanex_operator.controller.preflight import Preflight
 from lanex_operator.controller.progress import LAUNCHER_SELECTOR, StallVerdict, judge_stall
-from lanex_operator.controller.status import MESSAGE_LIMIT, StatusBook, clip
+from lanex_operator.controller.status import MESSAGE_LIMIT, StatusBook, clip, parse_utc
 from lanex_operator.controller.tier_steps import StorageTiering, TierSteps
+from lanex_operator.controller.waits import STUCK_REASONS, ReadThrottle, StuckPod, stuck_pod
 
 PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, skip the prepare Job
-SPEC_ANNOTATION = "lanex.dev/spec"  # on the MPIJob: the spec training started with
-GENERATION_ANNOTATION = "lanex.dev/generation"  # on the MPIJob: the experiment generation of that spec
+SPEC_ANNOTATION = desired.SPEC_ANNOTATION  # on the MPIJob: the spec training started with
+GENERATION_ANNOTATION = desired.GENERATION_ANNOTATION  # on the MPIJob: the experiment generation of that spec
 STOP_ANNOTATION = "lanex.dev/stop"  # on the experiment (set by its LaneSweep): end training now, phase Stopped
 JOB_POD_SELECTOR = "batch.kubernetes.io/job-name={name}"
+MPIJOB_POD_SELECTOR = "training.kubeflow.org/job-name={name}"  # its launcher and its workers
+log = logging.getLogger("lanex.operator.reconciler")
 PARSED_SPECS_KEPT = 4096  # memoized (spec, plan) entries; the oldest go first
 _Parsed = tuple["tuple[LaneExperimentSpec, ExperimentPlan] | None", "InvalidSpecError | None"]
 
@@ -115,6 +120,8 @@ class Reconciler:
         # Validating a spec and planning it was ~15 % of the operator's CPU when done on every pass.
         # Both are pure and a spec only changes with a new generation (the models are frozen).
         self._parsed: collections.OrderedDict[tuple[Any, ...], _Parsed] = collections.OrderedDict()
+        # Pods and Events of waiting steps are read at most once per interval per child (waits.py).
+        self._reads = ReadThrottle(config.stuck_check_seconds)
 
     # ---- the pass
 
@@ -259,6 +266,9 @@ class Reconciler:
         book.set_condition(C.SUCCEEDED.value, "Unknown", "InProgress", "the experiment is running")
         book.set_condition(C.FAILED.value, "False", "InProgress", "the experiment is running")
         book.enter(Phase.PENDING, "checking that the cluster has what the experiment needs")
+        if plan.train.from_scratch is not None:  # said once, when the experiment starts
+            book.set_condition(C.TRAINING_FROM_SCRATCH.value, "True", FROM_SCRATCH_REASON, plan.train.from_scratch)
+            book.event("Warning", C.TRAINING_FROM_SCRATCH.value, plan.train.from_scratch)
 
     # ---- steps: each returns None when done, else seconds to wait
 
@@ -274,7 +284,9 @@ class Reconciler:
                 book.event("Warning", reason, message)
             book.set("message", message)
             return self.config.preflight_retry_seconds
-        book.complete_step(C.PREFLIGHT.value, "Passed", "the APIs, classes and namespaces the experiment uses exist")
+        features = await self.preflight.mpi_operator()
+        book.complete_step(C.PREFLIGHT.value, "Passed", "the APIs, classes and namespaces the experiment uses exist; "
+                                                        + features.describe())
         return None
 
     async def _dataset(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
@@ -315,14 +327,14 @@ class Reconciler:
             book.fail(FailureReason.DATASET_FAILED, clip(f"PersistentVolumeClaim {claim} was not bound after "
                                                           f"{int(elapsed)}s" + (f": {warning}" if warning else "")))
             return None
+        await self._show_warning(book, C.DATASET_READY.value, plan.namespace, PVC, claim, elapsed,
+                                 f"PersistentVolumeClaim {claim} is {status.get('phase') or 'Pending'}")
         return limit - elapsed
 
     async def _claim_manifest(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                               plan: ExperimentPlan) -> dict[str, Any] | None:
-        meta = body["metadata"]
-        if plan.dataset.restore_from is None:
-            manifest = builders.pvc_for(meta, spec, plan)
-        else:
+        restore_size = None
+        if plan.dataset.restore_from is not None:
             source = plan.dataset.restore_from
             snapshot = await self._child(SNAPSHOT, plan.namespace, source)
             if snapshot is None:
@@ -331,12 +343,18 @@ class Reconciler:
                 return None
             status = snapshot.get("status") or {}
             if not status.get("readyToUse"):
-                book.set("message", f"waiting for VolumeSnapshot {source} to be ready to use before restoring it")
+                elapsed = book.since(C.DATASET_READY.value)
+                error = (status.get("error") or {}).get("message")
+                if elapsed >= self.config.dataset_bound_timeout_seconds:  # the restore waits no longer than a bind
+                    book.fail(FailureReason.DATASET_FAILED, clip(
+                        f"VolumeSnapshot {source} (spec.dataset.fromSnapshot.snapshotName) was not ready to use "
+                        f"after {int(elapsed)}s" + (f": {error}" if error else "")))
+                    return None
+                book.set("message", f"waiting for VolumeSnapshot {source} to be ready to use before restoring it"
+                         + (f" (the snapshot controller reports: {error})" if error else ""))
                 return None
-            manifest = builders.restore_pvc_for(meta, spec, plan, status.get("restoreSize"))
-        if spec.retention.dataset == "Delete":
-            kopf.adopt(manifest, owner=dict(body))
-        return manifest
+            restore_size = status.get("restoreSize")
+        return desired.dataset_claim(body, spec, plan, restore_size)
 
     async def _prepare(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                        plan: ExperimentPlan) -> float | None:
@@ -347,7 +365,7 @@ class Reconciler:
                                                                  f"{plan.dataset.restore_from}: the data is prepared")
             return None
         claim = plan.dataset.claim_name
-        if not plan.dataset.creates_claim:
+        if not plan.dataset.creates_claim and not plan.prepare.weights_commands:  # weights may still be missing
             pvc = await self._child(PVC, plan.namespace, claim) or {}
             if ((pvc.get("metadata") or {}).get("annotations") or {}).get(PREPARED_ANNOTATION) == "true":
                 book.complete_step(C.DATA_PREPARED.value, "Skipped", f"PersistentVolumeClaim {claim} is annotated "
@@ -357,9 +375,7 @@ class Reconciler:
         book.enter(Phase.DOWNLOADING, f"preparing the dataset with Job {name}")
         job = self.cache.get(JOB, plan.namespace, name)
         if job is None:  # create first: an existing Job answers AlreadyExists and is read instead
-            manifest = builders.prepare_job_for(body["metadata"], spec, plan)
-            kopf.adopt(manifest, owner=dict(body))
-            job = await self._create(JOB, manifest)
+            job = await self._create(JOB, desired.prepare_job(body, spec, plan))
         conditions = (job.get("status") or {}).get("conditions")
         if _true(conditions, "Complete"):
             if plan.dataset.creates_claim:
@@ -368,13 +384,37 @@ class Reconciler:
                                                                    f"{plan.paths.data_root}")
             return None
         failed = _true(conditions, "Failed")
+        if not failed and plan.prepare.secret_mounts:
+            await self._report_unmounted_secrets(book, plan, name)
         if failed:
             detail = await self._pod_message(plan.namespace, JOB_POD_SELECTOR.format(name=name))
             book.fail(FailureReason.DOWNLOAD_FAILED, clip(
                 f"Job {name} failed ({failed.get('reason', 'Failed')}: {failed.get('message', '')})"
                 + (f"; {detail}" if detail else "")))
             return None
+        failure = await self._pods_stuck(book, C.DATA_PREPARED.value, f"Job {name}", plan.namespace,
+                                         JOB_POD_SELECTOR.format(name=name))
+        if failure:
+            book.fail(FailureReason.DOWNLOAD_FAILED, failure)
+            return None
         return self.config.resync_seconds
+
+    async def _report_unmounted_secrets(self, book: StatusBook, plan: ExperimentPlan, job: str) -> None:
+        """A prepare pod waiting for a secretRef's Secret (the kubelet's FailedMount) is said once, in
+        DataPrepared and a Warning Event; it starts by itself once the Secret exists."""
+        pods = await self.kube.list(object_path("v1", "pods", plan.namespace),
+                                    label_selector=JOB_POD_SELECTOR.format(name=job))
+        for pod in pods:
+            if (pod.get("status") or {}).get("phase") != "Pending":
+                continue
+            warning = await self._last_warning(plan.namespace, POD, pod["metadata"]["name"])
+            if warning.startswith("FailedMount") and "secret" in warning:
+                names = ", ".join(secret.secret_name for secret in plan.prepare.secret_mounts)
+                message = clip(f"Job {job} waits for its Secrets ({names}, spec...secretRef) in namespace "
+                               f"{plan.namespace}: {warning}")
+                if book.set_condition(C.DATA_PREPARED.value, "False", "SecretNotFound", message):
+                    book.event("Warning", "SecretNotFound", message)
+                return
 
     async def _mark_prepared(self, namespace: str, claim: str) -> None:
         pvc = await self._child(PVC, namespace, claim) or {}
@@ -418,13 +458,13 @@ class Reconciler:
         mpijob = self.cache.get(MPIJOB, plan.namespace, name)
         if mpijob is None:
             await self.tier.raise_for_training(body, book, spec, plan)
-            manifest = builders.mpijob_for(body["metadata"], spec, plan)
-            manifest["metadata"].setdefault("annotations", {}).update({
-                SPEC_ANNOTATION: json.dumps(spec.model_dump(by_alias=True, mode="json"), sort_keys=True),
-                GENERATION_ANNOTATION: str(body["metadata"].get("generation") or 1),
-            })
-            kopf.adopt(manifest, owner=dict(body))
-            mpijob = await self._create(MPIJOB, manifest)
+            features = await self.preflight.mpi_operator()
+            mpijob = await self._create(MPIJOB, desired.training_job(
+                body, spec, plan, launcher_creation_policy=features.launcher_creation_policy))
+        if plan.train.scheduler == "kueue":
+            queued = self._queued(book, mpijob, plan)
+            if queued is not None:
+                return queued
         conditions = (mpijob.get("status") or {}).get("conditions")
         if _true(conditions, "Succeeded") or _true(conditions, "Failed"):
             self._end_stall(book, plan)
@@ -442,20 +482,80 @@ class Reconciler:
                       else FailureReason.TRAINING_FAILED)
             message = clip(f"MPIJob {name} failed ({failed.get('reason', 'Failed')}: {failed.get('message', '')})"
                             + (f"; {detail}" if detail else ""))
-            if plan.snapshot is not None and plan.snapshot.on_failure:
-                book.set_condition(C.TRAINED.value, "False", reason.value, message)
-                book.event("Warning", reason.value, message)
-                return None
-            await self.tier.lower(body, book, spec, plan)  # before Failed: a finished experiment is not resumed
-            book.fail(reason, message)
-            return None
+            return await self._training_failed(body, book, spec, plan, reason, message)
+        wait = self.config.resync_seconds
+        if not conditions:  # no controller acted on it yet: refused, or no mpi-operator runs
+            waited, limit = self._age(mpijob, book), self.config.mpijob_condition_timeout_seconds
+            if waited >= limit:
+                return await self._training_failed(body, book, spec, plan, FailureReason.TRAINING_FAILED,
+                                                   await self._no_condition_message(plan.namespace, name, waited))
+            wait = min(wait, limit - waited)
+            await self._show_warning(book, C.TRAINED.value, plan.namespace, MPIJOB, name, waited,
+                                     f"MPIJob {name} has no condition")
+        failure = await self._pods_stuck(book, C.TRAINED.value, f"MPIJob {name}", plan.namespace,
+                                         MPIJOB_POD_SELECTOR.format(name=name))
+        if failure:
+            return await self._training_failed(body, book, spec, plan, FailureReason.TRAINING_FAILED, failure)
+        stuck = (book.condition(C.TRAINED.value) or {}).get("reason") in STUCK_REASONS
         running = _true(conditions, "Running")
-        if running:
+        if running and not stuck:
             book.set_condition(C.TRAINED.value, "Unknown", "Running",
                                f"MPIJob {name} is running ({plan.train.workers} workers, "
                                f"{plan.train.processes} processes)")
-            return await self._watch_stall(body, book, spec, plan, mpijob, running)
-        return self.config.resync_seconds
+            return min(wait, await self._watch_stall(body, book, spec, plan, mpijob, running))
+        return wait
+
+    async def _training_failed(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                               plan: ExperimentPlan, reason: FailureReason, message: str) -> None:
+        """Training ended without success: Trained=False (a snapshot on failure is still taken), else Failed."""
+        if plan.snapshot is not None and plan.snapshot.on_failure:
+            book.set_condition(C.TRAINED.value, "False", reason.value, message)
+            book.event("Warning", reason.value, message)
+            return None
+        await self.tier.lower(body, book, spec, plan)  # before Failed: a finished experiment is not resumed
+        book.fail(reason, message)
+        return None
+
+    def _age(self, obj: Mapping[str, Any], book: StatusBook) -> float:
+        """Seconds since the object was created (the apiserver's clock), else since its step began."""
+        created = parse_utc((obj.get("metadata") or {}).get("creationTimestamp"))
+        return book.since(C.TRAINED.value) if created is None else max(0.0, (self.now() - created).total_seconds())
+
+    async def _no_condition_message(self, namespace: str, name: str, waited: float) -> str:
+        """Why an MPIJob got no condition: its controller's Warning Event (mpi-operator's ValidationError), else
+        that none may be running."""
+        warning = await self._quiet(self._warning_event(namespace, MPIJOB, name), None)
+        limit = f"LANEX_OPERATOR_MPIJOB_CONDITION_TIMEOUT_SECONDS={self.config.mpijob_condition_timeout_seconds:g}"
+        if warning is not None:
+            return clip(f"MPIJob {name} was not started by its controller ({int(waited)}s without a condition, "
+                        f"{limit}): {warning.get('reason', 'Warning')}: {warning.get('message', '')}")
+        return clip(f"MPIJob {name} has no condition {int(waited)}s after it was created ({limit}): no controller "
+                    f"acted on it and none reported why; the Kubeflow mpi-operator may not be running (or may not "
+                    f"watch namespace {namespace})")
+
+    def _queued(self, book: StatusBook, mpijob: Mapping[str, Any], plan: ExperimentPlan) -> float | None:
+        """Kueue admits an MPIJob by unsuspending it; until then `Queued` says for how long it has waited
+        (in steps of `queued_message_seconds`, so a long queue costs one status write per step). Returns
+        the seconds to the next step while queued, None once admitted."""
+        name, queue = plan.names.mpijob, plan.train.kueue_queue
+        suspended = bool(((mpijob.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+        if not suspended:
+            if book.is_true(C.QUEUED.value):
+                waited = int(book.since(C.QUEUED.value))
+                book.set_condition(C.QUEUED.value, "False", "Admitted",
+                                   f"Kueue admitted MPIJob {name} from LocalQueue {queue} after {waited}s")
+            return None
+        if not book.is_true(C.QUEUED.value):
+            message = f"MPIJob {name} waits in Kueue LocalQueue {queue} for admission"
+            book.set_condition(C.QUEUED.value, "True", "WaitingForAdmission", message + " (queued for 0s)")
+            book.event("Normal", C.QUEUED.value, message)
+        step = self.config.queued_message_seconds
+        waited = book.since(C.QUEUED.value)
+        shown = int(waited // step * step)
+        book.set_condition(C.QUEUED.value, "True", "WaitingForAdmission",
+                           f"MPIJob {name} waits in Kueue LocalQueue {queue} for admission (queued for {shown}s)")
+        book.set("message", f"queued in Kueue LocalQueue {queue} for {shown}s")
+        return step - (waited % step)
 
     async def _stop(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec, plan: ExperimentPlan,
                     why: str) -> float | None:
@@ -546,8 +646,18 @@ class Reconciler:
         book.enter(Phase.SNAPSHOTTING, f"snapshotting PersistentVolumeClaim {plan.snapshot.source_claim}")
         records = book.data.get("snapshots") or []
         pending = next((r for r in reversed(records) if not r.get("readyToUse")), None)
+        if pending is None or await self._child(SNAPSHOT, plan.namespace, pending["name"]) is None:
+            chosen = await self._snapshot_plan(book, plan)  # before creating: the class of the claim's CSI driver
+            if chosen is None:
+                elapsed, limit = book.since(C.SNAPSHOTTED.value), float(plan.snapshot.ready_timeout_seconds)
+                message = str((book.condition(C.SNAPSHOTTED.value) or {}).get("message", ""))
+                if elapsed >= limit:
+                    book.fail(FailureReason.SNAPSHOT_FAILED, clip(f"no snapshot taken after {int(elapsed)}s: {message}"))
+                    return None
+                return min(self.config.preflight_retry_seconds, limit - elapsed)
+            plan = chosen
         if pending is None:
-            manifest = builders.snapshot_for(body["metadata"], spec, plan, self.now())
+            manifest = desired.snapshot(body, spec, plan, self.now())
             name = manifest["metadata"]["name"]
             self._record_snapshot(book, name, {"name": name, "readyToUse": False})
             await self.flush(body, book)  # the name is in status before the snapshot exists
@@ -556,7 +666,7 @@ class Reconciler:
             name = pending["name"]
             snapshot = self.cache.get(SNAPSHOT, plan.namespace, name)
             if snapshot is None:
-                manifest = builders.snapshot_for(body["metadata"], spec, plan, self.now())
+                manifest = desired.snapshot(body, spec, plan, self.now())
                 manifest["metadata"]["name"] = name
                 snapshot = await self._create(SNAPSHOT, manifest)
         status = snapshot.get("status") or {}
@@ -582,6 +692,19 @@ class Reconciler:
                                                            f"{int(elapsed)}s" + (f": {error}" if error else "")))
             return None
         return limit - elapsed
+
+    async def _snapshot_plan(self, book: StatusBook, plan: ExperimentPlan) -> ExperimentPlan | None:
+        """`plan` with the VolumeSnapshotClass its snapshot uses (preflight.snapshot_class), or None (and the
+        reason in the Snapshotted condition) when no class fits the claim's CSI driver."""
+        assert plan.snapshot is not None
+        klass, problem = await self.preflight.snapshot_class(plan)
+        if problem is not None:
+            if book.set_condition(C.SNAPSHOTTED.value, "Unknown", problem.reason, problem.message):
+                book.event("Warning", problem.reason, problem.message)
+            return None
+        if klass is None or klass == plan.snapshot.volume_snapshot_class_name:
+            return plan
+        return dataclasses.replace(plan, snapshot=dataclasses.replace(plan.snapshot, volume_snapshot_class_name=klass))
 
     def _record_snapshot(self, book: StatusBook, name: str, record: dict[str, Any]) -> None:
         """Add or replace the status record of snapshot `name` (new lists: the book owns what it is given)."""
@@ -665,11 +788,67 @@ class Reconciler:
         return results.model_dump(by_alias=True, exclude_none=True, mode="json"), ""
 
     async def _last_warning(self, namespace: str, kind: ChildKind, name: str) -> str:
+        last = await self._warning_event(namespace, kind, name)
+        return "" if last is None else f"{last.get('reason', 'Warning')}: {last.get('message', '')}"
+
+    async def _warning_event(self, namespace: str, kind: ChildKind, name: str) -> dict[str, Any] | None:
+        """The latest Warning Event that a controller recorded about one child (core/v1 Events, by involvedObject)."""
         events = await self.kube.list(object_path("v1", "events", namespace),
                                       field_selector=f"involvedObject.kind={kind.kind},involvedObject.name={name}")
         warnings = [e for e in events if e.get("type") == "Warning"]
         if not warnings:
-            return ""
-        last = max(warnings, key=lambda e: (e.get("lastTimestamp") or "", (e.get("metadata") or {}).get("name", "")))
-        return f"{last.get('reason', 'Warning')}: {last.get('message', '')}"
+            return None
+        return max(warnings, key=lambda e: (e.get("lastTimestamp") or e.get("eventTime") or "",
+                                            (e.get("metadata") or {}).get("name", "")))
+
+    async def _quiet(self, read: Any, default: Any) -> Any:
+        """A diagnostic read (pods, Events): its failure must not fail the experiment, only go unexplained."""
+        try:
+            return await read
+        except KubeError as exc:
+            log.warning("diagnostic read failed (the wait stays bounded, only unexplained): %s", exc)
+            return default
+
+    async def _show_warning(self, book: StatusBook, step: str, namespace: str, kind: ChildKind, name: str,
+                            elapsed: float, what: str) -> None:
+        """While a child waits on its controller, show that controller's latest Warning Event about it (a
+        provisioner's ProvisioningFailed, mpi-operator's ValidationError) in the step's condition."""
+        if elapsed < self.config.stuck_check_seconds:
+            return
+        warning = await self._reads.read(("events", kind.kind, namespace, name),
+                                         lambda: self._quiet(self._warning_event(namespace, kind, name), None))
+        if warning is None:
+            return
+        reason = str(warning.get("reason") or "Warning")
+        message = clip(f"{what}: {reason}: {warning.get('message', '')}")
+        if book.set_condition(step, "Unknown", reason, message):
+            book.event("Warning", reason, message)
+
+    async def _stuck_pod(self, book: StatusBook, step: str, namespace: str, selector: str) -> StuckPod | None:
+        """The stuck pod of a step that has waited at least `stuck_check_seconds` (pods read at a bounded rate)."""
+        if book.since(step) < self.config.stuck_check_seconds:
+            return None
+        pods = await self._reads.read(("pods", namespace, selector), lambda: self._quiet(
+            self.kube.list(object_path("v1", "pods", namespace), label_selector=selector), []))
+        return stuck_pod(pods)
+
+    async def _pods_stuck(self, book: StatusBook, step: str, owner: str, namespace: str, selector: str) -> str | None:
+        """Show a pod of `owner` that cannot start in the step's condition (Unknown, with the kubelet's or the
+        scheduler's reason); returns the failure message once it was stuck for `pod_stuck_timeout_seconds`."""
+        stuck = await self._stuck_pod(book, step, namespace, selector)
+        if stuck is None:
+            if (book.condition(step) or {}).get("reason") in STUCK_REASONS:  # it got going again
+                book.set_condition(step, "Unknown", "InProgress", f"{owner}: its pods are no longer stuck")
+            return None
+        seconds, limit = stuck.seconds(self.now()), self.config.pod_stuck_timeout_seconds
+        if seconds >= limit:
+            return clip(f"{owner}: pod {stuck.pod} was {stuck.reason} for {int(seconds)}s "
+                        f"(LANEX_OPERATOR_POD_STUCK_TIMEOUT_SECONDS={limit:g}): {stuck.message}")
+        message = clip(f"{owner}: {stuck.describe()}")
+        # One Event when the step gets stuck: the kubelet flips between ErrImagePull and ImagePullBackOff
+        # at every back-off, which updates the condition but is not news.
+        previous = (book.condition(step) or {}).get("reason")
+        if book.set_condition(step, "Unknown", stuck.reason, message) and previous not in STUCK_REASONS:
+            book.event("Warning", stuck.reason, message)
+        return None
 

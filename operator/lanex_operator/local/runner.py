@@ -9,10 +9,15 @@ from its newest checkpoint) and never redoes or overwrites finished work. While 
 terminal shows the trainer's progress bar; its `LANEX_PROGRESS` lines go to the step's log only,
 and `local_experiments` reads state.json with the trainer's progress.json (both replaced
 atomically, never locked) for `lanex get --workspace` in another terminal.
+
+One writer per experiment: a run holds an exclusive lock on `<experiment>/run.lock` (the kernel
+drops it when the runner ends, however), and every process of a step ends with the runner, even
+when it is SIGKILLed (lanex_trainer.lifeline), so a rerun never meets the trainers of the last one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -26,17 +31,25 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from lanex_operator.api.models import LaneExperimentSpec
-from lanex_trainer.progress import MARKER, PROGRESS_FILE, read_progress
+from lanex_operator.local import secrets as local_secrets
+from lanex_operator.local.secrets import SecretSource, SecretSourceError
 from lanex_operator.local.snapshots import SnapshotError, SnapshotStore
-from lanex_operator.plan.steps import ExperimentPlan, StepName, plan_for
+from lanex_operator.plan.steps import ExperimentPlan, StepName, plan_for, secret_names
+from lanex_trainer import lifeline
+from lanex_trainer.progress import MARKER, PROGRESS_FILE, read_progress
 
 LOCAL_NAMESPACE = "local"
 STATE_FILE = "state.json"
+LOCK_FILE = "run.lock"
 FINAL_PHASES = ("Succeeded", "Failed")
 
 
 class LocalRunError(RuntimeError):
     """A step failed or cannot start; the message names the step and what to do."""
+
+
+class ExperimentBusy(LocalRunError):
+    """Another `lanex run` of the same experiment is running (CLI exit 2)."""
 
 
 def _free_port() -> int:
@@ -113,7 +126,8 @@ class LocalRunner:
     and logs live (default `<workspace>/experiments/<name>`)."""
 
     def __init__(self, name: str, spec: LaneExperimentSpec, workspace: Path, echo: Callable[[str], None] = print,
-                 python_bin: Optional[Path] = None, quiet: bool = False, experiment_dir: Optional[Path] = None):
+                 python_bin: Optional[Path] = None, secrets: Optional[dict[str, SecretSource]] = None,
+                 quiet: bool = False, experiment_dir: Optional[Path] = None):
         self.name, self.spec, self.echo = name, spec, echo
         self.quiet = quiet
         self.stopped: Optional[str] = None  # why `stop` was called (the run then ends in phase Stopped)
@@ -123,13 +137,19 @@ class LocalRunner:
         claim = plan_for(name, LOCAL_NAMESPACE, spec).names.dataset_claim
         self.volume = self.workspace.volume(claim)
         self.exp_dir = experiment_dir or self.workspace.experiment_dir(name)
+        # The secretRefs' folders exist only while the prepare step runs (see local.secrets).
+        self.secrets_dir = self.exp_dir / "secrets"
+        self.secrets = dict(secrets or {})
         self.plan: ExperimentPlan = plan_for(
-            name, LOCAL_NAMESPACE, spec, mount_root=str(self.volume), termination_log=str(self.exp_dir / "termination-log")
+            name, LOCAL_NAMESPACE, spec, mount_root=str(self.volume), termination_log=str(self.exp_dir / "termination-log"),
+            secrets_root=str(self.secrets_dir),
         )
         self.state = RunState.load(self.exp_dir / STATE_FILE, self.plan.config_hash, self.plan.dataset_source)
-        # The training spec, for `lanex compare` (the config hash alone does not say what differs).
-        self.state.data.setdefault("training", spec.training.model_dump(mode="json", by_alias=True))
         self.bin_dir = python_bin or Path(sys.executable).parent
+        missing = [secret for secret in secret_names(spec) if secret not in self.secrets]
+        if missing and self.plan.prepare is not None and not self.state.done(StepName.PREPARE):
+            options = " ".join(f"--secret {secret}=file:PATH" for secret in missing)
+            raise LocalRunError(f"the spec's secretRef names {', '.join(missing)}: pass {options} (or =env:VAR)")
 
     # -- process environment --------------------------------------------------------------------
     def _env(self, extra: dict[str, str], processes: int = 1) -> dict[str, str]:
@@ -139,6 +159,7 @@ class LocalRunner:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        env[lifeline.ENV_FLAG] = "1"  # the `lanex` commands of a step end with this runner
         return env
 
     def _run(self, step: StepName, argv: list[str], env: dict[str, str], log_name: str) -> None:
@@ -148,7 +169,7 @@ class LocalRunner:
         with log_path.open("ab") as log:
             log.write(f"\n=== {_now()} {' '.join(argv)[:500]}\n".encode())
             process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       start_new_session=self.quiet)
+                                       preexec_fn=lifeline.preexec_die_with_parent(), start_new_session=self.quiet)
             self._process = process
             assert process.stdout is not None
             terminal = ProgressLineFilter()
@@ -182,7 +203,14 @@ class LocalRunner:
     def _prepare(self) -> dict:
         prepare = self.plan.prepare
         assert prepare is not None
-        self._run(StepName.PREPARE, list(prepare.container.command), self._env(prepare.container.env_dict()), "prepare.log")
+        try:
+            local_secrets.materialise(self.secrets, secret_names(self.spec), self.secrets_dir)
+            self._run(StepName.PREPARE, list(prepare.container.command), self._env(prepare.container.env_dict()),
+                      "prepare.log")
+        except SecretSourceError as error:
+            raise LocalRunError(f"step prepare: {error}") from None
+        finally:
+            local_secrets.remove(self.secrets_dir)
         return {}
 
     def _train(self) -> dict:
@@ -191,7 +219,6 @@ class LocalRunner:
         argv = list(train.launcher.command)
         env = self._env(train.launcher.env_dict(), processes=train.processes)
         env.setdefault("MASTER_PORT", str(_free_port()))  # several local experiments may train at once
-        env.setdefault("LANEX_RUN_ID", self.name)
         self._run(StepName.TRAIN, argv, env, "train.log")
         results_file = Path(self.plan.paths.output_dir) / "results.json"
         if not results_file.is_file():
@@ -225,12 +252,45 @@ class LocalRunner:
         return {"snapshot": info.name, "files": info.files, "bytes": info.bytes}
 
     # -- the run ------------------------------------------------------------------------------
+    def _lock(self):
+        """Hold the experiment's lock for this process's lifetime; ExperimentBusy names the holder."""
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.exp_dir / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ExperimentBusy(f"experiment {self.name} is already being run by {holder}; wait for it to end "
+                                 f"or stop it, then run it again (it continues where it stopped)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"lanex run (pid {os.getpid()} on {socket.gethostname()}, since {_now()})\n")
+        handle.flush()
+        return handle
+
     def run(self, steps: Optional[set[StepName]] = None) -> dict:
         """Run every unfinished step (only those in `steps` when given: phase Prepared after them)."""
+        lock = self._lock()  # also released if this process is killed: the kernel drops flocks
+        try:
+            # As the last holder of the lock left it (it may have finished steps since __init__).
+            self.state = RunState.load(self.state.path, self.plan.config_hash, self.plan.dataset_source)
+            return self._run_steps(steps)
+        finally:
+            lock.close()
+
+    def _run_steps(self, steps: Optional[set[StepName]] = None) -> dict:
         started = time.monotonic()
         actions = {StepName.DATASET: self._dataset, StepName.PREPARE: self._prepare, StepName.SHARE: lambda: {"note": "local directories are shared by all processes"},
                    StepName.TRAIN: self._train, StepName.SNAPSHOT: self._snapshot}
+        if self.plan.train.from_scratch is not None and not self.state.done(StepName.TRAIN):
+            self.echo(f"[lanex] warning: TrainingFromScratch: {self.plan.train.from_scratch}")
         self.state.data["outputDir"] = self.plan.paths.output_dir  # where `lanex get --workspace` finds progress
+        # The training spec, for `lanex compare` (the config hash alone does not say what differs).
+        self.state.data.setdefault("training", self.spec.training.model_dump(mode="json", by_alias=True))
+        # Lets `lanex get --workspace` tell a run that is going on from one that was killed or interrupted.
+        self.state.data["runner"] = {"pid": os.getpid(), "host": socket.gethostname()}
         try:
             for step in self.plan.steps:
                 if steps is not None and step not in steps:
@@ -322,6 +382,23 @@ class ProgressLineFilter:
         return 0
 
 
+def _runner_alive(state: dict) -> Optional[bool]:
+    """Whether the `lanex run` that last wrote this state is still going; None when it cannot be told
+    (a state from an older lanex, or a run on another host sharing the workspace)."""
+    if state.get("phase") in FINAL_PHASES:
+        return False
+    runner = state.get("runner") or {}
+    if not runner.get("pid") or runner.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(runner["pid"], 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, but belongs to another user
+        return True
+    return True
+
+
 def local_experiments(workspace: Path, name: Optional[str] = None) -> list[dict]:
     """The experiments of a workspace as `lanex get --workspace -o json` shows them (PROGRESS_CONTRACT.md).
 
@@ -343,7 +420,7 @@ def local_experiments(workspace: Path, name: Optional[str] = None) -> list[dict]
         output_dir = state.get("outputDir")
         results = state.get("results") or {}
         found.append({
-            "name": experiment, "phase": state.get("phase"),
+            "name": experiment, "phase": state.get("phase"), "running": _runner_alive(state),
             "progress": read_progress(Path(output_dir)) if output_dir else None,
             "results": {key: results.get(key) for key in ("accuracy", "fp", "fn")},
             "snapshot": (state.get("snapshots") or [None])[-1],

@@ -111,6 +111,7 @@ class LocalSweep:
     echo: Callable[[str], None] = print
     python_bin: Optional[Path] = None
     trials: list[Trial] = field(default_factory=list)
+    secrets: dict[str, Any] = field(default_factory=dict)  # `--secret` sources of the template's secretRefs
 
     def __post_init__(self) -> None:
         self.workspace = Workspace(self.workspace_root.resolve())
@@ -163,7 +164,7 @@ class LocalSweep:
             self.state["phase"] = "PreparingDataset"
             self.save()
             runner = LocalRunner(self.name, self.spec.template, self.workspace.root, echo=self.echo,
-                                 python_bin=self.python_bin, experiment_dir=self.dir / "dataset")
+                                 python_bin=self.python_bin, secrets=self.secrets, experiment_dir=self.dir / "dataset")
             runner.run(steps={StepName.DATASET, StepName.PREPARE})
             if dataset.existing_claim is not None:
                 store.create(runner.volume, name, experiment=self.name)  # the user's volume stays theirs

@@ -22,7 +22,8 @@ from typing import Literal, Optional, cast
 
 from lanex_operator.api.models import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, InvalidSpecError, LaneExperimentSpec
 
-Scheduler = Literal["kubeflow", "runai"]
+Scheduler = Literal["kubeflow", "runai", "kueue"]
+# The schedulers a cluster default may name (kueue needs a queue per experiment: spec.scheduler.queueName).
 SCHEDULERS: tuple[Scheduler, ...] = ("kubeflow", "runai")
 RUNAI_NAMESPACE_PREFIX = "runai-"
 
@@ -49,6 +50,7 @@ class Effective:
     scheduler: Scheduler
     runai_project: Optional[str]  # set exactly when scheduler is runai
     defaulted: tuple[str, ...]  # spec field paths, e.g. "spec.training.image"
+    kueue_queue: Optional[str] = None  # set exactly when scheduler is kueue
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +113,8 @@ class ClusterDefaults:
             project = runai_project_of(namespace)
         return Effective(trainer_image=image, storage_class_name=storage_class,
                          volume_snapshot_class_name=snapshot_class, scheduler=scheduler,
-                         runai_project=project, defaulted=tuple(defaulted))
+                         runai_project=project, defaulted=tuple(defaulted),
+                         kueue_queue=spec.scheduler.queue_name if scheduler == "kueue" else None)
 
 
 def runai_project_of(namespace: str) -> str:

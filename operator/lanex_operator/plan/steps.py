@@ -10,12 +10,18 @@ operator's `ClusterDefaults` (the built-in fallbacks for local runs and the CLI)
 
 Paths inside the dataset volume (TR-4896's layout):
 - `<mount_root>/tusimple_data`: the dataset, marked prepared by `.lanex-prepared`;
-- `<mount_root>/experiments/<name>`: checkpoints, logs and results of experiment `<name>`.
+- `<mount_root>/experiments/<name>`: checkpoints, logs and results of experiment `<name>`;
+- `<mount_root>/weights/<sha256>.pth`: pretrained weights fetched from a URL, shared by experiments.
+
+Credentials (`secretRef`s) reach the prepare step only, as folders under `secrets_root` (a mounted
+Secret on the cluster, a private folder locally) named on the `lanex data download` command line:
+the plan holds Secret names and paths, never a secret value.
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
 import shlex
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,7 +29,13 @@ from enum import Enum
 from typing import Optional
 
 from lanex_operator.api.models import (
+    DNS_1035_LABEL_PATTERN,
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    LABEL_VALUE_PATTERN,
+    MAX_WORKERS,
     LaneExperimentSpec,
+    SecretRef,
     check_experiment_name,
     training_config_hash,
 )
@@ -36,12 +48,24 @@ PREPARED_MARKER = ".lanex-prepared"
 TERMINATION_LOG = "/dev/termination-log"
 DATA_VOLUME = "data"
 SHM_VOLUME = "dshm"
+WEIGHTS_DIR = "weights"
+SECRETS_ROOT = "/var/run/secrets/lanex"
+SECRET_VOLUME_PREFIX = "secret-"
+FROM_SCRATCH_REASON = "NoPretrainedWeights"
 # mpi-operator starts the processes on workers over ssh. The trainer image (Dockerfile.trainer) runs
 # everything as the unprivileged `mpiuser`, with its own sshd configuration on port 2222 and the keys
 # mpi-operator mounts at SSH_AUTH_MOUNT_PATH.
 TRAINER_USER_ID = 1001
 SSH_AUTH_MOUNT_PATH = "/home/mpiuser/.ssh"
 WORKER_COMMAND = ("/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config")
+# What the cluster's controllers derive from the children's names (mpi-operator v0.8.2
+# pkg/controller/mpi_job_controller.go: launcherSuffix, workerSuffix, configSuffix, sshAuthSecretSuffix;
+# the apiserver's generateName adds 5 random characters, the Job controller names pods `<job>-`).
+MPI_LAUNCHER_SUFFIX = "-launcher"
+MPI_WORKER_SUFFIX = "-worker"
+MPI_CONFIG_SUFFIX = "-config"
+MPI_SSH_SECRET_SUFFIX = "-ssh"
+GENERATED_SUFFIX_LENGTH = 5
 
 
 class StepName(str, Enum):
@@ -77,11 +101,95 @@ class ChildNames:
         """Name of the snapshot taken at `at`."""
         return snapshot_name(self.experiment, at)
 
+    def worker_hostname(self, index: int) -> str:
+        """mpi-operator's worker pod (and hostname) `<mpijob>-worker-<index>`."""
+        return f"{self.mpijob}{MPI_WORKER_SUFFIX}-{index}"
+
+    @property
+    def launcher_job(self) -> str:
+        """mpi-operator's launcher Job (and the launcher's hostname) `<mpijob>-launcher`."""
+        return self.mpijob + MPI_LAUNCHER_SUFFIX
+
+
+# The naming rules of Kubernetes (k8s.io/apimachinery/pkg/util/validation): pattern, maximum length.
+NAME_RULES: dict[str, tuple[str, int]] = {
+    "DNS-1035 label": (DNS_1035_LABEL_PATTERN, 63),
+    "DNS-1123 label": (DNS_LABEL_PATTERN, 63),
+    "DNS-1123 subdomain": (DNS_SUBDOMAIN_PATTERN, 253),
+    "label value": (LABEL_VALUE_PATTERN, 63),
+}
+
+
+@dataclass(frozen=True)
+class DerivedName:
+    """A name that the operator or a cluster controller derives from the experiment's name."""
+
+    what: str
+    value: str
+    rule: str  # a key of NAME_RULES: the strictest rule that applies to this name
+
+    def problem(self) -> Optional[str]:
+        """Why this name breaks its rule, or None."""
+        pattern, limit = NAME_RULES[self.rule]
+        if len(self.value) > limit:
+            return f"{self.what} {self.value!r} is longer than {limit} characters ({self.rule})"
+        if not re.match(pattern, self.value):
+            return f"{self.what} {self.value!r} is not a {self.rule}"
+        return None
+
+
+def derived_names(name: str, spec: LaneExperimentSpec, workers: Optional[int] = None) -> tuple[DerivedName, ...]:
+    """Every name derived from experiment `name`, with the strictest rule each must follow.
+
+    `workers` (default: the spec's) sets the highest worker index. Generated pod names are given
+    with a 5-character placeholder suffix: the apiserver only truncates a generateName prefix longer
+    than 58 characters, which would make the pods' names (and hostnames) unpredictable.
+    """
+    names = child_names(name, spec)
+    last_worker = (spec.training.workers if workers is None else workers) - 1
+    generated = "x" * GENERATED_SUFFIX_LENGTH
+    found = [
+        DerivedName("LaneExperiment", name, "DNS-1035 label"),
+        DerivedName("label lanex.dev/experiment", name, "label value"),
+        DerivedName("prepare Job (its pods' job-name label)", names.prepare_job, "DNS-1123 label"),
+        DerivedName("prepare pod", f"{names.prepare_job}-{generated}", "DNS-1123 label"),
+        DerivedName("MPIJob (the workers' Service)", names.mpijob, "DNS-1035 label"),
+        DerivedName("worker hostname", names.worker_hostname(last_worker), "DNS-1035 label"),
+        DerivedName("launcher Job (and hostname)", names.launcher_job, "DNS-1123 label"),
+        DerivedName("launcher pod", f"{names.launcher_job}-{generated}", "DNS-1123 label"),
+        DerivedName("mpi-operator ConfigMap", names.mpijob + MPI_CONFIG_SUFFIX, "DNS-1123 subdomain"),
+        DerivedName("mpi-operator ssh Secret", names.mpijob + MPI_SSH_SECRET_SUFFIX, "DNS-1123 subdomain"),
+        DerivedName("VolumeSnapshot", names.snapshot(SNAPSHOT_TIME_PLACEHOLDER), "DNS-1123 subdomain"),
+    ]
+    if spec.dataset.existing_claim is None:
+        found.append(DerivedName("dataset PersistentVolumeClaim", names.dataset_claim, "DNS-1123 subdomain"))
+    return tuple(found)
+
+
+def longest_valid_name_length() -> int:
+    """The longest experiment name whose derived names all follow their rules at the most workers the
+    API allows (the API's MAX_EXPERIMENT_NAME_LENGTH must equal it: a test checks)."""
+    spec = LaneExperimentSpec.model_validate({"dataset": {"synthetic": {}}})
+    length = 1
+    while all(item.problem() is None for item in derived_names("a" * (length + 1), spec, workers=MAX_WORKERS)):
+        length += 1
+    return length
+
 
 @dataclass(frozen=True)
 class Mount:
     """A volume mounted into a container."""
 
+    volume: str
+    path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    """A Secret mounted (read-only) into the prepare container as the folder `path`."""
+
+    secret_name: str
     volume: str
     path: str
 
@@ -122,10 +230,14 @@ class PrepareStep:
     done_marker: str
     backoff_limit: int
     container: ContainerRun
+    # Run before the marker check, on every run: fetching pretrained weights (cached by checksum).
+    weights_commands: tuple[tuple[str, ...], ...] = ()
+    secret_mounts: tuple[SecretMount, ...] = ()
+    service_account_name: Optional[str] = None
 
     def script(self) -> str:
         """The `sh` script the prepare container runs."""
-        return prepare_script(self.commands, self.done_marker)
+        return prepare_script(self.commands, self.done_marker, self.weights_commands)
 
 
 @dataclass(frozen=True)
@@ -145,6 +257,9 @@ class TrainStep:
     train_command: tuple[str, ...]
     launcher: ContainerRun
     worker: ContainerRun
+    kueue_queue: Optional[str] = None  # the Kueue LocalQueue, set exactly with scheduler kueue
+    pretrained_weights: Optional[str] = None  # the file every rank loads (--pretrained-weights)
+    from_scratch: Optional[str] = None  # the warning when a backbone that needs ImageNet weights has none
 
 
 @dataclass(frozen=True)
@@ -186,6 +301,11 @@ class ExperimentPlan:
         return tuple(steps)
 
 
+# Where a name or object needs a snapshot time before there is one (`lanex render`, name checks):
+# a fixed moment, so that the output is reproducible.
+SNAPSHOT_TIME_PLACEHOLDER = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
 def snapshot_name(experiment: str, at: datetime) -> str:
     """`<experiment>-<UTC yyyymmddhhmmss>`; a naive `at` is taken as UTC."""
     moment = at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
@@ -213,14 +333,64 @@ def experiment_paths(name: str, mount_root: str = MOUNT_ROOT, termination_log: s
     )
 
 
-def data_commands(spec: LaneExperimentSpec, data_root: str) -> tuple[tuple[str, ...], ...]:
+def secret_names(spec: LaneExperimentSpec) -> tuple[str, ...]:
+    """The Secrets the prepare step reads, each once, in the order the spec names them."""
+    refs = [entry.secret_ref for entry in spec.dataset.download.urls] if spec.dataset.download is not None else []
+    weights = spec.training.pretrained_weights
+    refs.append(weights.secret_ref if weights is not None else None)
+    return tuple(dict.fromkeys(ref.name for ref in refs if ref is not None))
+
+
+def _credentials(secret_ref: Optional[SecretRef], secrets_root: str) -> tuple[str, ...]:
+    return ("--credentials", posixpath.join(secrets_root, secret_ref.name)) if secret_ref is not None else ()
+
+
+def pretrained_weights_path(spec: LaneExperimentSpec, mount_root: str) -> Optional[str]:
+    """The weights file every rank loads: `<mount_root>/weights/<sha256>.pth`, or the spec's path."""
+    weights = spec.training.pretrained_weights
+    if weights is None:
+        return None
+    if weights.path is not None:
+        return posixpath.join(mount_root, weights.path)
+    assert weights.sha256 is not None
+    return posixpath.join(mount_root, WEIGHTS_DIR, f"{weights.sha256.lower()}.pth")
+
+
+def weights_commands(spec: LaneExperimentSpec, mount_root: str,
+                     secrets_root: str = SECRETS_ROOT) -> tuple[tuple[str, ...], ...]:
+    """`lanex data download` of the weights into the volume; a no-op when the file is already there."""
+    weights = spec.training.pretrained_weights
+    if weights is None or weights.url is None:
+        return ()
+    target = pretrained_weights_path(spec, mount_root)
+    assert target is not None and weights.sha256 is not None
+    return ((
+        "lanex", "data", "download", "--url", weights.url, "--sha256", weights.sha256.lower(),
+        "--out", posixpath.dirname(target), "--save-as", posixpath.basename(target), "--no-extract",
+        *_credentials(weights.secret_ref, secrets_root),
+    ),)  # fmt: skip
+
+
+def from_scratch_warning(spec: LaneExperimentSpec) -> Optional[str]:
+    """Why training from random initialisation is worth a warning, or None."""
+    training = spec.training
+    if training.backbone == "vgg16_bn" and training.pretrained_weights is None:
+        return ("spec.training.pretrainedWeights is not set: vgg16_bn trains from random initialisation, and the SCNN"
+                " recipe needs ImageNet weights (e.g. url https://download.pytorch.org/models/vgg16_bn-6c64b313.pth,"
+                " sha256 6c64b313)")
+    return None
+
+
+def data_commands(spec: LaneExperimentSpec, data_root: str,
+                  secrets_root: str = SECRETS_ROOT) -> tuple[tuple[str, ...], ...]:
     """The `lanex data` commands that fill `data_root` (empty for a restored snapshot)."""
     dataset = spec.dataset
     commands: list[tuple[str, ...]] = []
     if dataset.download is not None:
         for entry in dataset.download.urls:
             checksum = ("--sha256", entry.sha256.lower()) if entry.sha256 else ()
-            commands.append(("lanex", "data", "download", "--url", entry.url, *checksum, "--out", data_root))
+            commands.append(("lanex", "data", "download", "--url", entry.url, *checksum, "--out", data_root,
+                             *_credentials(entry.secret_ref, secrets_root)))
     elif dataset.synthetic is not None:
         synthetic = dataset.synthetic
         test = ("--test-clips", str(synthetic.test_clips)) if synthetic.test_clips else ()
@@ -233,15 +403,18 @@ def data_commands(spec: LaneExperimentSpec, data_root: str) -> tuple[tuple[str, 
     return tuple(commands)
 
 
-def prepare_script(commands: tuple[tuple[str, ...], ...], done_marker: str) -> str:
-    """`sh` script: exit early if `done_marker` exists, else run every command and create it."""
+def prepare_script(commands: tuple[tuple[str, ...], ...], done_marker: str,
+                   always: tuple[tuple[str, ...], ...] = ()) -> str:
+    """`sh` script: run the `always` commands, then exit early if `done_marker` exists, else run every
+    command and create it (no marker block when there are no commands: a restored volume has its own)."""
     marker = shlex.quote(done_marker)
-    lines = [
-        "set -e",
-        f'if [ -f {marker} ]; then echo "lanex: dataset already prepared ({done_marker})"; exit 0; fi',
-        *(shlex.join(command) for command in commands),
-        f"touch {marker}",
-    ]
+    lines = ["set -e", *(shlex.join(command) for command in always)]
+    if commands:
+        lines += [
+            f'if [ -f {marker} ]; then echo "lanex: dataset already prepared ({done_marker})"; exit 0; fi',
+            *(shlex.join(command) for command in commands),
+            f"touch {marker}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -266,6 +439,7 @@ def training_env(spec: LaneExperimentSpec, claim_name: str, *, launcher: bool) -
 def train_command(spec: LaneExperimentSpec, paths: Paths) -> tuple[str, ...]:
     """`lanex train ...` as every training process runs it."""
     training = spec.training
+    weights = pretrained_weights_path(spec, paths.mount_root)
     return (
         "lanex", "train",
         "--data-root", paths.data_root,
@@ -275,6 +449,7 @@ def train_command(spec: LaneExperimentSpec, paths: Paths) -> tuple[str, ...]:
         "--lr", repr(training.learning_rate),
         "--height", str(training.height),
         "--width", str(training.width),
+        *(("--pretrained-weights", weights) if weights is not None else ()),
     )  # fmt: skip
 
 
@@ -298,6 +473,7 @@ def plan_for(
     mount_root: str = MOUNT_ROOT,
     termination_log: str = TERMINATION_LOG,
     defaults: ClusterDefaults = ClusterDefaults(),
+    secrets_root: str = SECRETS_ROOT,
 ) -> ExperimentPlan:
     """The plan of experiment `namespace/name` with the cluster's `defaults` for what the spec leaves
     unset; raises InvalidSpecError for an unusable name, or a default scheduler that cannot apply."""
@@ -320,16 +496,23 @@ def plan_for(
     )
 
     prepare = None
-    commands = data_commands(spec, paths.data_root)
-    if commands:
+    commands = data_commands(spec, paths.data_root, secrets_root)
+    fetch_weights = weights_commands(spec, mount_root, secrets_root)
+    if commands or fetch_weights:
         marker = posixpath.join(paths.data_root, PREPARED_MARKER)
-        script = prepare_script(commands, marker)
+        script = prepare_script(commands, marker, fetch_weights)
+        secrets = tuple(SecretMount(secret, f"{SECRET_VOLUME_PREFIX}{index}", posixpath.join(secrets_root, secret))
+                        for index, secret in enumerate(secret_names(spec)))
+        secret_mounts = tuple(Mount(secret.volume, secret.path, read_only=True) for secret in secrets)
         prepare = PrepareStep(
             commands=commands,
             done_marker=marker,
             backoff_limit=dataset.prepare_backoff_limit,
             container=ContainerRun(effective.trainer_image, training.image_pull_policy, ("sh", "-c", script), (),
-                                   data_mount),
+                                   data_mount + secret_mounts),
+            weights_commands=fetch_weights,
+            secret_mounts=secrets,
+            service_account_name=dataset.prepare_service_account_name,
         )
 
     train = TrainStep(
@@ -348,7 +531,8 @@ def plan_for(
             effective.trainer_image,
             training.image_pull_policy,
             launch_command(spec, paths),
-            training_env(spec, names.dataset_claim, launcher=True),
+            # LANEX_JOB: a restarted launcher's run takes the output directory over from the last attempt's.
+            training_env(spec, names.dataset_claim, launcher=True) + (("LANEX_JOB", f"{namespace}/{name}"),),
             data_mount + shm_mount,
         ),
         worker=ContainerRun(
@@ -358,6 +542,9 @@ def plan_for(
             training_env(spec, names.dataset_claim, launcher=False),
             data_mount + shm_mount,
         ),
+        kueue_queue=effective.kueue_queue,
+        pretrained_weights=pretrained_weights_path(spec, mount_root),
+        from_scratch=from_scratch_warning(spec),
     )
 
     snapshot = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import PurePosixPath
 from typing import Any, Optional, Sequence
 
 NUM_SLOTS = 4
@@ -45,6 +46,10 @@ def parse_label_line(text: str, where: str) -> dict[str, Any]:
     raw_file = record["raw_file"]
     if not isinstance(raw_file, str) or not raw_file.strip():
         raise LabelError(f"{where}: 'raw_file' must be a non-empty string, got {raw_file!r}")
+    # Label files come from downloaded archives: a raw_file must not reach outside the dataset.
+    parts = PurePosixPath(raw_file.replace("\\", "/")).parts
+    if raw_file.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        raise LabelError(f"{where}: 'raw_file' {raw_file!r} must be a relative path inside the dataset")
     h_samples = _validated_h_samples(record["h_samples"], where)
     lanes = _validated_lanes(record["lanes"], len(h_samples), where)
     return {"raw_file": raw_file, "h_samples": h_samples, "lanes": lanes}

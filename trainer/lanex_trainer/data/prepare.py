@@ -14,6 +14,13 @@ Output, under `<root>/lanex_index/`:
   written last and atomically, so its presence means "prepared"; it is removed first on a re-run.
 
 Running it twice on the same data produces byte-identical files.
+
+Two on-disk layouts of the real TuSimple are recognised (`detect_layout`) and named in the summary:
+TuSimple's own three files (`train_set.zip` and `test_set.zip` extracted into the root, which puts
+`clips/` and the `label_data_*.json` there, with `test_label.json` beside them), and the one-archive
+re-packaging of dataset hubs (`train_set/` and `test_set/` folders, `test_label.json` beside them,
+whose test `raw_file` paths stay relative to `test_set/`). Each `raw_file` is looked for next to its
+label file, then in the root, then in the split's folder of the layout.
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ MARKER = "prepared.json"
 SPLITS = ("train", "val", "test")
 SKIPPED_SHOWN = 50
 """How many skipped entries the summary lists; all of them are in skipped.jsonl."""
+TRAIN_FOLDER = "train_set"
+TEST_FOLDER = "test_set"
+TEST_TASKS_FILE = "test_tasks_0627.json"
+"""The test archive's list of frames to predict (no lanes): not a label file, only noted."""
 
 
 class PrepareError(Exception):
@@ -50,6 +61,35 @@ class _Candidate:
     where: str
     image: Path
     label: dict[str, Any]
+    looked_in: tuple[Path, ...]  # every place the image was looked for, for the "missing image" report
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a TuSimple copy is laid out under its root: a name, a description, the split folders."""
+
+    name: str
+    description: str
+    train_folder: Optional[str] = None  # where train/val images live besides the label file's folder
+    test_folder: Optional[str] = None
+
+    def folder_for(self, split: str) -> Optional[str]:
+        return self.test_folder if split == "test" else self.train_folder
+
+
+def detect_layout(root: Path) -> Layout:
+    """Which of TuSimple's published layouts `root` holds (see the module docstring)."""
+    root = Path(root)
+    train = TRAIN_FOLDER if (root / TRAIN_FOLDER).is_dir() else None
+    test = TEST_FOLDER if (root / TEST_FOLDER).is_dir() else None
+    if train is not None:
+        return Layout("repackaged", "one archive: train_set/ and test_set/ folders, test_label.json beside them "
+                      "(test raw_file paths relative to test_set/)", train, test)
+    if test is not None:
+        return Layout("official, test set in test_set/", "train_set.zip extracted into the root, test_set.zip "
+                      "into test_set/, test_label.json in the root", None, test)
+    return Layout("official", "TuSimple's three files: train_set.zip and test_set.zip extracted into the root "
+                  "(clips/, label_data_*.json), test_label.json beside them")
 
 
 def index_dir(root: Path) -> Path:
@@ -81,26 +121,18 @@ def load_index(root: Path, split: str) -> list[dict[str, Any]]:
 
 
 def locate_label_file(root: Path, name: str) -> Path:
-    """`root/name`, else `root/test_set/name` (where the TuSimple test download puts its labels)."""
-    candidates = [Path(root) / name, Path(root) / "test_set" / name]
+    """`root/name`, else `root/train_set/name`, else `root/test_set/name` (the layouts' label places)."""
+    candidates = [Path(root) / name, Path(root) / TRAIN_FOLDER / name, Path(root) / TEST_FOLDER / name]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise PrepareError(f"label file {name!r} not found (looked for {', '.join(str(c) for c in candidates)})")
 
 
-def resolve_image(root: Path, label_file: Path, raw_file: str) -> Path:
-    """Find `raw_file` next to its label file, else under root, else under root/test_set.
-
-    Returns the first candidate that exists, or the first candidate when none does (so that the
-    "missing image" report names where it was expected).
-    """
-    bases = [label_file.parent, Path(root), Path(root) / "test_set"]
-    candidates = list(dict.fromkeys(base / raw_file for base in bases))
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return candidates[0]
+def image_candidates(root: Path, label_file: Path, raw_file: str, folder: Optional[str] = TEST_FOLDER) -> list[Path]:
+    """Where `raw_file` may be: next to its label file, under root, under the layout's split folder."""
+    bases = [label_file.parent, Path(root)] + ([Path(root) / folder] if folder else [])
+    return list(dict.fromkeys(base / raw_file for base in bases))
 
 
 def check_image(path: Path) -> tuple[int, int]:
@@ -142,7 +174,7 @@ def _skip_order(item: dict[str, str]) -> tuple[int, str, int]:
 
 
 def _read_label_file(
-    root: Path, split: str, label_file: Path, seen: set[str]
+    root: Path, split: str, label_file: Path, seen: set[str], layout: Layout
 ) -> tuple[list[_Candidate], list[dict[str, str]], int]:
     """Parse one label file; return the candidates, the skipped lines and the number of lines."""
     candidates: list[_Candidate] = []
@@ -165,8 +197,9 @@ def _read_label_file(
                 skipped.append(_skip(split, where, "duplicate", message))
                 continue
             seen.add(label["raw_file"])
-            image = resolve_image(root, label_file, label["raw_file"])
-            candidates.append(_Candidate(split, where, image, label))
+            looked_in = image_candidates(root, label_file, label["raw_file"], layout.folder_for(split))
+            image = next((path for path in looked_in if path.is_file()), looked_in[0])
+            candidates.append(_Candidate(split, where, image, label, tuple(looked_in)))
     return candidates, skipped, lines
 
 
@@ -224,6 +257,7 @@ def prepare_dataset(
     before anything is written. `workers` is the number of image-checking threads (default: CPUs).
     """
     root = Path(root)
+    layout = detect_layout(root)
     files_by_split = {"train": train_files, "val": val_files, "test": test_files}
     located = {split: [locate_label_file(root, name) for name in names] for split, names in files_by_split.items()}
 
@@ -237,7 +271,7 @@ def prepare_dataset(
     for split, label_files in located.items():
         seen: set[str] = set()
         for label_file in label_files:
-            found, bad, count = _read_label_file(root, split, label_file, seen)
+            found, bad, count = _read_label_file(root, split, label_file, seen, layout)
             candidates.extend(found)
             skipped.extend(bad)
             lines[split] += count
@@ -247,7 +281,11 @@ def prepare_dataset(
     for candidate, result in zip(candidates, results):
         if isinstance(result, ValueError):
             reason = "missing image" if str(result).startswith("missing") else "corrupt image"
-            skipped.append(_skip(candidate.split, candidate.where, reason, f"{candidate.where}: {result}"))
+            message = f"{candidate.where}: {result}"
+            if reason == "missing image" and len(candidate.looked_in) > 1:
+                places = ", ".join(os.path.relpath(path, root) for path in candidate.looked_in)
+                message = f"{candidate.where}: missing image {candidate.label['raw_file']} (looked for {places})"
+            skipped.append(_skip(candidate.split, candidate.where, reason, message))
         else:
             entries[candidate.split].append(_entry(root, candidate, result))
     skipped.sort(key=_skip_order)
@@ -256,7 +294,7 @@ def prepare_dataset(
         _write_atomically(out_dir / f"{split}.jsonl", _json_lines(entries[split]))
     _write_atomically(out_dir / "skipped.jsonl", _json_lines(skipped))
 
-    summary = _summary(root, located, entries, skipped, lines)
+    summary = _summary(root, layout, located, entries, skipped, lines)
     marker = {"format_version": FORMAT_VERSION, "summary": summary}
     _write_atomically(out_dir / MARKER, [json.dumps(marker, indent=2, sort_keys=True) + "\n"])
     return summary
@@ -264,6 +302,7 @@ def prepare_dataset(
 
 def _summary(
     root: Path,
+    layout: Layout,
     located: dict[str, list[Path]],
     entries: dict[str, list[dict[str, Any]]],
     skipped: list[dict[str, str]],
@@ -282,8 +321,18 @@ def _summary(
             "skipped": sum(1 for item in skipped if item["split"] == split),
             "lanes_histogram": {str(count): histogram[count] for count in sorted(histogram)},
         }
+    hints = [
+        f"split {split}: none of its {lines[split]} labelled images was found; "
+        + ("test_set.zip (TuSimple's test images) is probably missing" if split == "test"
+           else "train_set.zip is probably missing or extracted elsewhere")
+        for split in SPLITS if lines[split] and not entries[split]
+    ]
+    tasks = [path for path in (root / TEST_TASKS_FILE, root / TEST_FOLDER / TEST_TASKS_FILE) if path.is_file()]
     return {
         "root": str(root),
+        "layout": {"name": layout.name, "description": layout.description},
+        "test_tasks": Path(os.path.relpath(tasks[0], root)).as_posix() if tasks else None,
+        "hints": hints,
         "index_dir": INDEX_DIR,
         "format_version": FORMAT_VERSION,
         "splits": splits,
