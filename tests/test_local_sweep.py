@@ -176,3 +176,57 @@ def live_group_members(group: int, patience: float = 10.0) -> list[int]:
         if not members or time.monotonic() > deadline:
             return members
         time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_without_preparing_again(tmp_path: Path):
+    import signal
+    import time
+
+    document = json.loads(json.dumps(TINY))
+    document["spec"]["template"]["training"]["epochs"] = 3
+    document["spec"].pop("retention")
+    file = tmp_path / "tiny.yaml"
+    file.write_text(yaml.safe_dump(document))
+    workspace = tmp_path / "ws"
+    process = subprocess.Popen([LANEX, "run", str(file), "--workspace", str(workspace)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    state = workspace / "experiments" / "tiny-000" / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (state.is_file() and '"Training"' in state.read_text()):
+        time.sleep(0.2)
+    assert state.is_file() and '"Training"' in state.read_text(), "the first trial never started training"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "again to resume the sweep" in err
+    assert json.loads(state.read_text())["phase"] == "Failed"  # interrupted: to be run again
+    assert processes_mentioning(str(workspace)) == []  # the trials' process trees went with it
+
+    again = run(file, workspace)
+    assert again.returncode == 0, again.stdout + again.stderr
+    swept = json.loads((workspace / "sweeps" / "tiny" / "state.json").read_text())
+    assert swept["phase"] == "Succeeded" and swept["counts"]["succeeded"] == 2
+    prepare_log = (workspace / "sweeps" / "tiny" / "dataset" / "logs" / "prepare.log").read_text()
+    assert prepare_log.count("\n=== ") == 1  # the dataset was prepared once, by the first run
+    assert (workspace / "experiments" / "tiny-000" / "logs" / "train.log").read_text().count("\n=== ") == 2
+
+
+def processes_mentioning(text: str, patience: float = 10.0) -> list[int]:
+    """Live (not zombie) processes whose command line contains `text`, once they had `patience` to exit."""
+    import time
+
+    deadline = time.monotonic() + patience
+    while True:
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline and state != "Z":
+                found.append(int(proc.name))
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
