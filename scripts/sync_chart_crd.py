@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Copy the generated LaneExperiment CRD into the Helm chart, or check that the copy is current.
+"""Copy the generated CRDs (LaneExperiment, LaneSweep) into the Helm chart, or check that the copies are current.
 
 Why it exists: Helm installs CRDs only from the chart's own `crds/` folder, while the CRD is
 generated from the API models into the repository's `crds/`. The chart must ship the very same
 bytes; this script (stdlib only, no make) keeps them in step, and `--check` lets CI fail on drift.
+Every file named in CRD_NAMES is synced.
 
     python scripts/sync_chart_crd.py            # copy crds/... -> charts/lanex-operator/crds/...
     python scripts/sync_chart_crd.py --check    # exit 1 if the chart's copy differs
@@ -17,23 +18,31 @@ from collections.abc import Sequence
 from pathlib import Path
 
 CRD_NAME = "lanex.dev_laneexperiments.yaml"
+SWEEP_CRD_NAME = "lanex.dev_lanesweeps.yaml"
+CRD_NAMES = (CRD_NAME, SWEEP_CRD_NAME)
 SOURCE = Path("crds") / CRD_NAME
 CHART_COPY = Path("charts") / "lanex-operator" / "crds" / CRD_NAME
 
 
-def is_current(root: Path) -> bool:
-    """Whether the chart's CRD has exactly the bytes of the generated one."""
-    copy = root / CHART_COPY
-    return copy.is_file() and copy.read_bytes() == (root / SOURCE).read_bytes()
+def _paths(name: str) -> tuple[Path, Path]:
+    return Path("crds") / name, Path("charts") / "lanex-operator" / "crds" / name
 
 
-def sync(root: Path) -> bool:
-    """Copy the generated CRD into the chart; returns whether anything changed."""
-    if is_current(root):
+def is_current(root: Path, name: str = CRD_NAME) -> bool:
+    """Whether the chart's copy of CRD file `name` has exactly the bytes of the generated one."""
+    source, chart_copy = _paths(name)
+    copy = root / chart_copy
+    return copy.is_file() and copy.read_bytes() == (root / source).read_bytes()
+
+
+def sync(root: Path, name: str = CRD_NAME) -> bool:
+    """Copy the generated CRD file `name` into the chart; returns whether anything changed."""
+    if is_current(root, name):
         return False
-    target = root / CHART_COPY
+    source, chart_copy = _paths(name)
+    target = root / chart_copy
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes((root / SOURCE).read_bytes())
+    target.write_bytes((root / source).read_bytes())
     return True
 
 
@@ -44,18 +53,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="Repository root (default: this script's repository).")
     args = parser.parse_args(argv)
     root: Path = args.root
-    if not (root / SOURCE).is_file():
-        print(f"{root / SOURCE}: not found; generate it with `python -m lanex_operator.api.crd {SOURCE}`",
-              file=sys.stderr)
-        return 2
-    if args.check:
-        if is_current(root):
-            print(f"{CHART_COPY}: up to date")
-            return 0
-        print(f"{CHART_COPY}: differs from {SOURCE}; run `python scripts/sync_chart_crd.py`", file=sys.stderr)
-        return 1
-    print(f"{CHART_COPY}: {'updated from ' + str(SOURCE) if sync(root) else 'already up to date'}")
-    return 0
+    code = 0
+    for name in CRD_NAMES:
+        source, chart_copy = _paths(name)
+        if not (root / source).is_file() and name != CRD_NAME:
+            print(f"{source}: not generated here; skipped", file=sys.stderr)
+            continue
+        if not (root / source).is_file():
+            module = "lanex_operator.api.sweep_crd" if name == SWEEP_CRD_NAME else "lanex_operator.api.crd"
+            print(f"{root / source}: not found; generate it with `python -m {module} {source}`", file=sys.stderr)
+            return 2
+        if args.check:
+            if is_current(root, name):
+                print(f"{chart_copy}: up to date")
+            else:
+                print(f"{chart_copy}: differs from {source}; run `python scripts/sync_chart_crd.py`", file=sys.stderr)
+                code = 1
+            continue
+        print(f"{chart_copy}: {'updated from ' + str(source) if sync(root, name) else 'already up to date'}")
+    return code
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from lanex_operator.api.status import (
 )
 
 ARGOCD_DIR = ROOT / "deploy" / "argocd"
-HEALTH_KEYS = ("lanex.dev_LaneExperiment", "kubeflow.org_MPIJob")
+HEALTH_KEYS = ("lanex.dev_LaneExperiment", "lanex.dev_LaneSweep", "kubeflow.org_MPIJob")
 # Argo CD runs health scripts in gopher-lua (Lua 5.1) with the base functions, `table` and a
 # "safe" `os` (clock, date, difftime, time) only: no `string`, `math` or `io` unless an admin
 # sets resource.customizations.useOpenLibs. The same sandbox runs the scripts here.
@@ -99,7 +99,7 @@ def test_experiment_without_status_waits_for_the_operator():
         "Progressing", "Waiting for the operator")
 
 
-@pytest.mark.parametrize("phase", [p for p in Phase if p not in (Phase.SUCCEEDED, Phase.FAILED)])
+@pytest.mark.parametrize("phase", [p for p in Phase if p not in (Phase.SUCCEEDED, Phase.FAILED, Phase.STOPPED)])
 def test_experiment_in_progress_shows_its_phase(phase: Phase):
     status = LaneExperimentStatus(phase=phase, observed_generation=1)
     assert run_health("lanex.dev_LaneExperiment", experiment(status)) == ("Progressing", phase.value)
@@ -214,6 +214,56 @@ MPIJOB_CASES = [
                          ids=[case[0] for case in MPIJOB_CASES])
 def test_mpijob_health_follows_its_conditions(conditions, expected):
     assert run_health("kubeflow.org_MPIJob", mpijob(*conditions)) == expected
+
+
+def test_early_stopped_experiment_is_healthy_with_the_reason():
+    status = LaneExperimentStatus(phase=Phase.STOPPED, reason=FailureReason.EARLY_STOPPED, observed_generation=1,
+                                  message="training stopped early, MPIJob lr-003-train deleted")
+    assert run_health("lanex.dev_LaneExperiment", experiment(status)) == (
+        "Healthy", "Stopped: EarlyStopped: training stopped early, MPIJob lr-003-train deleted")
+
+
+# --- LaneSweep ------------------------------------------------------------------------------------
+
+
+def lane_sweep(status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
+    from lanex_operator.api.sweep import LaneSweepStatus
+
+    obj: dict[str, Any] = {"apiVersion": "lanex.dev/v1alpha1", "kind": "LaneSweep",
+                           "metadata": {"name": "lr", "namespace": "default", "generation": generation}, "spec": {}}
+    if status is not None:  # through the model: the script reads exactly the fields the operator writes
+        obj["status"] = LaneSweepStatus.model_validate(status).model_dump(by_alias=True, mode="json", exclude_none=True)
+    return obj
+
+
+def test_sweep_health_follows_its_phase_with_trials_and_best():
+    assert run_health("lanex.dev_LaneSweep", lane_sweep()) == ("Progressing", "Waiting for the operator")
+    assert run_health("lanex.dev_LaneSweep", lane_sweep({"phase": "PreparingDataset", "observedGeneration": 1,
+                                                         "message": "preparing the dataset once"})) == (
+        "Progressing", "PreparingDataset: preparing the dataset once")
+    running = {"phase": "Running", "observedGeneration": 1, "trialCount": 6,
+               "counts": {"pending": 2, "running": 2, "succeeded": 1, "stopped": 1},
+               "bestTrial": {"name": "lr-000", "objective": 0.95234}}
+    assert run_health("lanex.dev_LaneSweep", lane_sweep(running)) == (
+        "Progressing", "Running: 2/6 trials finished, 2 running, best lr-000 (0.9523)")
+    assert run_health("lanex.dev_LaneSweep", lane_sweep(running, generation=2)) == (
+        "Progressing", "Running: waiting for the operator to observe generation 2")
+    done = dict(running, phase="Succeeded", counts={"succeeded": 5, "stopped": 1},
+                bestTrial={"name": "lr-005", "objective": 0.97})
+    assert run_health("lanex.dev_LaneSweep", lane_sweep(done)) == (
+        "Healthy", "Succeeded: best lr-005 (0.97); 6 trials: 5 succeeded, 1 stopped")
+
+
+def test_failed_sweep_is_degraded_with_the_reason_and_an_ignored_change_is_a_warning():
+    failed = {"phase": "Failed", "reason": "AllTrialsFailed", "message": "no trial succeeded",
+              "conditions": [condition("Failed", "True", "AllTrialsFailed", "no trial succeeded"),
+                             condition("SpecChangeIgnored", "True", "SweepStarted", "spec generation 2 was not applied")]}
+    assert run_health("lanex.dev_LaneSweep", lane_sweep(failed)) == (
+        "Degraded", "Failed: AllTrialsFailed: no trial succeeded (warning: SpecChangeIgnored SweepStarted: spec "
+                    "generation 2 was not applied)")
+    bare = {"phase": "Failed", "reason": "InvalidSpec", "message": "spec.parameters[0] (learningRat): unknown field"}
+    assert run_health("lanex.dev_LaneSweep", lane_sweep(bare)) == (
+        "Degraded", "Failed: InvalidSpec: spec.parameters[0] (learningRat): unknown field")
 
 
 # --- the manifests ---------------------------------------------------------------------------------

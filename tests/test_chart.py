@@ -88,6 +88,11 @@ NAMESPACED_GRANTS = {
     ("lanex.dev", "laneexperiments/finalizers", "update"),
     ("", "pods", "list"), ("", "events", "create"), ("", "events", "list"),
     ("", "pods", "delete"), ("", "pods/log", "get"),  # progress reads and stallAction Restart (issue 13)
+    # LaneSweeps (issue 14): the sweeps themselves, their trials (LaneExperiments), early stopping
+    ("lanex.dev", "lanesweeps", "list"), ("lanex.dev", "lanesweeps", "watch"), ("lanex.dev", "lanesweeps", "patch"),
+    ("lanex.dev", "lanesweeps/status", "patch"), ("lanex.dev", "lanesweeps/finalizers", "update"),
+    ("lanex.dev", "laneexperiments", "get"), ("lanex.dev", "laneexperiments", "create"),
+    ("lanex.dev", "laneexperiments", "delete"), ("kubeflow.org", "mpijobs", "delete"),
 } | {("", "persistentvolumeclaims", verb) for verb in ("get", "list", "watch", "create", "patch", "delete")} | {
     (group, resource, verb)
     for group, resource in (("batch", "jobs"), ("kubeflow.org", "mpijobs"))
@@ -285,8 +290,10 @@ def test_custom_resources_match_their_crds_fields():
 def test_the_chart_crd_is_a_valid_apiextensions_object():
     with helm.Chart.load(CHART_DIR) as chart:
         crds = chart.crds
-    assert [crd["filename"] for crd in crds] == [f"lanex-operator/crds/{CRD_NAME}"]
-    kubernetes_validate.validate(yaml.safe_load(crds[0]["data"]), KUBE_VERSION, strict=True)
+    assert sorted(crd["filename"] for crd in crds) == [f"lanex-operator/crds/{CRD_NAME}",
+                                                       "lanex-operator/crds/lanex.dev_lanesweeps.yaml"]
+    for crd in crds:
+        kubernetes_validate.validate(yaml.safe_load(crd["data"]), KUBE_VERSION, strict=True)
 
 
 # --- the operator pod ----------------------------------------------------------------------------
@@ -665,6 +672,7 @@ def test_packaged_chart_renders_like_the_directory(tmp_path: Path):
         archive = Path(chart.save(tmp_path))
     assert archive.name == "lanex-operator-0.1.0.tgz"
     with helm.Chart.load(archive) as packaged:
-        assert [crd["data"] for crd in packaged.crds] == [(ROOT / "crds" / CRD_NAME).read_text()]
+        assert sorted(crd["data"] for crd in packaged.crds) == sorted(
+            (ROOT / "crds" / name).read_text() for name in (CRD_NAME, "lanex.dev_lanesweeps.yaml"))
         rendered = packaged.render(FULL_VALUES, name="lanex", namespace=RELEASE_NAMESPACE)
     assert manifests(rendered) == objects_for(FULL_VALUES)

@@ -16,7 +16,8 @@ from lanex_operator.controller.builders import mpijob_for, prepare_job_for, pvc_
 from lanex_operator.plan.steps import plan_for
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-FILES = sorted(EXAMPLES.glob("*.yaml"))
+SWEEP_FILES = sorted(p for p in EXAMPLES.glob("*.yaml") if "\nkind: LaneSweep\n" in p.read_text())
+FILES = sorted(p for p in EXAMPLES.glob("*.yaml") if p not in SWEEP_FILES)
 
 
 def test_the_four_documented_examples_exist():
@@ -103,3 +104,26 @@ def test_restore_and_kubeflow_examples_show_their_feature():
     assert restore.dataset.from_snapshot is not None
     _, kubeflow = load_experiment_file(EXAMPLES / "kubeflow-torch-ddp.yaml")
     assert (kubeflow.scheduler.type, kubeflow.training.backend) == ("kubeflow", "torch")
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=[path.name for path in SWEEP_FILES])
+def test_sweep_example_is_valid_and_every_trial_builds_valid_children(path: Path):
+    from lanex_operator.api.sweep import dataset_snapshot_name, trial_name, trial_parameters, trial_spec
+    from lanex_operator.api.sweep_crd import validate_sweep_against_crd
+    from lanex_operator.api.sweep_files import load_sweep_file
+
+    metadata, spec = load_sweep_file(path)
+    assert metadata["name"] == path.stem
+    assert validate_sweep_against_crd(yaml.safe_load(path.read_text())) == []
+    snapshot = dataset_snapshot_name(metadata["name"])
+    for index, parameters in enumerate(trial_parameters(spec)):
+        name = trial_name(metadata["name"], index)
+        trial = trial_spec(spec, parameters, snapshot)
+        meta = {"name": name, "namespace": "default"}
+        plan = plan_for(name, "default", trial)
+        assert plan.prepare is None and plan.dataset.restore_from == snapshot
+        manifests = [restore_pvc_for(meta, trial, plan, "5Gi")] + [
+            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": replica["template"]}
+            for replica in mpijob_for(meta, trial, plan)["spec"]["mpiReplicaSpecs"].values()]
+        for manifest in manifests:
+            assert kubernetes_validate.validate(manifest, "1.30", strict=True) == "1.30"

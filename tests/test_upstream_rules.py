@@ -34,7 +34,9 @@ pytestmark = pytest.mark.timeout(120)
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LANEX = pathlib.Path(sys.executable).with_name("lanex")
 KUBECTL = pathlib.Path(sys.executable).with_name("kubectl")
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+# LaneExperiment examples; a LaneSweep example's trials are checked below (test_sweep_example_trials_...).
+EXAMPLES = sorted(p for p in (REPO / "examples").glob("*.yaml") if "\nkind: LaneSweep\n" not in p.read_text())
+SWEEP_EXAMPLES = sorted(p for p in (REPO / "examples").glob("*.yaml") if p not in EXAMPLES)
 UPSTREAM = {(crd["spec"]["group"], crd["spec"]["names"]["kind"]): crd for crd in upstream_crds()}
 requires_upstream = pytest.mark.skipif(not UPSTREAM, reason=UPSTREAM_MISSING)
 LONGEST = "l" + "x" * (MAX_EXPERIMENT_NAME_LENGTH - 1)
@@ -314,3 +316,18 @@ def test_without_the_upstream_folder_the_emulator_serves_mpijobs_without_their_s
         assert cluster.get("customresourcedefinitions", "mpijobs.kubeflow.org") is None
         crd = load_crd()
         assert crd is not None and cluster.get("customresourcedefinitions", crd["metadata"]["name"]) is not None
+
+
+@requires_upstream
+@pytest.mark.parametrize("example", SWEEP_EXAMPLES, ids=lambda path: path.stem)
+def test_sweep_example_trials_mpijobs_are_accepted_by_the_upstream_schema(example):
+    from lanex_operator.api.sweep import dataset_snapshot_name, trial_name, trial_parameters, trial_spec
+    from lanex_operator.api.sweep_files import load_sweep_file
+    from lanex_operator.controller.builders import mpijob_for
+
+    metadata, spec = load_sweep_file(example)
+    for index, parameters in enumerate(trial_parameters(spec)):
+        name = trial_name(metadata["name"], index)
+        trial = trial_spec(spec, parameters, dataset_snapshot_name(metadata["name"]))
+        mpijob = mpijob_for({"name": name, "namespace": "default"}, trial, plan_for(name, "default", trial))
+        assert upstream_problems(mpijob) == [], (name, parameters)

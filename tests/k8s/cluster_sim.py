@@ -167,6 +167,9 @@ class ClusterSimulation:
         self._busy: set[tuple[str, str]] = set()
         self._done: set[tuple[str, str]] = set()
         self._deleted_pods: set[tuple[str, str]] = set()  # (namespace, name), fed by a pod watch
+        self._deleted_mpijobs: set[str] = set()  # uids of deleted MPIJobs (a sweep's early stopping deletes them)
+        self.mpijobs_running: dict[str, int] = {}  # namespace -> MPIJobs between Created and their end, now
+        self.mpijobs_running_peak: dict[str, int] = {}  # namespace -> the most at any moment
         self.errors: list[str] = []
         # What the simulated mpi-operator did, in order: ("refused" | "suspended" | "resumed" |
         # "waiting-for-workers" | "launcher-created", MPIJob name) and ("worker-ready", pod name).
@@ -184,6 +187,9 @@ class ClusterSimulation:
         for path, handler in watches.items():
             self._tasks.append(asyncio.create_task(self._watch(path, handler)))
         self._tasks.append(asyncio.create_task(self._watch("/api/v1/pods", None, deleted=self._on_pod_deleted)))
+        self._tasks.append(asyncio.create_task(self._watch(
+            "/apis/kubeflow.org/v2beta1/mpijobs", None,
+            deleted=lambda obj: self._deleted_mpijobs.add(obj["metadata"]["uid"]))))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -263,7 +269,7 @@ class ClusterSimulation:
         keys = {f"{kind}/{(meta.get('labels') or {}).get(EXPERIMENT_LABEL)}", f"{kind}/{meta.get('name')}"}
         if not stage:
             keys.add(kind)
-        while keys & self.knobs.paused:
+        while keys & self.knobs.paused and meta.get("uid") not in self._deleted_mpijobs:
             await asyncio.sleep(0.02)
 
     async def event(self, obj: Mapping[str, Any], reason: str, message: str, type_: str = "Warning",
@@ -547,7 +553,15 @@ class ClusterSimulation:
         await self.request("PATCH", base, {"status": {"startTime": now_rfc3339(), "conditions": [created, *resumed, running],
                                                       "replicaStatuses": {"Launcher": {"active": 1},
                                                                           "Worker": {"active": workers}}}})
-        launcher, launcher_failures = await self._train(mpijob, launcher, base, created, running)
+        namespace_count = self.mpijobs_running.get(namespace, 0) + 1
+        self.mpijobs_running[namespace] = namespace_count
+        self.mpijobs_running_peak[namespace] = max(self.mpijobs_running_peak.get(namespace, 0), namespace_count)
+        try:
+            launcher, launcher_failures = await self._train(mpijob, launcher, base, created, running)
+        finally:
+            self.mpijobs_running[namespace] -= 1
+        if meta["uid"] in self._deleted_mpijobs:
+            return True  # deleted while training: its pods went with it (garbage collector); nothing to report
         failure = self.knobs.failure(self.knobs.fail_mpijobs, mpijob)
         backoff_limit = int((mpijob["spec"].get("runPolicy") or {}).get("backoffLimit", 6))
         if launcher_failures > backoff_limit:
@@ -684,6 +698,8 @@ class ClusterSimulation:
             return "[1,0]<stdout>:LANEX_PROGRESS " + json.dumps(progress, separators=(",", ":")) + "\n"
 
         while step < steps:
+            if meta["uid"] in self._deleted_mpijobs:
+                return None, failures
             if self._gone(launcher):  # deleted: the launcher Job makes a new pod, which resumes
                 failures += 1
                 self.launcher_restarts[meta["name"]] = failures

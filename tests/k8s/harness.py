@@ -25,6 +25,7 @@ from k8s.emulator import ApiCall, ClusterEmulator, FaultPlan, ResourceSpec
 T = TypeVar("T")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / "lanex.dev_laneexperiments.yaml"
+SWEEP_CRD_PATH = REPO_ROOT / "crds" / "lanex.dev_lanesweeps.yaml"
 # The real upstream CRDs (mpi-operator v0.8.2, external-snapshotter), unmodified, beside the project;
 # absent on a user's clone, where the emulator serves those APIs without their schemas, as before.
 UPSTREAM_DIR = REPO_ROOT.parent / "shared" / "upstream"
@@ -67,6 +68,17 @@ def load_crd() -> dict[str, Any] | None:
     return build_crd()
 
 
+def load_sweep_crd() -> dict[str, Any] | None:
+    """The LaneSweep CRD: the checked-in file, else generated from the API models."""
+    if SWEEP_CRD_PATH.exists():
+        return yaml.safe_load(SWEEP_CRD_PATH.read_text())
+    try:
+        from lanex_operator.api.sweep_crd import build_sweep_crd
+    except ImportError:
+        return None
+    return build_sweep_crd()
+
+
 class EmulatedCluster:
     """The emulator, the cluster simulation and a kubeconfig, started and stopped as one."""
 
@@ -102,6 +114,10 @@ class EmulatedCluster:
             self.create(crd)
         else:
             self.emulator.register(FALLBACK_LANEEXPERIMENT)
+        sweep_crd = load_sweep_crd()
+        if sweep_crd is not None:
+            self.emulator.register_crd(sweep_crd, validate=True)
+            self.create(sweep_crd)
         for upstream in (*self.upstream, *self.extra_crds):
             self.emulator.register_crd(upstream, validate=True)
             self.create(upstream)

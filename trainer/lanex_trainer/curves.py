@@ -26,3 +26,27 @@ def plot_curves(history: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=80)
     plt.close(figure)
+
+
+def plot_comparison(histories: dict[str, list[dict]], path: Path, metric: str = "accuracy") -> None:
+    """One plot of the validation `metric` per epoch of several runs (a sweep's trials), one line each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for name, history in histories.items():
+        points = sorted((int(h["epoch"]), float(h[metric])) for h in history
+                        if isinstance(h.get("epoch"), int) and isinstance(h.get(metric), (int, float)))
+        if points:
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    axis.set(title=f"validation TuSimple {metric} per epoch", xlabel="epoch", ylabel=metric)
+    if metric == "accuracy":
+        axis.set_ylim(0, 1)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)

@@ -22,6 +22,21 @@ follows pods/log) belong to the users' roles; the operator reads only the launch
 - apiGroups: ["lanex.dev"]
   resources: ["laneexperiments/finalizers"]
   verbs: ["update"]
+# Sweeps: kopf lists, watches and patches them (finalizer, annotations; the operator annotates the spec a
+# sweep started with); the operator writes their status. A sweep's trials are LaneExperiments it creates,
+# reads back after a conflict, annotates lanex.dev/stop (early stopping), and deletes per retention.
+- apiGroups: ["lanex.dev"]
+  resources: ["lanesweeps"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["lanex.dev"]
+  resources: ["lanesweeps/status"]
+  verbs: ["patch"]
+- apiGroups: ["lanex.dev"]
+  resources: ["lanesweeps/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["lanex.dev"]
+  resources: ["laneexperiments"]
+  verbs: ["get", "create", "delete"]
 # The dataset volume: created (or restored from a snapshot), read when it already exists,
 # annotated lanex.dev/prepared, deleted by retention Delete, listed for snapshots still in use.
 - apiGroups: [""]
@@ -41,10 +56,11 @@ follows pods/log) belong to the users' roles; the operator reads only the launch
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
-# The training job (kubeflow mpi-operator v2beta1; garbage-collected with the experiment).
+# The training job (kubeflow mpi-operator v2beta1; garbage-collected with the experiment; deleted when
+# a sweep stops the experiment early).
 - apiGroups: ["kubeflow.org"]
   resources: ["mpijobs"]
-  verbs: ["get", "list", "watch", "create"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 # The result snapshots (external snapshotter v1): the restore source is read, retention Delete deletes.
 - apiGroups: ["snapshot.storage.k8s.io"]
   resources: ["volumesnapshots"]

@@ -3,6 +3,7 @@
 -- Argo CD does not look at an experiment's children (PVC, Job, MPIJob, VolumeSnapshot): the
 -- operator surfaces them in status.phase, status.conditions and status.message, read here.
 --   Succeeded -> Healthy; Failed -> Degraded with the Failed condition's reason and message;
+--   Stopped (a sweep's early stopping, on purpose) -> Healthy with the reason;
 --   any other phase -> Progressing with the phase; no status yet -> Progressing.
 -- Operator warnings (a failed storage-tier move, an ignored spec change, a stalled training) are
 -- appended; a training experiment's message leads with its progress and ETA (the printer columns).
@@ -82,6 +83,12 @@ if phase == "Succeeded" then
     message = message .. ", snapshot " .. status.provenance.resultSnapshot
   end
   hs.message = with_warnings(message, conditions)
+  return hs
+end
+
+if phase == "Stopped" then
+  hs.status = "Healthy"
+  hs.message = with_warnings("Stopped: " .. (status.reason or "Stopped") .. ": " .. (status.message or ""), conditions)
   return hs
 end
 

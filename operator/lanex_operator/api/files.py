@@ -63,8 +63,8 @@ def not_utf8_message(source: str, error: UnicodeDecodeError) -> str:
             "save the LaneExperiment as UTF-8 YAML")
 
 
-def load_experiment_file(path: Union[str, Path]) -> tuple[dict[str, Any], LaneExperimentSpec]:
-    """Read a YAML file holding one LaneExperiment: (metadata, validated spec)."""
+def read_document(path: Union[str, Path]) -> Any:
+    """The one YAML document of the file at `path`; errors name the file (and the line of a YAML error)."""
     import yaml
 
     source = str(path)
@@ -83,4 +83,9 @@ def load_experiment_file(path: Union[str, Path]) -> tuple[dict[str, Any], LaneEx
         raise ExperimentFileError(f"{source}: invalid YAML{line}: {reason}") from None
     if len(documents) != 1:
         raise ExperimentFileError(f"{source}: expected exactly one YAML document, found {len(documents)}")
-    return load_experiment_document(documents[0], source)
+    return documents[0]
+
+
+def load_experiment_file(path: Union[str, Path]) -> tuple[dict[str, Any], LaneExperimentSpec]:
+    """Read a YAML file holding one LaneExperiment: (metadata, validated spec)."""
+    return load_experiment_document(read_document(path), str(path))

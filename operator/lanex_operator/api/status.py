@@ -28,6 +28,7 @@ class Phase(str, Enum):
     SNAPSHOTTING = "Snapshotting"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    STOPPED = "Stopped"  # ended on purpose before training finished (a sweep's early stopping)
 
 
 class FailureReason(str, Enum):
@@ -39,6 +40,7 @@ class FailureReason(str, Enum):
     TRAINING_FAILED = "TrainingFailed"
     SNAPSHOT_FAILED = "SnapshotFailed"
     TIMEOUT = "Timeout"
+    EARLY_STOPPED = "EarlyStopped"  # with phase Stopped: the sweep's early-stopping rule ended training
 
 
 class ConditionType(str, Enum):
@@ -54,6 +56,7 @@ class ConditionType(str, Enum):
     FAILED = "Failed"
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
     STORAGE_TIER = "StorageTier"
+    STOPPED = "Stopped"
     QUEUED = "Queued"  # scheduler kueue: the MPIJob waits, suspended, for Kueue's admission
     TRAINING_FROM_SCRATCH = "TrainingFromScratch"
     STALLED = "Stalled"
@@ -214,7 +217,7 @@ class LaneExperimentStatus(StatusModel):
     """Observed state of a LaneExperiment, written only by the operator."""
 
     phase: Optional[Phase] = Field(None, description="Lifecycle phase.")
-    reason: Optional[FailureReason] = Field(None, description="Failure reason when phase is Failed.")
+    reason: Optional[FailureReason] = Field(None, description="Failure reason when phase is Failed (EarlyStopped when Stopped).")
     message: Optional[str] = Field(None, description="Details of the current phase or failure.")
     conditions: list[Condition] = Field(default_factory=list, description="One condition per step, plus Succeeded/Failed.")
     observed_generation: Optional[int] = Field(None, description="Last metadata.generation acted upon.")

@@ -241,6 +241,60 @@ class Cluster:
             finally:
                 stream.stop()
 
+    # ---- LaneSweeps (issue 14) and their trials
+
+    def sweep_ref(self, name: str) -> str:
+        return f"lanesweep {self.namespace}/{name}"
+
+    def get_sweep(self, name: str) -> dict[str, Any]:
+        from lanex_operator.api.sweep import SWEEP_PLURAL
+
+        return self._read(self.sweep_ref(name), lambda: self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, SWEEP_PLURAL, name, _preload_content=False))
+
+    def find_sweep(self, name: str) -> Optional[dict[str, Any]]:
+        return self._none_if_missing(lambda: self.get_sweep(name))
+
+    def list_sweeps(self) -> list[dict[str, Any]]:
+        """The namespace's LaneSweeps; none where the LaneSweep CRD is not installed."""
+        from lanex_operator.api.sweep import SWEEP_PLURAL
+
+        try:
+            with self._api(f"{SWEEP_PLURAL} in namespace {self.namespace}"):
+                listing = self._json(self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, SWEEP_PLURAL, _preload_content=False))
+        except ClusterError as error:
+            if error.not_found:
+                return []
+            raise
+        return sorted(listing.get("items") or [], key=lambda item: item["metadata"]["name"])
+
+    def create_sweep(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        from lanex_operator.api.sweep import SWEEP_PLURAL
+
+        with self._api(self.sweep_ref(body["metadata"]["name"])):
+            return self._json(self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, SWEEP_PLURAL, dict(body), _preload_content=False))
+
+    def delete_sweep(self, name: str) -> None:
+        from kubernetes import client
+
+        from lanex_operator.api.sweep import SWEEP_PLURAL
+
+        with self._api(self.sweep_ref(name)):
+            self._json(self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, SWEEP_PLURAL, name,
+                body=client.V1DeleteOptions(propagation_policy="Background"), _preload_content=False))
+
+    def list_trials(self, sweep: str) -> list[dict[str, Any]]:
+        """The LaneExperiments of one sweep (label lanex.dev/sweep), by name."""
+        from lanex_operator.api.sweep import SWEEP_LABEL
+
+        with self._api(f"{PLURAL} of lanesweep {self.namespace}/{sweep}"):
+            listing = self._json(self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, label_selector=f"{SWEEP_LABEL}={sweep}",
+                _preload_content=False))
+        return sorted(listing.get("items") or [], key=lambda item: item["metadata"]["name"])
     def _experiments_now(self, name: Optional[str]) -> tuple[list[dict[str, Any]], Optional[str]]:
         """The experiment (or all of them) and the resourceVersion to watch from."""
         if name:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, List, NoReturn, Optional
 
 import typer
 
+from lanex_operator.cli import sweep_commands
 from lanex_operator.cli.submit import (
     SubmitOverrides,
     UsageError,
@@ -128,6 +129,10 @@ def submit_command(
     flags = SubmitOverrides(processes=processes, gpu=gpu, pvc=pvc, env=tuple(env), large_shm=large_shm,
                             project=project)
     with reporting():
+        if sweep_commands.is_sweep_file(experiment):  # a LaneSweep: the flags change its template
+            body, file_namespace = sweep_commands.sweep_body(experiment, flags, name, namespace)
+            sweep_commands.submit_sweep(connect(namespace or file_namespace), body)
+            return
         body, file_namespace = experiment_body(experiment, flags, name, namespace)
         cluster = connect(namespace or file_namespace)
         exp_name = body["metadata"]["name"]
@@ -160,16 +165,16 @@ def get_command(
     namespace: Optional[str] = NAMESPACE_OPTION,
     output: Optional[str] = typer.Option(None, "--output", "-o", help="json or yaml (default: a table)."),
     workspace: Optional[Path] = typer.Option(None, "--workspace",
-                                             help="The local experiments of this `lanex run` workspace instead "
-                                                  "(phase, progress, accuracy, snapshot; no cluster)."),
+                                             help="The local experiments and sweeps of this `lanex run` workspace "
+                                                  "instead (phase, progress, accuracy, snapshot; no cluster)."),
     watch: bool = typer.Option(False, "--watch", "-w",
                                help="After the table, print a row whenever one changes (with --workspace: until "
                                     "all are Succeeded or Failed, or their `lanex run` stopped)."),
 ) -> None:
     """List LaneExperiments like `kubectl get lx`: NAME, PHASE, PROGRESS, ETA, WORKERS, ACCURACY, SNAPSHOT, AGE.
 
-    With --workspace DIR: the local experiments of that workspace, also while one trains in another
-    terminal. Exit codes: 0 shown (or -w interrupted), 1 not found or API error, 2 bad --output.
+    With --workspace DIR: the local experiments (and sweeps) of that workspace, also while one trains in
+    another terminal. Exit codes: 0 shown (or -w interrupted), 1 not found or API error, 2 bad --output.
     """
     if output not in (None, "json", "yaml"):
         _fail(f"--output {output}: must be json or yaml", EXIT_USAGE)
@@ -185,7 +190,13 @@ def get_command(
         if watch:
             _watch_table(cluster, name)
             return
+        if name and sweep_commands.get_sweep_if_named(cluster, name, output):
+            return
         items = [cluster.get_experiment(name)] if name else cluster.list_experiments()
+        sweeps = [] if name else cluster.list_sweeps()
+        if sweeps:
+            sweep_commands.show_sweeps(cluster, items, sweeps, output)
+            return
         if output:
             document = items[0] if name else {"apiVersion": "v1", "kind": "List", "items": items}
             typer.echo(dump(document, output))
@@ -229,6 +240,8 @@ def describe_command(
     """
     with reporting():
         cluster = connect(namespace)
+        if sweep_commands.describe_sweep_if_named(cluster, name):
+            return
         obj = cluster.get_experiment(name)
         typer.echo("\n".join(describe_lines(cluster, obj, datetime.now(timezone.utc))))
 
@@ -340,6 +353,8 @@ def delete_command(
 
     with reporting():
         cluster = connect(namespace)
+        if sweep_commands.delete_sweep_if_named(cluster, name, wait, timeout):
+            return
         ref = cluster.experiment_ref(name)
         obj = cluster.get_experiment(name)
         snapshots = cluster.list_snapshots(name)

@@ -14,16 +14,23 @@ snapshots_app = typer.Typer(help="Snapshots of experiment volumes (local workspa
 
 
 def run_command(
-    experiment: Path = typer.Argument(..., help="LaneExperiment YAML file."),
+    experiment: Path = typer.Argument(..., help="LaneExperiment or LaneSweep YAML file."),
     workspace: Path = typer.Option(DEFAULT_WORKSPACE, help="Local workspace: volumes, experiments, snapshots."),
+    parallel: int = typer.Option(1, "--parallel", min=1, help="A LaneSweep's trials running at once."),
     secret: List[str] = typer.Option(
         [], "--secret", help="NAME=file:PATH or NAME=env:VAR: the keys of the Secret NAME that the spec's secretRefs"
         " name (a folder of key files, or KEY=VALUE lines); repeatable. Values are never printed."),
 ) -> None:
-    """Run a LaneExperiment on this machine: data, distributed training, evaluation, snapshot."""
+    """Run a LaneExperiment on this machine: data, distributed training, evaluation, snapshot.
+
+    A LaneSweep file runs its trials on clones of one prepared dataset, --parallel at a time, with a
+    live leaderboard; it ends with the trials table and compare.png.
+    """
     from rich.console import Console
 
     from lanex_operator.api import ExperimentFileError, load_experiment_file
+    from lanex_operator.api.files import read_document
+    from lanex_operator.api.sweep_files import document_kind
     from lanex_operator.local.runner import ExperimentBusy, LocalRunError, LocalRunner
     from lanex_operator.local.secrets import SecretSourceError, parse_secret_option
     from lanex_operator.api.models import InvalidSpecError
@@ -31,6 +38,9 @@ def run_command(
     console = Console(stderr=True)
     try:
         secrets = {source.name: source for source in map(parse_secret_option, secret)}
+        if document_kind(read_document(experiment)) == "LaneSweep":
+            run_sweep(experiment, workspace, parallel, secrets)
+            return
         metadata, spec = load_experiment_file(experiment)
         runner = LocalRunner(metadata["name"], spec, workspace, secrets=secrets,
                              echo=lambda text: console.print(text, style="bold cyan", markup=False))
@@ -50,6 +60,49 @@ def run_command(
         typer.echo(f"\ninterrupted: run `lanex run {experiment}` again to resume", err=True)
         raise typer.Exit(130)
     print_summary(summary)
+
+
+def run_sweep(file: Path, workspace: Path, parallel: int, secrets: Optional[dict] = None) -> None:
+    """`lanex run sweep.yaml`: the dataset once, trials on clones, a live leaderboard, the final table."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from lanex_operator.api import ExperimentFileError
+    from lanex_operator.api.models import InvalidSpecError
+    from lanex_operator.api.sweep_files import load_sweep_file
+    from lanex_operator.cli.sweep_views import best_line, leaderboard
+    from lanex_operator.local.runner import LocalRunError
+    from lanex_operator.local.snapshots import SnapshotError
+    from lanex_operator.local.sweep import LocalSweep
+
+    console = Console(stderr=True)
+    try:
+        metadata, spec = load_sweep_file(file)
+        sweep = LocalSweep(metadata["name"], spec, workspace, parallel=parallel, secrets=dict(secrets or {}),
+                           echo=lambda text: console.print(text, style="bold cyan", markup=False))
+    except (ExperimentFileError, InvalidSpecError, LocalRunError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    try:
+        with Live(leaderboard({}), console=console, refresh_per_second=2, transient=True) as live:
+            sweep.echo = lambda text: live.console.print(text, style="bold cyan", markup=False)
+            status = sweep.run(on_update=lambda views: live.update(leaderboard(sweep.state, title=sweep.name)))
+    except (LocalRunError, SnapshotError) as error:
+        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"run `lanex run {file}` again to continue", err=True)
+        raise typer.Exit(1) from error
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: run `lanex run {file}` again to resume the sweep", err=True)
+        raise typer.Exit(130)
+    out = Console()
+    out.width = max(out.width, 132)
+    out.print(leaderboard(status, title=f"{sweep.name}: {status['phase']}"))
+    out.print(best_line(status, spec.objective.metric))
+    out.print(f"{'dataset:':12}{status.get('datasetSnapshot')} (prepared once, cloned for every trial)")
+    if status.get("comparePlot"):
+        out.print(f"{'compare:':12}{status['comparePlot']}")
+    if status["phase"] != "Succeeded":
+        raise typer.Exit(1)
 
 
 def print_summary(summary: dict) -> None:
@@ -102,6 +155,19 @@ def local_row(experiment: dict) -> list[str]:
             experiment.get("snapshot") or "-"]
 
 
+SWEEP_GET_HEADERS = ("SWEEP", "PHASE", "TRIALS", "RUNNING", "BEST", "OBJECTIVE", "DATASET")
+
+
+def sweep_row(sweep: dict) -> list[str]:
+    """One `lanex get --workspace` row of a local sweep, the columns of `kubectl get lxs`."""
+    from lanex_operator.cli.views import decimal
+
+    best = sweep.get("bestTrial") or {}
+    return [sweep["name"], sweep.get("phase") or "-", str(sweep.get("trialCount") or "-"),
+            str((sweep.get("counts") or {}).get("running", 0)), best.get("name") or "-",
+            decimal(best.get("objective")), sweep.get("datasetSnapshot") or "-"]
+
+
 def get_local(workspace: Path, name: Optional[str], output: Optional[str], watch: bool, poll_s: float = 0.5) -> None:
     """`lanex get --workspace DIR`: one table (or JSON/YAML document); with --watch, a row per change
     until every experiment shown is Succeeded or Failed, or its `lanex run` has stopped."""
@@ -109,8 +175,13 @@ def get_local(workspace: Path, name: Optional[str], output: Optional[str], watch
 
     from lanex_operator.cli.views import dump, table
     from lanex_operator.local.runner import FINAL_PHASES, LocalRunError, local_experiments
+    from lanex_operator.local.sweep import workspace_sweeps
+
+    sweeps = [s for s in workspace_sweeps(workspace) if name is None or s["name"] == name]
 
     def read() -> list[dict]:
+        if name is not None and sweeps:
+            return []  # NAME is a sweep: its trials are listed in the sweep
         try:
             return local_experiments(workspace, name)
         except LocalRunError as error:
@@ -120,10 +191,13 @@ def get_local(workspace: Path, name: Optional[str], output: Optional[str], watch
     experiments = read()
     if not watch:
         if output:
-            typer.echo(dump({"experiments": experiments, "sweeps": []}, output))
-        elif experiments:
+            typer.echo(dump({"experiments": experiments, "sweeps": sweeps}, output))
+            return
+        if experiments:
             typer.echo(table(LOCAL_GET_HEADERS, [local_row(e) for e in experiments]))
-        else:
+        if sweeps:
+            typer.echo(("\n" if experiments else "") + table(SWEEP_GET_HEADERS, [sweep_row(s) for s in sweeps]))
+        if not experiments and not sweeps:
             typer.echo(f"No local experiments in workspace {workspace}.", err=True)
         return
     shown: dict[str, object] = {}

@@ -492,10 +492,10 @@ def reached(phase: Optional[str], wanted: str) -> Optional[bool]:
     """True when `phase` is `wanted` (or past it on the way to Succeeded), False when it never will be, else None."""
     from lanex_operator.api import Phase
 
-    lifecycle = [p.value for p in Phase if p is not Phase.FAILED]  # the enum lists phases in lifecycle order
+    lifecycle = [p.value for p in Phase if p not in (Phase.FAILED, Phase.STOPPED)]  # in lifecycle order
     if phase == wanted:
         return True
-    if phase in ("Succeeded", "Failed"):
+    if phase in ("Succeeded", "Failed", "Stopped"):
         if wanted in lifecycle and phase == "Succeeded":
             return True  # a non-terminal phase it went through
         return False

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 EXPERIMENT_LABEL = "lanex.dev/experiment"
+SWEEP_LABEL = "lanex.dev/sweep"  # a LaneSweep's dataset children: watched (and so cached) the same way
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,8 @@ class ChildCache:
 
     def put(self, kind: ChildKind, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj.get("metadata") or {}
-        if EXPERIMENT_LABEL not in (meta.get("labels") or {}):
+        labels = meta.get("labels") or {}
+        if EXPERIMENT_LABEL not in labels and SWEEP_LABEL not in labels:
             return dict(obj)  # no watch event will ever refresh it
         key = (kind.kind, meta.get("namespace") or "", meta.get("name") or "")
         current = self._objects.get(key)

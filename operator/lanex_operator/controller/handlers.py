@@ -28,7 +28,7 @@ from lanex_operator.controller.kube import USER_AGENT, Kube, KubeError
 from lanex_operator.controller.metrics import OperatorMetrics
 from lanex_operator.controller.preflight import Preflight
 from lanex_operator.controller.progress import ProgressFollower
-from lanex_operator.controller.reconciler import Reconciler
+from lanex_operator.controller.reconciler import STOP_ANNOTATION, Reconciler
 from lanex_operator.controller.retention import release
 from lanex_operator.controller.status import TERMINAL_PHASES, StatusBook
 from lanex_operator.controller.tier_steps import StorageTiering
@@ -151,9 +151,12 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="wake")
     async def experiment_changed(type: str, name: str, namespace: str, meta: kopf.Meta, **_: Any) -> None:
-        # Status writes are the daemon's own; only a new generation (spec change) is news to it.
+        # Status writes are the daemon's own; only a new generation (spec change) is news to it,
+        # and a sweep's request to stop (an annotation, no new generation).
         if type != "DELETED":
             state.wakers.poke_if_changed(namespace, name, int(meta.get("generation") or 0))
+            if STOP_ANNOTATION in (meta.get("annotations") or {}):
+                state.wakers.poke(namespace, name)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="retention")
     async def experiment_deleted(body: kopf.Body, uid: str, name: str, namespace: str,
@@ -170,6 +173,10 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
 
     for kind in WATCHED_KINDS:
         _register_child(registry, state, kind)
+
+    from lanex_operator.controller.sweep_handlers import register_sweeps  # LaneSweeps: same runtime, own module
+
+    register_sweeps(registry, state)
 
 
 def _register_child(registry: kopf.OperatorRegistry, state: OperatorState, kind: ChildKind) -> None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from lanex_operator.api.status import TrainingProgress
 
 PHASES = ("Pending", "ProvisioningDataset", "Downloading", "SharingVolume", "Training", "Snapshotting",
-          "Succeeded", "Failed")
+          "Succeeded", "Failed", "Stopped")
 STEP_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
 
 

@@ -67,6 +67,7 @@ from lanex_operator.controller.waits import STUCK_REASONS, ReadThrottle, StuckPo
 PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, skip the prepare Job
 SPEC_ANNOTATION = desired.SPEC_ANNOTATION  # on the MPIJob: the spec training started with
 GENERATION_ANNOTATION = desired.GENERATION_ANNOTATION  # on the MPIJob: the experiment generation of that spec
+STOP_ANNOTATION = "lanex.dev/stop"  # on the experiment (set by its LaneSweep): end training now, phase Stopped
 JOB_POD_SELECTOR = "batch.kubernetes.io/job-name={name}"
 MPIJOB_POD_SELECTOR = "training.kubeflow.org/job-name={name}"  # its launcher and its workers
 log = logging.getLogger("lanex.operator.reconciler")
@@ -450,6 +451,9 @@ class Reconciler:
         if book.is_settled(C.TRAINED.value):
             return None  # False only when a snapshot on failure is still to be taken
         name = plan.names.mpijob
+        stop = ((body["metadata"].get("annotations") or {}).get(STOP_ANNOTATION))
+        if stop:
+            return await self._stop(body, book, spec, plan, stop)
         book.enter(Phase.TRAINING, f"training with MPIJob {name} ({plan.train.workers} workers)")
         mpijob = self.cache.get(MPIJOB, plan.namespace, name)
         if mpijob is None:
@@ -552,6 +556,22 @@ class Reconciler:
                            f"MPIJob {name} waits in Kueue LocalQueue {queue} for admission (queued for {shown}s)")
         book.set("message", f"queued in Kueue LocalQueue {queue} for {shown}s")
         return step - (waited % step)
+
+    async def _stop(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec, plan: ExperimentPlan,
+                    why: str) -> float | None:
+        """Early stop (the `lanex.dev/stop` annotation): delete the MPIJob, then Stopped (after the snapshot on
+        failure, when the spec asks for one: it keeps the checkpoints and logs)."""
+        name = plan.names.mpijob
+        await self.kube.delete(object_path(MPIJOB.api_version, MPIJOB.plural, plan.namespace, name))
+        message = clip(f"training stopped early, MPIJob {name} deleted: {why}")
+        reason = FailureReason.EARLY_STOPPED
+        self._end_stall(book, plan)
+        if plan.snapshot is not None and plan.snapshot.on_failure:
+            book.set_condition(C.TRAINED.value, "False", reason.value, message)
+            return None
+        await self.tier.lower(body, book, spec, plan)
+        book.stop(reason, message)
+        return None
 
     # ---- stalls: no new progress while the MPIJob runs
 
@@ -694,6 +714,9 @@ class Reconciler:
 
     def _finish(self, book: StatusBook) -> None:
         trained = book.condition(C.TRAINED.value) or {}
+        if trained.get("status") == "False" and trained.get("reason") == FailureReason.EARLY_STOPPED.value:
+            book.stop(FailureReason.EARLY_STOPPED, str(trained.get("message", "")))
+            return
         if trained.get("status") == "False":
             book.fail(FailureReason(trained.get("reason", FailureReason.TRAINING_FAILED.value)),
                       str(trained.get("message", "")))

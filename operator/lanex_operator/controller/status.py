@@ -23,7 +23,7 @@ def clip(text: str) -> str:
     """`text` cut to MESSAGE_LIMIT characters, ending in '...' when it was cut."""
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
 
-TERMINAL_PHASES = (Phase.SUCCEEDED.value, Phase.FAILED.value)
+TERMINAL_PHASES = (Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.STOPPED.value)
 MOVE_IN_PROGRESS = "InProgress"  # result of a `status.storageMoves[]` entry written before the move is made
 
 # Which condition reports the step that runs in each phase.
@@ -197,6 +197,20 @@ class StatusBook:
         self.set_condition(ConditionType.SUCCEEDED.value, "False", reason.value, message)
         self.set("completionTime", self.now_text())
         self.event("Warning", reason.value, message)
+
+    def stop(self, reason: FailureReason, message: str) -> None:
+        """Terminal, on purpose (a sweep's early stopping): phase Stopped, Stopped=True, Succeeded=False."""
+        step = STEP_CONDITIONS.get(self.phase or "")
+        if step is not None and not self.is_settled(step):
+            self.set_condition(step, "False", reason.value, message)
+        self.set("phase", Phase.STOPPED.value)
+        self.set("reason", reason.value)
+        self.set("message", message)
+        self.set_condition(ConditionType.STOPPED.value, "True", reason.value, message)
+        self.set_condition(ConditionType.FAILED.value, "False", reason.value, message)
+        self.set_condition(ConditionType.SUCCEEDED.value, "False", reason.value, message)
+        self.set("completionTime", self.now_text())
+        self.event("Normal", reason.value, message)
 
     def succeed(self, message: str) -> None:
         self.set("phase", Phase.SUCCEEDED.value)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -120,13 +121,22 @@ PHASE_OF_STEP = {
 
 
 class LocalRunner:
+    """One local experiment. `quiet`: step output goes to the step logs only (a sweep runs several at once,
+    each in its own process group so that `stop` ends the whole tree); `experiment_dir`: where its state
+    and logs live (default `<workspace>/experiments/<name>`)."""
+
     def __init__(self, name: str, spec: LaneExperimentSpec, workspace: Path, echo: Callable[[str], None] = print,
-                 python_bin: Optional[Path] = None, secrets: Optional[dict[str, SecretSource]] = None):
+                 python_bin: Optional[Path] = None, secrets: Optional[dict[str, SecretSource]] = None,
+                 quiet: bool = False, experiment_dir: Optional[Path] = None):
         self.name, self.spec, self.echo = name, spec, echo
+        self.quiet = quiet
+        self.stopped: Optional[str] = None  # why `stop` was called (the run then ends in phase Stopped)
+        self.interrupted = False  # `interrupt` was called: the run fails and the next one resumes
+        self._process: Optional[subprocess.Popen] = None
         self.workspace = Workspace(workspace.resolve())
         claim = plan_for(name, LOCAL_NAMESPACE, spec).names.dataset_claim
         self.volume = self.workspace.volume(claim)
-        self.exp_dir = self.workspace.experiment_dir(name)
+        self.exp_dir = experiment_dir or self.workspace.experiment_dir(name)
         # The secretRefs' folders exist only while the prepare step runs (see local.secrets).
         self.secrets_dir = self.exp_dir / "secrets"
         self.secrets = dict(secrets or {})
@@ -159,15 +169,19 @@ class LocalRunner:
         with log_path.open("ab") as log:
             log.write(f"\n=== {_now()} {' '.join(argv)[:500]}\n".encode())
             process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       preexec_fn=lifeline.preexec_die_with_parent())
+                                       preexec_fn=lifeline.preexec_die_with_parent(), start_new_session=self.quiet)
+            self._process = process
             assert process.stdout is not None
             terminal = ProgressLineFilter()
             for chunk in iter(lambda: process.stdout.read1(4096), b""):
                 log.write(chunk)
-                sys.stdout.buffer.write(terminal.feed(chunk))
-                sys.stdout.flush()
-            sys.stdout.buffer.write(terminal.flush())
+                if not self.quiet:
+                    sys.stdout.buffer.write(terminal.feed(chunk))
+                    sys.stdout.flush()
+            if not self.quiet:
+                sys.stdout.buffer.write(terminal.flush())
             code = process.wait()
+            self._process = None
         if code != 0:
             raise LocalRunError(f"step {step.value} failed (exit code {code}); its log is {log_path}")
 
@@ -212,9 +226,29 @@ class LocalRunner:
         results = json.loads(results_file.read_text())
         return {"results": {k: results.get(k) for k in ("accuracy", "fp", "fn", "checkpoint", "images_per_second", "epochs")}}
 
+    def stop(self, reason: str) -> None:
+        """End the running step's whole process tree; the run ends in phase Stopped with `reason` (thread-safe)."""
+        self.stopped = reason
+        self._kill()
+
+    def interrupt(self) -> None:
+        """End the running step's process tree; the run fails, and running it again resumes (thread-safe)."""
+        self.interrupted = True
+        self._kill()
+
+    def _kill(self) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM) if self.quiet else process.terminate()
+            except ProcessLookupError:
+                pass
+
     def _snapshot(self) -> dict:
         name = self.plan.names.snapshot(datetime.now(timezone.utc))
-        info = self.workspace.snapshots.create(self.volume, name, experiment=self.name)
+        # A volume cloned from a snapshot shares that snapshot's files until they change: link them again.
+        info = self.workspace.snapshots.create(self.volume, name, experiment=self.name,
+                                               base=self.plan.dataset.restore_from)
         return {"snapshot": info.name, "files": info.files, "bytes": info.bytes}
 
     # -- the run ------------------------------------------------------------------------------
@@ -236,26 +270,31 @@ class LocalRunner:
         handle.flush()
         return handle
 
-    def run(self) -> dict:
+    def run(self, steps: Optional[set[StepName]] = None) -> dict:
+        """Run every unfinished step (only those in `steps` when given: phase Prepared after them)."""
         lock = self._lock()  # also released if this process is killed: the kernel drops flocks
         try:
             # As the last holder of the lock left it (it may have finished steps since __init__).
             self.state = RunState.load(self.state.path, self.plan.config_hash, self.plan.dataset_source)
-            return self._run_steps()
+            return self._run_steps(steps)
         finally:
             lock.close()
 
-    def _run_steps(self) -> dict:
+    def _run_steps(self, steps: Optional[set[StepName]] = None) -> dict:
         started = time.monotonic()
         actions = {StepName.DATASET: self._dataset, StepName.PREPARE: self._prepare, StepName.SHARE: lambda: {"note": "local directories are shared by all processes"},
                    StepName.TRAIN: self._train, StepName.SNAPSHOT: self._snapshot}
         if self.plan.train.from_scratch is not None and not self.state.done(StepName.TRAIN):
             self.echo(f"[lanex] warning: TrainingFromScratch: {self.plan.train.from_scratch}")
         self.state.data["outputDir"] = self.plan.paths.output_dir  # where `lanex get --workspace` finds progress
+        # The training spec, for `lanex compare` (the config hash alone does not say what differs).
+        self.state.data.setdefault("training", self.spec.training.model_dump(mode="json", by_alias=True))
         # Lets `lanex get --workspace` tell a run that is going on from one that was killed or interrupted.
         self.state.data["runner"] = {"pid": os.getpid(), "host": socket.gethostname()}
         try:
             for step in self.plan.steps:
+                if steps is not None and step not in steps:
+                    continue
                 if self.state.done(step):
                     self.echo(f"[lanex] {step.value}: already done, skipping")
                     continue
@@ -268,11 +307,17 @@ class LocalRunner:
                     self.state.data["results"] = details["results"]
                 if "snapshot" in details:
                     self.state.data.setdefault("snapshots", []).append(details["snapshot"])
-            self.state.data["phase"] = "Succeeded"
+            self.state.data["phase"] = "Succeeded" if steps is None else "Prepared"
         except (LocalRunError, SnapshotError) as error:
-            self.state.data.update(phase="Failed", message=str(error))
+            if self.stopped:
+                self.state.data.update(phase="Stopped", reason="EarlyStopped", message=self.stopped,
+                                       completionTime=_now())
+                self.state.save()
+                return self.summary()
+            message = "interrupted; run it again to resume" if self.interrupted else str(error)
+            self.state.data.update(phase="Failed", message=message)
             self.state.save()
-            raise LocalRunError(str(error)) from error
+            raise LocalRunError(message) from error
         self.state.data["completionTime"] = _now()
         self.state.data["seconds"] = self.state.data.get("seconds", 0) + round(time.monotonic() - started, 1)
         self.state.save()

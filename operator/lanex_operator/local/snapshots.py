@@ -9,6 +9,10 @@ semantics where the filesystem supports it. A snapshot is built in a temporary d
 renamed into place, so an interrupted snapshot leaves nothing half-made behind.
 
 Restore copies the files into a new volume directory and verifies them against the manifest.
+A clone (a sweep's trial volume) instead hard-links the snapshot's files: the trials read the very
+same, never rewritten dataset files and write only new files of their own; a later snapshot of the
+clone links the files it still shares with its base snapshot. `adopt` turns a prepared volume into
+a snapshot by moving it (the sweep's dataset, prepared once and never written again).
 """
 
 from __future__ import annotations
@@ -94,8 +98,10 @@ class SnapshotStore:
         candidates = [s for s in self.list() if s.source == str(source.resolve())]
         return candidates[-1].name if candidates else None
 
-    def create(self, volume: Path, name: str, experiment: Optional[str] = None) -> SnapshotInfo:
-        """Snapshot `volume` as `name` (idempotent: an existing complete snapshot is returned)."""
+    def create(self, volume: Path, name: str, experiment: Optional[str] = None,
+               base: Optional[str] = None) -> SnapshotInfo:
+        """Snapshot `volume` as `name` (idempotent: an existing complete snapshot is returned). `base`: the
+        snapshot the volume was cloned from; its files that the volume still shares (same inode) are linked."""
         if self.exists(name):
             return next(s for s in self.list() if s.name == name)
         if not volume.is_dir():
@@ -103,6 +109,7 @@ class SnapshotStore:
         self.root.mkdir(parents=True, exist_ok=True)
         previous = self._latest_of(volume)
         previous_files = self.manifest(previous)["files"] if previous else {}
+        base_files = self.manifest(base)["files"] if base and self.exists(base) else {}
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{name}."))
         files: dict[str, dict] = {}
         try:
@@ -111,7 +118,14 @@ class SnapshotStore:
                 stat = path.stat()
                 target = staging / "data" / relative
                 old = previous_files.get(relative)
-                if old and old["size"] == stat.st_size and old["mtime_ns"] == stat.st_mtime_ns:
+                shared = base_files.get(relative)
+                base_path = self.path(base) / "data" / relative if shared and base else None
+                if base_path is not None and base_path.exists() and os.path.samestat(base_path.stat(), stat):
+                    # Still the very file of the snapshot it was cloned from: share it again.
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.link(base_path, target)
+                    digest = shared["sha256"]
+                elif old and old["size"] == stat.st_size and old["mtime_ns"] == stat.st_mtime_ns:
                     # Unchanged since the previous snapshot: share its immutable copy.
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.link(self.path(previous) / "data" / relative, target)
@@ -144,6 +158,65 @@ class SnapshotStore:
                 problems.append(f"{relative}: content differs from the snapshot")
         problems += [f"{relative}: not in the snapshot" for relative in sorted(actual - set(expected))]
         return problems
+
+    def adopt(self, volume: Path, name: str, experiment: Optional[str] = None) -> SnapshotInfo:
+        """Make the volume directory itself snapshot `name`: its files move (no copy) into the store.
+
+        For a dataset prepared once and then only read through clones (a sweep's): the volume is gone
+        afterwards and the snapshot, with its manifest, is the only copy. Idempotent."""
+        if self.exists(name):
+            return next(s for s in self.list() if s.name == name)
+        if not volume.is_dir():
+            raise SnapshotError(f"cannot snapshot {volume}: no such volume directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{name}."))
+        source = str(volume.resolve())
+        os.replace(volume, staging / "data")
+        try:
+            data = staging / "data"
+            files = {}
+            for path in sorted(p for p in data.rglob("*") if p.is_file() and not p.is_symlink()):
+                stat = path.stat()
+                files[path.relative_to(data).as_posix()] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                                            "sha256": file_sha256(path)}
+            manifest = {"name": name, "source": source, "experiment": experiment,
+                        "created": datetime.now(timezone.utc).isoformat(), "files": files}
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            os.replace(staging, self.path(name))
+        except BaseException:
+            os.replace(staging / "data", volume)  # give the volume back untouched
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return next(s for s in self.list() if s.name == name)
+
+    def clone(self, name: str, target: Path) -> Path:
+        """A new volume directory `target` whose files are hard links to snapshot `name`'s (no data copied).
+
+        The snapshot's files are immutable, so a clone may share them: each trial of a sweep reads the
+        same inodes and writes only new files (its experiment directory). Built in a temporary
+        directory and renamed into place, so an interrupted clone leaves nothing behind."""
+        manifest = self.manifest(name)
+        if target.exists() and any(target.iterdir()):
+            raise SnapshotError(f"cannot clone {name!r} into {target}: the directory is not empty")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            for relative in manifest["files"]:
+                link = staging / relative
+                link.parent.mkdir(parents=True, exist_ok=True)
+                os.link(self.path(name) / "data" / relative, link)
+            if target.exists():
+                target.rmdir()
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    def delete(self, name: str) -> None:
+        """Remove snapshot `name` (its hard-linked files stay wherever else they are linked)."""
+        if self.path(name).is_dir():
+            shutil.rmtree(self.path(name))
 
     def restore(self, name: str, target: Path) -> Path:
         """Copy snapshot `name` into a new volume directory `target`, verified against the manifest."""

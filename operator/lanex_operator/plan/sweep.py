@@ -1,0 +1,153 @@
+"""The decisions of a sweep, defined once for the operator and `lanex run`: early stopping, the best trial.
+
+Why it exists: the sweep controller (cluster) and the local sweep runner see their trials
+differently (LaneExperiment status versus files in a workspace) but must decide the same way.
+Both reduce what they see to `TrialView`s (name, phase, validation history, objective value)
+and ask this module. Everything here is pure.
+
+Median stopping rule (as in Google Vizier and Katib): a running trial whose validation metric at
+epoch e (e >= minEpochs) is worse than the median of the other trials' values at the same epoch
+is stopped. e is the trial's newest epoch that at least `minTrials` other trials have reached, so
+a trial is judged as soon as there is something to compare it with, and only on its newest data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional
+
+from lanex_operator.api.sweep import EarlyStoppingSpec, LaneSweepSpec, natural_goal
+
+FINAL_PHASES = ("Succeeded", "Failed", "Stopped")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialView:
+    """What a sweep knows about one trial."""
+
+    name: str
+    parameters: Mapping[str, Any]
+    phase: Optional[str]  # None: not created yet
+    history: tuple[Mapping[str, Any], ...] = ()  # validationHistory entries: {"epoch", "accuracy", "fp", "fn"}
+    objective: Optional[float] = None  # the objective metric on the test split, once known
+    snapshot: Optional[str] = None
+
+    @property
+    def final(self) -> bool:
+        return self.phase in FINAL_PHASES
+
+    @property
+    def started(self) -> bool:
+        return self.phase is not None
+
+
+def value_at(history: Iterable[Mapping[str, Any]], epoch: int, metric: str) -> Optional[float]:
+    """The newest value of `metric` recorded for `epoch` (a resumed run may validate an epoch twice)."""
+    found = None
+    for entry in history:
+        if entry.get("epoch") == epoch and isinstance(entry.get(metric), (int, float)):
+            found = float(entry[metric])
+    return found
+
+
+def latest(history: Sequence[Mapping[str, Any]], metric: str) -> Optional[float]:
+    for entry in reversed(history):
+        if isinstance(entry.get(metric), (int, float)):
+            return float(entry[metric])
+    return None
+
+
+def _worse(value: float, median: float, goal: str) -> bool:
+    return value < median if goal == "maximize" else value > median
+
+
+@dataclasses.dataclass(frozen=True)
+class StopDecision:
+    trial: str
+    epoch: int
+    value: float
+    median: float
+    compared: int
+
+    def message(self, metric: str) -> str:
+        return (f"validation {metric} {self.value:.4f} at epoch {self.epoch} is worse than the median "
+                f"{self.median:.4f} of {self.compared} other trial(s) at that epoch (median stopping rule)")
+
+
+def median_stop(trial: TrialView, others: Sequence[TrialView], rule: EarlyStoppingSpec,
+                metric: str) -> Optional[StopDecision]:
+    """Whether the median rule stops `trial` now (None: keep it running)."""
+    if trial.final or not trial.history:
+        return None
+    goal = natural_goal(metric)
+    epochs = sorted({int(e["epoch"]) for e in trial.history if isinstance(e.get("epoch"), int)}, reverse=True)
+    for epoch in epochs:
+        if epoch < rule.min_epochs:
+            break
+        value = value_at(trial.history, epoch, metric)
+        if value is None:
+            continue
+        peers = [v for v in (value_at(o.history, epoch, metric) for o in others if o.name != trial.name)
+                 if v is not None]
+        if len(peers) < rule.min_trials:
+            continue  # not enough to compare at this epoch yet; an earlier epoch may have enough
+        median = statistics.median(peers)
+        if _worse(value, median, goal):
+            return StopDecision(trial.name, epoch, value, median, len(peers))
+        return None  # judged on its newest comparable epoch: it keeps running
+    return None
+
+
+def to_stop(spec: LaneSweepSpec, trials: Sequence[TrialView]) -> list[StopDecision]:
+    """Every running trial the sweep's early stopping stops now, in trial order."""
+    if spec.early_stopping is None:
+        return []
+    running = [t for t in trials if t.started and not t.final]
+    decisions = (median_stop(t, trials, spec.early_stopping, spec.val_metric) for t in running)
+    return [d for d in decisions if d is not None]
+
+
+def ranked(spec: LaneSweepSpec, trials: Sequence[TrialView]) -> list[TrialView]:
+    """Succeeded trials with an objective value, best first (ties: the earlier trial first)."""
+    goal = spec.objective.direction()
+    scored = [t for t in trials if t.phase == "Succeeded" and t.objective is not None]
+    order = {t.name: i for i, t in enumerate(trials)}
+    return sorted(scored, key=lambda t: ((-t.objective if goal == "maximize" else t.objective), order[t.name]))  # type: ignore[operator]
+
+
+def best_trial(spec: LaneSweepSpec, trials: Sequence[TrialView]) -> Optional[TrialView]:
+    ranking = ranked(spec, trials)
+    return ranking[0] if ranking else None
+
+
+def retained(spec: LaneSweepSpec, trials: Sequence[TrialView]) -> set[str]:
+    """Names of the trials that retention keeps (all of them when keepBest is unset)."""
+    keep = spec.retention.keep_best
+    if keep is None:
+        return {t.name for t in trials}
+    return {t.name for t in ranked(spec, trials)[:keep]}
+
+
+def unfinished(trials: Sequence[TrialView]) -> int:
+    return sum(1 for t in trials if t.started and not t.final)
+
+
+def counts(trials: Sequence[TrialView], running_phases: Optional[set[str]] = None) -> dict[str, int]:
+    """`status.counts`: pending (not created, or not yet training), running, succeeded, failed, stopped."""
+    result = {"pending": 0, "running": 0, "succeeded": 0, "failed": 0, "stopped": 0}
+    for trial in trials:
+        if trial.phase in FINAL_PHASES:
+            result[str(trial.phase).lower()] += 1
+        elif trial.phase is None or trial.phase == "Pending":
+            result["pending"] += 1
+        else:
+            result["running"] += 1
+    return result
+
+
+def next_trials(spec: LaneSweepSpec, trials: Sequence[TrialView]) -> list[TrialView]:
+    """The not-yet-created trials to start now so that at most `parallelism` are unfinished (in order)."""
+    room = spec.parallelism - unfinished(trials)
+    return [t for t in trials if not t.started][:max(0, room)]

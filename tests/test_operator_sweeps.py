@@ -1,0 +1,182 @@
+"""LaneSweeps on the emulated cluster with the real operator: the dataset once, one snapshot, a restored
+clone per trial, parallelism, early stopping by the median rule, the best trial, restarts in every phase,
+retention of the best N and deletion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from k8s.scenarios import condition, deep_merge
+
+pytestmark = pytest.mark.timeout(240)
+
+SWEEP_LABEL = "lanex.dev/sweep"
+
+
+def sweep(name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    base = {
+        "template": {"dataset": {"synthetic": {"clips": 4, "seed": 7}},
+                     "training": {"workers": 1, "epochs": 4, "backbone": "small"}},
+        "parameters": [{"path": "learningRate", "values": [0.01, 0.02, 0.04]}],
+        "parallelism": 1,
+    }
+    return {"apiVersion": "lanex.dev/v1alpha1", "kind": "LaneSweep", "metadata": {"name": name, "namespace": "default"},
+            "spec": deep_merge(base, spec or {})}
+
+
+def sweep_status(cluster, name: str) -> dict[str, Any]:
+    return (cluster.get("lanesweeps", name, "default") or {}).get("status") or {}
+
+
+def wait_sweep(cluster, name: str, phases=("Succeeded", "Failed"), timeout: float = 120) -> dict[str, Any]:
+    cluster.wait_for(lambda: sweep_status(cluster, name).get("phase") in phases, timeout=timeout,
+                     message=f"sweep {name} to reach {phases} (status: {sweep_status(cluster, name)})")
+    return cluster.get("lanesweeps", name, "default")
+
+
+def trials(cluster, name: str) -> list[dict[str, Any]]:
+    return sorted(cluster.list("laneexperiments", "default", label_selector=f"{SWEEP_LABEL}={name}"),
+                  key=lambda t: t["metadata"]["name"])
+
+
+def restores_of(cluster, snapshot: str) -> list[str]:
+    return sorted(c["metadata"]["name"] for c in cluster.list("persistentvolumeclaims", "default")
+                  if ((c.get("spec") or {}).get("dataSource") or {}).get("name") == snapshot)
+
+
+def sweep_events(cluster, name: str) -> list[str]:
+    return [e["reason"] for e in sorted(cluster.list("events", "default", api_version="v1"),
+                                        key=lambda e: int(e["metadata"]["resourceVersion"]))
+            if (e.get("involvedObject") or {}).get("kind") == "LaneSweep" and e["involvedObject"]["name"] == name]
+
+
+def test_six_trials_two_at_a_time_share_one_prepared_snapshot_and_the_laggard_is_stopped(api_server, operator_factory):
+    knobs = api_server.knobs
+    knobs.steps_per_epoch, knobs.step_seconds = 2, 0.1
+    knobs.val_accuracy["sw-003"] = [0.2, 0.25, 0.3, 0.35]  # held below the others' climb (0.61, 0.73, ...)
+    knobs.paused.add("MPIJob.running/sw-003")  # held midway (after epoch 2) until it is stopped
+    for index in range(6):
+        knobs.results_for[f"sw-{index:03d}"] = {"accuracy": 0.90 + index / 100, "fp": 0.05, "fn": 0.04}
+    operator_factory()
+    api_server.create(sweep("sw", {"parameters": [{"path": "learningRate", "values": [0.01, 0.02, 0.04]},
+                                                  {"path": "batchSize", "values": [4, 8]}],
+                                   "parallelism": 2, "earlyStopping": {"minEpochs": 2, "minTrials": 2}}))
+    done = wait_sweep(api_server, "sw")
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+
+    # the dataset: one prepare Job, one snapshot, one restored clone per trial
+    assert [j["metadata"]["name"] for j in api_server.list("jobs", "default")] == ["sw-dataset-prepare"]
+    assert [s["metadata"]["name"] for s in api_server.list("volumesnapshots", "default")
+            if s["metadata"]["name"].startswith("sw-dataset")] == ["sw-dataset"]
+    assert status["datasetSnapshot"] == "sw-dataset" and condition(done, "DatasetReady")["status"] == "True"
+    names = [f"sw-{i:03d}" for i in range(6)]
+    assert restores_of(api_server, "sw-dataset") == [f"{n}-data" for n in names]
+
+    # trials: LaneExperiments owned by the sweep, labelled, never more than 2 training at once
+    found = trials(api_server, "sw")
+    assert [t["metadata"]["name"] for t in found] == names
+    assert all(t["metadata"]["ownerReferences"][0]["uid"] == done["metadata"]["uid"] for t in found)
+    assert all(t["spec"]["dataset"]["fromSnapshot"] == {"snapshotName": "sw-dataset"} for t in found)
+    assert [t["spec"]["training"]["learningRate"] for t in found] == [0.01, 0.01, 0.02, 0.02, 0.04, 0.04]
+    assert api_server.sim.mpijobs_running_peak["default"] == 2
+
+    # early stopping: the held trial, below the median at epoch 2, lost its MPIJob and is Stopped
+    stopped = next(t for t in found if t["metadata"]["name"] == "sw-003")
+    assert (stopped["status"]["phase"], stopped["status"]["reason"]) == ("Stopped", "EarlyStopped")
+    assert "worse than the median" in stopped["status"]["message"]
+    assert api_server.get("mpijobs", "sw-003-train", "default") is None
+    rows = {row["name"]: row for row in status["trials"]}
+    assert (rows["sw-003"]["phase"], rows["sw-003"]["reason"]) == ("Stopped", "EarlyStopped")
+    assert status["counts"] == {"pending": 0, "running": 0, "succeeded": 5, "failed": 0, "stopped": 1}
+
+    # the best trial by test accuracy
+    assert status["bestTrial"]["name"] == "sw-005"
+    assert status["bestTrial"]["parameters"] == {"learningRate": 0.04, "batchSize": 8}
+    assert status["bestTrial"]["objective"] == pytest.approx(0.95)
+    assert status["bestTrial"]["snapshot"] == rows["sw-005"]["snapshot"]
+    events = sweep_events(api_server, "sw")
+    assert events[:2] == ["Pending", "PreparingDataset"]
+    assert {"DatasetReady", "Running", "TrialsCreated", "TrialStopped", "Succeeded"} <= set(events)
+    assert api_server.sim.errors == []
+
+
+def test_a_restart_in_every_sweep_phase_creates_each_child_exactly_once(api_server, operator_factory):
+    knobs = api_server.knobs
+    operator = operator_factory()
+    holds = ["Job/rs-dataset-prepare", "VolumeSnapshot/rs-dataset", "MPIJob/rs-001"]
+    knobs.paused.update(holds)
+    api_server.create(sweep("rs"))
+    waits = [
+        lambda: api_server.get("jobs", "rs-dataset-prepare", "default"),
+        lambda: api_server.get("volumesnapshots", "rs-dataset", "default"),
+        lambda: api_server.get("mpijobs", "rs-001-train", "default"),
+    ]
+    for hold, appeared in zip(holds, waits):
+        api_server.wait_for(appeared, timeout=60, message=f"the child held by {hold}")
+        operator.kill()  # SIGKILL mid-phase: whatever it did not write is lost
+        operator.start()
+        knobs.paused.discard(hold)
+    done = wait_sweep(api_server, "rs")
+    assert done["status"]["phase"] == "Succeeded"
+    operator.kill()
+    operator.start()  # a finished sweep stays as it is
+    assert len(api_server.list("jobs", "default")) == 1
+    assert [s["metadata"]["name"] for s in api_server.list("volumesnapshots", "default")
+            if s["metadata"]["name"].startswith("rs-dataset")] == ["rs-dataset"]
+    assert [t["metadata"]["name"] for t in trials(api_server, "rs")] == ["rs-000", "rs-001", "rs-002"]
+    assert restores_of(api_server, "rs-dataset") == ["rs-000-data", "rs-001-data", "rs-002-data"]
+    assert len(api_server.list("mpijobs", "default")) == 3
+    assert sweep_status(api_server, "rs")["phase"] == "Succeeded"
+
+
+def test_retention_keeps_the_best_trial_and_deleting_the_sweep_releases_its_dataset(api_server, operator_factory):
+    knobs = api_server.knobs
+    for index, accuracy in enumerate((0.91, 0.97, 0.93)):
+        knobs.results_for[f"rt-{index:03d}"] = {"accuracy": accuracy, "fp": 0.05, "fn": 0.04}
+    operator_factory()
+    api_server.create(sweep("rt", {"parallelism": 3, "retention": {"keepBest": 1, "dataset": "Delete"}}))
+    api_server.create(sweep("bad", {"parameters": [{"path": "learningRate", "values": [0.1, 50]}]}))
+    done = wait_sweep(api_server, "rt")
+    status = done["status"]
+    assert status["bestTrial"]["name"] == "rt-001"
+    api_server.wait_for(lambda: [t["metadata"]["name"] for t in trials(api_server, "rt")] == ["rt-001"], timeout=30,
+                        message="the trials outside the best 1 to be deleted")
+    api_server.wait_for(lambda: restores_of(api_server, "rt-dataset") == ["rt-001-data"], timeout=30,
+                        message="the deleted trials' volumes to go")
+    trial_snapshots = [s["metadata"]["name"] for s in api_server.list("volumesnapshots", "default")
+                       if s["metadata"]["name"].startswith("rt-00")]
+    assert [s.rsplit("-", 1)[0] for s in trial_snapshots] == ["rt-001"]
+    rows = {row["name"]: row for row in status["trials"]}
+    assert rows["rt-000"]["deleted"] is True and rows["rt-002"]["deleted"] is True and "deleted" not in rows["rt-001"]
+    assert "TrialsDeleted" in sweep_events(api_server, "rt")
+
+    bad = wait_sweep(api_server, "bad")["status"]
+    assert (bad["phase"], bad["reason"]) == ("Failed", "InvalidSpec")
+    assert "spec.parameters[0] (learningRate): value 50 is rejected" in bad["message"]
+    assert trials(api_server, "bad") == []
+
+    api_server.delete("lanesweeps", "rt", "default")
+    api_server.wait_for(lambda: api_server.get("lanesweeps", "rt", "default") is None
+                        and api_server.get("volumesnapshots", "rt-dataset", "default") is None
+                        and api_server.get("persistentvolumeclaims", "rt-dataset-data", "default") is None
+                        and not trials(api_server, "rt"), timeout=30,
+                        message="the sweep, its trials, its dataset claim and snapshot to be gone")
+
+
+def test_a_flaky_api_server_with_errors_conflicts_and_slow_answers_loses_nothing(api_server, operator_factory):
+    from k8s.emulator import FaultPlan
+
+    plan = FaultPlan(error_rate=0.08, conflict_rate=0.08, slow_rate=0.1, slow_seconds=0.3, seed=14)
+    api_server.set_faults(plan)
+    operator_factory()
+    api_server.create(sweep("fl", {"parallelism": 2}))
+    done = wait_sweep(api_server, "fl", timeout=180)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert [j["metadata"]["name"] for j in api_server.list("jobs", "default")] == ["fl-dataset-prepare"]
+    assert [t["metadata"]["name"] for t in trials(api_server, "fl")] == ["fl-000", "fl-001", "fl-002"]
+    assert restores_of(api_server, "fl-dataset") == ["fl-000-data", "fl-001-data", "fl-002-data"]
+    assert done["status"]["counts"]["succeeded"] == 3
+    assert plan.injected["error"] > 0 and plan.injected["conflict"] > 0 and plan.injected["slow"] > 0, plan.injected
