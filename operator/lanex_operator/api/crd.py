@@ -9,7 +9,7 @@ fields, because kopf stores its own progress under `status`.
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from lanex_operator.api.models import (
     API_VERSION,
@@ -183,8 +183,13 @@ def _prune_nulls(value: Any) -> Any:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Print the CRD YAML, or write it to the path given as the only argument."""
+    return write_generated(crd_yaml, argv)
+
+
+def write_generated(render: Callable[[], str], argv: Optional[list[str]] = None) -> int:
+    """The generators' command line: print `render()`, or write it to the path given as the only argument."""
     args = sys.argv[1:] if argv is None else argv
-    text = crd_yaml()
+    text = render()
     if args:
         with open(args[0], "w", encoding="utf-8") as handle:
             handle.write(text)

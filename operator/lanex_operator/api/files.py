@@ -6,7 +6,7 @@ Errors name the file and the field, so `lanex run bad.yaml` tells the user exact
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, TypeVar, Union
 
 from lanex_operator.api.models import (
     API_VERSION,
@@ -18,28 +18,31 @@ from lanex_operator.api.models import (
 )
 
 _TOP_LEVEL = ("apiVersion", "kind", "metadata", "spec")
+SpecT = TypeVar("SpecT")
 
 
 class ExperimentFileError(InvalidSpecError):
     """An experiment file that cannot be read or does not hold a valid LaneExperiment."""
 
 
-def load_experiment_document(document: Any, source: str = "<document>") -> tuple[dict[str, Any], LaneExperimentSpec]:
-    """Validate one parsed LaneExperiment document; errors are prefixed with `source`."""
+def load_resource_document(document: Any, source: str, kind: str, check_name: Callable[[Any], Any],
+                           parse: Callable[[Any], SpecT]) -> tuple[dict[str, Any], SpecT]:
+    """Validate one parsed lanex document of `kind` with its own name rule and spec parser: (metadata,
+    spec). Every problem is collected, each prefixed with `source`, so a file is fixed in one pass."""
     if not isinstance(document, dict):
-        raise ExperimentFileError(f"{source}: expected a LaneExperiment mapping, got {type(document).__name__}")
+        raise ExperimentFileError(f"{source}: expected a {kind} mapping, got {type(document).__name__}")
     problems = [f"{key}: unknown top-level field" for key in document if key not in _TOP_LEVEL]
     if document.get("apiVersion") != API_VERSION:
         problems.append(f"apiVersion: must be {API_VERSION} (got {document.get('apiVersion')!r})")
-    if document.get("kind") != KIND:
-        problems.append(f"kind: must be {KIND} (got {document.get('kind')!r})")
+    if document.get("kind") != kind:
+        problems.append(f"kind: must be {kind} (got {document.get('kind')!r})")
     metadata = document.get("metadata")
     if not isinstance(metadata, dict):
         problems.append("metadata: required, a mapping with at least a name")
         metadata = {}
     else:
         try:
-            check_experiment_name(metadata.get("name"))
+            check_name(metadata.get("name"))
         except InvalidSpecError as error:
             problems.extend(error.problems)
     spec = None
@@ -47,13 +50,18 @@ def load_experiment_document(document: Any, source: str = "<document>") -> tuple
         problems.append("spec: required field is missing")
     else:
         try:
-            spec = parse_spec(document["spec"])
+            spec = parse(document["spec"])
         except InvalidSpecError as error:
             problems.extend(error.problems)
     if problems or spec is None:
         located = [f"{source}: {problem}" for problem in problems]
         raise ExperimentFileError("; ".join(located), located)
     return dict(metadata), spec
+
+
+def load_experiment_document(document: Any, source: str = "<document>") -> tuple[dict[str, Any], LaneExperimentSpec]:
+    """Validate one parsed LaneExperiment document; errors are prefixed with `source`."""
+    return load_resource_document(document, source, KIND, check_experiment_name, parse_spec)
 
 
 def not_utf8_message(source: str, error: UnicodeDecodeError) -> str:

@@ -8,7 +8,6 @@ A test fails when the checked-in file differs. The schema is built by the same t
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Optional
 
 from lanex_operator.api.models import API_VERSION, DNS_LABEL_PATTERN, GROUP, VERSION, field_path
@@ -109,21 +108,6 @@ def validate_sweep_against_crd(obj: dict[str, Any]) -> list[str]:
     return problems
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """Print the CRD YAML, or write it to the path given as the only argument."""
-    args = sys.argv[1:] if argv is None else argv
-    text = sweep_crd_yaml()
-    if args:
-        with open(args[0], "w", encoding="utf-8") as handle:
-            handle.write(text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
 
 def sweep_fields_table() -> str:
     """The README's LaneSweep field table; `spec.template` is one row (its fields are the LaneExperiment table's)."""
@@ -135,3 +119,14 @@ def sweep_fields_table() -> str:
     template.pop("required", None)
     schema["properties"] = dict(schema["properties"], template=template)
     return fields_table(schema)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Print the LaneSweep CRD YAML, or write it to the path given as the only argument."""
+    from lanex_operator.api.crd import write_generated
+
+    return write_generated(sweep_crd_yaml, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

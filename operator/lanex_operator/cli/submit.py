@@ -170,12 +170,7 @@ def experiment_body(file: Path, flags: SubmitOverrides, name: Optional[str],
             check_experiment_name(name)
     except InvalidSpecError as error:
         raise UsageError("; ".join(f"{file}: {p}" for p in blame(error.problems, origin))) from None
-    file_namespace = metadata.get("namespace")
-    if namespace and file_namespace and namespace != file_namespace:
-        raise UsageError(f"{file}: metadata.namespace is {file_namespace!r} but --namespace is {namespace!r}")
-    meta = {key: value for key, value in metadata.items() if key in ("name", "labels", "annotations")}
-    if name is not None:
-        meta["name"] = name
+    meta, file_namespace = submitted_metadata(file, metadata, namespace, name)
     body = experiment_document(meta, spec_document(final))
     problems = validate_against_crd(body)
     if problems:
@@ -228,3 +223,16 @@ def restore_spec(cluster: "Cluster", snapshot: Mapping[str, Any],
         dataset["storageClassName"] = klass
     spec["dataset"] = dataset
     return source, spec
+
+
+def submitted_metadata(file: Any, metadata: dict[str, Any], namespace: Optional[str],
+                       name: Optional[str]) -> tuple[dict[str, Any], Optional[str]]:
+    """The metadata a submitted object keeps (name, labels, annotations; `--name` wins) and the file's
+    namespace, which must agree with `--namespace` when both are given."""
+    file_namespace = metadata.get("namespace")
+    if namespace and file_namespace and namespace != file_namespace:
+        raise UsageError(f"{file}: metadata.namespace is {file_namespace!r} but --namespace is {namespace!r}")
+    meta = {key: value for key, value in metadata.items() if key in ("name", "labels", "annotations")}
+    if name is not None:
+        meta["name"] = name
+    return meta, file_namespace

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from lanex_operator.cli.submit import SubmitOverrides, UsageError, apply_overrides
+from lanex_operator.cli.submit import SubmitOverrides, UsageError, apply_overrides, submitted_metadata
 
 if TYPE_CHECKING:
     from lanex_operator.cli.cluster_client import Cluster
@@ -49,12 +49,7 @@ def sweep_body(file: Path, flags: SubmitOverrides, name: Optional[str],
             check_sweep_name(name)
     except InvalidSpecError as error:
         raise UsageError("; ".join(f"{file}: {p}" for p in error.problems)) from None
-    file_namespace = metadata.get("namespace")
-    if namespace and file_namespace and namespace != file_namespace:
-        raise UsageError(f"{file}: metadata.namespace is {file_namespace!r} but --namespace is {namespace!r}")
-    meta = {key: value for key, value in metadata.items() if key in ("name", "labels", "annotations")}
-    if name is not None:
-        meta["name"] = name
+    meta, file_namespace = submitted_metadata(file, metadata, namespace, name)
     body = {"apiVersion": API_VERSION, "kind": SWEEP_KIND, "metadata": meta,
             "spec": final.model_dump(mode="json", by_alias=True, exclude_unset=True)}
     problems = validate_sweep_against_crd(body)

@@ -17,6 +17,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from lanex_operator.controller.kube import Kube, KubeError, object_path
+
 EXPERIMENT_LABEL = "lanex.dev/experiment"
 SWEEP_LABEL = "lanex.dev/sweep"  # a LaneSweep's dataset children: watched (and so cached) the same way
 
@@ -122,3 +124,25 @@ class Wakers:
             return False
         finally:
             event.clear()
+
+
+async def read_child(kube: Kube, cache: ChildCache, kind: ChildKind, namespace: str, name: str,
+                     fresh: bool = False) -> dict[str, Any] | None:
+    """A child from the watch-fed cache, else (or when `fresh`) from the API server, then cached if labelled."""
+    cached = None if fresh else cache.get(kind, namespace, name)
+    if cached is not None:
+        return cached
+    found = await kube.get_or_none(object_path(kind.api_version, kind.plural, namespace, name))
+    return None if found is None else cache.put(kind, found)
+
+
+async def create_child(kube: Kube, cache: ChildCache, kind: ChildKind, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Create a child; one that already exists (a restart between create and its watch event) is read instead."""
+    meta = manifest["metadata"]
+    try:
+        created = await kube.create(object_path(kind.api_version, kind.plural, meta["namespace"]), manifest)
+    except KubeError as exc:
+        if not exc.already_exists:
+            raise
+        created = await kube.get(object_path(kind.api_version, kind.plural, meta["namespace"], meta["name"]))
+    return cache.put(kind, created)

@@ -52,7 +52,7 @@ from lanex_operator.api.models import (
     Results,
     parse_spec,
 )
-from lanex_operator.controller.children import JOB, MPIJOB, POD, PVC, SNAPSHOT, ChildCache, ChildKind
+from lanex_operator.controller.children import JOB, MPIJOB, POD, PVC, SNAPSHOT, ChildCache, ChildKind, create_child, read_child
 from lanex_operator.controller.config import OperatorConfig
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.controller.metrics import OperatorMetrics
@@ -731,23 +731,10 @@ class Reconciler:
     # ---- reading and creating children
 
     async def _child(self, kind: ChildKind, namespace: str, name: str, fresh: bool = False) -> dict[str, Any] | None:
-        """The object from the event-fed cache, else (or when `fresh`) from the API server."""
-        cached = None if fresh else self.cache.get(kind, namespace, name)
-        if cached is not None:
-            return cached
-        found = await self.kube.get_or_none(object_path(kind.api_version, kind.plural, namespace, name))
-        return None if found is None else self.cache.put(kind, found)
+        return await read_child(self.kube, self.cache, kind, namespace, name, fresh)
 
     async def _create(self, kind: ChildKind, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        meta = manifest["metadata"]
-        collection = object_path(kind.api_version, kind.plural, meta["namespace"])
-        try:
-            created = await self.kube.create(collection, manifest)
-        except KubeError as exc:
-            if not exc.already_exists:
-                raise
-            created = await self.kube.get(object_path(kind.api_version, kind.plural, meta["namespace"], meta["name"]))
-        return self.cache.put(kind, created)
+        return await create_child(self.kube, self.cache, kind, manifest)
 
     async def _pod_message(self, namespace: str, selector: str) -> str:
         """The termination message (or reason and exit code) of the latest terminated pod matching `selector`."""

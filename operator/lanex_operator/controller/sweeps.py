@@ -45,7 +45,7 @@ from lanex_operator.api.sweep import (
     trial_spec,
 )
 from lanex_operator.controller import builders
-from lanex_operator.controller.children import EXPERIMENT_LABEL, JOB, PVC, SNAPSHOT, ChildCache, ChildKind
+from lanex_operator.controller.children import EXPERIMENT_LABEL, JOB, PVC, SNAPSHOT, ChildCache, ChildKind, create_child, read_child
 from lanex_operator.controller.config import OperatorConfig
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.controller.reconciler import PREPARED_ANNOTATION, STOP_ANNOTATION, EventPoster, kopf_event
@@ -513,22 +513,10 @@ class SweepReconciler:
         book.event("Warning", reason, message)
 
     async def _child(self, kind: ChildKind, namespace: str, name: str, fresh: bool = False) -> dict[str, Any] | None:
-        """The object from the watch-fed cache (sweep-labelled children are kept there), else from the API."""
-        cached = None if fresh else self.cache.get(kind, namespace, name)
-        if cached is not None:
-            return cached
-        found = await self.kube.get_or_none(object_path(kind.api_version, kind.plural, namespace, name))
-        return None if found is None else self.cache.put(kind, found)
+        return await read_child(self.kube, self.cache, kind, namespace, name, fresh)
 
     async def _create(self, kind: ChildKind, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        meta = manifest["metadata"]
-        try:
-            created = await self.kube.create(object_path(kind.api_version, kind.plural, meta["namespace"]), manifest)
-        except KubeError as exc:
-            if not exc.already_exists:
-                raise
-            created = await self.kube.get(object_path(kind.api_version, kind.plural, meta["namespace"], meta["name"]))
-        return self.cache.put(kind, created)
+        return await create_child(self.kube, self.cache, kind, manifest)
 
 
 async def release_sweep(kube: Kube, body: Mapping[str, Any]) -> str:
@@ -536,7 +524,7 @@ async def release_sweep(kube: Kube, body: Mapping[str, Any]) -> str:
     the prepare Job go with the sweep through their owner references; each trial applies its own retention).
     A dataset snapshot that a not-yet-bound claim is still being restored from is kept."""
     meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
+    namespace = meta["namespace"]
     try:
         spec = parse_sweep_spec(json.loads((meta.get("annotations") or {}).get(SWEEP_SPEC_ANNOTATION) or "null")
                                 or body.get("spec"))
