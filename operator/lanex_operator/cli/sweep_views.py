@@ -102,11 +102,11 @@ def sweep_describe_lines(cluster: Any, obj: Mapping[str, Any], now: Any) -> list
 
     meta, status, spec = obj["metadata"], obj.get("status") or {}, obj.get("spec") or {}
     out = [f"Name:          {meta['name']}", f"Namespace:     {meta.get('namespace', cluster.namespace)}",
-           f"Kind:          LaneSweep", f"Phase:         {status.get('phase') or '-'}"]
+           "Kind:          LaneSweep", f"Phase:         {status.get('phase') or '-'}"]
     out += [f"{label + ':':15}{status[key]}" for key, label in (("reason", "Reason"), ("message", "Message"))
             if status.get(key)]
     algorithm = spec.get("algorithm") or {}
-    out += ["Spec:", f"  Parameters:  " + "; ".join(
+    out += ["Spec:", "  Parameters:  " + "; ".join(
         f"{p.get('path')}={p['values']}" if "values" in p else f"{p.get('path')} in [{p.get('min')}, {p.get('max')}]"
         f" ({p.get('scale', 'linear')})" for p in spec.get("parameters") or []),
         f"  Algorithm:   {algorithm.get('type', 'grid')}"
