@@ -26,7 +26,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
@@ -193,25 +193,12 @@ class SnapshotStore:
         """A new volume directory `target` whose files are hard links to snapshot `name`'s (no data copied).
 
         The snapshot's files are immutable, so a clone may share them: each trial of a sweep reads the
-        same inodes and writes only new files (its experiment directory). Built in a temporary
-        directory and renamed into place, so an interrupted clone leaves nothing behind."""
-        manifest = self.manifest(name)
-        if target.exists() and any(target.iterdir()):
-            raise SnapshotError(f"cannot clone {name!r} into {target}: the directory is not empty")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-        try:
-            for relative in manifest["files"]:
-                link = staging / relative
-                link.parent.mkdir(parents=True, exist_ok=True)
-                os.link(self.path(name) / "data" / relative, link)
-            if target.exists():
-                target.rmdir()
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return target
+        same inodes and writes only new files (its experiment directory)."""
+        def link(source: Path, destination: Path) -> None:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.link(source, destination)
+
+        return self._materialize(name, target, "clone", link, verify=False)
 
     def delete(self, name: str) -> None:
         """Remove snapshot `name` (its hard-linked files stay wherever else they are linked)."""
@@ -220,17 +207,23 @@ class SnapshotStore:
 
     def restore(self, name: str, target: Path) -> Path:
         """Copy snapshot `name` into a new volume directory `target`, verified against the manifest."""
+        return self._materialize(name, target, "restore", _copy, verify=True)
+
+    def _materialize(self, name: str, target: Path, verb: str, place: Callable[[Path, Path], None],
+                     verify: bool) -> Path:
+        """Place every file of snapshot `name` into `target` with `place`, built in a temporary directory
+        and renamed into place, so an interrupted clone or restore leaves nothing behind."""
         manifest = self.manifest(name)
         if target.exists() and any(target.iterdir()):
-            raise SnapshotError(f"cannot restore {name!r} into {target}: the directory is not empty")
+            raise SnapshotError(f"cannot {verb} {name!r} into {target}: the directory is not empty")
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
             for relative in manifest["files"]:
-                _copy(self.path(name) / "data" / relative, staging / relative)
-            problems = self.verify(name, staging)
+                place(self.path(name) / "data" / relative, staging / relative)
+            problems = self.verify(name, staging) if verify else []
             if problems:
-                raise SnapshotError(f"restore of {name!r} failed verification: {'; '.join(problems[:5])}")
+                raise SnapshotError(f"{verb} of {name!r} failed verification: {'; '.join(problems[:5])}")
             if target.exists():
                 target.rmdir()
             os.replace(staging, target)
