@@ -116,6 +116,13 @@ def test_render_refuses_3gpu_run_with_exit_2_and_the_same_message_as_lanex_run(t
     assert ran.stderr.strip() == rendered.stderr.strip()
 
 
+def test_render_of_a_sweep_file_says_it_renders_experiments_and_exits_2():
+    rendered = run_lanex("render", str(REPO / "examples" / "sweep-quickstart.yaml"))
+    assert rendered.returncode == 2 and rendered.stdout == ""
+    assert "kind LaneSweep: `lanex render` renders a LaneExperiment" in rendered.stderr
+    assert "unknown field" not in rendered.stderr  # not the experiment model's errors about a sweep's fields
+
+
 def test_render_prints_yaml_and_json_in_the_order_the_operator_creates_them():
     text = run_lanex("render", str(REPO / "examples" / "quickstart.yaml"), "-n", "team-b")
     assert text.returncode == 0, text.stderr

@@ -92,9 +92,15 @@ def render_objects(metadata: Mapping[str, Any], spec: Any, namespace: Optional[s
 def render_file(path: Path, namespace: Optional[str] = None, values_file: Optional[Path] = None,
                 environ: Optional[Mapping[str, str]] = None) -> list[dict[str, Any]]:
     """Read, validate and render one experiment file; RenderError (or InvalidSpecError) when it cannot be."""
-    from lanex_operator.api import load_experiment_file
+    from lanex_operator.api.files import ExperimentFileError, load_experiment_document, read_document
+    from lanex_operator.api.sweep import SWEEP_KIND
+    from lanex_operator.api.sweep_files import document_kind
 
-    metadata, spec = load_experiment_file(path)  # the same checks and messages as `lanex run`
+    document = read_document(path)
+    if document_kind(document) == SWEEP_KIND:  # its trials' objects depend on the sweep's progress
+        raise ExperimentFileError(f"{path}: kind LaneSweep: `lanex render` renders a LaneExperiment; a sweep's "
+                                  "trials are LaneExperiments made by the operator (`lanex submit` it instead)")
+    metadata, spec = load_experiment_document(document, str(path))  # the same checks and messages as `lanex run`
     return render_objects(metadata, spec, namespace, cluster_defaults(values_file, environ))
 
 
