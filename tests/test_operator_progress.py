@@ -136,7 +136,9 @@ def test_a_launcher_that_stops_logging_is_stalled_and_recovers_when_it_goes_on(a
     assert (stalled["status"], stalled["reason"]) == ("True", "NoProgress")
     assert f"step {last['step']}/40" in stalled["message"] and last["observedAt"] in stalled["message"]
     assert get_experiment(api_server, "hung")["status"]["phase"] == "Training"
-    warnings = [e for e in experiment_events(api_server, "hung") if e["reason"] == "Stalled"]
+    # The Event is posted just after the status write that carries the condition: wait for it.
+    warnings = api_server.wait_for(lambda: [e for e in experiment_events(api_server, "hung") if e["reason"] == "Stalled"],
+                                   message="the Stalled Warning Event")
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
     assert 'lanex_training_stalled{experiment="hung",namespace="default"} 1.0' in running_operator.metrics()
 
@@ -145,7 +147,8 @@ def test_a_launcher_that_stops_logging_is_stalled_and_recovers_when_it_goes_on(a
                                   and condition(get_experiment(api_server, "hung"), "Stalled"),
                                   message="Stalled to clear")
     assert cleared["reason"] == "ProgressResumed"
-    assert any(e["reason"] == "ProgressResumed" for e in experiment_events(api_server, "hung"))
+    assert api_server.wait_for(lambda: any(e["reason"] == "ProgressResumed" for e in experiment_events(api_server, "hung")),
+                               message="the ProgressResumed Event")
     assert wait_phase(api_server, "hung", ["Succeeded", "Failed"], timeout=40)["status"]["phase"] == "Succeeded"
 
 
