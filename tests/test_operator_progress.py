@@ -163,7 +163,10 @@ def test_stall_action_restart_replaces_the_launcher_which_resumes_from_its_check
                       if c["type"] == "Stalled" and c["reason"] == "LauncherRestarted"), None),
         message="the launcher restart")
     assert restarted["status"] == "False" and "deleted launcher pod revived-train-launcher-" in restarted["message"]
-    reasons = [e["reason"] for e in experiment_events(api_server, "revived")]
+    reasons = api_server.wait_for(  # Events are posted just after the status write
+        lambda: (lambda found: found if {"Stalled", "LauncherRestarted"} <= set(found) else None)(
+            [e["reason"] for e in experiment_events(api_server, "revived")]),
+        message="the Stalled and LauncherRestarted Events")
     assert reasons.index("Stalled") < reasons.index("LauncherRestarted")
     # The new launcher resumed from the epoch-1 checkpoint (step 10) and the run finished.
     assert wait_phase(api_server, "revived", ["Succeeded", "Failed"], timeout=40)["status"]["phase"] == "Succeeded"
