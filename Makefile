@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.lanex-installed
 
-.PHONY: venv system horovod azurite test demo bench clean
+.PHONY: venv system horovod azurite cluster-binaries cluster cluster-down test demo bench clean
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	python3 -m venv $(VENV)
@@ -26,7 +26,20 @@ horovod: venv system
 azurite:
 	bash scripts/install_azurite.sh
 
-test: venv system horovod azurite
+# The real control plane (tools/cluster): upstream kube-apiserver, etcd, controllers and kwok,
+# built from the Go modules in tools/k8s into ~/.cache/lanex/k8s (LANEX_K8S_CACHE), keyed by go.sum.
+CLUSTER := PYTHONPATH=tools/cluster $(PY) -m lanex_cluster
+
+cluster-binaries: venv
+	PYTHONPATH=tools/cluster $(PY) -m lanex_cluster.build
+
+cluster: cluster-binaries
+	$(CLUSTER) up
+
+cluster-down: venv
+	$(CLUSTER) down
+
+test: venv system horovod azurite cluster-binaries
 	$(PY) -m pytest -q -ra
 
 demo: venv
@@ -36,4 +49,4 @@ bench: venv
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .lanex
+	rm -rf $(VENV) .lanex .cluster

@@ -55,3 +55,41 @@ def operator_factory(api_server: Any, tmp_path: Path) -> Iterator[Callable[..., 
 def running_operator(operator_factory: Callable[..., Any]) -> Any:
     """One running operator process (k8s.operator_proc.OperatorProcess)."""
     return operator_factory()
+
+
+# ---- the real control plane (tools/cluster/lanex_cluster), shared by the whole session
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_TOOLS = REPO_ROOT / "tools" / "cluster"
+
+
+@pytest.fixture(scope="session")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Upstream etcd, kube-apiserver, controllers and kwok on 127.0.0.1 (lanex_cluster.LocalCluster).
+
+    Without Go or the built binaries the tests that use it skip and say why; under CI=true a
+    control plane that cannot be had fails them instead, since CI builds the binaries first.
+    """
+    import os
+    import sys
+
+    if str(CLUSTER_TOOLS) not in sys.path:
+        sys.path.insert(0, str(CLUSTER_TOOLS))
+    from lanex_cluster.build import BuildError, missing_binaries
+    from lanex_cluster.cluster import LocalCluster
+
+    try:
+        missing = missing_binaries()
+    except BuildError as error:  # no Go on this machine
+        missing = [str(error)]
+    if missing:
+        reason = f"the real control plane is not built ({'; '.join(missing)}): run `make cluster-binaries`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

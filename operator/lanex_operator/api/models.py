@@ -131,6 +131,13 @@ class SecretRef(SpecModel):
     )
 
 
+# Bounds the API server needs to price the URL rules below: it refuses a CRD whose CEL rules could
+# cost more than its budget on the largest input the schema allows, and an unbounded string in an
+# unbounded list is assumed to be as large as a whole request. Real URLs are far shorter.
+MAX_URL_LENGTH = 2048
+MAX_DOWNLOAD_URLS = 32
+
+
 def _url_rules(optional: bool) -> list[dict[str, str]]:
     # The API server's side of `_no_secret_in_url`: CEL, since a pattern cannot say why.
     guard = "!has(self.url) || " if optional else ""
@@ -166,6 +173,7 @@ class DownloadUrl(SpecModel):
         " URL of an archive (zip/tar) or file; archives are extracted. Blob URLs are read with the secretRef's SAS,"
         " else the prepare Job's Azure workload identity. No credentials and no query string here: use secretRef.",
         pattern=DOWNLOAD_URL_PATTERN,
+        max_length=MAX_URL_LENGTH,
     )
     sha256: Optional[str] = Field(
         None,
@@ -185,7 +193,8 @@ class DownloadUrl(SpecModel):
 class DownloadSource(SpecModel):
     """Download the dataset (TuSimple train set and test labels) from configurable URLs."""
 
-    urls: list[DownloadUrl] = Field(description="Files to download, in order.", min_length=1)
+    urls: list[DownloadUrl] = Field(description="Files to download, in order.", min_length=1,
+                                    max_length=MAX_DOWNLOAD_URLS)
 
 
 class SyntheticSource(SpecModel):
@@ -384,6 +393,7 @@ class PretrainedWeights(SpecModel):
         " torchvision's https://download.pytorch.org/models/vgg16_bn-6c64b313.pth. The prepare Job fetches it once"
         " into <volume>/weights/<sha256>.pth; a volume that has it (e.g. a restored snapshot) is not fetched again.",
         pattern=DOWNLOAD_URL_PATTERN,
+        max_length=MAX_URL_LENGTH,
     )
     sha256: Optional[str] = Field(
         None,

@@ -1,0 +1,155 @@
+"""The whole control plane, started in dependency order and stopped in reverse.
+
+`LocalCluster(state_dir).start()` is what `make cluster` runs (its processes outlive the command;
+`make cluster-down` ends them from `processes.json`) and what the pytest session fixture runs
+(it stops them when the session ends). It returns once every component is healthy, the fake GPU
+nodes are Ready and the upstream CRDs are Established.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import kwok as kwok_component
+from .apiserver import ApiServer
+from .build import binary
+from .certs import CertificateAuthority, service_account_key
+from .controller_manager import ControllerManager
+from .etcd import Etcd
+from .kubeconfig import kubeconfig_for, write_kubeconfig
+from .process import ManagedProcess, StartError, stop_registered
+from .scheduler import Scheduler
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """What the fake data centre looks like."""
+
+    gpu_nodes: int = 4
+    gpus_per_node: int = 4
+    namespaces: tuple[str, ...] = ("default",)
+
+
+class LocalCluster:
+    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on 127.0.0.1."""
+
+    def __init__(self, state_dir: Path, config: ClusterConfig | None = None) -> None:
+        self.state_dir = state_dir.resolve()
+        self.config = config or ClusterConfig()
+        self.processes: dict[str, ManagedProcess] = {}
+        self.server = ""
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    # ---- lifecycle
+
+    def start(self) -> LocalCluster:
+        stop_registered(self.state_dir)  # a previous run's leftovers, if its stop never came
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.state_dir.mkdir(parents=True)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        pki = CertificateAuthority(self.state_dir / "pki")
+        hosts = ("127.0.0.1", "localhost", "10.0.0.1", "kubernetes", "kubernetes.default",
+                 "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
+        serving = pki.issue("apiserver", "kube-apiserver", server_hosts=hosts)
+        admin = pki.issue("admin", "lanex-admin", "system:masters")
+        sa_key = service_account_key(pki.directory)
+
+        etcd = Etcd(self.state_dir)
+        self._run(etcd.process(), timeout=60)
+        apiserver = ApiServer(self.state_dir, etcd.url, pki.pair, serving, admin, sa_key)
+        self._run(apiserver.process(), timeout=180)
+        self.server = apiserver.url
+
+        write_kubeconfig(self.kubeconfig, kubeconfig_for(self.server, pki.pair.cert, admin))
+        identities = {
+            "kube-controller-manager": pki.issue("kcm", "system:kube-controller-manager"),
+            "kube-scheduler": pki.issue("scheduler", "system:kube-scheduler"),
+        }
+        configs = {name: write_kubeconfig(self.state_dir / "kubeconfigs" / name,
+                                          kubeconfig_for(self.server, pki.pair.cert, pair))
+                   for name, pair in identities.items()}
+        self._run(ControllerManager(self.state_dir, configs["kube-controller-manager"], pki.pair.cert,
+                                    sa_key).process(), timeout=120)
+        self._run(Scheduler(self.state_dir, configs["kube-scheduler"]).process(), timeout=120)
+
+        self.apply_files(kwok_component.crd_files())
+        self.wait_established(["clusterlogs.kwok.x-k8s.io", "logs.kwok.x-k8s.io"])
+        kwok_serving = pki.issue("kwok", "kwok", server_hosts=("127.0.0.1", "localhost"))
+        self._run(kwok_component.Kwok(self.state_dir, self.kubeconfig, kwok_serving).process(), timeout=60)
+        nodes = [kwok_component.fake_node(f"gpu-node-{i}", self.config.gpus_per_node)
+                 for i in range(self.config.gpu_nodes)]
+        self.apply_objects(nodes)
+        self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
+        for namespace in self.config.namespaces:
+            self.ensure_namespace(namespace)
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop()
+        self.processes.clear()
+        stop_registered(self.state_dir)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self, process: ManagedProcess, timeout: float) -> None:
+        self.processes[process.name] = process
+        process.start(timeout)
+
+    # ---- client helpers (the real kubectl we built)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                kubeconfig: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        command = [str(binary("kubectl")), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
+        result = subprocess.run(command, input=input, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise StartError(f"kubectl {' '.join(args)} failed ({result.returncode}): "
+                             f"{result.stderr.strip() or result.stdout.strip()}")
+        return result
+
+    def apply_files(self, paths: Sequence[Path]) -> None:
+        for path in paths:
+            self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+
+    def apply_objects(self, objects: Sequence[dict[str, Any]]) -> None:
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                     input=yaml.safe_dump_all(list(objects), sort_keys=False))
+
+    def get(self, *args: str) -> dict[str, Any]:
+        return json.loads(self.kubectl("get", "-o", "json", *args).stdout)
+
+    def wait_established(self, crd_names: Sequence[str], timeout: float = 60) -> None:
+        self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s",
+                     *(f"crd/{name}" for name in crd_names))
+
+    def ensure_namespace(self, name: str, timeout: float = 60) -> None:
+        """The namespace, once kube-controller-manager gave it its `default` ServiceAccount."""
+        self.apply_objects([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}])
+        deadline = time.monotonic() + timeout
+        while self.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise StartError(f"namespace {name} got no default ServiceAccount within {timeout:.0f} s "
+                                 f"(is kube-controller-manager running?)")
+            time.sleep(0.2)
