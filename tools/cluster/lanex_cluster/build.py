@@ -47,7 +47,7 @@ class Component:
         """The main packages named in the module's `tool` block (go.mod is the one list)."""
         text = (self.module_dir / "go.mod").read_text()
         block = re.search(r"^tool \((.*?)^\)", text, re.S | re.M)
-        single = re.findall(r"^tool (\S+)$", text, re.M)
+        single = re.findall(r"^tool ([^(\s]\S*)$", text, re.M)
         packages = single + (block.group(1).split() if block else [])
         return [p for p in packages if not p.startswith("//")]
 
@@ -94,6 +94,12 @@ KUBERNETES_VERSION = "v1.37.2"
 COMPONENTS: dict[str, Component] = {
     c.name: c for c in (
         Component("kubernetes", KUBERNETES_VERSION, _kubernetes_flags(KUBERNETES_VERSION)),
+        # etcd and kwok carry their release in constants; mpi-operator's defaults to v2.0.0.
+        Component("etcd", "v3.6.17", ("go.etcd.io/etcd/api/v3/version.GitSHA=v3.6.17",),
+                  renames=(("server", "etcd"),)),
+        Component("kwok", "v0.8.0"),
+        Component("mpi-operator", "v0.8.2", ("github.com/kubeflow/mpi-operator/pkg/version.Version=v0.8.2",
+                                            "github.com/kubeflow/mpi-operator/pkg/version.GitSHA=v0.8.2")),
     )
 }
 
