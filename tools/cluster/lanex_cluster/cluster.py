@@ -24,6 +24,7 @@ from .apiserver import ApiServer
 from .build import binary
 from .certs import CertificateAuthority, service_account_key
 from .controller_manager import ControllerManager
+from .csi import SNAPSHOT_CRD_NAMES, Csi, snapshot_crd_files, storage_objects
 from .etcd import Etcd
 from .kubeconfig import kubeconfig_for, write_kubeconfig
 from .mpi_operator import LOCK_NAMESPACE, MpiOperator
@@ -104,8 +105,11 @@ class LocalCluster:
         for namespace in self.config.namespaces:
             self.ensure_namespace(namespace)
 
-        self.apply_files([mpijob_crd_file()])
-        self.wait_established(["mpijobs.kubeflow.org"])
+        self.apply_files([*snapshot_crd_files(), mpijob_crd_file()])
+        self.wait_established([*SNAPSHOT_CRD_NAMES, "mpijobs.kubeflow.org"])
+        for process in Csi(self.state_dir, self.kubeconfig).processes():
+            self._run(process, timeout=60)
+        self.apply_objects(storage_objects())
         self.ensure_namespace(LOCK_NAMESPACE)
         self._run(MpiOperator(self.state_dir, self.kubeconfig).process(), timeout=60)
 
