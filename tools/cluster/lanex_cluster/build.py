@@ -104,6 +104,14 @@ COMPONENTS: dict[str, Component] = {
                                             "github.com/kubeflow/mpi-operator/pkg/version.GitSHA=v0.8.2")),
         Component("snapshotter", "v8.7.0", ("main.version=v8.7.0",)),
         Component("provisioner", "v5.3.0", ("main.version=v5.3.0",)),
+        # helm's lint and capabilities default to Kubernetes 1.20 unless told the version it was cut for.
+        Component("helm", "v3.22.1", ("helm.sh/helm/v3/internal/version.version=v3.22.1",
+                                      "helm.sh/helm/v3/internal/version.gitTreeState=clean",
+                                      "helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1",
+                                      "helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37",
+                                      "helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1",
+                                      "helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37")),
+        Component("kueue", "v0.17.0", ("sigs.k8s.io/kueue/pkg/version.GitVersion=v0.17.0",)),
         # Ours: the stand-in for csi-driver-host-path (tools/k8s/csi-dir-driver/main.go says why).
         Component("csi-dir-driver", "v0.1.0"),
     )
