@@ -50,6 +50,8 @@ class LocalCluster:
         self.config = config or ClusterConfig()
         self.processes: dict[str, ManagedProcess] = {}
         self.server = ""
+        self.ca_cert = self.state_dir / "pki" / "ca.crt"
+        self.audit_log = self.state_dir / "audit.log"
 
     @property
     def kubeconfig(self) -> Path:
