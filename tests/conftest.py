@@ -93,3 +93,11 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def lanex_on_cluster(real_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """lanex on the real control plane (k8s.real_operator.LanexOnCluster), shared by the session."""
+    from k8s.real_operator import lanex_on_cluster_session
+
+    yield from lanex_on_cluster_session(real_cluster, tmp_path_factory)

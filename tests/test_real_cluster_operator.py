@@ -8,73 +8,20 @@ from __future__ import annotations
 
 import json
 import pathlib
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import yaml
 
-from k8s.operator_proc import OperatorProcess
-from k8s.real_operator import (CHART, NAMESPACE, InstalledChart, audited_calls, create_tr4896_classes,
-                               install_chart, start_operator)
-from k8s.recorded_launcher import record_launcher_log, serve_for_launchers
+from k8s.real_operator import CHART, NAMESPACE, audited_calls
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-# Chart values that make the operator react in test time (each is a documented chart value).
-FAST_VALUES = ("progress.intervalSeconds=1", "progress.requestsPerSecond=50")
-RUN_TIMEOUT_S = 180
-
-
-@dataclass
-class LanexOnCluster:
-    cluster: Any
-    chart: InstalledChart
-    operator: OperatorProcess
-    recorded_results: dict[str, Any]
-
-    def apply(self, obj: dict[str, Any]) -> None:
-        namespace = obj["metadata"].get("namespace", "default")
-        self.cluster.ensure_namespace(namespace)
-        self.cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
-
-    def wait_phase(self, kind: str, name: str, namespace: str, phases: tuple[str, ...] = ("Succeeded",),
-                   timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        obj: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            obj = self.cluster.get(kind, name, "-n", namespace)
-            phase = obj.get("status", {}).get("phase")
-            if phase in phases:
-                return obj
-            if phase == "Failed":
-                break
-            time.sleep(0.5)
-        raise AssertionError(f"{kind} {namespace}/{name} did not reach {phases}: "
-                             f"{json.dumps(obj.get('status'), indent=1)[:3000]}\noperator log:\n{self.operator.logs()[-4000:]}")
-
-
-def recorded_results(log_file: pathlib.Path) -> dict[str, Any]:
-    """The results JSON the recorded launcher printed last (what the operator must report)."""
-    for line in reversed(log_file.read_text().splitlines()):
-        text = line.split(" ", 3)[-1].split("\r")[-1].strip()
-        if text.startswith("{") and text.endswith("}"):
-            return json.loads(text)
-    raise AssertionError(f"no results line in {log_file}")
 
 
 @pytest.fixture(scope="module")
-def lanex(real_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    create_tr4896_classes(real_cluster)
-    chart = install_chart(real_cluster, *FAST_VALUES)
-    recording = record_launcher_log(tmp_path_factory.mktemp("recording"))
-    serve_for_launchers(real_cluster, recording)
-    operator = start_operator(real_cluster, chart, tmp_path_factory.mktemp("operator"))
-    try:
-        yield LanexOnCluster(real_cluster, chart, operator, recorded_results(recording))
-    finally:
-        operator.stop()
+def lanex(lanex_on_cluster: Any) -> Any:
+    return lanex_on_cluster
 
 
 def example(name: str) -> dict[str, Any]:

@@ -13,10 +13,15 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from k8s.operator_proc import OperatorProcess
+from k8s.recorded_launcher import record_launcher_log, serve_for_launchers
 
 CHART = pathlib.Path(__file__).resolve().parents[2] / "charts" / "lanex-operator"
 RELEASE = "lanex"
@@ -24,6 +29,9 @@ NAMESPACE = "lanex-system"
 # The chart's default classes, played on the test cluster by lanex's CSI driver (TR-4896 names them
 # after Trident on ANF; what matters to the operator is that they exist and provision).
 TR4896_CLASSES = ("azurenetappfiles", "netapp-csi-snapclass")
+# Chart values that make the operator react in test time (each is a documented chart value).
+FAST_VALUES = ("progress.intervalSeconds=1", "progress.requestsPerSecond=50")
+RUN_TIMEOUT_S = 180
 # The Deployment's own ports are replaced by free ones: several operators may run in one session.
 PORT_FLAGS = ("--liveness-port", "--metrics-port")
 
@@ -101,3 +109,79 @@ def audited_calls(cluster: Any, user: str) -> list[dict[str, Any]]:
         if event.get("stage") == "ResponseComplete" and event.get("user", {}).get("username") == user:
             calls.append(event)
     return calls
+
+
+@dataclass
+class LanexOnCluster:
+    cluster: Any
+    chart: InstalledChart
+    operator: OperatorProcess
+    recorded_results: dict[str, Any]
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        namespace = obj["metadata"].get("namespace", "default")
+        self.cluster.ensure_namespace(namespace)
+        self.cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+
+    def crash_and_restart_operator(self) -> None:
+        """SIGKILL the operator (no cleanup, no last write) and start a new one that knows only the cluster."""
+        self.operator.kill()
+        self.operator.start()
+
+    def children(self, resource: str, namespace: str, experiment: str) -> list[dict[str, Any]]:
+        return self.cluster.get(resource, "-n", namespace, "-l", f"lanex.dev/experiment={experiment}")["items"]
+
+    def wait_for(self, what: str, predicate: Any, timeout: float = RUN_TIMEOUT_S, namespace: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.3)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{self.scene(namespace)}")
+
+    def scene(self, namespace: str = "") -> str:
+        """What a person would look at when a wait times out: the objects, the Events, the operator's log."""
+        scope = ["-n", namespace] if namespace else ["-A"]
+        objects = self.cluster.kubectl("get", "lx,lxs,pvc,job,mpijob,pod,volumesnapshot", *scope, "-o", "wide",
+                                       check=False).stdout
+        events = self.cluster.kubectl("get", "events", *scope, "--sort-by=.lastTimestamp", check=False).stdout
+        return (f"objects:\n{objects}\nevents (last 30):\n" + "\n".join(events.splitlines()[-30:])
+                + f"\noperator log:\n{self.operator.logs()[-3000:]}")
+
+    def wait_phase(self, kind: str, name: str, namespace: str, phases: tuple[str, ...] = ("Succeeded",),
+                   timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        obj: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            obj = self.cluster.get(kind, name, "-n", namespace)
+            phase = obj.get("status", {}).get("phase")
+            if phase in phases:
+                return obj
+            if phase == "Failed":
+                break
+            time.sleep(0.5)
+        raise AssertionError(f"{kind} {namespace}/{name} did not reach {phases}: "
+                             f"{json.dumps(obj.get('status'), indent=1)[:3000]}\n{self.scene(namespace)}")
+
+
+def recorded_results(log_file: pathlib.Path) -> dict[str, Any]:
+    """The results JSON the recorded launcher printed last (what the operator must report)."""
+    for line in reversed(log_file.read_text().splitlines()):
+        text = line.split(" ", 3)[-1].split("\r")[-1].strip()
+        if text.startswith("{") and text.endswith("}"):
+            return json.loads(text)
+    raise AssertionError(f"no results line in {log_file}")
+
+
+def lanex_on_cluster_session(real_cluster: Any, tmp_path_factory: Any) -> Iterator[LanexOnCluster]:
+    """The chart installed, the recording served, the operator running as the chart's ServiceAccount."""
+    create_tr4896_classes(real_cluster)
+    chart = install_chart(real_cluster, *FAST_VALUES)
+    recording = record_launcher_log(tmp_path_factory.mktemp("recording"))
+    serve_for_launchers(real_cluster, recording)
+    operator = start_operator(real_cluster, chart, tmp_path_factory.mktemp("operator"))
+    try:
+        yield LanexOnCluster(real_cluster, chart, operator, recorded_results(recording))
+    finally:
+        operator.stop()

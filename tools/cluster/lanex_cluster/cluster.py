@@ -8,11 +8,13 @@ nodes are Ready and the upstream CRDs are Established.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,12 @@ class ClusterConfig:
     namespaces: tuple[str, ...] = ("default",)
 
 
+def clear_state_dir(state_dir: Path) -> None:
+    stop_registered(state_dir)  # a previous run's leftovers, if its stop never came
+    shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir(parents=True)
+
+
 class LocalCluster:
     """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on 127.0.0.1."""
 
@@ -52,6 +60,10 @@ class LocalCluster:
         self.server = ""
         self.ca_cert = self.state_dir / "pki" / "ca.crt"
         self.audit_log = self.state_dir / "audit.log"
+        self.start_seconds: dict[str, float] = {}  # how long each component took to become ready
+        self._lock = threading.RLock()  # the supervisor and the caller never start one process twice
+        self._supervising = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     @property
     def kubeconfig(self) -> Path:
@@ -59,16 +71,44 @@ class LocalCluster:
 
     # ---- lifecycle
 
-    def start(self) -> LocalCluster:
-        stop_registered(self.state_dir)  # a previous run's leftovers, if its stop never came
-        shutil.rmtree(self.state_dir, ignore_errors=True)
-        self.state_dir.mkdir(parents=True)
+    def start(self, fresh: bool = True) -> LocalCluster:
+        """Start everything; `fresh` first ends a previous run's leftovers and empties the state directory."""
+        if fresh:
+            clear_state_dir(self.state_dir)
         try:
             self._start()
         except BaseException:
             self.stop()
             raise
+        self._supervising.set()
+        self._supervisor = threading.Thread(target=self._supervise, name="lanex-cluster-supervisor", daemon=True)
+        self._supervisor.start()
         return self
+
+    def _supervise(self) -> None:
+        """Start crashed components again, with a growing delay, as a kubelet restarts its pods.
+
+        Upstream controllers exit on purpose: mpi-operator exits when it loses its leader lease
+        (for instance while kube-apiserver restarts) and relies on its Deployment to come back.
+        """
+        log = self.state_dir / "logs" / "supervisor.log"
+        while self._supervising.wait(0.5) and self._supervising.is_set():
+            with self._lock:
+                for process in list(self.processes.values()):
+                    if not (self._supervising.is_set() and process.crashed):
+                        continue
+                    code = process.popen.returncode if process.popen else None
+                    delay = min(10.0, 0.5 * 2 ** process.restarts)
+                    with log.open("a") as out:
+                        out.write(f"{time.strftime('%H:%M:%S')} {process.name} exited with {code}; "
+                                  f"restart #{process.restarts + 1} in {delay:.1f} s\n")
+                    time.sleep(delay)
+                    process.restarts += 1
+                    try:
+                        process.start(timeout=120)
+                    except StartError as error:
+                        with log.open("a") as out:
+                            out.write(f"{time.strftime('%H:%M:%S')} {error}\n")
 
     def _start(self) -> None:
         pki = CertificateAuthority(self.state_dir / "pki")
@@ -116,10 +156,38 @@ class LocalCluster:
         self._run(MpiOperator(self.state_dir, self.kubeconfig).process(), timeout=60)
 
     def stop(self) -> None:
-        for process in reversed(list(self.processes.values())):
-            process.stop()
-        self.processes.clear()
+        self._supervising.clear()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=150)
+        with self._lock:
+            for process in reversed(list(self.processes.values())):
+                process.stop()
+            self.processes.clear()
         stop_registered(self.state_dir)
+
+    @contextlib.contextmanager
+    def paused(self, *names: str, timeout: float = 120) -> Iterator[None]:
+        """Stop components (e.g. kwok, csi-snapshotter) for the block, then start them again.
+
+        This freezes a phase on demand: without kwok no pod moves on, without csi-provisioner no
+        claim binds. kwok also renews the fake nodes' leases, so keep a pause of kwok well under the
+        node controller's 40 s grace period, or the nodes turn NotReady.
+        """
+        with self._lock:
+            for name in names:
+                self.processes[name].stop()
+        try:
+            yield
+        finally:
+            with self._lock:
+                for name in names:
+                    self.processes[name].start(timeout)
+
+    def restart(self, name: str, timeout: float = 180) -> None:
+        """Stop and start one component (same flags, ports and data): a crash or an upgrade."""
+        with self._lock:
+            self.processes[name].stop()
+            self.processes[name].start(timeout)
 
     def __enter__(self) -> LocalCluster:
         return self.start()
@@ -129,7 +197,9 @@ class LocalCluster:
 
     def _run(self, process: ManagedProcess, timeout: float) -> None:
         self.processes[process.name] = process
+        started = time.monotonic()
         process.start(timeout)
+        self.start_seconds[process.name] = round(time.monotonic() - started, 1)
 
     # ---- client helpers (the real kubectl we built)
 

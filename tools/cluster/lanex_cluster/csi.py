@@ -20,18 +20,20 @@ DRIVER = "dir.csi.lanex.dev"
 STORAGE_CLASS = "lanex-csi"
 SNAPSHOT_CLASS = "lanex-csi-snapclass"
 SNAPSHOT_CLIENT_MODULE = "github.com/kubernetes-csi/external-snapshotter/client/v8"
-SNAPSHOT_CRDS = ("snapshot.storage.k8s.io_volumesnapshotclasses.yaml",
-                 "snapshot.storage.k8s.io_volumesnapshotcontents.yaml",
-                 "snapshot.storage.k8s.io_volumesnapshots.yaml")
-SNAPSHOT_CRD_NAMES = ("volumesnapshotclasses.snapshot.storage.k8s.io",
-                      "volumesnapshotcontents.snapshot.storage.k8s.io", "volumesnapshots.snapshot.storage.k8s.io")
+# All of external-snapshotter's CRDs: without the group-snapshot ones the snapshot controller
+# retries for 30 s before it starts.
+SNAPSHOT_CRD_NAMES = (
+    "volumesnapshotclasses.snapshot.storage.k8s.io", "volumesnapshotcontents.snapshot.storage.k8s.io",
+    "volumesnapshots.snapshot.storage.k8s.io", "volumegroupsnapshotclasses.groupsnapshot.storage.k8s.io",
+    "volumegroupsnapshotcontents.groupsnapshot.storage.k8s.io", "volumegroupsnapshots.groupsnapshot.storage.k8s.io",
+)
 DEFAULT_CLASS = {"storageclass.kubernetes.io/is-default-class": "true"}
 DEFAULT_SNAPSHOT_CLASS = {"snapshot.storage.kubernetes.io/is-default-class": "true"}
 
 
 def snapshot_crd_files() -> list[Path]:
     crds = module_source(COMPONENTS["snapshotter"], SNAPSHOT_CLIENT_MODULE) / "config" / "crd"
-    return [crds / name for name in SNAPSHOT_CRDS]
+    return [crds / f"{group}_{plural}.yaml" for plural, group in (name.split(".", 1) for name in SNAPSHOT_CRD_NAMES)]
 
 
 def storage_objects() -> list[dict[str, Any]]:

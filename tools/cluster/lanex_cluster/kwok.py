@@ -52,7 +52,12 @@ def fake_node(name: str, gpus: int, cpu: str = "32", memory: str = "256Gi") -> d
                                 # AKS names a node's pool by this label (TR-4896's GPU pool).
                                 "agentpool": "gpu"}},
         "spec": {},
-        "status": {"capacity": resources, "allocatable": resources},
+        # Both addresses up front: kwok's node-initialize stage, re-run when a node was NotReady
+        # (kwok stopped longer than the node controller's grace period), writes an empty address
+        # list when either is missing, and the apiserver can then no longer reach the node for logs.
+        "status": {"capacity": resources, "allocatable": resources,
+                   "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                                 {"type": "Hostname", "address": name}]},
     }
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 REGISTRY_FILE = "processes.json"
+OWNER = "lanex-cluster"  # the `python -m lanex_cluster serve` process that owns a `make cluster` control plane
 
 
 class StartError(RuntimeError):
@@ -52,6 +53,10 @@ class ManagedProcess:
     ready: Callable[[], bool] = lambda: True
     env: Mapping[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None
+    # True from start() to stop(): a process that exits while wanted crashed (kill() included),
+    # and the cluster's supervisor starts it again, as a kubelet restarts a crashed pod.
+    wanted: bool = False
+    restarts: int = 0
     _log_offset: int = 0
 
     @property
@@ -66,6 +71,7 @@ class ManagedProcess:
                                           stdin=subprocess.DEVNULL, env={**os.environ, **self.env},
                                           start_new_session=True, cwd=self.state_dir)
         _register(self.state_dir, self.name, self.popen.pid)
+        self.wanted = True
         self.wait_ready(timeout)
         return self
 
@@ -93,6 +99,7 @@ class ManagedProcess:
                          f"ends:\n{log_tail(self.log_path)}")
 
     def stop(self, grace: float = 10.0) -> None:
+        self.wanted = False
         if self.popen is None:
             return
         terminate_group(self.popen.pid, grace)
@@ -108,6 +115,10 @@ class ManagedProcess:
     @property
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def crashed(self) -> bool:
+        return self.wanted and self.popen is not None and self.popen.poll() is not None
 
 
 def terminate_group(pid: int, grace: float = 10.0) -> None:
@@ -132,6 +143,11 @@ def terminate_group(pid: int, grace: float = 10.0) -> None:
 def _registry(state_dir: Path) -> dict[str, dict[str, float]]:
     path = state_dir / REGISTRY_FILE
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def register(state_dir: Path, name: str, pid: int) -> None:
+    """Record a process that `stop_registered` (make cluster-down) must end."""
+    _register(state_dir, name, pid)
 
 
 def _register(state_dir: Path, name: str, pid: int) -> None:
@@ -173,7 +189,9 @@ def stop_registered(state_dir: Path) -> list[str]:
     """End every process recorded in `state_dir` (in reverse start order); return their names."""
     entries = _registry(state_dir)
     stopped = []
-    for name, entry in reversed(list(entries.items())):
+    # The cluster's owner first: it stops its children itself, and would restart any we stopped.
+    ordered = sorted(entries.items(), key=lambda item: item[0] != OWNER)
+    for name, entry in [*ordered[:1], *reversed(ordered[1:])]:
         pid = int(entry["pid"])
         if _same_process(pid, entry["created"]):
             terminate_group(pid)
