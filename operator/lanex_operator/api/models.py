@@ -720,9 +720,15 @@ def check_experiment_name(name: Any) -> str:
             f"metadata.name: must have at most {MAX_EXPERIMENT_NAME_LENGTH} characters: it must be {EXPERIMENT_NAME_RULE}"
             f" (got {len(name)}: {name!r})"
         )
-    if not re.match(DNS_1035_LABEL_PATTERN, name):
+    if not matches(DNS_1035_LABEL_PATTERN, name):
         raise InvalidSpecError(f"metadata.name: must be {EXPERIMENT_NAME_RULE} (got {name!r})")
     return name
+
+
+def matches(pattern: str, value: str) -> bool:
+    """Whether all of `value` follows `pattern`, as the API server's (RE2) patterns and pydantic's match: a full
+    match, since Python's `$` also matches before a trailing newline (`re.match('^a$', 'a\\n')` succeeds)."""
+    return re.fullmatch(pattern, value) is not None
 
 
 def parse_spec(spec: Any) -> LaneExperimentSpec:

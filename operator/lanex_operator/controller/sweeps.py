@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -37,6 +38,7 @@ from lanex_operator.api.sweep import (
     TRIAL_PARAMETERS_ANNOTATION,
     LaneSweepSpec,
     SweepPhase,
+    check_sweep_name,
     dataset_snapshot_name,
     parse_sweep_spec,
     trial_count,
@@ -61,6 +63,7 @@ MINOR_STATUS_DELAY_SECONDS = 2.0
 SWEEP_SPEC_ANNOTATION = "lanex.dev/sweep-spec"  # on the sweep: the spec it started with (later edits are ignored)
 SWEEP_TERMINAL = (SweepPhase.SUCCEEDED.value, SweepPhase.FAILED.value)
 DELETE_ALL = {"dataset": "Delete", "snapshots": "Delete"}
+log = logging.getLogger("lanex.operator.sweeps")
 
 
 def sweep_path(namespace: str, name: str, subresource: str | None = None) -> str:
@@ -159,6 +162,15 @@ class SweepReconciler:
                 raise
             self._fail(book, "ApiError", clip(f"API request failed and cannot be retried: {exc}"))
             wait = None
+        except InvalidSpecError as exc:  # e.g. the dataset's plan: a default scheduler that cannot apply here
+            self._fail(book, "InvalidSpec", clip(f"invalid spec: {exc.message}"))
+            wait = None
+        except Exception as exc:  # noqa: BLE001  a bug, or data nothing foresaw: said once, never retried forever
+            log.exception(f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}: unexpected error")
+            self._fail(book, "ReconcileError", clip(f"the operator cannot handle this sweep ({type(exc).__name__}: "
+                                                    f"{exc}); it is not retried: delete the LaneSweep, or report "
+                                                    f"this as a lanex bug with the operator's log"))
+            wait = None
         if wait is not None and book.changed and not self._matters(book):
             due = getattr(book, "minor_since", None)
             if due is None:
@@ -171,6 +183,32 @@ class SweepReconciler:
         book.minor_since = None  # type: ignore[attr-defined]
         book.written_signature = self._signature(book)  # type: ignore[attr-defined]
         return wait
+
+    async def give_up(self, body: Mapping[str, Any], book: StatusBook, exc: BaseException) -> None:
+        """The last resort when a pass cannot even write its status (the API refused the write): the failure the
+        pass decided (else ReconcileError) as a fresh status of phase Failed with the two terminal conditions, and
+        its Warning Event, which also says why the status could not be written. Never retried."""
+        meta = body["metadata"]
+        if book.phase != SweepPhase.FAILED.value:
+            self._fail(book, "ReconcileError", clip(f"the operator cannot handle this sweep ({type(exc).__name__}: "
+                                                    f"{exc}); it is not retried: delete the LaneSweep, or report "
+                                                    f"this as a lanex bug with the operator's log"))
+        fresh = StatusBook(None, book.generation, now=self.now)
+        for key in ("phase", "reason", "message", "completionTime"):
+            fresh.set(key, book.data.get(key))
+        for type_ in ("Failed", "Succeeded"):
+            kept = book.condition(type_) or {}
+            fresh.set_condition(type_, str(kept.get("status")), str(kept.get("reason")), str(kept.get("message")))
+        unwritten = ""
+        try:
+            await self.kube.patch(sweep_path(meta["namespace"], meta["name"], "status"), fresh.merge_patch())
+        except KubeError as error:
+            log.error(f"{meta['namespace']}/{meta['name']}: cannot record the failure: {error}")
+            unwritten = f" (the status could not be written: {error.status} {error.reason}: {error.message})"
+        warnings = [event for event in book.events if event.type == "Warning"] or book.events
+        for event in warnings[-1:]:
+            self.post_event(body, event.type, event.reason, clip(event.message + unwritten))
+        book.events.clear()
 
     @staticmethod
     def _signature(book: StatusBook) -> str:
@@ -226,6 +264,13 @@ class SweepReconciler:
         current_text = json.dumps(body.get("spec") or {}, sort_keys=True)
         frozen_text = (meta.get("annotations") or {}).get(SWEEP_SPEC_ANNOTATION)
         book.set("observedGeneration", int(meta.get("generation") or 1))
+        try:  # the CRD refuses such a name; one created before it did cannot name its trials or its dataset
+            check_sweep_name(meta["name"])
+        except InvalidSpecError as exc:
+            if book.phase is None:
+                book.set("startTime", book.now_text())
+            self._fail(book, "InvalidSpec", clip(f"invalid name: {exc.message}"))
+            return None
         if frozen_text is None:
             if book.phase is not None and book.phase != SweepPhase.PENDING.value:
                 frozen_text = current_text  # annotation lost: go on with what is there
@@ -257,6 +302,8 @@ class SweepReconciler:
                 parsed = parse_sweep_spec(json.loads(text))
             except InvalidSpecError as exc:
                 parsed = exc
+            except ValueError as exc:  # the annotation was edited by hand
+                parsed = InvalidSpecError(f"annotation {SWEEP_SPEC_ANNOTATION} is not JSON: {exc}")
             if len(self._parsed) > 1024:
                 self._parsed.clear()
             self._parsed[text] = parsed

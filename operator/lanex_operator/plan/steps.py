@@ -133,7 +133,7 @@ class DerivedName:
         pattern, limit = NAME_RULES[self.rule]
         if len(self.value) > limit:
             return f"{self.what} {self.value!r} is longer than {limit} characters ({self.rule})"
-        if not re.match(pattern, self.value):
+        if not re.fullmatch(pattern, self.value):
             return f"{self.what} {self.value!r} is not a {self.rule}"
         return None
 

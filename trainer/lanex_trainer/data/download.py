@@ -144,7 +144,7 @@ def load_credentials(folder: Path) -> Credentials:
             raise DownloadError(f"credentials {folder}: key {entry.name} holds a line break; one line expected")
         if entry.name.lower() == SAS_KEY:
             sas = value.lstrip("?")
-        elif _HEADER_NAME.match(entry.name):
+        elif _HEADER_NAME.fullmatch(entry.name):
             headers.append((entry.name, value))
         else:
             raise DownloadError(f"credentials {folder}: key {entry.name!r} is neither {SAS_KEY!r} nor an HTTP header name")
@@ -178,7 +178,7 @@ def build_sources(
     if sha256 and len(sha256) != len(urls):
         raise DownloadError(f"got {len(sha256)} --sha256 values for {len(urls)} --url values: give none or one per URL")
     for position, digest in enumerate(sha256, start=1):
-        if not _SHA256.match(digest):
+        if not _SHA256.fullmatch(digest):
             raise DownloadError(
                 f"--sha256 #{position} {digest!r} is not a SHA-256 (64 hex digits, or a prefix of at least 8)"
             )
@@ -440,7 +440,7 @@ def blob_address(url: str) -> BlobAddress | None:
     if parsed.scheme == "az":
         account = parsed.netloc
         endpoint = (os.environ.get(BLOB_ENDPOINT_VARIABLE) or DEFAULT_BLOB_ENDPOINT).format(account=account)
-    elif parsed.scheme == "https" and _BLOB_HOST.match(parsed.hostname or ""):
+    elif parsed.scheme == "https" and _BLOB_HOST.fullmatch(parsed.hostname or ""):
         account, endpoint = parsed.hostname, f"https://{parsed.netloc}"
     else:
         return None
