@@ -18,13 +18,14 @@ pytestmark = pytest.mark.timeout(60)
 
 TOKEN = "Bearer op-secret-5f1d0c"
 SAS = "sv=2024-05-04&sr=c&sp=r&sig=b3Atc2FzLXNpZw%3D%3D"
+WEIGHTS_SHA = "6c64b313" + "0" * 56  # the full digest: a prefix is refused with url
 PRIVATE = {
     "dataset": {"synthetic": None, "download": {"urls": [
         {"url": "az://lanexdata/tusimple/train_set.zip", "secretRef": {"name": "tusimple-sas"}},
         {"url": "https://data.example.com/tusimple/test_label.json", "secretRef": {"name": "tusimple-http"}},
     ]}, "prepareServiceAccountName": "tusimple-reader"},
     "training": {"backbone": "vgg16_bn", "pretrainedWeights": {
-        "url": "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth", "sha256": "6c64b313"}},
+        "url": "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth", "sha256": WEIGHTS_SHA}},
 }
 
 
@@ -56,8 +57,8 @@ def test_secret_refs_are_mounted_into_the_prepare_job_only_and_their_values_show
     script = container["command"][-1]
     assert ("lanex data download --url az://lanexdata/tusimple/train_set.zip --out /mnt/tusimple_data"
             " --credentials /var/run/secrets/lanex/tusimple-sas") in script
-    assert ("lanex data download --url https://download.pytorch.org/models/vgg16_bn-6c64b313.pth --sha256 6c64b313"
-            " --out /mnt/weights --save-as 6c64b313.pth --no-extract") in script
+    assert ("lanex data download --url https://download.pytorch.org/models/vgg16_bn-6c64b313.pth --sha256 "
+            f"{WEIGHTS_SHA} --out /mnt/weights --save-as {WEIGHTS_SHA}.pth --no-extract") in script
 
     (mpijob,) = kids["mpijobs"]
     for role in ("Launcher", "Worker"):
@@ -65,7 +66,7 @@ def test_secret_refs_are_mounted_into_the_prepare_job_only_and_their_values_show
         assert all("secret" not in volume for volume in template["volumes"])
         assert "serviceAccountName" not in template
     launcher = mpijob["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
-    assert launcher["command"][-2:] == ["--pretrained-weights", "/mnt/weights/6c64b313.pth"]
+    assert launcher["command"][-2:] == ["--pretrained-weights", f"/mnt/weights/{WEIGHTS_SHA}.pth"]
 
     source = exp["status"]["provenance"]["datasetSource"]
     assert source == ("download:az://lanexdata/tusimple/train_set.zip#secretRef=tusimple-sas,"

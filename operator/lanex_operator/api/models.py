@@ -397,9 +397,10 @@ class PretrainedWeights(SpecModel):
     )
     sha256: Optional[str] = Field(
         None,
-        description="SHA-256 of the file: the full 64 hex digits, or a prefix of at least 8 (torchvision names its"
-        " files after the first 8, e.g. 6c64b313). Required with url.",
-        pattern=r"^[0-9a-fA-F]{8,64}$",
+        description="SHA-256 of the file, all 64 hex digits (a prefix such as the 8 in torchvision's file names is"
+        " no integrity check for a file fetched from a URL; `sha256sum` it once). Required with url; the file is"
+        " cached as <volume>/weights/<sha256>.pth (a file cached earlier under a prefix is named with path).",
+        pattern=r"^[0-9a-fA-F]{64}$",
     )
     secret_ref: Optional[SecretRef] = Field(
         None, description=f"Secret with the credentials of url, mounted into the prepare Job only. {SECRET_KEYS_HELP}"

@@ -376,8 +376,8 @@ def from_scratch_warning(spec: LaneExperimentSpec) -> Optional[str]:
     training = spec.training
     if training.backbone == "vgg16_bn" and training.pretrained_weights is None:
         return ("spec.training.pretrainedWeights is not set: vgg16_bn trains from random initialisation, and the SCNN"
-                " recipe needs ImageNet weights (e.g. url https://download.pytorch.org/models/vgg16_bn-6c64b313.pth,"
-                " sha256 6c64b313)")
+                " recipe needs ImageNet weights (e.g. url https://download.pytorch.org/models/vgg16_bn-6c64b313.pth"
+                " with its full sha256)")
     return None
 
 

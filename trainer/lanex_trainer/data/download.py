@@ -51,8 +51,8 @@ CHUNK_BYTES = 1 << 20
 USER_AGENT = "lanex-data-download/1"
 # Statuses worth retrying: the server or a proxy is busy or restarting.
 TRANSIENT_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
-# A full SHA-256, or a prefix of at least 8 hex digits (torchvision names its weight files after one).
-_SHA256 = re.compile(r"^[0-9a-fA-F]{8,64}$")
+# A full SHA-256: a prefix (torchvision names its files after 8 hex digits) is no integrity check for a download.
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 SAS_KEY = "sas"
 """The Secret key holding a SAS query string; every other key is an HTTP header name."""
 BLOB_ENDPOINT_VARIABLE = "LANEX_BLOB_ENDPOINT"
@@ -180,7 +180,7 @@ def build_sources(
     for position, digest in enumerate(sha256, start=1):
         if not _SHA256.fullmatch(digest):
             raise DownloadError(
-                f"--sha256 #{position} {digest!r} is not a SHA-256 (64 hex digits, or a prefix of at least 8)"
+                f"--sha256 #{position} {digest!r} is not a SHA-256 (all 64 hex digits: a prefix is no integrity check)"
             )
     if filenames is not None and len(filenames) != len(urls):
         raise DownloadError(f"got {len(filenames)} file names for {len(urls)} URLs: give one per URL")
