@@ -171,7 +171,8 @@ class DownloadUrl(SpecModel):
     url: str = Field(
         description="http://, https://, file://, az://ACCOUNT/CONTAINER/PATH or https://ACCOUNT.blob.core.windows.net/"
         " URL of an archive (zip/tar) or file; archives are extracted. Blob URLs are read with the secretRef's SAS,"
-        " else the prepare Job's Azure workload identity. No credentials and no query string here: use secretRef.",
+        " else the prepare Job's Azure workload identity (a secretRef of HTTP header keys is refused for them: Blob"
+        " reads never send it). No credentials and no query string here: use secretRef.",
         pattern=DOWNLOAD_URL_PATTERN,
         max_length=MAX_URL_LENGTH,
     )

@@ -78,6 +78,7 @@ class Credentials:
 
     headers: tuple[tuple[str, str], ...] = ()
     sas: str | None = None
+    name: str = ""  # the Secret's (its folder's) name, for messages
 
     def values(self) -> list[str]:
         """Every secret value, for scrubbing messages (longest first, so no partial leaks)."""
@@ -150,7 +151,22 @@ def load_credentials(folder: Path) -> Credentials:
             raise DownloadError(f"credentials {folder}: key {entry.name!r} is neither {SAS_KEY!r} nor an HTTP header name")
     if not headers and sas is None:
         raise DownloadError(f"credentials {folder}: no keys (expected {SAS_KEY!r} or HTTP header names such as Authorization)")
-    return Credentials(tuple(headers), sas)
+    return Credentials(tuple(headers), sas, folder.name)
+
+
+def _check_blob_credentials(source: Source) -> None:
+    """Azure Blob reads send a SAS or an Azure identity's token, never a Secret's HTTP headers: a header Secret
+    would be ignored in favour of DefaultAzureCredential, so it is refused, naming the keys (never the values)."""
+    credentials = source.credentials
+    if credentials is None or not credentials.headers or blob_address(source.url) is None:
+        return
+    keys = ", ".join(name for name, _ in credentials.headers)
+    secret = f"Secret {credentials.name!r}" if credentials.name else "the credentials"
+    instead = ("its sas key is used; remove them" if credentials.sas else
+               "put a SAS under key 'sas' into it, or drop secretRef to read with the pod's Azure identity "
+               "(workload identity: spec.dataset.prepareServiceAccountName; DefaultAzureCredential)")
+    raise DownloadError(f"{source.shown}: an Azure Blob URL, but {secret} of its secretRef holds HTTP header key(s) "
+                        f"{keys}, which Blob reads never send: {instead}")
 
 
 def filename_for(url: str) -> str:
@@ -191,6 +207,8 @@ def build_sources(
         Source(url, sha256[i].lower() if sha256 else None, filenames[i] if filenames else filename_for(url), credentials)
         for i, url in enumerate(urls)
     ]
+    for source in sources:
+        _check_blob_credentials(source)
     seen: dict[str, str] = {}
     for source in sources:
         if source.filename in seen:
