@@ -268,7 +268,7 @@ class LaneSweepStatus(StatusModel):
     phase: Optional[SweepPhase] = Field(None, description="Pending, PreparingDataset, Running, Succeeded or Failed.")
     reason: Optional[str] = Field(None, description="Failure reason when phase is Failed.")
     message: Optional[str] = Field(None, description="Details of the current phase or failure.")
-    conditions: list[Condition] = Field(default_factory=list, description="DatasetReady, Succeeded, Failed.")
+    conditions: list[Condition] = Field(default_factory=list, description="Preflight, DatasetReady, Succeeded, Failed.")
     observed_generation: Optional[int] = Field(None, description="Last metadata.generation acted upon.")
     dataset_claim: Optional[str] = Field(None, description="The PVC the dataset was prepared on.")
     prepare_job: Optional[str] = Field(None, description="The download/prepare Job.")

@@ -50,8 +50,9 @@ def register_sweeps(registry: kopf.OperatorRegistry, state: Any) -> SweepState:
     @kopf.on.startup(registry=registry, id="sweeps-startup")
     async def startup(**_: Any) -> None:
         # Runs after the experiments' startup handler (registered first), which logged in.
-        assert state.kube is not None
-        sweeps.reconciler = SweepReconciler(state.kube, sweeps.trials, state.config, cache=state.cache)
+        assert state.kube is not None and state.preflight is not None
+        sweeps.reconciler = SweepReconciler(state.kube, sweeps.trials, state.config, cache=state.cache,
+                                            preflight=state.preflight)
 
     @kopf.daemon(GROUP, VERSION, SWEEP_PLURAL, registry=registry, id="sweep", when=_unfinished,
                  cancellation_timeout=2.0, backoff=state.config.retry_delay_seconds)
