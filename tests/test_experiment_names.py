@@ -153,3 +153,21 @@ def test_lanex_run_refuses_an_experiment_named_with_a_trailing_newline(tmp_path)
     assert ran.returncode == 2, ran.stderr
     assert f"{spec_file}: metadata.name: must be a DNS-1035 label" in ran.stderr and "'quick\\n'" in ran.stderr
     assert not (tmp_path / "ws" / "experiments").exists()
+
+
+def test_the_emulated_apiserver_refuses_a_name_with_a_trailing_newline_as_the_real_one_does():
+    """Go's `$` is the end of the text: the CRD's pattern and CEL rule refuse `quick\\n` (the emulator's checks
+    must not be Python's `$`, or tests would accept what a cluster refuses)."""
+    from k8s.harness import load_crd
+    from k8s.schema_check import CrdSchema
+
+    schema = CrdSchema(load_crd(), "v1alpha1")
+    body = {"apiVersion": "lanex.dev/v1alpha1", "kind": "LaneExperiment", "metadata": {"name": "quick\n"},
+            "spec": {"dataset": {"synthetic": {}}}}
+    _, problems = schema.admit(body, None, "Strict")
+    assert [p.split(": ", 1)[0] for p in problems] == ["metadata.name", "metadata.name", "<nil>"], problems
+    assert "a lowercase RFC 1123 subdomain must consist of" in problems[0]  # ObjectMeta's own rule
+    assert "metadata.name in body should match" in problems[1]  # the CRD's pattern, read as Go reads it
+    assert "metadata.name must be a DNS-1035 label" in problems[2]  # the CRD's CEL rule
+    body["metadata"]["name"] = "quick"
+    assert schema.admit(body, None, "Strict")[1] == []
