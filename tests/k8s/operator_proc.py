@@ -44,10 +44,13 @@ def free_port() -> int:
 class OperatorProcess:
     """One `python -m lanex_operator.controller.runtime` process with its own log file, liveness and metrics ports."""
 
-    def __init__(self, kubeconfig: pathlib.Path, workdir: pathlib.Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, kubeconfig: pathlib.Path, workdir: pathlib.Path, env: Mapping[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
+        """`command` replaces the default `python -m ...runtime --all-namespaces` (ports are appended)."""
         self.kubeconfig = kubeconfig
         self.workdir = workdir
         self.env = {**FAST_ENV, **(env or {})}
+        self.command = command or [sys.executable, "-m", "lanex_operator.controller.runtime", "--all-namespaces"]
         self.liveness_port = free_port()
         self.metrics_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -65,8 +68,7 @@ class OperatorProcess:
         env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "lanex_operator.controller.runtime", "--all-namespaces",
-                 "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port)],
+                [*self.command, "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
             )
         self._wait_ready(timeout)

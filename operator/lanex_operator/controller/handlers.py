@@ -61,7 +61,9 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="lanex.dev",
                                                                             key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # kopf's own log lines; our Events are explicit
-    settings.watching.server_timeout = config.watch_server_timeout_seconds
+    # The apiserver parses timeoutSeconds as an integer and refuses "300.0" with a 400 (kopf sends
+    # the value as given); the emulator was lenient, the real one is not.
+    settings.watching.server_timeout = max(1, round(config.watch_server_timeout_seconds))
     settings.watching.client_timeout = config.watch_server_timeout_seconds + 10
     settings.networking.error_backoffs = list(config.api_error_backoffs)
     settings.networking.request_timeout = config.request_timeout_seconds

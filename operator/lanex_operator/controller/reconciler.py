@@ -73,6 +73,9 @@ JOB_POD_SELECTOR = "batch.kubernetes.io/job-name={name}"
 MPIJOB_POD_SELECTOR = "training.kubeflow.org/job-name={name}"  # its launcher and its workers
 STALL_REPORTED = ("RestartsExhausted", "RestartNotAllowed")  # Stalled reasons after which a stall is only reported
 log = logging.getLogger("lanex.operator.reconciler")
+# The results line is the launcher's last; a short, bounded tail finds it.
+RESULTS_TAIL_LINES = 20
+RESULTS_LIMIT_BYTES = 64 * 1024
 PARSED_SPECS_KEPT = 4096  # memoized (spec, plan) entries; the oldest go first
 _Parsed = tuple["tuple[LaneExperimentSpec, ExperimentPlan] | None", "InvalidSpecError | None"]
 
@@ -780,15 +783,24 @@ class Reconciler:
         """The results JSON the launcher wrote as its termination message, as status.results."""
         pods = await self.kube.list(object_path("v1", "pods", namespace),
                                     label_selector=LAUNCHER_SELECTOR.format(name=name))
-        messages = []
+        messages, succeeded = [], []
         for pod in pods:
             for container in (pod.get("status") or {}).get("containerStatuses") or []:
                 terminated = (container.get("state") or {}).get("terminated") or {}
-                if terminated.get("exitCode") == 0 and terminated.get("message"):
-                    messages.append((terminated.get("finishedAt") or "", terminated["message"]))
-        if not messages:
+                if terminated.get("exitCode") == 0:
+                    succeeded.append((terminated.get("finishedAt") or "", pod["metadata"]["name"]))
+                    if terminated.get("message"):
+                        messages.append((terminated.get("finishedAt") or "", terminated["message"]))
+        if messages:
+            text = sorted(messages)[-1][1]
+        elif succeeded:
+            # No termination message (a kubelet that could not read the file, or one that keeps none):
+            # `lanex launch` also prints the results as its last line, so the log's tail has them.
+            text = await self._results_line_from_log(namespace, sorted(succeeded)[-1][1])
+            if text is None:
+                return None, " (the launcher left no results message, and its log ends without results)"
+        else:
             return None, " (the launcher left no results message)"
-        text = sorted(messages)[-1][1]
         try:
             data = json.loads(text)
             if isinstance(data, dict) and isinstance(data.get("results"), dict):
@@ -797,6 +809,20 @@ class Reconciler:
         except ValueError as exc:
             return None, clip(f" (the launcher's results message is not valid results JSON: {exc})")
         return results.model_dump(by_alias=True, exclude_none=True, mode="json"), ""
+
+    async def _results_line_from_log(self, namespace: str, pod: str) -> str | None:
+        """The last line of a launcher's log tail that is a JSON object (a bounded read)."""
+        try:
+            text = await self.kube.text(object_path("v1", "pods", namespace, pod, "log"),
+                                        params={"tailLines": str(RESULTS_TAIL_LINES), "limitBytes": str(RESULTS_LIMIT_BYTES)})
+        except KubeError as exc:
+            log.warning("reading the results from %s/%s's log failed: %s", namespace, pod, exc)
+            return None
+        for line in reversed(text.splitlines()):
+            line = line.strip()
+            if line.startswith("{") and line.endswith("}"):
+                return line
+        return None
 
     async def _last_warning(self, namespace: str, kind: ChildKind, name: str) -> str:
         last = await self._warning_event(namespace, kind, name)

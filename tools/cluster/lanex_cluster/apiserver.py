@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from .build import binary
 from .certs import KeyPair
 from .process import ManagedProcess, free_port, https_ok
@@ -26,6 +28,25 @@ class ApiServer:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
+    @property
+    def audit_log(self) -> Path:
+        return self.state_dir / "audit.log"
+
+    def _audit_policy(self) -> Path:
+        # Who called what: the RBAC tests compare the operator's calls with what the chart grants,
+        # the benchmarks count requests. The control plane's own chatter is left out.
+        path = self.state_dir / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [
+                {"level": "None", "users": ["system:kube-scheduler", "system:kube-controller-manager",
+                                            "system:apiserver"]},
+                {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+                {"level": "Metadata"},
+            ],
+        }))
+        return path
+
     def process(self) -> ManagedProcess:
         return ManagedProcess(
             "kube-apiserver",
@@ -46,6 +67,8 @@ class ApiServer:
              "--kubelet-preferred-address-types=InternalIP",
              # Webhooks and aggregated APIs (Kueue) are reached on 127.0.0.1, not through Services.
              "--enable-aggregator-routing=true",
+             f"--audit-policy-file={self._audit_policy()}", f"--audit-log-path={self.audit_log}",
+             "--audit-log-format=json", "--audit-log-maxbackup=1", "--audit-log-maxsize=512",
              "--profiling=false", "--v=1"],
             self.state_dir,
             ready=lambda: https_ok(f"{self.url}/readyz", self.ca.cert, (self.admin.cert, self.admin.key)),

@@ -2,7 +2,7 @@
 
 Each directory under `tools/k8s/` is a Go module of ours whose `tool` block names the upstream
 main packages it builds. A build lands in `<cache>/<component>-<key>/`, where the key hashes the
-module's go.mod and go.sum, the version flags and the Go version: a changed pin builds anew, an
+module's go.mod, go.sum and Go files, the version flags and the Go version: a changed pin builds anew, an
 unchanged one is reused by every checkout on the machine (CI included). The cache is
 `$LANEX_K8S_CACHE`, else `~/.cache/lanex/k8s`.
 """
@@ -47,7 +47,7 @@ class Component:
         """The main packages named in the module's `tool` block (go.mod is the one list)."""
         text = (self.module_dir / "go.mod").read_text()
         block = re.search(r"^tool \((.*?)^\)", text, re.S | re.M)
-        single = re.findall(r"^tool (\S+)$", text, re.M)
+        single = re.findall(r"^tool ([^(\s]\S*)$", text, re.M)
         packages = single + (block.group(1).split() if block else [])
         return [p for p in packages if not p.startswith("//")]
 
@@ -57,8 +57,10 @@ class Component:
 
     def cache_key(self) -> str:
         digest = hashlib.sha256()
-        for name in ("go.mod", "go.sum"):
-            digest.update((self.module_dir / name).read_bytes())
+        # go.mod and go.sum pin upstream; a module of our own also has Go source of its own.
+        for path in sorted(self.module_dir.iterdir()):
+            if path.name in ("go.mod", "go.sum") or path.suffix == ".go":
+                digest.update(path.name.encode() + b"\0" + path.read_bytes())
         digest.update("\0".join(self.version_flags).encode())
         digest.update(go_version().encode())
         return digest.hexdigest()[:16]
@@ -94,6 +96,24 @@ KUBERNETES_VERSION = "v1.37.2"
 COMPONENTS: dict[str, Component] = {
     c.name: c for c in (
         Component("kubernetes", KUBERNETES_VERSION, _kubernetes_flags(KUBERNETES_VERSION)),
+        # etcd and kwok carry their release in constants; mpi-operator's defaults to v2.0.0.
+        Component("etcd", "v3.6.17", ("go.etcd.io/etcd/api/v3/version.GitSHA=v3.6.17",),
+                  renames=(("server", "etcd"),)),
+        Component("kwok", "v0.8.0"),
+        Component("mpi-operator", "v0.8.2", ("github.com/kubeflow/mpi-operator/pkg/version.Version=v0.8.2",
+                                            "github.com/kubeflow/mpi-operator/pkg/version.GitSHA=v0.8.2")),
+        Component("snapshotter", "v8.7.0", ("main.version=v8.7.0",)),
+        Component("provisioner", "v5.3.0", ("main.version=v5.3.0",)),
+        # helm's lint and capabilities default to Kubernetes 1.20 unless told the version it was cut for.
+        Component("helm", "v3.22.1", ("helm.sh/helm/v3/internal/version.version=v3.22.1",
+                                      "helm.sh/helm/v3/internal/version.gitTreeState=clean",
+                                      "helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1",
+                                      "helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37",
+                                      "helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1",
+                                      "helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37")),
+        Component("kueue", "v0.17.0", ("sigs.k8s.io/kueue/pkg/version.GitVersion=v0.17.0",)),
+        # Ours: the stand-in for csi-driver-host-path (tools/k8s/csi-dir-driver/main.go says why).
+        Component("csi-dir-driver", "v0.1.0"),
     )
 }
 

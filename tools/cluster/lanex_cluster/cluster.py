@@ -24,8 +24,11 @@ from .apiserver import ApiServer
 from .build import binary
 from .certs import CertificateAuthority, service_account_key
 from .controller_manager import ControllerManager
+from .csi import SNAPSHOT_CRD_NAMES, Csi, snapshot_crd_files, storage_objects
 from .etcd import Etcd
 from .kubeconfig import kubeconfig_for, write_kubeconfig
+from .mpi_operator import LOCK_NAMESPACE, MpiOperator
+from .mpi_operator import crd_file as mpijob_crd_file
 from .process import ManagedProcess, StartError, stop_registered
 from .scheduler import Scheduler
 
@@ -47,6 +50,8 @@ class LocalCluster:
         self.config = config or ClusterConfig()
         self.processes: dict[str, ManagedProcess] = {}
         self.server = ""
+        self.ca_cert = self.state_dir / "pki" / "ca.crt"
+        self.audit_log = self.state_dir / "audit.log"
 
     @property
     def kubeconfig(self) -> Path:
@@ -102,6 +107,14 @@ class LocalCluster:
         for namespace in self.config.namespaces:
             self.ensure_namespace(namespace)
 
+        self.apply_files([*snapshot_crd_files(), mpijob_crd_file()])
+        self.wait_established([*SNAPSHOT_CRD_NAMES, "mpijobs.kubeflow.org"])
+        for process in Csi(self.state_dir, self.kubeconfig).processes():
+            self._run(process, timeout=60)
+        self.apply_objects(storage_objects())
+        self.ensure_namespace(LOCK_NAMESPACE)
+        self._run(MpiOperator(self.state_dir, self.kubeconfig).process(), timeout=60)
+
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
             process.stop()
@@ -141,8 +154,20 @@ class LocalCluster:
         return json.loads(self.kubectl("get", "-o", "json", *args).stdout)
 
     def wait_established(self, crd_names: Sequence[str], timeout: float = 60) -> None:
-        self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s",
-                     *(f"crd/{name}" for name in crd_names))
+        """Until each CRD is Established (`kubectl wait` fails while a new CRD has no status yet)."""
+        deadline = time.monotonic() + timeout
+        pending = list(crd_names)
+        while pending:
+            crds = self.get("crd", *pending)
+            items = crds.get("items", [crds])
+            established = {item["metadata"]["name"] for item in items
+                           if any(c["type"] == "Established" and c["status"] == "True"
+                                  for c in item.get("status", {}).get("conditions") or [])}
+            pending = [name for name in pending if name not in established]
+            if pending and time.monotonic() > deadline:
+                raise StartError(f"CRDs not Established after {timeout:.0f} s: {', '.join(pending)}")
+            if pending:
+                time.sleep(0.2)
 
     def ensure_namespace(self, name: str, timeout: float = 60) -> None:
         """The namespace, once kube-controller-manager gave it its `default` ServiceAccount."""

@@ -48,7 +48,9 @@ def fake_node(name: str, gpus: int, cpu: str = "32", memory: str = "256Gi") -> d
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "annotations": {NODE_ANNOTATION: "fake"},
                      "labels": {"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                                "kubernetes.io/arch": "amd64", "nvidia.com/gpu.present": "true"}},
+                                "kubernetes.io/arch": "amd64", "nvidia.com/gpu.present": "true",
+                                # AKS names a node's pool by this label (TR-4896's GPU pool).
+                                "agentpool": "gpu"}},
         "spec": {},
         "status": {"capacity": resources, "allocatable": resources},
     }

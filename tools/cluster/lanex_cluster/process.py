@@ -52,6 +52,7 @@ class ManagedProcess:
     ready: Callable[[], bool] = lambda: True
     env: Mapping[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None
+    _log_offset: int = 0
 
     @property
     def log_path(self) -> Path:
@@ -59,6 +60,7 @@ class ManagedProcess:
 
     def start(self, timeout: float = 60.0) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(list(self.argv), stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, env={**os.environ, **self.env},
@@ -66,6 +68,14 @@ class ManagedProcess:
         _register(self.state_dir, self.name, self.popen.pid)
         self.wait_ready(timeout)
         return self
+
+    def log_text(self) -> str:
+        """What this run of the process logged (a restarted one appends to the same file)."""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            return log.read().decode(errors="replace")
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

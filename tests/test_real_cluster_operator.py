@@ -1,0 +1,164 @@
+"""lanex end to end on the real control plane: chart installed by the real helm, the operator as
+the chart's ServiceAccount, upstream mpi-operator, Job controller, scheduler, CSI provisioner and
+snapshot controller moving every child. Pods run nothing (kwok); the launcher's log is a recording
+of a real local run of this trainer (k8s/recorded_launcher.py), so the results are real numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+
+from k8s.operator_proc import OperatorProcess
+from k8s.real_operator import (CHART, NAMESPACE, InstalledChart, audited_calls, create_tr4896_classes,
+                               install_chart, start_operator)
+from k8s.recorded_launcher import record_launcher_log, serve_for_launchers
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+# Chart values that make the operator react in test time (each is a documented chart value).
+FAST_VALUES = ("progress.intervalSeconds=1", "progress.requestsPerSecond=50")
+RUN_TIMEOUT_S = 180
+
+
+@dataclass
+class LanexOnCluster:
+    cluster: Any
+    chart: InstalledChart
+    operator: OperatorProcess
+    recorded_results: dict[str, Any]
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        namespace = obj["metadata"].get("namespace", "default")
+        self.cluster.ensure_namespace(namespace)
+        self.cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+
+    def wait_phase(self, kind: str, name: str, namespace: str, phases: tuple[str, ...] = ("Succeeded",),
+                   timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        obj: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            obj = self.cluster.get(kind, name, "-n", namespace)
+            phase = obj.get("status", {}).get("phase")
+            if phase in phases:
+                return obj
+            if phase == "Failed":
+                break
+            time.sleep(0.5)
+        raise AssertionError(f"{kind} {namespace}/{name} did not reach {phases}: "
+                             f"{json.dumps(obj.get('status'), indent=1)[:3000]}\noperator log:\n{self.operator.logs()[-4000:]}")
+
+
+def recorded_results(log_file: pathlib.Path) -> dict[str, Any]:
+    """The results JSON the recorded launcher printed last (what the operator must report)."""
+    for line in reversed(log_file.read_text().splitlines()):
+        text = line.split(" ", 3)[-1].split("\r")[-1].strip()
+        if text.startswith("{") and text.endswith("}"):
+            return json.loads(text)
+    raise AssertionError(f"no results line in {log_file}")
+
+
+@pytest.fixture(scope="module")
+def lanex(real_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    create_tr4896_classes(real_cluster)
+    chart = install_chart(real_cluster, *FAST_VALUES)
+    recording = record_launcher_log(tmp_path_factory.mktemp("recording"))
+    serve_for_launchers(real_cluster, recording)
+    operator = start_operator(real_cluster, chart, tmp_path_factory.mktemp("operator"))
+    try:
+        yield LanexOnCluster(real_cluster, chart, operator, recorded_results(recording))
+    finally:
+        operator.stop()
+
+
+def example(name: str) -> dict[str, Any]:
+    return yaml.safe_load((EXAMPLES / name).read_text())
+
+
+def test_the_chart_installs_with_the_real_helm_and_ships_both_crds_established(lanex):
+    release = json.loads(lanex.cluster.kubectl("get", "secret", "-n", NAMESPACE, "-l", "owner=helm,name=lanex",
+                                               "-o", "json").stdout)["items"]
+    assert release, "helm recorded no release"
+    chart_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    assert lanex.chart.deployment["metadata"]["labels"]["helm.sh/chart"] == f"lanex-operator-{chart_version}"
+    lanex.cluster.wait_established(["laneexperiments.lanex.dev", "lanesweeps.lanex.dev"])
+
+
+def test_quickstart_goes_from_kubectl_apply_to_succeeded_through_the_real_controllers(lanex):
+    from lanex_cluster.csi import DRIVER
+
+    lanex.apply(example("quickstart.yaml"))
+    done = lanex.wait_phase("lx", "quickstart", "default")
+    status = done["status"]
+    for key in ("accuracy", "fp", "fn"):
+        assert status["results"][key] == pytest.approx(lanex.recorded_results[key]), status["results"]
+    assert status["progress"]["state"] == "finished"
+
+    claim = lanex.cluster.get("pvc", "-n", "default", "-l", "lanex.dev/experiment=quickstart")["items"][0]
+    assert claim["status"]["phase"] == "Bound"
+    volume = lanex.cluster.get("pv", claim["spec"]["volumeName"])
+    assert volume["spec"]["csi"]["driver"] == DRIVER  # provisioned by csi-provisioner, not by us
+    job = lanex.cluster.get("job", "quickstart-prepare", "-n", "default")
+    assert job["status"].get("succeeded") == 1
+    mpijob = lanex.cluster.get("mpijob", "quickstart-train", "-n", "default")
+    assert mpijob["spec"]["launcherCreationPolicy"] == "WaitForWorkersReady"
+    conditions = {c["type"]: c for c in mpijob["status"]["conditions"]}
+    assert conditions["Succeeded"]["status"] == "True" and conditions["Succeeded"]["reason"] == "MPIJobSucceeded"
+    snapshot = lanex.cluster.get("volumesnapshot", status["snapshots"][-1]["name"], "-n", "default")
+    assert snapshot["status"]["readyToUse"] is True
+    assert snapshot["status"]["boundVolumeSnapshotContentName"]
+
+    columns = lanex.cluster.kubectl("get", "lx", "quickstart", "-n", "default").stdout.splitlines()
+    assert columns[1].split()[:2] == ["quickstart", "Succeeded"], columns
+
+
+def test_the_restore_example_runs_on_the_snapshot_the_tr4896_run_made(lanex):
+    tr_run = example("tusimple-runai-3gpu.yaml")
+    namespace = tr_run["metadata"]["namespace"]
+    lanex.cluster.ensure_namespace(namespace)
+    secret = tr_run["spec"]["dataset"]["download"]["urls"][0]["secretRef"]["name"]
+    lanex.cluster.apply_objects([{"apiVersion": "v1", "kind": "Secret",
+                                  "metadata": {"name": secret, "namespace": namespace},
+                                  "stringData": {"header-Authorization": "Bearer test-only"}}])
+    lanex.apply(tr_run)
+    first = lanex.wait_phase("lx", tr_run["metadata"]["name"], namespace)["status"]
+
+    restore = example("restore-from-snapshot.yaml")
+    first_snapshot = first["snapshots"][-1]["name"]
+    restore["spec"]["dataset"]["fromSnapshot"]["snapshotName"] = first_snapshot
+    lanex.apply(restore)
+    restored = lanex.wait_phase("lx", restore["metadata"]["name"], namespace)["status"]
+    claim = lanex.cluster.get("pvc", "-n", namespace, "-l", f"lanex.dev/experiment={restore['metadata']['name']}")
+    data_sources = [c["spec"].get("dataSource") for c in claim["items"]]
+    assert {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": first_snapshot} in data_sources
+    assert restored["snapshots"][-1]["name"] != first_snapshot
+    pods = lanex.cluster.get("pods", "-n", namespace)["items"]
+    assert {p["spec"].get("schedulerName") for p in pods if "training.kubeflow.org/job-name" in p["metadata"].get("labels", {})} <= {"runai-scheduler"}
+
+
+def test_the_kubeflow_example_trains_on_an_existing_claim_it_never_deletes(lanex):
+    spec = example("kubeflow-torch-ddp.yaml")
+    claim_name = spec["spec"]["dataset"]["existingClaim"]["claimName"]
+    lanex.cluster.apply_objects([{"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                  "metadata": {"name": claim_name, "namespace": "default"},
+                                  "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "azurenetappfiles",
+                                           "resources": {"requests": {"storage": "10Gi"}}}}])
+    lanex.apply(spec)
+    lanex.wait_phase("lx", spec["metadata"]["name"], "default")
+    lanex.cluster.kubectl("delete", "lx", spec["metadata"]["name"], "-n", "default", "--wait=true", "--timeout=60s")
+    assert lanex.cluster.get("pvc", claim_name, "-n", "default")["status"]["phase"] == "Bound"
+
+
+def test_every_call_of_the_operator_was_allowed_by_the_charts_rbac(lanex):
+    user = f"system:serviceaccount:{NAMESPACE}:{lanex.chart.service_account}"
+    calls = audited_calls(lanex.cluster, user)
+    assert calls, f"the audit log has no call by {user}"
+    refused = [(c["verb"], c["requestURI"], c["responseStatus"].get("code")) for c in calls
+               if c["responseStatus"].get("code") == 403]
+    assert not refused, refused
