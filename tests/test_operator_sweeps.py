@@ -180,3 +180,60 @@ def test_a_flaky_api_server_with_errors_conflicts_and_slow_answers_loses_nothing
     assert restores_of(api_server, "fl-dataset") == ["fl-000-data", "fl-001-data", "fl-002-data"]
     assert done["status"]["counts"]["succeeded"] == 3
     assert plan.injected["error"] > 0 and plan.injected["conflict"] > 0 and plan.injected["slow"] > 0, plan.injected
+
+
+# --- nothing a sweep holds loops forever: it ends in a condition and a Warning Event ----------------
+
+
+def sweep_warnings(cluster, name: str) -> list[dict[str, Any]]:
+    return [e for e in cluster.list("events", "default", api_version="v1") if e["type"] == "Warning"
+            and (e.get("involvedObject") or {}).get("kind") == "LaneSweep" and e["involvedObject"]["name"] == name]
+
+
+def sweep_writes(cluster, name: str) -> int:
+    return len([c for c in cluster.calls() if c.resource.startswith("lanesweeps") and c.name == name
+                and c.verb == "patch" and c.user_agent.startswith("lanex-operator/")])
+
+
+def test_a_sweep_named_with_a_leading_digit_fails_as_invalid_once_instead_of_restarting_forever(api_server,
+                                                                                              running_operator):
+    # Written straight into the store, as if created before the CRD had its name rule: its trials (3lr-000) and
+    # its dataset (3lr-dataset) cannot be named. The API server now refuses even its status (the CEL rule on
+    # metadata.name), so what is left is one Warning Event with the reason, and no pass after it.
+    api_server.create(sweep("3lr"))
+    warnings = api_server.wait_for(lambda: sweep_warnings(api_server, "3lr"), timeout=30, message="a Warning Event")
+    assert [e["reason"] for e in warnings] == ["InvalidSpec"]
+    message = warnings[0]["message"]
+    assert message.startswith("invalid name: metadata.name: must be a DNS-1035 label"), message
+    assert "'3lr'" in message and "(the status could not be written: 422 Invalid" in message
+    writes = sweep_writes(api_server, "3lr")
+    import time
+
+    time.sleep(3)  # a daemon restarted by kopf would try again within its backoff
+    assert sweep_writes(api_server, "3lr") == writes
+    assert [e["reason"] for e in sweep_warnings(api_server, "3lr")] == ["InvalidSpec"]
+    assert not trials(api_server, "3lr") and not api_server.list("jobs", "default")
+    assert not api_server.list("persistentvolumeclaims", "default")
+
+
+def test_an_unexpected_error_in_a_sweep_pass_ends_it_with_a_condition_and_one_warning(api_server, operator_factory):
+    # A status no model foresaw (a trials row that is not a mapping, written past the schema): the pass raises
+    # AttributeError, which kopf would otherwise retry forever with its backoff.
+    api_server.create(sweep("odd"))
+    api_server.patch("lanesweeps", "odd", {"status": {
+        "phase": "Running", "datasetSnapshot": "odd-dataset", "trials": [7],
+        "conditions": [{"type": "DatasetReady", "status": "True", "reason": "Snapshotted", "message": "ready",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}, "default", status=True)
+    operator_factory()
+    done = wait_sweep(api_server, "odd", timeout=30)
+    status = done["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "ReconcileError"), status
+    assert "the operator cannot handle this sweep (AttributeError" in status["message"]
+    assert condition(done, "Failed")["reason"] == "ReconcileError"
+    api_server.wait_for(lambda: [e["reason"] for e in sweep_warnings(api_server, "odd")] == ["ReconcileError"],
+                        message="one ReconcileError Warning")
+    import time
+
+    time.sleep(2)
+    assert [e["reason"] for e in sweep_warnings(api_server, "odd")] == ["ReconcileError"]
+    assert not trials(api_server, "odd")

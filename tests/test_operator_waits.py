@@ -193,6 +193,72 @@ def test_existing_claim_of_a_driver_without_a_class_is_a_preflight_condition_nam
     api_server.wait_for(lambda: "NoVolumeSnapshotClassForDriver" in warning_reasons(api_server, "lanes-noclass"))
 
 
+# One rule for the three that name a snapshot class: the experiment's reconciler, a sweep's dataset
+# snapshot and `lanex render` (controller.preflight.chooses_class_by_driver and snapshot_class).
+
+def disk_sweep(name: str, claim: str) -> dict:
+    return {"apiVersion": "lanex.dev/v1alpha1", "kind": "LaneSweep", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"template": {"dataset": {"existingClaim": {"claimName": claim}},
+                                  "training": {"workers": 1, "epochs": 1, "backbone": "small"}},
+                     "parameters": [{"path": "learningRate", "values": [0.01]}]}}
+
+
+def sweep_of(api_server, name: str) -> dict:
+    return api_server.get("lanesweeps", name, "default") or {}
+
+
+def test_a_sweeps_dataset_snapshot_of_an_existing_claim_uses_its_drivers_class(api_server, running_operator):
+    azure_disk_claim(api_server, "disk-sweep-data")
+    api_server.create({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+                       "metadata": {"name": "csi-azuredisk-vsc",
+                                    "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}},
+                       "driver": AZURE_DISK, "deletionPolicy": "Delete"})
+    api_server.create(disk_sweep("disks", "disk-sweep-data"))
+    api_server.wait_for(lambda: (sweep_of(api_server, "disks").get("status") or {}).get("phase") in ("Succeeded", "Failed"),
+                        timeout=60, message="the sweep to finish")
+    status = sweep_of(api_server, "disks")["status"]
+    assert status["phase"] == "Succeeded", status
+    snapshot = api_server.get("volumesnapshots", "disks-dataset", "default")
+    assert snapshot["spec"]["volumeSnapshotClassName"] == "csi-azuredisk-vsc"  # not the operator's Trident default
+    content = api_server.get("volumesnapshotcontents", snapshot["status"]["boundVolumeSnapshotContentName"])
+    assert content["spec"]["driver"] == AZURE_DISK
+
+
+def test_a_sweep_on_a_claim_whose_driver_has_no_class_stops_at_preflight_naming_it(api_server, running_operator):
+    azure_disk_claim(api_server, "disk-sweep-orphan")
+    api_server.create(disk_sweep("orphans", "disk-sweep-orphan"))
+
+    def preflight():
+        conditions = (sweep_of(api_server, "orphans").get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Preflight" and c["status"] == "False"), None)
+
+    shown = api_server.wait_for(preflight, message="the sweep's Preflight False")
+    assert shown["reason"] == "NoVolumeSnapshotClassForDriver"
+    assert (f'no VolumeSnapshotClass for CSI driver "{AZURE_DISK}" of PersistentVolumeClaim "disk-sweep-orphan" '
+            f"(spec.template.dataset.existingClaim.claimName") in shown["message"]
+    assert api_server.get("volumesnapshots", "orphans-dataset", "default") is None
+    assert api_server.list("laneexperiments", "default") == []  # no trial either
+
+
+def test_render_shows_the_snapshot_class_of_an_existing_claim_as_decided_on_the_cluster(tmp_path):
+    from lanex_operator.api.models import parse_spec
+    from lanex_operator.cli.render import render_objects, snapshot_class_placeholder
+    from lanex_operator.plan.defaults import ClusterDefaults
+
+    def rendered_class(dataset: dict, snapshot: dict | None = None) -> str:
+        spec = parse_spec({"dataset": dataset, "snapshot": snapshot or {}, "training": {"backbone": "small"}})
+        objects = render_objects({"name": "shown"}, spec, "default", ClusterDefaults())
+        return [o for o in objects if o["kind"] == "VolumeSnapshot"][0]["spec"]["volumeSnapshotClassName"]
+
+    # The operator takes the class of the bound volume's CSI driver: render cannot know it, so it says so
+    # (it used to print the Trident default, which the snapshot controller would use whatever the driver).
+    assert rendered_class({"existingClaim": {"claimName": "disk-data"}}) == snapshot_class_placeholder("disk-data")
+    assert "disk-data" in snapshot_class_placeholder("disk-data")
+    assert rendered_class({"existingClaim": {"claimName": "disk-data"}},
+                          {"volumeSnapshotClassName": "csi-azuredisk-vsc"}) == "csi-azuredisk-vsc"
+    assert rendered_class({"synthetic": {}}) == "netapp-csi-snapclass"  # a claim lanex creates: the default
+
+
 def test_stuck_pods_are_read_at_a_bounded_rate_not_on_every_pass(api_server, operator_factory):
     api_server.knobs.stuck_pods["lanes-rate-prepare"] = ("ImagePullBackOff", POD_TROUBLES["ImagePullBackOff"])
     # A pass every 0.05 s (about 100 while the pod is stuck), the pods read at most once a second.

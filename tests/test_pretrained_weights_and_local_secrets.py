@@ -47,14 +47,23 @@ def _run_script(plan, env: dict[str, str] | None = None) -> subprocess.Completed
 
 @pytest.mark.parametrize(("weights", "problem"), [
     ({"url": "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth"}, "pretrainedWeights.sha256: required with url"),
-    ({"path": "w.pth", "sha256": "6c64b313"}, "sha256 and secretRef are only allowed with url"),
+    ({"path": "w.pth", "sha256": "a" * 64}, "sha256 and secretRef are only allowed with url"),
     ({"path": "../outside.pth"}, "pretrainedWeights.path: must stay inside the volume"),
     ({"url": "https://h/w.pth", "sha256": "6c64b3"}, "pretrainedWeights.sha256: does not match the pattern"),
-    ({"url": "https://h/w.pth?sv=1&sig=x", "sha256": "6c64b313"}, "pretrainedWeights.url: must not hold a query string"),
+    # torchvision's 8-digit prefix is 32 bits: no integrity check for a file fetched from a URL
+    ({"url": "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth", "sha256": "6c64b313"},
+     r"pretrainedWeights.sha256: does not match the pattern \^\[0-9a-fA-F\]\{64\}\$"),
+    ({"url": "https://h/w.pth", "sha256": "a" * 63}, "pretrainedWeights.sha256: does not match the pattern"),
+    ({"url": "https://h/w.pth?sv=1&sig=x", "sha256": "a" * 64}, "pretrainedWeights.url: must not hold a query string"),
 ])
 def test_weights_spec_problems_name_the_field(weights, problem):
-    with pytest.raises(InvalidSpecError, match=problem.replace("?", r"\?")):
+    with pytest.raises(InvalidSpecError, match=problem if "\\" in problem else problem.replace("?", r"\?")):
         parse_spec(_spec(weights))
+
+
+def test_a_weights_file_cached_under_a_digest_prefix_is_still_named_with_path():
+    spec = parse_spec(_spec({"path": "weights/6c64b313.pth"}))
+    assert plan_for("old-cache", "local", spec, mount_root="/vol").train.pretrained_weights == "/vol/weights/6c64b313.pth"
 
 
 def test_credentials_in_a_download_url_are_refused_pointing_at_secret_ref():
@@ -69,9 +78,9 @@ def test_credentials_in_a_download_url_are_refused_pointing_at_secret_ref():
 
 def test_weights_are_fetched_once_and_a_restored_snapshot_does_not_fetch_them_again(tmp_path):
     with file_server(Served(files={"/models/vgg16_bn-6c64b313.pth": WEIGHTS})) as served:
-        weights = {"url": f"{served.base}/models/vgg16_bn-6c64b313.pth", "sha256": WEIGHTS_SHA[:8]}
+        weights = {"url": f"{served.base}/models/vgg16_bn-6c64b313.pth", "sha256": WEIGHTS_SHA}
         first = plan_for("first", "local", parse_spec(_spec(weights)), mount_root=str(tmp_path / "vol-a"))
-        assert first.train.pretrained_weights == str(tmp_path / "vol-a" / "weights" / f"{WEIGHTS_SHA[:8]}.pth")
+        assert first.train.pretrained_weights == str(tmp_path / "vol-a" / "weights" / f"{WEIGHTS_SHA}.pth")
         assert first.train.train_command[-2:] == ("--pretrained-weights", first.train.pretrained_weights)
 
         ran = _run_script(first)
@@ -98,11 +107,11 @@ def test_weights_are_fetched_once_and_a_restored_snapshot_does_not_fetch_them_ag
 
 def test_weights_with_a_wrong_digest_fail_the_prepare_step_and_are_not_used(tmp_path):
     with file_server(Served(files={"/w.pth": WEIGHTS})) as served:
-        plan = plan_for("bad", "local", parse_spec(_spec({"url": f"{served.base}/w.pth", "sha256": "deadbeef"})),
+        plan = plan_for("bad", "local", parse_spec(_spec({"url": f"{served.base}/w.pth", "sha256": "deadbeef" * 8})),
                         mount_root=str(tmp_path / "vol"))
         ran = _run_script(plan)
     assert ran.returncode == 1
-    assert f"error: {served.base}/w.pth: checksum mismatch, expected sha256 deadbeef" in ran.stderr
+    assert f"error: {served.base}/w.pth: checksum mismatch, expected sha256 {'deadbeef' * 8}" in ran.stderr
     assert not Path(plan.train.pretrained_weights).exists()
     assert not (tmp_path / "vol" / "tusimple_data" / ".lanex-prepared").exists()
 

@@ -11,8 +11,9 @@ granted rule must be used by some scenario or be in `GRANTED_BUT_NOT_SEEN` with 
 
 Scenarios: a Kubeflow run, a RUN:ai run, a restore from a snapshot, a training failure, a dataset
 volume that never binds, a preflight with a missing storage class, an existing claim, a child that
-already exists (as after a crash), a hung launcher restarted (stallAction Restart), and a deletion
-with retention Delete. A second operator serves
+already exists (as after a crash), a hung launcher restarted (stallAction Restart, with the chart value
+that grants it), private sources (an opted-in Secret and ServiceAccount, whose labels are read as
+metadata only), and a deletion with retention Delete. A second operator serves
 two namespaces only, and each of its requests must be authorized by the namespaced install's Roles
 in that namespace (or its small ClusterRole for cluster-scoped resources).
 """
@@ -41,7 +42,9 @@ pytestmark = pytest.mark.timeout(180)
 
 NAMESPACES = ("default", "runai-lanes", "team-b")
 SERVED = ["default", "runai-lanes"]  # the namespaced install serves these, not team-b
-NAMESPACED_VALUES = {"watchNamespaces": SERVED}
+# The optional grants on, so that every rule the chart can grant is exercised (the defaults: tests/test_chart.py).
+GRANT_VALUES = {"stallRestart": {"deleteLauncherPods": True}}
+NAMESPACED_VALUES = {"watchNamespaces": SERVED, **GRANT_VALUES}
 
 # Granted although no scenario's request needs it; each with the reason. Keep this list short.
 GRANTED_BUT_NOT_SEEN: dict[Permission, str] = {
@@ -162,6 +165,16 @@ def run_lifecycle_scenarios(cluster: EmulatedCluster) -> dict[str, Any]:
                              "parameters": [{"path": "learningRate", "values": [0.01, 0.02, 0.04]}],
                              "parallelism": 3, "earlyStopping": {"minEpochs": 1, "minTrials": 2},
                              "retention": {"keepBest": 1, "dataset": "Delete"}}})
+    # Private sources: a Secret and a ServiceAccount their owners opted in (the operator reads their labels only).
+    for kind, plural in (("Secret", "secrets"), ("ServiceAccount", "serviceaccounts")):
+        cluster.create({"apiVersion": "v1", "kind": kind, "metadata": {
+            "name": "rbac-mirror", "namespace": "default", "labels": {"lanex.dev/usable-by-experiments": "true"}},
+            **({"stringData": {"Authorization": "Bearer rbac"}} if kind == "Secret" else {})})
+    private = experiment("rbac-private", spec={"dataset": {"download": {"urls": [
+        {"url": "https://data.example.com/tusimple/test_label.json", "secretRef": {"name": "rbac-mirror"}}]},
+        "prepareServiceAccountName": "rbac-mirror"}})
+    del private["spec"]["dataset"]["synthetic"]
+    cluster.create(private)
     cluster.knobs.stall_logging.add("rbac-stall")  # its launcher hangs until the operator deletes the pod
     cluster.create(experiment("rbac-stall", spec={"training": {"stallTimeoutSeconds": 1, "stallAction": "Restart"}}))
 
@@ -176,7 +189,8 @@ def run_lifecycle_scenarios(cluster: EmulatedCluster) -> dict[str, Any]:
                                                                 "fromSnapshot": {"snapshotName": snapshot}}}))
     for name, namespace in (("rbac-kubeflow", "default"), ("rbac-runai", "runai-lanes"), ("rbac-fail", "default"),
                             ("rbac-nobind", "default"), ("rbac-claim", "default"), ("rbac-again", "default"),
-                            ("rbac-drop", "default"), ("rbac-restore", "default"), ("rbac-stall", "default")):
+                            ("rbac-drop", "default"), ("rbac-restore", "default"), ("rbac-stall", "default"),
+                            ("rbac-private", "default")):
         exp = wait_phase(cluster, name, ["Succeeded", "Failed"], namespace=namespace, timeout=40)
         outcomes[name] = (exp["status"]["phase"], exp["status"].get("reason"))
     cluster.wait_for(lambda: condition(get_experiment(cluster, "rbac-preflight"), "Preflight")["status"] == "False",
@@ -214,7 +228,8 @@ def all_namespaces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recordi
     workdir = tmp_path_factory.mktemp("rbac-all-namespaces")
     cluster = started_cluster(workdir)
     # Long enough for the claims that do bind on a loaded machine, short enough for the one that never does.
-    operator = OperatorProcess(cluster.kubeconfig, workdir, {"LANEX_OPERATOR_DATASET_BOUND_TIMEOUT_SECONDS": "10"})
+    operator = OperatorProcess(cluster.kubeconfig, workdir, {"LANEX_OPERATOR_DATASET_BOUND_TIMEOUT_SECONDS": "10",
+                                                             "LANEX_OPERATOR_DELETE_LAUNCHER_PODS": "true"})
     try:
         operator.start()
         yield recording(cluster, run_lifecycle_scenarios(cluster))
@@ -228,7 +243,7 @@ def two_namespaces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recordi
     """The operator as the chart runs it with watchNamespaces: [default, runai-lanes]."""
     workdir = tmp_path_factory.mktemp("rbac-two-namespaces")
     cluster = started_cluster(workdir)
-    operator = NamespacedOperator(cluster.kubeconfig, workdir, SERVED)
+    operator = NamespacedOperator(cluster.kubeconfig, workdir, SERVED, {"LANEX_OPERATOR_DELETE_LAUNCHER_PODS": "true"})
     try:
         operator.start()
         cluster.create(experiment("ns-kubeflow", spec={"retention": {"dataset": "Delete", "snapshots": "Delete"}}))
@@ -252,7 +267,7 @@ def two_namespaces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recordi
 def test_the_scenarios_ran_to_their_expected_outcomes(all_namespaces):
     outcomes = all_namespaces.outcomes
     for name in ("rbac-kubeflow", "rbac-runai", "rbac-claim", "rbac-again", "rbac-drop", "rbac-restore",
-                 "rbac-stall"):
+                 "rbac-stall", "rbac-private"):
         assert outcomes[name] == ("Succeeded", None), (name, outcomes[name])
     assert outcomes["rbac-fail"] == ("Failed", "TrainingFailed")
     assert outcomes["rbac-nobind"] == ("Failed", "DatasetFailed")
@@ -272,14 +287,14 @@ def test_every_request_is_from_the_operator_or_the_simulated_cluster(all_namespa
 
 
 def test_every_request_of_the_operator_is_granted_by_the_default_install(all_namespaces):
-    granted = granted_permissions(None)
+    granted = granted_permissions(GRANT_VALUES)
     denied = sorted({(permission(call), call.method, call.path) for call in all_namespaces.operator_calls()
                      if permission(call) not in granted})
     assert denied == [], f"the chart does not grant: {denied}"
 
 
 def test_every_rule_of_the_default_install_is_used_by_a_scenario(all_namespaces):
-    unused = granted_permissions(None) - all_namespaces.used()
+    unused = granted_permissions(GRANT_VALUES) - all_namespaces.used()
     assert unused == set(GRANTED_BUT_NOT_SEEN), (
         f"granted but never used (drop them from templates/_rbac.tpl, or allow-list them with the reason): "
         f"{sorted(unused - set(GRANTED_BUT_NOT_SEEN))}; allow-listed but used or not granted: "
@@ -293,7 +308,7 @@ def test_the_allow_listed_finalizers_rule_is_needed_by_the_owner_references_the_
 
 
 def test_the_operator_reads_only_launcher_logs_and_deletes_only_launcher_pods(all_namespaces):
-    granted = granted_permissions(None)
+    granted = granted_permissions(GRANT_VALUES)
     assert ("", "pods/log", "get") in granted  # the progress reads (issue 13); `lanex logs` uses the user's rights
     pods = [call for call in all_namespaces.operator_calls() if call.resource in ("pods/log", "pods")
             and call.verb in ("get", "delete")]
@@ -301,6 +316,12 @@ def test_the_operator_reads_only_launcher_logs_and_deletes_only_launcher_pods(al
     assert any(call.verb == "delete" for call in pods)  # rbac-stall's launcher was restarted
     assert not {permission for permission in granted if permission[2] in ("update", "deletecollection", "*")
                 and permission[1] not in ("laneexperiments/finalizers", "lanesweeps/finalizers")}
+
+
+def test_the_operator_reads_secrets_and_service_accounts_only_by_name_and_as_metadata(all_namespaces):
+    reads = [call for call in all_namespaces.operator_calls() if call.resource in ("secrets", "serviceaccounts")]
+    assert {(call.resource, call.name) for call in reads} == {("secrets", "rbac-mirror"), ("serviceaccounts", "rbac-mirror")}
+    assert all(call.verb == "get" and call.metadata_only for call in reads), reads
 
 
 # --- the namespaced install: a Role per served namespace, a small ClusterRole ---------------------
@@ -330,7 +351,7 @@ def test_namespaced_grants_live_only_in_the_served_namespaces(all_namespaces, tw
     cluster_wide = scopes[None]
     assert {resource for _, resource, _ in cluster_wide if namespaced[resource.split("/")[0]]} == set(), (
         "the namespaced install's ClusterRole must not grant namespaced resources")
-    default_install = granted_permissions(None)
+    default_install = granted_permissions(GRANT_VALUES)
     for namespace in SERVED:
         assert scopes[namespace] == {p for p in default_install if namespaced[p[1].split("/")[0]]}
     # Its cluster-scoped rules are the default install's plus what kopf uses to follow namespaces.

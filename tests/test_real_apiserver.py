@@ -88,6 +88,24 @@ def test_an_experiment_name_no_child_could_carry_is_refused(cluster, name):
     assert result.returncode != 0 and "metadata.name" in result.stderr, result.stderr
 
 
+def sweep_named(name: str) -> dict[str, Any]:
+    return {"apiVersion": "lanex.dev/v1alpha1", "kind": "LaneSweep", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"template": MINIMAL, "parameters": [{"path": "learningRate", "values": [0.01, 0.02]}]}}
+
+
+@pytest.mark.parametrize("name", ["3lr-sweep", "s" * 35, "Lr"])
+def test_a_sweep_name_its_trials_or_dataset_could_not_carry_is_refused(cluster, name):
+    result = dry_run(cluster, sweep_named(name))
+    assert result.returncode != 0 and "metadata.name" in result.stderr, result.stderr
+
+
+def test_the_longest_sweep_name_is_accepted(cluster):
+    from lanex_operator.api.sweep import MAX_SWEEP_NAME_LENGTH
+
+    result = dry_run(cluster, sweep_named("s" * MAX_SWEEP_NAME_LENGTH))
+    assert result.returncode == 0, result.stderr
+
+
 def test_kubectl_get_lx_prints_the_printer_columns_from_the_servers_table(cluster):
     cluster.ensure_namespace("columns")
     cluster.kubectl("apply", "-n", "columns", "-f", "-", input=yaml.safe_dump(as_object(

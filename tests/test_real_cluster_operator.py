@@ -70,8 +70,9 @@ def test_the_restore_example_runs_on_the_snapshot_the_tr4896_run_made(lanex):
     namespace = tr_run["metadata"]["namespace"]
     lanex.cluster.ensure_namespace(namespace)
     secret = tr_run["spec"]["dataset"]["download"]["urls"][0]["secretRef"]["name"]
-    lanex.cluster.apply_objects([{"apiVersion": "v1", "kind": "Secret",
-                                  "metadata": {"name": secret, "namespace": namespace},
+    lanex.cluster.apply_objects([{"apiVersion": "v1", "kind": "Secret",  # its owner lends it to experiments
+                                  "metadata": {"name": secret, "namespace": namespace,
+                                               "labels": {"lanex.dev/usable-by-experiments": "true"}},
                                   "stringData": {"header-Authorization": "Bearer test-only"}}])
     lanex.apply(tr_run)
     first = lanex.wait_phase("lx", tr_run["metadata"]["name"], namespace)["status"]

@@ -23,6 +23,8 @@ semantics with the parts of the apiserver that kopf and the operator rely on:
   error` on POST/PUT, 422 Invalid on PATCH, as its handlers answer), defaults, CEL rules,
   ratcheting). Writes
   that tests make straight into the store skip it, as objects "from before the CRD" would.
+* metadata-only reads (`Accept: ...;as=PartialObjectMetadata;g=meta.k8s.io`, as the operator reads the
+  opt-in label of a Secret without its values);
 * server-side printing (`Accept: ...;as=Table;g=meta.k8s.io`, what `kubectl get` asks for) of custom
   resources with `additionalPrinterColumns`: GET, LIST and WATCH answer meta.k8s.io/v1 Tables whose
   cells follow the columns' JSONPaths (null when a path finds nothing, `date` columns as an age), as
@@ -154,6 +156,7 @@ class ApiCall:
     user_agent: str
     status: int = 0
     at: float = 0.0  # time.monotonic() when the request arrived
+    metadata_only: bool = False  # asked as PartialObjectMetadata (a Secret's values are not sent)
 
 
 @dataclasses.dataclass
@@ -473,6 +476,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if call.verb in ("get", "list") and status == 200 and self._wants_table(request, spec):
                 payload = self._table(spec, payload.get("items", [payload]) if call.verb == "list" else [payload],
                                       (payload.get("metadata") or {}).get("resourceVersion", ""), request.params)
+            elif call.verb == "get" and status == 200 and call.metadata_only:
+                payload = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                           "metadata": payload.get("metadata") or {}}
         except ApiError as exc:
             self.calls.append(dataclasses.replace(call, status=exc.code))
             return _json(exc.status(), exc.code)
@@ -491,9 +497,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         name = request.name
         if name is None and verb == "create" and isinstance(request.data, dict):
             name = (request.data.get("metadata") or {}).get("name")  # what a create names, for the request log
+        accept = request.headers.get("Accept", "")
         return ApiCall(method=method, path=request.url.path, verb=verb, group=spec.group, resource=plural,
                        namespace=request.namespace, name=name,
-                       user_agent=request.headers.get("User-Agent", ""), at=time.monotonic())
+                       user_agent=request.headers.get("User-Agent", ""), at=time.monotonic(),
+                       metadata_only="as=PartialObjectMetadata" in accept and "g=meta.k8s.io" in accept)
 
     def _dispatch(self, request: rendering.Request, spec: ResourceSpec, call: ApiCall) -> tuple[Any, int]:
         if request.subresource not in (None, "status") or (

@@ -34,7 +34,7 @@ def is_dns1035_label(value: str) -> list[str]:
     errors = []
     if len(value) > 63:
         errors.append("must be no more than 63 characters")
-    if not DNS1035.match(value):
+    if not DNS1035.fullmatch(value):
         errors.append(DNS1035_ERROR)
     return errors
 

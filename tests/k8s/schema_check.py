@@ -31,6 +31,14 @@ import cel
 
 CEL_RESERVED = {"true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function", "if",
                 "import", "let", "loop", "package", "namespace", "return", "var", "void", "while"}
+
+
+def go_pattern(pattern: str) -> str:
+    """An OpenAPI pattern as the apiserver's Go regexp reads it: a final `$` is the end of the text, where
+    Python's `$` also matches before a trailing newline (so `^[a-z]+$` would accept "quick\\n")."""
+    return pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith("\\$") else pattern
+
+
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
@@ -167,7 +175,7 @@ class CrdSchema:
         problems = []
         meta = obj.get("metadata") or {}
         name = meta.get("name") or ""
-        if name and (len(name) > 253 or not DNS_SUBDOMAIN.match(name)):
+        if name and (len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name)):
             problems.append(f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of '
                             f"lower case alphanumeric characters, '-' or '.', and must start and end with an "
                             f"alphanumeric character")
@@ -248,7 +256,7 @@ class CrdSchema:
             allowed = ", ".join(f'"{item}"' if isinstance(item, str) else str(item) for item in schema["enum"])
             problems.append(f"{where}: Unsupported value: {shown}: supported values: {allowed}")
         if isinstance(value, str):
-            if "pattern" in schema and not re.search(schema["pattern"], value):
+            if "pattern" in schema and not re.search(go_pattern(schema["pattern"]), value):
                 problems.append(f'{where}: Invalid value: {shown}: {where} in body should match \'{schema["pattern"]}\'')
             if "maxLength" in schema and len(value) > schema["maxLength"]:
                 problems.append(f"{where}: Too long: may not be more than {schema['maxLength']} bytes")
@@ -361,13 +369,13 @@ def label_problems(labels: Mapping[str, Any], where: str) -> list[str]:
     problems = []
     for key, value in labels.items():
         prefix, _, name = str(key).rpartition("/")
-        if len(name) > 63 or not LABEL_NAME.match(name) or (prefix and not DNS_SUBDOMAIN.match(prefix)):
+        if len(name) > 63 or not LABEL_NAME.fullmatch(name) or (prefix and not DNS_SUBDOMAIN.fullmatch(prefix)):
             problems.append(f'{where}: Invalid value: "{key}": name part must consist of alphanumeric characters, '
                             f"'-', '_' or '.', and must start and end with an alphanumeric character")
         text = str(value)
         if len(text) > 63:
             problems.append(f'{where}: Invalid value: "{text}": must be no more than 63 characters')
-        elif not LABEL_VALUE.match(text):
+        elif not LABEL_VALUE.fullmatch(text):
             problems.append(f'{where}: Invalid value: "{text}": a valid label must be an empty string or consist of '
                             f"alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric "
                             f"character")

@@ -95,7 +95,7 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for path in directory.iterdir():
-        match = _PERIODIC.match(path.name)
+        match = _PERIODIC.fullmatch(path.name)
         if match:
             found.append((int(match.group(1)), path))
     return sorted(found)

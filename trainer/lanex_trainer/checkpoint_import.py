@@ -55,17 +55,17 @@ def lanex_key(reference_key: str) -> Optional[str]:
         key = key[len("module."):]
     if key in _DROPPED:
         return None
-    backbone = re.match(r"^backbone\.(\d+)\.(.+)$", key)
+    backbone = re.fullmatch(r"^backbone\.(\d+)\.(.+)$", key)
     if backbone:
         index = int(backbone.group(1))
         if index in _REMOVED_POOLS or index > 43:
             raise ImportCheckpointError(f"key {reference_key}: SCNN's backbone has no layer {index}")
         return f"backbone.{index if index < 33 else index - 1}.{backbone.group(2)}"
-    passing = re.match(r"^message_passing\.(\w+)\.weight$", key)
+    passing = re.fullmatch(r"^message_passing\.(\w+)\.weight$", key)
     if passing and passing.group(1) in _MESSAGE_PASSING:
         return f"message_passing.{_MESSAGE_PASSING[passing.group(1)]}.weight"
     for pattern, replacement in _RENAMES:
-        if pattern.match(key):
+        if pattern.match(key):  # a prefix, renamed; the rest of the key is kept
             return pattern.sub(replacement, key)
     raise ImportCheckpointError(f"key {reference_key} is not part of SCNN_Pytorch's SCNN")
 

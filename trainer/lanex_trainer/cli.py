@@ -41,7 +41,7 @@ def data_download(
         ..., "--url", help="http(s)://, file://, az://ACCOUNT/CONTAINER/PATH or https://ACCOUNT.blob.core.windows.net/"
         " URL; repeatable."),
     sha256: List[str] = typer.Option(
-        [], "--sha256", help="Expected SHA-256 per --url, in order (64 hex digits, or a prefix of at least 8)."),
+        [], "--sha256", help="Expected SHA-256 per --url, in order (all 64 hex digits)."),
     out: Path = typer.Option(..., help="Directory to download and extract into."),
     extract: bool = typer.Option(True, help="Extract zip/tar archives after download."),
     credentials: Optional[Path] = typer.Option(

@@ -47,11 +47,21 @@ follows pods/log) belong to the users' roles; the operator reads only the launch
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create"]
 # The termination messages of finished pods (results, or why a step failed), by label selector;
-# the launcher pod is found the same way for progress reads, and deleted on a stall when the
-# experiment asks for it (spec.training.stallAction: Restart; its launcher Job starts a new one).
+# the launcher pod is found the same way for progress reads. Deleted on a stall only where the chart
+# allows it (stallRestart.deleteLauncherPods) and the experiment asks for it (stallAction: Restart;
+# its launcher Job starts a new one).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "delete"]
+  verbs: ["list"{{ if .Values.stallRestart.deleteLauncherPods }}, "delete"{{ end }}]
+{{- if .Values.credentials.optInLabel }}
+# The opt-in label of a Secret or ServiceAccount an experiment names (credentials.optInLabel): one
+# get by name, asked as PartialObjectMetadata, so a Secret's values never reach the operator. No
+# list or watch: it cannot enumerate them. (Creating Jobs that mount Secrets already lets the
+# operator use any Secret of a served namespace; the label is what limits it to opted-in ones.)
+- apiGroups: [""]
+  resources: ["secrets", "serviceaccounts"]
+  verbs: ["get"]
+{{- end }}
 # Training progress: the tail of the launcher's log (tailLines/limitBytes, never followed).
 - apiGroups: [""]
   resources: ["pods/log"]

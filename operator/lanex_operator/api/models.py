@@ -171,7 +171,8 @@ class DownloadUrl(SpecModel):
     url: str = Field(
         description="http://, https://, file://, az://ACCOUNT/CONTAINER/PATH or https://ACCOUNT.blob.core.windows.net/"
         " URL of an archive (zip/tar) or file; archives are extracted. Blob URLs are read with the secretRef's SAS,"
-        " else the prepare Job's Azure workload identity. No credentials and no query string here: use secretRef.",
+        " else the prepare Job's Azure workload identity (a secretRef of HTTP header keys is refused for them: Blob"
+        " reads never send it). No credentials and no query string here: use secretRef.",
         pattern=DOWNLOAD_URL_PATTERN,
         max_length=MAX_URL_LENGTH,
     )
@@ -397,9 +398,10 @@ class PretrainedWeights(SpecModel):
     )
     sha256: Optional[str] = Field(
         None,
-        description="SHA-256 of the file: the full 64 hex digits, or a prefix of at least 8 (torchvision names its"
-        " files after the first 8, e.g. 6c64b313). Required with url.",
-        pattern=r"^[0-9a-fA-F]{8,64}$",
+        description="SHA-256 of the file, all 64 hex digits (a prefix such as the 8 in torchvision's file names is"
+        " no integrity check for a file fetched from a URL; `sha256sum` it once). Required with url; the file is"
+        " cached as <volume>/weights/<sha256>.pth (a file cached earlier under a prefix is named with path).",
+        pattern=r"^[0-9a-fA-F]{64}$",
     )
     secret_ref: Optional[SecretRef] = Field(
         None, description=f"Secret with the credentials of url, mounted into the prepare Job only. {SECRET_KEYS_HELP}"
@@ -720,9 +722,15 @@ def check_experiment_name(name: Any) -> str:
             f"metadata.name: must have at most {MAX_EXPERIMENT_NAME_LENGTH} characters: it must be {EXPERIMENT_NAME_RULE}"
             f" (got {len(name)}: {name!r})"
         )
-    if not re.match(DNS_1035_LABEL_PATTERN, name):
+    if not matches(DNS_1035_LABEL_PATTERN, name):
         raise InvalidSpecError(f"metadata.name: must be {EXPERIMENT_NAME_RULE} (got {name!r})")
     return name
+
+
+def matches(pattern: str, value: str) -> bool:
+    """Whether all of `value` follows `pattern`, as the API server's (RE2) patterns and pydantic's match: a full
+    match, since Python's `$` also matches before a trailing newline (`re.match('^a$', 'a\\n')` succeeds)."""
+    return re.fullmatch(pattern, value) is not None
 
 
 def parse_spec(spec: Any) -> LaneExperimentSpec:

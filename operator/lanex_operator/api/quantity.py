@@ -35,12 +35,12 @@ class QuantityError(ValueError):
 
 def is_quantity(text: str) -> bool:
     """True when `text` follows the Kubernetes quantity grammar."""
-    return bool(_QUANTITY.match(text))
+    return bool(_QUANTITY.fullmatch(text))
 
 
 def parse_quantity(text: str) -> Decimal:
     """The value of a quantity in base units (bytes for storage): "1Gi" -> 1073741824."""
-    match = _QUANTITY.match(text)
+    match = _QUANTITY.fullmatch(text)
     if not match:
         raise QuantityError(f"{text!r} is not a Kubernetes quantity (examples: 100Gi, 500M, 1.5Ti)")
     number = Decimal(match.group(1)) * (-1 if text.startswith("-") else 1)

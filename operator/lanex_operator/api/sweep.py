@@ -29,7 +29,8 @@ from pydantic_core import PydanticCustomError
 
 from lanex_operator.api.fields import Timestamp
 from lanex_operator.api.models import (
-    DNS_LABEL_PATTERN,
+    DNS_1035_LABEL_PATTERN,
+    MAX_WORKERS,
     InvalidSpecError,
     LaneExperimentSpec,
     RetentionPolicy,
@@ -38,6 +39,7 @@ from lanex_operator.api.models import (
     _plain,
     _section,
     describe_errors,
+    matches,
     parse_spec,
 )
 from lanex_operator.api.status import Condition, StatusModel
@@ -49,8 +51,16 @@ SWEEP_SHORT_NAME = "lxs"
 SWEEP_LABEL = "lanex.dev/sweep"  # on every trial and every child of the sweep: the sweep's name
 TRIAL_PARAMETERS_ANNOTATION = "lanex.dev/trial-parameters"  # on a trial: its parameters, JSON
 MAX_TRIALS = 999
-# Trials are `<sweep>-NNN` and the dataset `<sweep>-dataset`: both must stay valid experiment names (40 characters).
-MAX_SWEEP_NAME_LENGTH = 32
+# Every name derived from a sweep's must stay valid: its trials `<sweep>-NNN` and the experiment plan of its dataset
+# `<sweep>-dataset` are experiment names (at most 42 characters, DNS-1035), so the dataset's makes it 34.
+# `lanex_operator.plan.sweep.longest_valid_sweep_name_length()` computes it from the name builders (a test checks).
+MAX_SWEEP_NAME_LENGTH = 34
+SWEEP_NAME_RULE = (
+    f"a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, ending with a letter or digit)"
+    f" of at most {MAX_SWEEP_NAME_LENGTH} characters, so that every name derived from it (its trials <name>-000 to"
+    f" <name>-{MAX_TRIALS - 1} and their children up to {MAX_WORKERS} workers, its dataset <name>-dataset with its"
+    f" PVC, prepare Job and snapshot) stays valid"
+)
 METRICS = ("accuracy", "fp", "fn")
 Metric = Literal["accuracy", "fp", "fn"]
 
@@ -258,7 +268,7 @@ class LaneSweepStatus(StatusModel):
     phase: Optional[SweepPhase] = Field(None, description="Pending, PreparingDataset, Running, Succeeded or Failed.")
     reason: Optional[str] = Field(None, description="Failure reason when phase is Failed.")
     message: Optional[str] = Field(None, description="Details of the current phase or failure.")
-    conditions: list[Condition] = Field(default_factory=list, description="DatasetReady, Succeeded, Failed.")
+    conditions: list[Condition] = Field(default_factory=list, description="Preflight, DatasetReady, Succeeded, Failed.")
     observed_generation: Optional[int] = Field(None, description="Last metadata.generation acted upon.")
     dataset_claim: Optional[str] = Field(None, description="The PVC the dataset was prepared on.")
     prepare_job: Optional[str] = Field(None, description="The download/prepare Job.")
@@ -275,17 +285,14 @@ class LaneSweepStatus(StatusModel):
 
 
 def check_sweep_name(name: Any) -> str:
-    """Raise InvalidSpecError unless `name` can name a sweep and its trials (`<name>-NNN`)."""
-    import re
-
+    """Raise InvalidSpecError unless `name` can name a sweep and everything derived from it (trials, dataset)."""
     if not isinstance(name, str) or not name:
         raise InvalidSpecError(f"metadata.name: required, a non-empty string (got {name!r})")
     if len(name) > MAX_SWEEP_NAME_LENGTH:
-        raise InvalidSpecError(f"metadata.name: must have at most {MAX_SWEEP_NAME_LENGTH} characters so that trial "
-                               f"names (<name>-NNN, <name>-dataset) stay valid (got {len(name)}: {name!r})")
-    if not re.match(DNS_LABEL_PATTERN, name):
-        raise InvalidSpecError(f"metadata.name: must be lower-case letters, digits and '-', starting and ending with a"
-                               f" letter or digit (got {name!r})")
+        raise InvalidSpecError(f"metadata.name: must have at most {MAX_SWEEP_NAME_LENGTH} characters: it must be "
+                               f"{SWEEP_NAME_RULE} (got {len(name)}: {name!r})")
+    if not matches(DNS_1035_LABEL_PATTERN, name):
+        raise InvalidSpecError(f"metadata.name: must be {SWEEP_NAME_RULE} (got {name!r})")
     return name
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from lanex_operator.api.models import API_VERSION, DNS_LABEL_PATTERN, GROUP, VERSION, field_path
+from lanex_operator.api.models import API_VERSION, DNS_1035_LABEL_PATTERN, GROUP, VERSION, field_path
 from lanex_operator.api.schema import apply_defaults, structural_schema, to_json_schema
 from lanex_operator.api.sweep import (
     MAX_SWEEP_NAME_LENGTH,
     SWEEP_KIND,
+    SWEEP_NAME_RULE,
     SWEEP_PLURAL,
     SWEEP_SHORT_NAME,
     SWEEP_SINGULAR,
@@ -55,11 +56,17 @@ def sweep_open_api_schema() -> dict[str, Any]:
             "apiVersion": {"type": "string", "description": "APIVersion of this object."},
             "kind": {"type": "string", "description": "Kind of this object."},
             "metadata": {"type": "object", "properties": {"name": {
-                "type": "string", "maxLength": MAX_SWEEP_NAME_LENGTH, "pattern": DNS_LABEL_PATTERN}}},
+                "type": "string", "maxLength": MAX_SWEEP_NAME_LENGTH, "pattern": DNS_1035_LABEL_PATTERN}}},
             "spec": sweep_spec_schema(),
             "status": sweep_status_schema(),
         },
+        # The rule again as CEL, so that `kubectl apply` says why in the API's own words (as the experiment's CRD).
+        "x-kubernetes-validations": [{"rule": SWEEP_NAME_CEL_RULE, "message": f"metadata.name must be {SWEEP_NAME_RULE}"}],
     }
+
+
+SWEEP_NAME_CEL_RULE = (f"size(self.metadata.name) <= {MAX_SWEEP_NAME_LENGTH}"
+                       f" && self.metadata.name.matches('{DNS_1035_LABEL_PATTERN}')")
 
 
 def build_sweep_crd() -> dict[str, Any]:

@@ -5,9 +5,10 @@ approval) and the tests' window on the builders. The objects come from the same 
 operator uses (`controller.desired`, on top of the pure builders), with the cluster's defaults in
 effect as the operator reads them: its environment (`LANEX_TRAINER_IMAGE`, `LANEX_DEFAULT_*`), or the
 chart's `defaults.*` from `--values`, else the built-in ones. What only the cluster knows is shown
-as a placeholder: the experiment's uid in owner references and the snapshot's time
-(`SNAPSHOT_TIME_PLACEHOLDER`); a restore PVC asks for `dataset.size` (the operator raises it to the
-snapshot's restoreSize when that is larger). The MPIJob is the one for mpi-operator >= 0.5.0.
+as a placeholder: the experiment's uid in owner references, the snapshot's time
+(`SNAPSHOT_TIME_PLACEHOLDER`), and for an `existingClaim` without a class in the spec the snapshot class
+(the operator's rule picks the class of the claim's CSI driver: `snapshot_class_placeholder`); a restore
+PVC asks for `dataset.size` (the operator raises it to the snapshot's restoreSize when that is larger). The MPIJob is the one for mpi-operator >= 0.5.0.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def render_objects(metadata: Mapping[str, Any], spec: Any, namespace: Optional[s
 
     name = metadata["name"]
     namespace = namespace or metadata.get("namespace") or "default"
-    plan = plan_for(name, namespace, spec, defaults=defaults)
+    plan = with_snapshot_class_shown(plan_for(name, namespace, spec, defaults=defaults))
     body_meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": PLACEHOLDER_UID, "generation": 1}
     if metadata.get("labels"):
         body_meta["labels"] = dict(metadata["labels"])
@@ -87,6 +88,25 @@ def render_objects(metadata: Mapping[str, Any], spec: Any, namespace: Optional[s
     if plan.snapshot is not None:
         objects.append(desired.snapshot(body, spec, plan, SNAPSHOT_TIME_PLACEHOLDER))
     return objects
+
+
+def snapshot_class_placeholder(claim: str) -> str:
+    """What `lanex render` shows for a snapshot class that only the cluster can decide."""
+    return f"<the VolumeSnapshotClass of the CSI driver of PersistentVolumeClaim {claim}, chosen on the cluster>"
+
+
+def with_snapshot_class_shown(plan: Any) -> Any:
+    """The plan with the snapshot class the operator would use, by the operator's rule
+    (`controller.preflight.chooses_class_by_driver`): for a claim lanex did not create and no class in the
+    spec, the class of the bound volume's CSI driver, which only the cluster knows: a placeholder, like the uid."""
+    import dataclasses
+
+    from lanex_operator.controller.preflight import chooses_class_by_driver
+
+    if plan.snapshot is None or not chooses_class_by_driver(plan):
+        return plan
+    shown = snapshot_class_placeholder(plan.snapshot.source_claim)
+    return dataclasses.replace(plan, snapshot=dataclasses.replace(plan.snapshot, volume_snapshot_class_name=shown))
 
 
 def render_file(path: Path, namespace: Optional[str] = None, values_file: Optional[Path] = None,

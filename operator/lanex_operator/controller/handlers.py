@@ -24,6 +24,7 @@ import kopf
 from lanex_operator.api.models import GROUP, PLURAL, VERSION, Phase
 from lanex_operator.controller.children import EXPERIMENT_LABEL, WATCHED_KINDS, ChildCache, ChildKind, Wakers
 from lanex_operator.controller.config import OperatorConfig
+from lanex_operator.controller.grants import Grants
 from lanex_operator.controller.kube import USER_AGENT, Kube, KubeError
 from lanex_operator.controller.metrics import OperatorMetrics
 from lanex_operator.controller.preflight import Preflight
@@ -47,6 +48,7 @@ class OperatorState:
     cache: ChildCache = dataclasses.field(default_factory=ChildCache)
     wakers: Wakers = dataclasses.field(default_factory=Wakers)
     kube: Kube | None = None
+    preflight: Preflight | None = None  # shared by experiments and sweeps (its lookups are cached)
     reconciler: Reconciler | None = None
     progress: ProgressFollower | None = None
 
@@ -91,7 +93,8 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         if info is None:
             raise kopf.PermanentError("cannot log in: neither in-cluster nor kubeconfig credentials were found")
         state.kube = Kube.from_connection_info(info, state.config.request_timeout_seconds)
-        preflight = Preflight(state.kube, state.config.preflight_cache_seconds)
+        preflight = state.preflight = Preflight(state.kube, state.config.preflight_cache_seconds,
+                                                grants=Grants.from_env())
         tiering = StorageTiering.from_env(state.metrics.storage_tier)
         if tiering.problem:
             logger.warning(f"storage tier: {tiering.problem} (experiments that ask for a service level train at "

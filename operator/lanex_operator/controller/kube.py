@@ -23,6 +23,7 @@ from lanex_operator import __version__
 USER_AGENT = f"lanex-operator/{__version__}"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
 
 class KubeError(Exception):
@@ -111,10 +112,12 @@ class Kube:
         return self._session
 
     async def request(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json",
-                      params: Mapping[str, str] | None = None) -> dict[str, Any]:
+                      params: Mapping[str, str] | None = None, accept: str | None = None) -> dict[str, Any]:
         url = self.server + path + (f"?{urlencode(params)}" if params else "")
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else {}
+        if accept is not None:
+            headers["Accept"] = accept
         self.requests += 1
         try:
             async with self._client().request(method, url, data=data, headers=headers) as response:
@@ -144,6 +147,17 @@ class Kube:
                 return text
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise KubeError("GET", path, 0, type(exc).__name__, str(exc) or "connection failed") from exc
+
+    async def metadata_or_none(self, path: str) -> dict[str, Any] | None:
+        """An object's metadata only (the apiserver's PartialObjectMetadata: a Secret's values are never sent),
+        or None when it does not exist. Whatever else a server sends is dropped here."""
+        try:
+            found = await self.request("GET", path, accept=PARTIAL_METADATA)
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+        return dict(found.get("metadata") or {})
 
     async def get_or_none(self, path: str) -> dict[str, Any] | None:
         try:

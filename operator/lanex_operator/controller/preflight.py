@@ -9,6 +9,11 @@ experiments arriving together cost one request per distinct object.
 It also chooses the VolumeSnapshotClass of a claim lanex did not create (`snapshot_class`): the
 snapshot controller uses a named class whatever its CSI driver, so naming the Trident class for a
 claim of another driver would never give a usable snapshot.
+
+And it refuses what an experiment may not borrow (`credentials`): a Secret (`secretRef`) or
+ServiceAccount (`prepareServiceAccountName`) the prepare Job would use must be opted in by its owner
+(label `lanex.dev/usable-by-experiments: "true"`) or by the chart's values (`controller.grants`); the
+condition names the object and the label to add, and nothing is created until then.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from typing import Any, Optional
 
 from lanex_operator.plan.defaults import (SCHEDULER_FIELD, SNAPSHOT_CLASS_FIELD, STORAGE_CLASS_FIELD, VARIABLES,
                                           field_origin)
+from lanex_operator.controller.grants import OPT_IN_LABEL, OPT_IN_VALUE, Grants
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.plan.steps import ExperimentPlan
+
+PREPARE_SERVICE_ACCOUNT_FIELD = "spec.dataset.prepareServiceAccountName"
 
 MPIJOB_API = ("kubeflow.org/v2beta1", "mpijobs")
 SNAPSHOT_API = ("snapshot.storage.k8s.io/v1", "volumesnapshots")
@@ -89,10 +97,12 @@ class Problem:
 class Preflight:
     """Existence checks with a short-lived cache shared by all experiments."""
 
-    def __init__(self, kube: Kube, ttl_seconds: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, kube: Kube, ttl_seconds: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 grants: Grants | None = None) -> None:
         self.kube = kube
         self.ttl = ttl_seconds
         self.clock = clock
+        self.grants = grants if grants is not None else Grants()
         self._cache: dict[str, tuple[float, bool]] = {}
         self._features: tuple[float, MPIOperatorFeatures] | None = None
         self._classes: tuple[float, list[dict[str, Any]]] | None = None  # VolumeSnapshotClasses, listed once per ttl
@@ -179,6 +189,7 @@ class Preflight:
                 origin = field_origin(SNAPSHOT_CLASS_FIELD, plan.defaulted)
                 problems.append(Problem("MissingVolumeSnapshotClass",
                                         f'VolumeSnapshotClass "{klass}" ({origin}) not found'))
+        problems += await self.credentials(plan)
         if plan.train.scheduler == "kueue" and not any(p.reason == "MissingMPIJobAPI" for p in problems):
             features = await self.mpi_operator()
             if not features.has("runPolicy.suspend"):
@@ -195,6 +206,44 @@ class Preflight:
                                                                f'"{project}" ({origin}) '
                                                                f"not found: create the project in RUN:ai"))
         return problems
+
+    async def credentials(self, plan: ExperimentPlan, root: str = "spec") -> list[Problem]:
+        """The Secrets and the ServiceAccount the prepare Job would use, unless each is opted in: labelled
+        OPT_IN_LABEL=true by its owner, or listed in the chart's values. `root` is where the experiment spec
+        sits in the object whose fields the messages name (`spec.template` for a sweep's dataset)."""
+        if plan.prepare is None:
+            return []
+        wanted = [("Secret", "secrets", mount.secret_name, ", ".join(mount.fields)) for mount in plan.prepare.secret_mounts]
+        if plan.prepare.service_account_name is not None:
+            wanted.append(("ServiceAccount", "serviceaccounts", plan.prepare.service_account_name,
+                           PREPARE_SERVICE_ACCOUNT_FIELD))
+        problems = []
+        for kind, plural, name, fields in wanted:
+            problem = await self._opted_in(kind, plural, plan.namespace, name, fields.replace("spec.", f"{root}.")
+                                           if root != "spec" else fields)
+            if problem is not None:
+                problems.append(problem)
+        return problems
+
+    async def _opted_in(self, kind: str, plural: str, namespace: str, name: str, fields: str) -> Problem | None:
+        if self.grants.listed(kind, namespace, name):
+            return None
+        what = f'{kind} "{name}" ({fields}) in namespace "{namespace}"'
+        how = self.grants.how_to_allow(kind, namespace, name)
+        if not self.grants.credentials_by_label:
+            return Problem(f"{kind}NotOptedIn", f"{what} is not usable by experiments: {how}")
+        try:  # the metadata only: a Secret's values never reach the operator
+            meta = await self.kube.metadata_or_none(object_path("v1", plural, namespace, name))
+        except KubeError as error:
+            if error.retryable:
+                raise
+            return Problem(f"{kind}NotReadable", f"{what}: the operator cannot read its labels ({error.status} "
+                                                 f"{error.reason}): grant it get on {plural}, or {how}")
+        if meta is None:
+            return Problem(f"Missing{kind}", f"{what} not found; create it, labelled {OPT_IN_LABEL}: \"{OPT_IN_VALUE}\"")
+        if (meta.get("labels") or {}).get(OPT_IN_LABEL) != OPT_IN_VALUE:
+            return Problem(f"{kind}NotOptedIn", f"{what} is not usable by experiments: {how}")
+        return None
 
     async def _snapshot_classes(self) -> list[dict[str, Any]]:
         now = self.clock()

@@ -54,6 +54,7 @@ from lanex_operator.api.models import (
 )
 from lanex_operator.controller.children import JOB, MPIJOB, POD, PVC, SNAPSHOT, ChildCache, ChildKind, create_child, read_child
 from lanex_operator.controller.config import OperatorConfig
+from lanex_operator.controller.grants import CHART_VALUES, DELETE_LAUNCHER_PODS_VARIABLE
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.controller.metrics import OperatorMetrics
 from lanex_operator.plan.defaults import ClusterDefaults
@@ -70,6 +71,7 @@ GENERATION_ANNOTATION = desired.GENERATION_ANNOTATION  # on the MPIJob: the expe
 STOP_ANNOTATION = "lanex.dev/stop"  # on the experiment (set by its LaneSweep): end training now, phase Stopped
 JOB_POD_SELECTOR = "batch.kubernetes.io/job-name={name}"
 MPIJOB_POD_SELECTOR = "training.kubeflow.org/job-name={name}"  # its launcher and its workers
+STALL_REPORTED = ("RestartsExhausted", "RestartNotAllowed")  # Stalled reasons after which a stall is only reported
 log = logging.getLogger("lanex.operator.reconciler")
 # The results line is the launcher's last; a short, bounded tail finds it.
 RESULTS_TAIL_LINES = 20
@@ -596,6 +598,8 @@ class Reconciler:
             return max(0.05, min(self.config.resync_seconds, verdict.seconds_left))
         if gauges:
             self.metrics.training.set_stalled(plan.namespace, plan.name, True)
+        if current is not None and current.get("status") == "True" and current.get("reason") in STALL_REPORTED:
+            return self.config.resync_seconds  # a stall that cannot be restarted was said once; it stays until progress
         message = clip(verdict.describe(timeout))
         if book.set_condition(C.STALLED.value, "True", "NoProgress", message):
             book.event("Warning", C.STALLED.value, message)
@@ -622,16 +626,36 @@ class Reconciler:
             if book.set_condition(C.STALLED.value, "True", "RestartsExhausted", message):
                 book.event("Warning", "RestartsExhausted", message)
             return
+        if not self.preflight.grants.delete_launcher_pods:
+            self._restart_refused(book, verdict, timeout, f"the operator is not allowed to delete pods (chart value "
+                                  f"{CHART_VALUES[DELETE_LAUNCHER_PODS_VARIABLE]} is false: set it to true to grant "
+                                  f"it, or set stallAction None)")
+            return
         pods = await self.kube.list(object_path("v1", "pods", plan.namespace),
                                     label_selector=LAUNCHER_SELECTOR.format(name=name))
         live = sorted(p["metadata"]["name"] for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running"))
         for pod in live:
-            await self.kube.delete(object_path("v1", "pods", plan.namespace, pod))
+            try:
+                await self.kube.delete(object_path("v1", "pods", plan.namespace, pod))
+            except KubeError as error:
+                if error.status != 403:
+                    raise
+                self._restart_refused(book, verdict, timeout, f"deleting launcher pod {pod} was forbidden "
+                                      f"({error.message}): the operator's RBAC lacks delete on pods (chart value "
+                                      f"{CHART_VALUES[DELETE_LAUNCHER_PODS_VARIABLE]})")
+                return
         message = clip(f"{verdict.describe(timeout)}; deleted launcher pod {', '.join(live) or '(none running)'}: "
                        f"the launcher Job starts a new one that resumes from the last checkpoint (retry "
                        f"{failed + 1} of {limit})")
         book.set_condition(C.STALLED.value, "False", "LauncherRestarted", message)
         book.event("Warning", "LauncherRestarted", message)
+
+    @staticmethod
+    def _restart_refused(book: StatusBook, verdict: StallVerdict, timeout: int, why: str) -> None:
+        """stallAction Restart, but the operator may not delete the pod: said once, and the stall only reported."""
+        message = clip(f"{verdict.describe(timeout)}; not restarted: {why}")
+        if book.set_condition(C.STALLED.value, "True", "RestartNotAllowed", message):
+            book.event("Warning", "RestartNotAllowed", message)
 
     def _end_stall(self, book: StatusBook, plan: ExperimentPlan) -> None:
         """Training ended: a Stalled=True condition no longer applies."""

@@ -27,6 +27,7 @@ from lanex_operator.controller.sweeps import SWEEP_TERMINAL, SweepReconciler, Tr
 log = logging.getLogger("lanex.operator.sweeps")
 SWEEP_BOOK_KEY = "lanex_sweep_status_book"
 COALESCE_SECONDS = 0.1  # after a poke: let the other trials' events of the same moment arrive too
+RELEASE_TIMEOUT_SECONDS = 600  # retryable API errors while releasing a deleted sweep's dataset, at most this long
 
 
 @dataclasses.dataclass
@@ -49,8 +50,9 @@ def register_sweeps(registry: kopf.OperatorRegistry, state: Any) -> SweepState:
     @kopf.on.startup(registry=registry, id="sweeps-startup")
     async def startup(**_: Any) -> None:
         # Runs after the experiments' startup handler (registered first), which logged in.
-        assert state.kube is not None
-        sweeps.reconciler = SweepReconciler(state.kube, sweeps.trials, state.config, cache=state.cache)
+        assert state.kube is not None and state.preflight is not None
+        sweeps.reconciler = SweepReconciler(state.kube, sweeps.trials, state.config, cache=state.cache,
+                                            preflight=state.preflight)
 
     @kopf.daemon(GROUP, VERSION, SWEEP_PLURAL, registry=registry, id="sweep", when=_unfinished,
                  cancellation_timeout=2.0, backoff=state.config.retry_delay_seconds)
@@ -69,7 +71,12 @@ def register_sweeps(registry: kopf.OperatorRegistry, state: Any) -> SweepState:
             except KubeError as exc:
                 if exc.retryable:
                     raise kopf.TemporaryError(f"retryable API error: {exc}", delay=state.config.retry_delay_seconds) from exc
-                raise
+                await sweeps.reconciler.give_up(body, book, exc)  # its status write was refused: not retried forever
+                return
+            except Exception as exc:  # noqa: BLE001  (reconcile reports its own; this is the write of that report)
+                log.exception(f"{namespace}/{name}: unexpected error")
+                await sweeps.reconciler.give_up(body, book, exc)
+                return
             if wait is None:
                 log.info(f"{namespace}/{name} finished: {book.phase}: {book.data.get('message', '')}")
                 return
@@ -89,11 +96,23 @@ def register_sweeps(registry: kopf.OperatorRegistry, state: Any) -> SweepState:
             sweeps.trials.put(dict(body))
         sweeps.wakers.poke(namespace, labels[SWEEP_LABEL])
 
-    @kopf.on.delete(GROUP, VERSION, SWEEP_PLURAL, registry=registry, id="sweep-retention")
+    # Bounded: a deletion that keeps failing lets the sweep go (keeping its dataset) rather than block it forever.
+    @kopf.on.delete(GROUP, VERSION, SWEEP_PLURAL, registry=registry, id="sweep-retention",
+                    timeout=RELEASE_TIMEOUT_SECONDS)
     async def sweep_deleted(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
         """Honour retention.dataset before the finalizer goes (trials go by their owner references)."""
         assert state.kube is not None
-        summary = await release_sweep(state.kube, body)
+        try:
+            summary = await release_sweep(state.kube, body)
+        except KubeError as exc:
+            if exc.retryable:
+                raise kopf.TemporaryError(f"retryable API error: {exc}", delay=state.config.retry_delay_seconds) from exc
+            summary = f"kept what is left of the dataset: API request failed and cannot be retried: {exc}"
+            kopf.event(dict(body), type="Warning", reason="ReleaseFailed", message=summary[:1024])
+        except Exception as exc:  # noqa: BLE001  a bug must not keep the finalizer forever
+            log.exception(f"{namespace}/{name}: unexpected error while releasing the dataset")
+            summary = f"kept what is left of the dataset: the operator failed ({type(exc).__name__}: {exc})"
+            kopf.event(dict(body), type="Warning", reason="ReleaseFailed", message=summary[:1024])
         log.info(f"{namespace}/{name} deleted: {summary}")
         kopf.event(dict(body), type="Normal", reason="Deleted", message=summary)
         sweeps.wakers.forget(namespace, name)

@@ -5,7 +5,8 @@ Why it exists: a sweep is the sweep controller's decision logic, kept apart from
 an annotation at the start, and the status the operator wrote), its dataset children and its
 trials (fed by watch events into `TrialCache`), then:
 
-    Pending -> PreparingDataset: dataset PVC Bound -> prepare Job Complete -> VolumeSnapshot
+    Pending -> Preflight (what the dataset Job borrows is opted in; a snapshot class fits an existing claim)
+    -> PreparingDataset: dataset PVC Bound -> prepare Job Complete -> VolumeSnapshot
     `<sweep>-dataset` ready (a `fromSnapshot` template uses its snapshot directly)
     -> Running: trials `<sweep>-NNN` created in order, at most `parallelism` unfinished; trials below
     the median stopped (annotation `lanex.dev/stop`: the trial's own reconciler deletes its MPIJob
@@ -17,13 +18,16 @@ template (`plan_for("<sweep>-dataset", template)`): the same PVC, prepare Job an
 an experiment's, labelled `lanex.dev/sweep` instead of `lanex.dev/experiment` (so no experiment ever
 takes them for its own). Every child and trial has a deterministic name and is created first and
 read on AlreadyExists, so a pass after a restart at any moment creates exactly one of each. All a
-pass learns goes out in one status patch; Events mark each transition.
+pass learns goes out in one status patch; Events mark each transition. Nothing is retried forever: a
+retryable API error is, anything else ends the sweep Failed with a condition and a Warning Event.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -37,6 +41,7 @@ from lanex_operator.api.sweep import (
     TRIAL_PARAMETERS_ANNOTATION,
     LaneSweepSpec,
     SweepPhase,
+    check_sweep_name,
     dataset_snapshot_name,
     parse_sweep_spec,
     trial_count,
@@ -48,6 +53,7 @@ from lanex_operator.controller import builders
 from lanex_operator.controller.children import EXPERIMENT_LABEL, JOB, PVC, SNAPSHOT, ChildCache, ChildKind, create_child, read_child
 from lanex_operator.controller.config import OperatorConfig
 from lanex_operator.controller.kube import Kube, KubeError, object_path
+from lanex_operator.controller.preflight import Preflight, chooses_class_by_driver
 from lanex_operator.controller.reconciler import PREPARED_ANNOTATION, STOP_ANNOTATION, EventPoster, kopf_event
 from lanex_operator.controller.status import StatusBook, clip, parse_utc
 from lanex_operator.plan.defaults import ClusterDefaults
@@ -61,6 +67,7 @@ MINOR_STATUS_DELAY_SECONDS = 2.0
 SWEEP_SPEC_ANNOTATION = "lanex.dev/sweep-spec"  # on the sweep: the spec it started with (later edits are ignored)
 SWEEP_TERMINAL = (SweepPhase.SUCCEEDED.value, SweepPhase.FAILED.value)
 DELETE_ALL = {"dataset": "Delete", "snapshots": "Delete"}
+log = logging.getLogger("lanex.operator.sweeps")
 
 
 def sweep_path(namespace: str, name: str, subresource: str | None = None) -> str:
@@ -123,6 +130,11 @@ def _relabel(manifest: dict[str, Any], sweep: str) -> dict[str, Any]:
     return manifest
 
 
+def _in_template(message: str) -> str:
+    """A message about an experiment spec's fields, about the sweep's template instead."""
+    return message.replace("spec.", "spec.template.")
+
+
 def _true(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
     for condition in (obj.get("status") or {}).get("conditions") or []:
         if condition.get("type") == type_ and condition.get("status") == "True":
@@ -135,8 +147,10 @@ class SweepReconciler:
 
     def __init__(self, kube: Kube, trials: TrialCache, config: OperatorConfig, post_event: EventPoster = kopf_event,
                  now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 defaults: ClusterDefaults | None = None, cache: ChildCache | None = None) -> None:
+                 defaults: ClusterDefaults | None = None, cache: ChildCache | None = None,
+                 preflight: Preflight | None = None) -> None:
         self.kube = kube
+        self.preflight = preflight if preflight is not None else Preflight(kube, config.preflight_cache_seconds)
         self.cache = cache if cache is not None else ChildCache()  # the dataset children, fed by watch events
         self.trials = trials
         self.config = config
@@ -159,6 +173,15 @@ class SweepReconciler:
                 raise
             self._fail(book, "ApiError", clip(f"API request failed and cannot be retried: {exc}"))
             wait = None
+        except InvalidSpecError as exc:  # e.g. the dataset's plan: a default scheduler that cannot apply here
+            self._fail(book, "InvalidSpec", clip(f"invalid spec: {exc.message}"))
+            wait = None
+        except Exception as exc:  # noqa: BLE001  a bug, or data nothing foresaw: said once, never retried forever
+            log.exception(f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}: unexpected error")
+            self._fail(book, "ReconcileError", clip(f"the operator cannot handle this sweep ({type(exc).__name__}: "
+                                                    f"{exc}); it is not retried: delete the LaneSweep, or report "
+                                                    f"this as a lanex bug with the operator's log"))
+            wait = None
         if wait is not None and book.changed and not self._matters(book):
             due = getattr(book, "minor_since", None)
             if due is None:
@@ -171,6 +194,32 @@ class SweepReconciler:
         book.minor_since = None  # type: ignore[attr-defined]
         book.written_signature = self._signature(book)  # type: ignore[attr-defined]
         return wait
+
+    async def give_up(self, body: Mapping[str, Any], book: StatusBook, exc: BaseException) -> None:
+        """The last resort when a pass cannot even write its status (the API refused the write): the failure the
+        pass decided (else ReconcileError) as a fresh status of phase Failed with the two terminal conditions, and
+        its Warning Event, which also says why the status could not be written. Never retried."""
+        meta = body["metadata"]
+        if book.phase != SweepPhase.FAILED.value:
+            self._fail(book, "ReconcileError", clip(f"the operator cannot handle this sweep ({type(exc).__name__}: "
+                                                    f"{exc}); it is not retried: delete the LaneSweep, or report "
+                                                    f"this as a lanex bug with the operator's log"))
+        fresh = StatusBook(None, book.generation, now=self.now)
+        for key in ("phase", "reason", "message", "completionTime"):
+            fresh.set(key, book.data.get(key))
+        for type_ in ("Failed", "Succeeded"):
+            kept = book.condition(type_) or {}
+            fresh.set_condition(type_, str(kept.get("status")), str(kept.get("reason")), str(kept.get("message")))
+        unwritten = ""
+        try:
+            await self.kube.patch(sweep_path(meta["namespace"], meta["name"], "status"), fresh.merge_patch())
+        except KubeError as error:
+            log.error(f"{meta['namespace']}/{meta['name']}: cannot record the failure: {error}")
+            unwritten = f" (the status could not be written: {error.status} {error.reason}: {error.message})"
+        warnings = [event for event in book.events if event.type == "Warning"] or book.events
+        for event in warnings[-1:]:
+            self.post_event(body, event.type, event.reason, clip(event.message + unwritten))
+        book.events.clear()
 
     @staticmethod
     def _signature(book: StatusBook) -> str:
@@ -226,6 +275,13 @@ class SweepReconciler:
         current_text = json.dumps(body.get("spec") or {}, sort_keys=True)
         frozen_text = (meta.get("annotations") or {}).get(SWEEP_SPEC_ANNOTATION)
         book.set("observedGeneration", int(meta.get("generation") or 1))
+        try:  # the CRD refuses such a name; one created before it did cannot name its trials or its dataset
+            check_sweep_name(meta["name"])
+        except InvalidSpecError as exc:
+            if book.phase is None:
+                book.set("startTime", book.now_text())
+            self._fail(book, "InvalidSpec", clip(f"invalid name: {exc.message}"))
+            return None
         if frozen_text is None:
             if book.phase is not None and book.phase != SweepPhase.PENDING.value:
                 frozen_text = current_text  # annotation lost: go on with what is there
@@ -257,6 +313,8 @@ class SweepReconciler:
                 parsed = parse_sweep_spec(json.loads(text))
             except InvalidSpecError as exc:
                 parsed = exc
+            except ValueError as exc:  # the annotation was edited by hand
+                parsed = InvalidSpecError(f"annotation {SWEEP_SPEC_ANNOTATION} is not JSON: {exc}")
             if len(self._parsed) > 1024:
                 self._parsed.clear()
             self._parsed[text] = parsed
@@ -281,6 +339,10 @@ class SweepReconciler:
                 return None
             return self._dataset_ready(book, name, "FromSnapshot", f"the trials restore VolumeSnapshot {name}")
         plan = self.dataset_plan(namespace, sweep, spec)
+        if not book.is_true("Preflight"):
+            wait = await self._dataset_preflight(book, plan)
+            if wait is not None:
+                return wait
         owner = {"name": plan.name, "namespace": namespace}
         self._enter(book, SweepPhase.PREPARING_DATASET, f"preparing the dataset once on PersistentVolumeClaim "
                                                         f"{plan.dataset.claim_name}")
@@ -327,6 +389,14 @@ class SweepReconciler:
         name = dataset_snapshot_name(sweep)
         snapshot = await self._child(SNAPSHOT, namespace, name)
         if snapshot is None:
+            klass, problem = await self.preflight.snapshot_class(plan)  # the experiments' rule, as at Preflight
+            if problem is not None:
+                self._fail(book, "SnapshotFailed", clip(_in_template(problem.message)))
+                return None
+            assert plan.snapshot is not None
+            if klass is not None:
+                plan = dataclasses.replace(plan, snapshot=dataclasses.replace(plan.snapshot,
+                                                                              volume_snapshot_class_name=klass))
             manifest = _relabel(builders.snapshot_for(owner, spec.template, plan, self.now()), sweep)
             manifest["metadata"]["name"] = name  # deterministic: one dataset snapshot per sweep, ever
             snapshot = await self._create(SNAPSHOT, manifest)
@@ -347,6 +417,25 @@ class SweepReconciler:
         if error:
             book.set("message", clip(f"the snapshot controller reports for VolumeSnapshot {name}: {error}"))
         return min(self.config.resync_seconds, plan.snapshot.ready_timeout_seconds - elapsed)
+
+    async def _dataset_preflight(self, book: StatusBook, plan: ExperimentPlan) -> float | None:
+        """The experiments' Preflight for what the sweep itself creates, before it creates any of it: the Secrets
+        and ServiceAccount its prepare Job would borrow are opted in, and a claim it did not create has a
+        VolumeSnapshotClass of its CSI driver. None once passed, else seconds until the next check."""
+        problems = await self.preflight.credentials(plan, root="spec.template")
+        if plan.snapshot is not None and chooses_class_by_driver(plan):
+            _, problem = await self.preflight.snapshot_class(plan)
+            if problem is not None:
+                problems.append(dataclasses.replace(problem, message=_in_template(problem.message)))
+        if problems:
+            reason = problems[0].reason if len(problems) == 1 else "MissingDependencies"
+            message = clip("; ".join(problem.message for problem in problems))
+            if book.set_condition("Preflight", "False", reason, message):
+                book.event("Warning", reason, message)
+            book.set("message", message)
+            return self.config.preflight_retry_seconds
+        book.set_condition("Preflight", "True", "Passed", "what the sweep's dataset uses exists and may be used")
+        return None
 
     def _dataset_ready(self, book: StatusBook, snapshot: str, reason: str, message: str) -> None:
         book.set("datasetSnapshot", snapshot)

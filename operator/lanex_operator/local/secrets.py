@@ -64,7 +64,7 @@ def parse_secret_option(text: str) -> SecretSource:
     kind, colon, location = source.partition(":")
     if not equals or not colon or kind not in ("file", "env") or not location:
         raise SecretSourceError(f"--secret {text.split('=', 1)[0]}=...: expected NAME=file:PATH or NAME=env:VAR")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise SecretSourceError(f"--secret {name!r}: not a Secret name (lower-case letters, digits, '-' and '.')")
     return SecretSource(name, kind, location)
 
@@ -100,7 +100,7 @@ def remove(root: Path) -> None:
 
 
 def _check_key(key: str, where: str) -> None:
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise SecretSourceError(f"{where}: key {key!r} is not a Secret key (letters, digits, '-', '_', '.')")
 
 

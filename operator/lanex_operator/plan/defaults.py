@@ -120,7 +120,7 @@ class ClusterDefaults:
 def runai_project_of(namespace: str) -> str:
     """The RUN:ai project whose namespace is `namespace` (`runai-<project>`); InvalidSpecError otherwise."""
     project = namespace[len(RUNAI_NAMESPACE_PREFIX):] if namespace.startswith(RUNAI_NAMESPACE_PREFIX) else ""
-    if not re.match(DNS_LABEL_PATTERN, project):
+    if not re.fullmatch(DNS_LABEL_PATTERN, project):
         raise InvalidSpecError(
             f"{SCHEDULER_FIELD}: unset, and the operator's default scheduler ({VARIABLES[SCHEDULER_FIELD]}) is runai, "
             f"which needs a RUN:ai project: create the experiment in its project's namespace runai-<project> "
@@ -136,5 +136,5 @@ def field_origin(field: str, defaulted: tuple[str, ...]) -> str:
 
 
 def _check(variable: str, value: str, pattern: str, what: str, max_length: int | None = None) -> None:
-    if not re.match(pattern, value) or (max_length is not None and len(value) > max_length):
+    if not re.fullmatch(pattern, value) or (max_length is not None and len(value) > max_length):
         raise ValueError(f"{variable}={value!r}: must be {what}")

@@ -133,7 +133,7 @@ class DerivedName:
         pattern, limit = NAME_RULES[self.rule]
         if len(self.value) > limit:
             return f"{self.what} {self.value!r} is longer than {limit} characters ({self.rule})"
-        if not re.match(pattern, self.value):
+        if not re.fullmatch(pattern, self.value):
             return f"{self.what} {self.value!r} is not a {self.rule}"
         return None
 
@@ -192,6 +192,7 @@ class SecretMount:
     secret_name: str
     volume: str
     path: str
+    fields: tuple[str, ...] = ()  # the spec fields that name it (spec.dataset.download.urls[0].secretRef, ...)
 
 
 @dataclass(frozen=True)
@@ -335,10 +336,22 @@ def experiment_paths(name: str, mount_root: str = MOUNT_ROOT, termination_log: s
 
 def secret_names(spec: LaneExperimentSpec) -> tuple[str, ...]:
     """The Secrets the prepare step reads, each once, in the order the spec names them."""
-    refs = [entry.secret_ref for entry in spec.dataset.download.urls] if spec.dataset.download is not None else []
+    return tuple(secret_fields(spec))
+
+
+def secret_fields(spec: LaneExperimentSpec) -> dict[str, tuple[str, ...]]:
+    """Each Secret the prepare step reads (in the order the spec names them) with the spec fields naming it."""
+    refs: list[tuple[str, Optional[SecretRef]]] = []
+    if spec.dataset.download is not None:
+        refs += [(f"spec.dataset.download.urls[{index}].secretRef", entry.secret_ref)
+                 for index, entry in enumerate(spec.dataset.download.urls)]
     weights = spec.training.pretrained_weights
-    refs.append(weights.secret_ref if weights is not None else None)
-    return tuple(dict.fromkeys(ref.name for ref in refs if ref is not None))
+    refs.append(("spec.training.pretrainedWeights.secretRef", weights.secret_ref if weights is not None else None))
+    found: dict[str, tuple[str, ...]] = {}
+    for field, ref in refs:
+        if ref is not None:
+            found[ref.name] = found.get(ref.name, ()) + (field,)
+    return found
 
 
 def _credentials(secret_ref: Optional[SecretRef], secrets_root: str) -> tuple[str, ...]:
@@ -376,8 +389,8 @@ def from_scratch_warning(spec: LaneExperimentSpec) -> Optional[str]:
     training = spec.training
     if training.backbone == "vgg16_bn" and training.pretrained_weights is None:
         return ("spec.training.pretrainedWeights is not set: vgg16_bn trains from random initialisation, and the SCNN"
-                " recipe needs ImageNet weights (e.g. url https://download.pytorch.org/models/vgg16_bn-6c64b313.pth,"
-                " sha256 6c64b313)")
+                " recipe needs ImageNet weights (e.g. url https://download.pytorch.org/models/vgg16_bn-6c64b313.pth"
+                " with its full sha256)")
     return None
 
 
@@ -502,8 +515,9 @@ def plan_for(
     if commands or fetch_weights:
         marker = posixpath.join(paths.data_root, PREPARED_MARKER)
         script = prepare_script(commands, marker, fetch_weights)
-        secrets = tuple(SecretMount(secret, f"{SECRET_VOLUME_PREFIX}{index}", posixpath.join(secrets_root, secret))
-                        for index, secret in enumerate(secret_names(spec)))
+        secrets = tuple(SecretMount(secret, f"{SECRET_VOLUME_PREFIX}{index}", posixpath.join(secrets_root, secret),
+                                    fields)
+                        for index, (secret, fields) in enumerate(secret_fields(spec).items()))
         secret_mounts = tuple(Mount(secret.volume, secret.path, read_only=True) for secret in secrets)
         prepare = PrepareStep(
             commands=commands,

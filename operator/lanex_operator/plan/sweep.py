@@ -18,7 +18,18 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
-from lanex_operator.api.sweep import EarlyStoppingSpec, LaneSweepSpec, natural_goal
+from lanex_operator.api.models import MAX_WORKERS, LaneExperimentSpec
+from lanex_operator.api.sweep import (
+    MAX_TRIALS,
+    SWEEP_KIND,
+    SWEEP_LABEL,
+    EarlyStoppingSpec,
+    LaneSweepSpec,
+    dataset_snapshot_name,
+    natural_goal,
+    trial_name,
+)
+from lanex_operator.plan.steps import DerivedName, derived_names
 
 FINAL_PHASES = ("Succeeded", "Failed", "Stopped")
 
@@ -151,3 +162,33 @@ def next_trials(spec: LaneSweepSpec, trials: Sequence[TrialView]) -> list[TrialV
     """The not-yet-created trials to start now so that at most `parallelism` are unfinished (in order)."""
     room = spec.parallelism - unfinished(trials)
     return [t for t in trials if not t.started][:max(0, room)]
+
+
+# --- names: everything derived from a sweep's name ------------------------------------------------
+
+
+def sweep_derived_names(name: str, template: Optional[LaneExperimentSpec] = None,
+                        trials: int = MAX_TRIALS, workers: int = MAX_WORKERS) -> tuple[DerivedName, ...]:
+    """Every name derived from sweep `name`, with the strictest rule each must follow: the sweep and its label,
+    the last of `trials` trials `<name>-NNN` with every name derived from it at `workers` workers, and the
+    experiment plan of its dataset `<name>-dataset` (its PVC, prepare Job and pods, the dataset snapshot) with
+    every name derived from that, since the operator plans the dataset as an experiment of that name."""
+    spec = template if template is not None else LaneExperimentSpec.model_validate({"dataset": {"synthetic": {}}})
+    found = [DerivedName(SWEEP_KIND, name, "DNS-1035 label"), DerivedName(f"label {SWEEP_LABEL}", name, "label value"),
+             DerivedName("dataset VolumeSnapshot", dataset_snapshot_name(name), "DNS-1123 subdomain")]
+    last = trial_name(name, trials - 1)
+    found += [DerivedName(f"trial {last}: {item.what}", item.value, item.rule)
+              for item in derived_names(last, spec, workers=workers)]
+    dataset = dataset_snapshot_name(name)
+    found += [DerivedName(f"dataset plan {dataset}: {item.what}", item.value, item.rule)
+              for item in derived_names(dataset, spec, workers=workers)]
+    return tuple(found)
+
+
+def longest_valid_sweep_name_length() -> int:
+    """The longest sweep name whose derived names all follow their rules at the most trials and workers the API
+    allows (the API's MAX_SWEEP_NAME_LENGTH must equal it: a test checks)."""
+    length = 1
+    while all(item.problem() is None for item in sweep_derived_names("a" * (length + 1))):
+        length += 1
+    return length

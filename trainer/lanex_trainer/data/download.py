@@ -51,8 +51,8 @@ CHUNK_BYTES = 1 << 20
 USER_AGENT = "lanex-data-download/1"
 # Statuses worth retrying: the server or a proxy is busy or restarting.
 TRANSIENT_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
-# A full SHA-256, or a prefix of at least 8 hex digits (torchvision names its weight files after one).
-_SHA256 = re.compile(r"^[0-9a-fA-F]{8,64}$")
+# A full SHA-256: a prefix (torchvision names its files after 8 hex digits) is no integrity check for a download.
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 SAS_KEY = "sas"
 """The Secret key holding a SAS query string; every other key is an HTTP header name."""
 BLOB_ENDPOINT_VARIABLE = "LANEX_BLOB_ENDPOINT"
@@ -78,6 +78,7 @@ class Credentials:
 
     headers: tuple[tuple[str, str], ...] = ()
     sas: str | None = None
+    name: str = ""  # the Secret's (its folder's) name, for messages
 
     def values(self) -> list[str]:
         """Every secret value, for scrubbing messages (longest first, so no partial leaks)."""
@@ -144,13 +145,28 @@ def load_credentials(folder: Path) -> Credentials:
             raise DownloadError(f"credentials {folder}: key {entry.name} holds a line break; one line expected")
         if entry.name.lower() == SAS_KEY:
             sas = value.lstrip("?")
-        elif _HEADER_NAME.match(entry.name):
+        elif _HEADER_NAME.fullmatch(entry.name):
             headers.append((entry.name, value))
         else:
             raise DownloadError(f"credentials {folder}: key {entry.name!r} is neither {SAS_KEY!r} nor an HTTP header name")
     if not headers and sas is None:
         raise DownloadError(f"credentials {folder}: no keys (expected {SAS_KEY!r} or HTTP header names such as Authorization)")
-    return Credentials(tuple(headers), sas)
+    return Credentials(tuple(headers), sas, folder.name)
+
+
+def _check_blob_credentials(source: Source) -> None:
+    """Azure Blob reads send a SAS or an Azure identity's token, never a Secret's HTTP headers: a header Secret
+    would be ignored in favour of DefaultAzureCredential, so it is refused, naming the keys (never the values)."""
+    credentials = source.credentials
+    if credentials is None or not credentials.headers or blob_address(source.url) is None:
+        return
+    keys = ", ".join(name for name, _ in credentials.headers)
+    secret = f"Secret {credentials.name!r}" if credentials.name else "the credentials"
+    instead = ("its sas key is used; remove them" if credentials.sas else
+               "put a SAS under key 'sas' into it, or drop secretRef to read with the pod's Azure identity "
+               "(workload identity: spec.dataset.prepareServiceAccountName; DefaultAzureCredential)")
+    raise DownloadError(f"{source.shown}: an Azure Blob URL, but {secret} of its secretRef holds HTTP header key(s) "
+                        f"{keys}, which Blob reads never send: {instead}")
 
 
 def filename_for(url: str) -> str:
@@ -178,9 +194,9 @@ def build_sources(
     if sha256 and len(sha256) != len(urls):
         raise DownloadError(f"got {len(sha256)} --sha256 values for {len(urls)} --url values: give none or one per URL")
     for position, digest in enumerate(sha256, start=1):
-        if not _SHA256.match(digest):
+        if not _SHA256.fullmatch(digest):
             raise DownloadError(
-                f"--sha256 #{position} {digest!r} is not a SHA-256 (64 hex digits, or a prefix of at least 8)"
+                f"--sha256 #{position} {digest!r} is not a SHA-256 (all 64 hex digits: a prefix is no integrity check)"
             )
     if filenames is not None and len(filenames) != len(urls):
         raise DownloadError(f"got {len(filenames)} file names for {len(urls)} URLs: give one per URL")
@@ -191,6 +207,8 @@ def build_sources(
         Source(url, sha256[i].lower() if sha256 else None, filenames[i] if filenames else filename_for(url), credentials)
         for i, url in enumerate(urls)
     ]
+    for source in sources:
+        _check_blob_credentials(source)
     seen: dict[str, str] = {}
     for source in sources:
         if source.filename in seen:
@@ -440,7 +458,7 @@ def blob_address(url: str) -> BlobAddress | None:
     if parsed.scheme == "az":
         account = parsed.netloc
         endpoint = (os.environ.get(BLOB_ENDPOINT_VARIABLE) or DEFAULT_BLOB_ENDPOINT).format(account=account)
-    elif parsed.scheme == "https" and _BLOB_HOST.match(parsed.hostname or ""):
+    elif parsed.scheme == "https" and _BLOB_HOST.fullmatch(parsed.hostname or ""):
         account, endpoint = parsed.hostname, f"https://{parsed.netloc}"
     else:
         return None
