@@ -143,9 +143,12 @@ def train_command(
     from lanex_trainer.config import ConfigError, build_config
     from lanex_trainer.engine import TrainingDiverged
     from lanex_trainer.lease import Fenced
+    from lanex_trainer.preemption import Preempted, preempted_exit_code
 
     _configure_logging()
-    overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config", "TrainingDiverged", "Fenced"}}
+    overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config",
+                                                               "TrainingDiverged", "Fenced", "preempted_exit_code",
+                                                               "Preempted"}}
     for item in setting:
         key, sep, value = item.partition("=")
         if not sep:
@@ -163,6 +166,14 @@ def train_command(
     except (TrainingDiverged, Fenced) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
+    except Preempted as preempted:
+        import os
+
+        from lanex_trainer.distributed import detect_world
+
+        if detect_world().is_main:
+            typer.echo(f"lanex train: {preempted}", err=True)
+        raise typer.Exit(preempted_exit_code(os.environ)) from None
     from lanex_trainer.distributed import detect_world
 
     if detect_world().is_main:
