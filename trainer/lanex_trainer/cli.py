@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 
+from lanex_trainer.preemption import DEFAULT_GRACE_SECONDS, GRACE_ENV
 from lanex_trainer.worker_wait import DEFAULT_SSH_PORT, DEFAULT_WAIT_SECONDS
 
 data_app = typer.Typer(help="TuSimple data: synthesise, download, prepare.", no_args_is_help=True)
@@ -261,6 +262,19 @@ def launch_command(
     raise typer.Exit(code)
 
 
+def worker_command(
+    command: List[str] = typer.Argument(..., help="The worker's server, after `--` (the trainer image's sshd)."),
+    grace_seconds: float = typer.Option(
+        DEFAULT_GRACE_SECONDS, "--grace-seconds", envvar=GRACE_ENV, min=0,
+        help="On SIGTERM: how long the training processes below get to checkpoint their step and leave (the pod's"
+        " terminationGracePeriodSeconds)."),
+) -> None:
+    """A worker pod's entry point: runs COMMAND; on SIGTERM lets training checkpoint its step before it stops."""
+    from lanex_trainer.worker_entry import main
+
+    raise typer.Exit(main(command, grace_seconds))
+
+
 def register(app: typer.Typer) -> None:
     """Attach the trainer's commands to the top-level `lanex` app."""
     app.add_typer(data_app, name="data")
@@ -269,3 +283,4 @@ def register(app: typer.Typer) -> None:
     app.command("predict")(predict_command)
     app.command("import-checkpoint")(import_checkpoint_command)
     app.command("launch", context_settings={"allow_interspersed_args": False})(launch_command)
+    app.command("worker", context_settings={"allow_interspersed_args": False})(worker_command)

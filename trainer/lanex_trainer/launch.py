@@ -228,9 +228,9 @@ def run_launch(plan: LaunchPlan, termination_log: Optional[Path], results_file: 
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    # Ranks leave with 0 after a preemption: whether they did is in their preempted.json, not the exit code.
-    preempted = (read_record(results_file.parent, plan.env.get(RUN_ID_ENV))
-                 if (code != 0 or received) and results_file is not None else None)
+    # Ranks leave with 0 after a preemption (whether they did is in this run's preempted.json), also when
+    # the signal reached a worker pod rather than this launcher (one worker evicted).
+    preempted = read_record(results_file.parent, plan.env.get(RUN_ID_ENV)) if results_file is not None else None
     if preempted is not None:
         message = preempted.message()
         print(f"lanex launch: {message}", file=sys.stderr, flush=True)

@@ -32,8 +32,12 @@ GRACE_ENV = "LANEX_TERMINATION_GRACE_SECONDS"
 # `lanex launch` sets it to 0 for its ranks: torchrun and mpirun must not take a preemption for a
 # failure; the launch reads preempted.json and reports it with PREEMPTED_EXIT_CODE itself.
 PREEMPTED_EXIT_ENV = "LANEX_PREEMPTED_EXIT_CODE"
-# Without an operator (a bare `lanex launch`): what torchrun/mpirun give the ranks before SIGKILL.
-DEFAULT_GRACE_SECONDS = 120
+# The grace period when nothing sets one (the operator's default for terminationGracePeriodSeconds too).
+# Sized for the slowest case of TR-4896's setup: a VGG16-BN SCNN checkpoint with SGD momentum is
+# 158 MiB (20.75 M parameters, weights + momentum in float32); on a 100 GiB Azure NetApp Files volume
+# at the Standard service level (16 MiB/s per TiB: 1.6 MiB/s) writing it takes about 100 s, plus the
+# step being finished and, when the signal lands at an epoch's end, one validation pass.
+DEFAULT_GRACE_SECONDS = 180
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
