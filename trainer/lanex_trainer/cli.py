@@ -144,12 +144,12 @@ def train_command(
     from lanex_trainer.config import ConfigError, build_config
     from lanex_trainer.engine import TrainingDiverged
     from lanex_trainer.lease import Fenced
-    from lanex_trainer.preemption import Preempted, preempted_exit_code
+    from lanex_trainer.preemption import Preempted, exit_at_once, preempted_exit_code
 
     _configure_logging()
     overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config",
                                                                "TrainingDiverged", "Fenced", "preempted_exit_code",
-                                                               "Preempted"}}
+                                                               "Preempted", "exit_at_once"}}
     for item in setting:
         key, sep, value = item.partition("=")
         if not sep:
@@ -174,7 +174,7 @@ def train_command(
 
         if detect_world().is_main:
             typer.echo(f"lanex train: {preempted}", err=True)
-        raise typer.Exit(preempted_exit_code(os.environ)) from None
+        exit_at_once(preempted_exit_code(os.environ))
     from lanex_trainer.distributed import detect_world
 
     if detect_world().is_main:
