@@ -81,6 +81,7 @@ def data_prepare(
     except PrepareError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
+    typer.echo(f"layout: {summary['layout']['name']}: {summary['layout']['description']}", err=True)
     typer.echo(json.dumps(summary, indent=2))
 
 
