@@ -33,6 +33,9 @@ def data_synth(
     except SynthError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
+    except OSError as error:  # --out where nothing can be written
+        typer.echo(f"error: cannot write the dataset to {out}: {error.strerror or error}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -51,17 +54,17 @@ def data_download(
     save_as: Optional[str] = typer.Option(None, help="File name to save the (single) --url as."),
 ) -> None:
     """Download (resumable, checksum-verified) and safely extract dataset archives."""
-    from lanex_trainer.data.download import DownloadError, download_all, load_credentials
+    from lanex_trainer.data.download import DownloadError, DownloadUsageError, download_all, load_credentials
 
     try:
         if save_as is not None and len(url) != 1:
-            raise DownloadError(f"--save-as names one file; got {len(url)} --url values")
+            raise DownloadUsageError(f"--save-as names one file; got {len(url)} --url values")
         secret = load_credentials(credentials) if credentials is not None else None
         results = download_all(url, sha256, out, extract=extract, credentials=secret,
                                filenames=[save_as] if save_as is not None else None)
-    except DownloadError as error:
+    except DownloadError as error:  # exit 2: the arguments or credentials are wrong; 1: the download failed
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from error
+        raise typer.Exit(2 if isinstance(error, DownloadUsageError) else 1) from error
     for result in results:
         typer.echo(str(result))
 
@@ -145,12 +148,13 @@ def train_command(
     from lanex_trainer.config import ConfigError, build_config
     from lanex_trainer.engine import TrainingDiverged
     from lanex_trainer.lease import Fenced
+    from lanex_trainer.model.backbones import PretrainedWeightsError
     from lanex_trainer.preemption import Preempted, exit_at_once, preempted_exit_code
 
     _configure_logging()
     overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config",
                                                                "TrainingDiverged", "Fenced", "preempted_exit_code",
-                                                               "Preempted", "exit_at_once"}}
+                                                               "Preempted", "exit_at_once", "PretrainedWeightsError"}}
     for item in setting:
         key, sep, value = item.partition("=")
         if not sep:
@@ -162,7 +166,7 @@ def train_command(
         from lanex_trainer.train import run_training
 
         results = run_training(cfg)
-    except ConfigError as error:
+    except (ConfigError, PretrainedWeightsError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
     except (TrainingDiverged, Fenced) as error:
@@ -226,7 +230,7 @@ def import_checkpoint_command(
 def launch_command(
     command: List[str] = typer.Argument(..., help="The training command, after `--`."),
     backend: str = typer.Option("auto", help="horovod, torch or auto (sets LANEX_BACKEND for the ranks)."),
-    processes: Optional[int] = typer.Option(None, help="Processes in all (default RUNAI_MPI_NUM_WORKERS, hostfile slots, or 1)."),
+    processes: Optional[int] = typer.Option(None, min=1, help="Processes in all (default RUNAI_MPI_NUM_WORKERS, hostfile slots, or 1)."),
     launcher: str = typer.Option("auto", help="auto, torchrun, mpirun or horovodrun."),
     master_port: Optional[int] = typer.Option(None, help="Rendezvous port for torchrun/mpirun (default: $MASTER_PORT or 29500)."),
     termination_log: Optional[Path] = typer.Option(None, help="Write the results (or the failure) here, e.g. /dev/termination-log."),

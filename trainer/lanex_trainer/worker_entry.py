@@ -75,7 +75,7 @@ def supervise(command: Sequence[str], grace_seconds: float, echo: Callable[[str]
     try:
         child = subprocess.Popen(list(command))
     except FileNotFoundError:
-        echo(f"lanex worker: {command[0]} is not installed or not on PATH")
+        echo(f"error: {command[0]} is not installed or not on PATH")
         return 2
     requested: list[int] = []
     previous = {signum: signal.signal(signum, lambda signum, _frame: requested.append(signum))
