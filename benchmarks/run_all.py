@@ -22,6 +22,7 @@ BENCHMARKS = {
     "operator": ["bench_operator.py", "--experiments", "100"],
     "download": ["bench_download.py"],
     "kill_run": ["bench_kill_run.py", "--trials", "3"],
+    "preemption": ["bench_preemption.py", "--trials", "5"],
 }
 
 

@@ -180,6 +180,7 @@ def test_runai_mpijob_is_tr4896_three_workers_one_gpu_each():
         "VAL_BATCH_SIZE": "99",
         "ENABLE_SNAPSHOT": "true",
         "PVC_NAME": "tr4896-data",
+        "LANEX_TERMINATION_GRACE_SECONDS": "180",
     }
     for replica in (launcher, worker):
         pod = replica["template"]["spec"]
@@ -200,13 +201,29 @@ def test_runai_mpijob_is_tr4896_three_workers_one_gpu_each():
     assert launcher_container["terminationMessagePath"] == "/dev/termination-log"
     assert launcher_container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert "resources" not in launcher_container
-    assert worker_container["command"] == ["/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config"]
+    # `lanex worker` (PID 1) around sshd: on SIGTERM the ranks below it checkpoint their step first.
+    assert worker_container["command"] == ["lanex", "worker", "--", "/usr/sbin/sshd", "-De", "-f",
+                                           "/home/mpiuser/.sshd_config"]
     # The trainer image's unprivileged mpiuser runs sshd and mpirun, with mpi-operator's keys in its home.
     assert mpijob["spec"]["sshAuthMountPath"] == "/home/mpiuser/.ssh"
     for role in ("Launcher", "Worker"):
         pod = mpijob["spec"]["mpiReplicaSpecs"][role]["template"]["spec"]
         assert pod["securityContext"] == {"runAsUser": 1001, "runAsGroup": 1001, "runAsNonRoot": True}
     assert worker_container["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    validate_pod_templates(mpijob)
+
+
+def test_pods_get_the_spec_grace_period_and_the_ranks_are_told_it():
+    document = copy.deepcopy(RUNAI_SPEC)
+    document["training"]["terminationGracePeriodSeconds"] = 600
+    meta, spec, plan = build(document)
+    mpijob = mpijob_for(meta, spec, plan)
+    for role in ("Launcher", "Worker"):
+        pod = mpijob["spec"]["mpiReplicaSpecs"][role]["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] == 600
+        assert env_of(pod["containers"][0])["LANEX_TERMINATION_GRACE_SECONDS"] == "600"
+    # How pods stop changes nothing that is trained: the same config hash, so a rerun may change it.
+    assert plan.config_hash == build(RUNAI_SPEC)[2].config_hash
     validate_pod_templates(mpijob)
 
 

@@ -143,6 +143,44 @@ def test_one_archive_repackaging_resolves_test_frames_under_test_set(synth, tmp_
     assert all((root / e["image"]).is_file() for e in train + val + test)
 
 
+def test_hub_archive_with_its_top_tusimple_folder_a_few_levels_down_is_found_and_named(synth, tmp_path):
+    # As dataset hubs publish it: TUSimple/{train_set,test_set,test_label.json}, here inside one more folder.
+    members = {**_train_members(synth, "archive/TUSimple/train_set/"), **_test_members(synth, "archive/TUSimple/test_set/"),
+               "archive/TUSimple/test_label.json": (synth / "test_label.json").read_bytes()}
+    with file_server(Served(files={"/hub/tusimple.zip": _zip(members)})) as served:
+        root = tmp_path / "data"
+        arguments = ["--url", served.base + "/hub/tusimple.zip",
+                     "--sha256", hashlib.sha256(served.files["/hub/tusimple.zip"]).hexdigest()]
+        download = subprocess.run([LANEX, "data", "download", *arguments, "--out", str(root)],
+                                  capture_output=True, text=True, timeout=300)
+        assert download.returncode == 0, download.stderr
+    prepare = subprocess.run([LANEX, "data", "prepare", "--root", str(root)], capture_output=True, text=True, timeout=300)
+    assert prepare.returncode == 0, prepare.stderr
+    summary = json.loads(prepare.stdout)
+
+    assert summary["layout"]["name"] == "repackaged" and summary["layout"]["base"] == "archive/TUSimple"
+    assert summary["layout"]["description"].endswith("found in archive/TUSimple/")
+    assert "layout: repackaged: " in prepare.stderr and "found in archive/TUSimple/" in prepare.stderr
+    assert summary["skipped_total"] == 0 and summary["test_tasks"] == "archive/TUSimple/test_set/test_tasks_0627.json"
+    assert [f["path"] for f in summary["splits"]["test"]["label_files"]] == ["archive/TUSimple/test_label.json"]
+    train, val, test = (_index(root, split) for split in ("train", "val", "test"))
+    assert [e["image"] for e in test] == ["archive/TUSimple/test_set/" + raw
+                                          for raw in _expected_raw_files(synth, ("test_label.json",))]
+    assert all(e["image"].startswith("archive/TUSimple/train_set/") for e in train + val)
+    assert summary["images"] == 9 and all((root / e["image"]).is_file() for e in train + val + test)
+
+
+def test_two_copies_at_the_same_depth_are_refused_naming_both(synth, tmp_path):
+    for copy in ("a", "b"):
+        (tmp_path / "data" / copy / "TUSimple" / "train_set").mkdir(parents=True)
+    prepare = subprocess.run([LANEX, "data", "prepare", "--root", str(tmp_path / "data")], capture_output=True,
+                             text=True, timeout=300)
+    assert prepare.returncode == 2
+    assert prepare.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'data'} holds more than one TuSimple copy (a/TUSimple, b/TUSimple); "
+        "pass the one to use as --root"]
+
+
 def test_tr_era_download_without_test_set_reports_each_missing_frame_with_file_and_line(synth, tmp_path):
     files = official_files(synth)
     del files["/tusimple/test_set.zip"]  # TR-4896's job fetched only train_set.zip and test_label.json

@@ -89,3 +89,17 @@ def test_each_launch_is_a_new_run_whose_ranks_end_with_it_and_learn_its_job(tmp_
     assert first.env["LANEX_DIE_WITH_PARENT"] == "1"
     for name in ("LANEX_RUN_ID", "LANEX_JOB", "LANEX_DIE_WITH_PARENT"):  # mpirun passes them to remote ranks
         assert first.argv[first.argv.index(name) - 1] == "-x"
+
+
+def test_launchers_give_the_ranks_the_grace_period_and_ranks_leave_quietly_after_a_preemption(tmp_path: Path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("exp-train-worker-0 slots=1\n")
+    mpi = plan_launch(TRAIN, "torch", environ={"LANEX_MPI_HOSTFILE": str(hostfile),
+                                               "LANEX_TERMINATION_GRACE_SECONDS": "300"})
+    # Open MPI's daemons and torchrun's agent wait this long after passing SIGTERM on, before SIGKILL.
+    assert mpi.env["OMPI_MCA_odls_base_sigkill_timeout"] == mpi.env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "300"
+    # The launch reports a preemption (exit 75) from preempted.json; its ranks exit 0 so mpirun sees no failure.
+    assert mpi.env["LANEX_PREEMPTED_EXIT_CODE"] == "0"
+    assert mpi.argv[mpi.argv.index("LANEX_PREEMPTED_EXIT_CODE") - 1] == "-x"  # passed to remote ranks
+    local = plan_launch(TRAIN, "torch", processes=2, environ={"LANEX_MPI_HOSTFILE": str(tmp_path / "none")})
+    assert local.env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "180"  # no operator: the API's default

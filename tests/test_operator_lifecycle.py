@@ -90,7 +90,8 @@ def test_kubeflow_experiment_runs_every_step_and_records_results(api_server, run
     assert {"name": "data", "mountPath": "/mnt"} in worker_container["volumeMounts"]
     assert env_of(launcher_container) == {
         "USE_WORKERS": "true", "NUM_WORKERS": "4", "BATCH_SIZE": "33", "USE_VAL": "true", "VAL_BATCH_SIZE": "99",
-        "ENABLE_SNAPSHOT": "true", "PVC_NAME": "lanes-a-data", "RUNAI_MPI_NUM_WORKERS": "2",
+        "ENABLE_SNAPSHOT": "true", "PVC_NAME": "lanes-a-data", "LANEX_TERMINATION_GRACE_SECONDS": "180",
+        "RUNAI_MPI_NUM_WORKERS": "2",
         "LANEX_JOB": "default/lanes-a"}
     assert launcher_container["command"][:7] == ["lanex", "launch", "--backend", "horovod", "--processes", "2",
                                                  "--termination-log"]

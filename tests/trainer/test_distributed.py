@@ -149,7 +149,7 @@ def test_killed_rank_fails_the_job_quickly_and_a_relaunch_resumes_from_the_check
     done = subprocess.run([*launch, *train, "--epochs", "40", "--max-iterations", str(resumed_from + 2)], env=ENV,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"step {resumed_from})" in done.stderr  # "resuming from ... (epoch E, step N)"
+    assert f"at step {resumed_from} (epoch " in done.stderr  # "resuming from ... at step N (epoch E, ...)"
     assert json.loads((out / "results.json").read_text())["steps"] == resumed_from + 2
     # Rank 0 writes every rank's test predictions, once each.
     predicted = [json.loads(line)["raw_file"] for line in (out / "test_predictions.json").read_text().splitlines()]

@@ -152,6 +152,46 @@ def test_sigkilled_run_leaves_no_process_and_its_rerun_resumes_from_the_checkpoi
     assert state["phase"] == "Succeeded"
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_training_after_a_checkpointed_step_and_the_rerun_resumes_there(tmp_path):
+    experiment = _experiment(tmp_path, "ctrlc", epochs=8, loaderWorkers=1, useWorkers=True)
+    workspace = tmp_path / "ws"
+    output = workspace / "volumes" / "ctrlc-data" / "experiments" / "ctrlc"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    process = subprocess.Popen([LANEX, "run", str(experiment), "--workspace", str(workspace)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        log = output / "train_log.jsonl"
+        deadline = time.monotonic() + 300
+        while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        tree = psutil.Process(process.pid).children(recursive=True)
+        os.kill(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to `lanex run` alone
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    last = steps[-1]
+    assert (output / "checkpoints" / f"checkpoint-{last:09d}.pt").is_file()  # the step it stopped after
+    total = json.loads((output / "progress.json").read_text())["steps"]
+    assert f"interrupted: training stopped after step {last} of {total} and checkpointed it; run it again to resume " \
+           f"at step {last} (`lanex run {experiment}`)" in stderr
+    assert "Traceback" not in stderr
+    assert _alive(tree) == []  # it waited for launch, torchrun, the ranks and their loader workers
+    state = json.loads((workspace / "experiments" / "ctrlc" / "state.json").read_text())
+    assert state["phase"] == "Failed" and state["message"].startswith(f"interrupted: training stopped after step {last}")
+
+    done = run_lanex("run", str(experiment), "--workspace", str(workspace), timeout=600)
+    assert f"checkpoint-{last:09d}.pt at step {last} " in done.stdout  # the trainer's log, through the runner
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, total + 1))  # every step once: none lost, none repeated
+    assert json.loads((workspace / "experiments" / "ctrlc" / "state.json").read_text())["phase"] == "Succeeded"
+
+
 def _json_documents(text: str) -> list[dict]:
     """The JSON objects `lanex get -w -o json` printed one after another."""
     decoder, documents, at = json.JSONDecoder(), [], 0

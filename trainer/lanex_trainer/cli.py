@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 
+from lanex_trainer.preemption import DEFAULT_GRACE_SECONDS, GRACE_ENV
 from lanex_trainer.worker_wait import DEFAULT_SSH_PORT, DEFAULT_WAIT_SECONDS
 
 data_app = typer.Typer(help="TuSimple data: synthesise, download, prepare.", no_args_is_help=True)
@@ -32,6 +33,9 @@ def data_synth(
     except SynthError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
+    except OSError as error:  # --out where nothing can be written
+        typer.echo(f"error: cannot write the dataset to {out}: {error.strerror or error}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -50,17 +54,17 @@ def data_download(
     save_as: Optional[str] = typer.Option(None, help="File name to save the (single) --url as."),
 ) -> None:
     """Download (resumable, checksum-verified) and safely extract dataset archives."""
-    from lanex_trainer.data.download import DownloadError, download_all, load_credentials
+    from lanex_trainer.data.download import DownloadError, DownloadUsageError, download_all, load_credentials
 
     try:
         if save_as is not None and len(url) != 1:
-            raise DownloadError(f"--save-as names one file; got {len(url)} --url values")
+            raise DownloadUsageError(f"--save-as names one file; got {len(url)} --url values")
         secret = load_credentials(credentials) if credentials is not None else None
         results = download_all(url, sha256, out, extract=extract, credentials=secret,
                                filenames=[save_as] if save_as is not None else None)
-    except DownloadError as error:
+    except DownloadError as error:  # exit 2: the arguments or credentials are wrong; 1: the download failed
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from error
+        raise typer.Exit(2 if isinstance(error, DownloadUsageError) else 1) from error
     for result in results:
         typer.echo(str(result))
 
@@ -80,6 +84,7 @@ def data_prepare(
     except PrepareError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
+    typer.echo(f"layout: {summary['layout']['name']}: {summary['layout']['description']}", err=True)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -143,9 +148,13 @@ def train_command(
     from lanex_trainer.config import ConfigError, build_config
     from lanex_trainer.engine import TrainingDiverged
     from lanex_trainer.lease import Fenced
+    from lanex_trainer.model.backbones import PretrainedWeightsError
+    from lanex_trainer.preemption import Preempted, exit_at_once, preempted_exit_code
 
     _configure_logging()
-    overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config", "TrainingDiverged", "Fenced"}}
+    overrides = {k: v for k, v in locals().items() if k not in {"config", "setting", "yaml", "ConfigError", "build_config",
+                                                               "TrainingDiverged", "Fenced", "preempted_exit_code",
+                                                               "Preempted", "exit_at_once", "PretrainedWeightsError"}}
     for item in setting:
         key, sep, value = item.partition("=")
         if not sep:
@@ -157,12 +166,20 @@ def train_command(
         from lanex_trainer.train import run_training
 
         results = run_training(cfg)
-    except ConfigError as error:
+    except (ConfigError, PretrainedWeightsError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
     except (TrainingDiverged, Fenced) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
+    except Preempted as preempted:
+        import os
+
+        from lanex_trainer.distributed import detect_world
+
+        if detect_world().is_main:
+            typer.echo(f"lanex train: {preempted}", err=True)
+        exit_at_once(preempted_exit_code(os.environ))
     from lanex_trainer.distributed import detect_world
 
     if detect_world().is_main:
@@ -213,7 +230,7 @@ def import_checkpoint_command(
 def launch_command(
     command: List[str] = typer.Argument(..., help="The training command, after `--`."),
     backend: str = typer.Option("auto", help="horovod, torch or auto (sets LANEX_BACKEND for the ranks)."),
-    processes: Optional[int] = typer.Option(None, help="Processes in all (default RUNAI_MPI_NUM_WORKERS, hostfile slots, or 1)."),
+    processes: Optional[int] = typer.Option(None, min=1, help="Processes in all (default RUNAI_MPI_NUM_WORKERS, hostfile slots, or 1)."),
     launcher: str = typer.Option("auto", help="auto, torchrun, mpirun or horovodrun."),
     master_port: Optional[int] = typer.Option(None, help="Rendezvous port for torchrun/mpirun (default: $MASTER_PORT or 29500)."),
     termination_log: Optional[Path] = typer.Option(None, help="Write the results (or the failure) here, e.g. /dev/termination-log."),
@@ -250,6 +267,19 @@ def launch_command(
     raise typer.Exit(code)
 
 
+def worker_command(
+    command: List[str] = typer.Argument(..., help="The worker's server, after `--` (the trainer image's sshd)."),
+    grace_seconds: float = typer.Option(
+        DEFAULT_GRACE_SECONDS, "--grace-seconds", envvar=GRACE_ENV, min=0,
+        help="On SIGTERM: how long the training processes below get to checkpoint their step and leave (the pod's"
+        " terminationGracePeriodSeconds)."),
+) -> None:
+    """A worker pod's entry point: runs COMMAND; on SIGTERM lets training checkpoint its step before it stops."""
+    from lanex_trainer.worker_entry import main
+
+    raise typer.Exit(main(command, grace_seconds))
+
+
 def register(app: typer.Typer) -> None:
     """Attach the trainer's commands to the top-level `lanex` app."""
     app.add_typer(data_app, name="data")
@@ -258,3 +288,4 @@ def register(app: typer.Typer) -> None:
     app.command("predict")(predict_command)
     app.command("import-checkpoint")(import_checkpoint_command)
     app.command("launch", context_settings={"allow_interspersed_args": False})(launch_command)
+    app.command("worker", context_settings={"allow_interspersed_args": False})(worker_command)

@@ -25,6 +25,13 @@ class ConfigError(ValueError):
     """A training configuration that cannot be used; the message names the field and the source."""
 
 
+def yaml_problem(error: "yaml.YAMLError") -> str:
+    """A YAML parse error on one line: where, and what (PyYAML's own text spans several lines)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
 class TrainConfig(BaseModel):
     """Everything one training run needs. Units and reasons are in each field's description."""
 
@@ -217,7 +224,7 @@ def settings_from_file(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise ConfigError(f"config file {path}: not UTF-8 text: byte offset {error.start}: {error.reason}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path}: not valid YAML/JSON: {error}") from error
+        raise ConfigError(f"config file {path}: not valid YAML/JSON: {yaml_problem(error)}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

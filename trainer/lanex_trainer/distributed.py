@@ -193,6 +193,10 @@ class TorchDistributed(Distributed):
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=25)
 
     def all_reduce_sum(self, tensor):
+        if self.use_cuda and tensor.device.type == "cpu":  # NCCL reduces device tensors only
+            on_device = tensor.cuda()
+            self._dist.all_reduce(on_device, op=self._dist.ReduceOp.SUM)
+            return tensor.copy_(on_device)
         self._dist.all_reduce(tensor, op=self._dist.ReduceOp.SUM)
         return tensor
 

@@ -40,6 +40,7 @@ class EpochStats:
     images: int  # images this rank trained on
     loss_sum: float  # sum of per-step losses on this rank
     seconds: float
+    stopped: bool = False  # ended early because `should_stop` said so (preemption)
 
     @property
     def mean_loss(self) -> float:
@@ -76,15 +77,18 @@ def train_one_epoch(
     channels_last: bool = False,
     grad_clip_norm: float = 5.0,
     on_step: Optional[Callable[[int, float, StepTiming], None]] = None,
+    should_stop: Optional[Callable[[int], bool]] = None,
 ) -> EpochStats:
     """Train until the loader is exhausted or `max_steps` optimizer steps have been taken in all.
 
     `first_step` is the global step count before this call; `on_step(step, loss, timing)` runs after
     each optimizer step with the new global count (checkpointing, logging and progress hook). The
     timing ends before the hook, so a checkpoint write counts as neither data wait nor step time.
+    `should_stop(step)`, asked after the hook, ends the epoch early (a collective decision: every
+    rank gets the same answer for the same step).
     """
     model.train()
-    step, images, loss_sum = first_step, 0, 0.0
+    step, images, loss_sum, stopped = first_step, 0, 0.0, False
     started = time.perf_counter()
     fetch_started = started
     for batch in loader:
@@ -110,8 +114,12 @@ def train_one_epoch(
         images += inputs.shape[0]
         if on_step is not None:
             on_step(step, value, StepTiming(inputs.shape[0], data_seconds, time.perf_counter() - fetch_started))
+        if should_stop is not None and should_stop(step):
+            stopped = True
+            break
         fetch_started = time.perf_counter()
-    return EpochStats(steps=step - first_step, images=images, loss_sum=loss_sum, seconds=time.perf_counter() - started)
+    return EpochStats(steps=step - first_step, images=images, loss_sum=loss_sum, seconds=time.perf_counter() - started,
+                      stopped=stopped)
 
 
 @dataclass

@@ -8,6 +8,14 @@ results into the Kubernetes termination message, where the lanex operator reads 
 Each launch is one run: it gives the ranks a fresh run id (`LANEX_RUN_ID`, ordered by start time,
 so a restarted launcher's run takes the output directory's lease over from an earlier attempt's
 workers) and makes them end with it (`LANEX_DIE_WITH_PARENT`, see lifeline.py).
+
+Preemption (see preemption.py): the first SIGTERM/SIGINT is passed on once, to torchrun's ranks
+themselves (torchrun would take it as a failure and print a traceback), or to mpirun/horovodrun,
+whose ranks are on other hosts; those are told to give the ranks the grace period
+(`LANEX_TERMINATION_GRACE_SECONDS`) before their SIGKILL. The ranks finish their step, checkpoint it
+and leave with exit code 0 (`LANEX_PREEMPTED_EXIT_CODE`), so the launcher sees no failure; the launch
+then exits with PREEMPTED_EXIT_CODE and says where the next start resumes. A second Ctrl-C stops
+everything at once.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Mapping, Optional, Sequence
 from lanex_trainer import lifeline
 from lanex_trainer.distributed import DEFAULT_HOSTFILE, DEFAULT_MASTER_PORT, first_host
 from lanex_trainer.lease import RUN_ID_ENV, new_run_id
+from lanex_trainer.preemption import PREEMPTED_EXIT_CODE, PREEMPTED_EXIT_ENV, grace_seconds, read_record
 
 # What the operator needs from results.json; the termination message is capped at 4 KiB.
 TERMINATION_FIELDS = ("accuracy", "fp", "fn", "checkpoint", "images_per_second", "epochs", "steps", "config_hash")
@@ -109,6 +118,12 @@ def plan_launch(
     env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
     env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     env.setdefault(RUN_ID_ENV, new_run_id())
+    # How long torchrun (its agent) and Open MPI (its daemons) wait for the ranks to leave after passing
+    # a stop signal on, before SIGKILL: the whole grace period, in which the ranks checkpoint their step.
+    grace = str(grace_seconds(env))
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", grace)
+    env.setdefault("OMPI_MCA_odls_base_sigkill_timeout", grace)
+    env[PREEMPTED_EXIT_ENV] = "0"  # the launch reports a preemption itself, from the ranks' preempted.json
     env[lifeline.ENV_FLAG] = "1"  # the ranks (torchrun's, mpirun's) end when their launcher does
     if backend != "auto":
         env["LANEX_BACKEND"] = backend
@@ -145,8 +160,28 @@ def termination_message(results_file: Path) -> str:
     return message[:4096]
 
 
+def child_process_groups(pid: int) -> list[int]:
+    """The process groups of `pid`'s children (torchrun starts each rank in a session of its own); Linux."""
+    groups = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            pids = [int(word) for word in children.read_text().split()]
+        except OSError:
+            continue
+        for child in pids:
+            try:
+                groups.append(os.getpgid(child))
+            except ProcessLookupError:
+                pass
+    return sorted(set(groups))
+
+
 def run_launch(plan: LaunchPlan, termination_log: Optional[Path], results_file: Optional[Path]) -> int:
-    """Run the launcher, forwarding SIGTERM/SIGINT; write the termination message on success."""
+    """Run the launcher, passing the first SIGTERM/SIGINT on; write the termination message.
+
+    Returns the exit code: 0, PREEMPTED_EXIT_CODE when the ranks stopped on a signal after
+    checkpointing their step (`<output_dir>/preempted.json` of this run), else the launcher's failure.
+    """
     print(f"lanex launch: run {plan.env.get(RUN_ID_ENV)}, {plan.launcher} with {plan.processes} process(es): "
           f"{shlex.join(plan.argv)}", file=sys.stderr, flush=True)
     try:
@@ -156,13 +191,36 @@ def run_launch(plan: LaunchPlan, termination_log: Optional[Path], results_file: 
     except FileNotFoundError as error:
         raise LaunchError(f"{plan.argv[0]} is not installed or not on PATH") from error
 
-    def forward(signum, _frame):
+    def send(signum) -> None:
         try:
             os.killpg(child.pid, signum)
         except ProcessLookupError:
             pass
 
-    lifeline.on_orphaned(lambda: forward(signal.SIGKILL, None))  # where no parent-death signal exists
+    received: list[int] = []
+
+    def stop_ranks(signum) -> None:
+        ranks = child_process_groups(child.pid) if plan.launcher == "torchrun" else []
+        if not ranks:  # mpirun/horovodrun pass it on to remote ranks (or torchrun has none yet)
+            send(signum)
+        for group in ranks:
+            try:
+                os.killpg(group, signum)
+            except ProcessLookupError:
+                pass
+
+    def forward(signum, _frame):
+        # Once only: torchrun and Open MPI take a second SIGTERM/SIGINT as "kill now", which would cut the
+        # ranks' checkpoint short. A second Ctrl-C means just that: stop at once, without it.
+        received.append(signum)
+        if len(received) == 1:
+            print(f"lanex launch: {signal.Signals(signum).name}: the ranks finish their step and checkpoint it "
+                  "before they stop (Ctrl-C again: stop at once)", file=sys.stderr, flush=True)
+            stop_ranks(signum)
+        elif signum == signal.SIGINT:
+            send(signal.SIGKILL)
+
+    lifeline.on_orphaned(lambda: send(signal.SIGKILL))  # where no parent-death signal exists
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -170,6 +228,15 @@ def run_launch(plan: LaunchPlan, termination_log: Optional[Path], results_file: 
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    # Ranks leave with 0 after a preemption (whether they did is in this run's preempted.json), also when
+    # the signal reached a worker pod rather than this launcher (one worker evicted).
+    preempted = read_record(results_file.parent, plan.env.get(RUN_ID_ENV)) if results_file is not None else None
+    if preempted is not None:
+        message = preempted.message()
+        print(f"lanex launch: {message}", file=sys.stderr, flush=True)
+        if termination_log is not None:
+            _write_quietly(termination_log, message)
+        return PREEMPTED_EXIT_CODE
     if code != 0:
         message = (f"training failed: {plan.launcher} exited with code {code} "
                    f"(a worker failed or died; see the rank logs above)")

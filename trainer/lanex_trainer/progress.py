@@ -255,6 +255,15 @@ class ProgressReporter:
     def finished(self) -> None:
         self.state = "finished"
         self.publish()
+        self._close_bar()
+
+    def preempted(self) -> None:
+        """The run stopped on a signal after checkpointing its step (no collective: every rank is leaving)."""
+        self.state = "preempted"
+        self.publish()
+        self._close_bar()
+
+    def _close_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -3,7 +3,8 @@
 Rank 0 alone writes into `output_dir` (checkpoints, TensorBoard, results.json, curves, progress.json,
 overlays and worst.png); every rank reads the checkpoint that rank 0 chose, so all resume at the
 same step. A resumed run sees exactly the batches, augmentations and random states an
-uninterrupted one would have.
+uninterrupted one would have. SIGTERM/SIGINT stop the run after the current step with a
+checkpoint of exactly that step (see preemption.py).
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from lanex_trainer.checkpoint import atomic_torch_save, load_checkpoint, load_latest_checkpoint, save_checkpoint
+from lanex_trainer.checkpoint import (atomic_torch_save, checkpoint_path, load_checkpoint, load_latest_checkpoint,
+                                      save_checkpoint)
 from lanex_trainer.config import ConfigError, TrainConfig
 from lanex_trainer.distributed import Distributed, init_distributed
 from lanex_trainer.engine import EvalResult, evaluate, train_one_epoch
 from lanex_trainer.evaluation.postprocess import PostprocessSettings
 from lanex_trainer.lease import OutputOwnership
 from lanex_trainer.losses import SCNNLoss
+from lanex_trainer.preemption import (PREEMPTED_FILE, Preempted, PreemptionRecord, StopRequest, ignore_stop_signals,
+                                      read_record, write_record)
 from lanex_trainer.progress import GpuProbe, ProgressReporter, epochs_of_run
 from lanex_trainer.sampling import ResumableDistributedSampler, evaluation_shard
 
@@ -105,33 +109,47 @@ def log_effective_config(cfg: TrainConfig, dist: Distributed) -> None:
 
 
 def run_training(cfg: TrainConfig) -> dict:
-    """Train per `cfg` in the job described by the environment; returns the results (all ranks)."""
+    """Train per `cfg` in the job described by the environment; returns the results (all ranks).
+
+    Raises Preempted (every rank) when SIGTERM/SIGINT stopped the run after checkpointing its last step.
+    """
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    dist = init_distributed(cfg.backend, use_cuda, cfg.collective_timeout_s, cfg.sync_batchnorm, cfg.fp16_allreduce)
-    ownership = OutputOwnership(cfg.output_dir, dist, cfg.lease_stale_s, cfg.lease_heartbeat_s)
+    # From the start: a signal while the job starts up stops it after its first step, checkpointed.
+    stop = StopRequest().install()
     try:
-        ownership.acquire()  # before anything is read from or written to output_dir
-        return Trainer(cfg, dist, ownership).run()
+        dist = init_distributed(cfg.backend, use_cuda, cfg.collective_timeout_s, cfg.sync_batchnorm, cfg.fp16_allreduce)
+        ownership = OutputOwnership(cfg.output_dir, dist, cfg.lease_stale_s, cfg.lease_heartbeat_s)
+        try:
+            ownership.acquire()  # before anything is read from or written to output_dir
+            return Trainer(cfg, dist, ownership, stop).run()
+        finally:
+            ownership.release()
+            dist.shutdown()
     finally:
-        ownership.release()
-        dist.shutdown()
+        stop.restore()
 
 
 def _single_threaded_worker(worker_id: int) -> None:
-    """Loader workers are the parallelism: one torch thread each (OpenCV threads are off process-wide)."""
+    """Loader workers are the parallelism: one torch thread each (OpenCV threads are off process-wide).
+
+    They share their rank's process group, so a preemption's signal reaches them too: they ignore
+    it and keep loading until their rank has finished its step (they end with their rank)."""
     torch.set_num_threads(1)
+    ignore_stop_signals()
 
 
 class Trainer:
     """Holds one run's collaborators; `run()` is the loop."""
 
-    def __init__(self, cfg: TrainConfig, dist: Distributed, ownership: OutputOwnership):
+    def __init__(self, cfg: TrainConfig, dist: Distributed, ownership: OutputOwnership,
+                 stop: Optional[StopRequest] = None):
         from lanex_trainer.data.dataset import AugmentConfig, LaneDataset
         from lanex_trainer.data.prepare import is_prepared, load_index
         from lanex_trainer.model.backbones import warn_if_from_scratch
         from lanex_trainer.model.scnn import build_model
 
         self.cfg, self.dist, self.ownership = cfg, dist, ownership
+        self.stop = stop or StopRequest()
         log_effective_config(cfg, dist)
         if not is_prepared(cfg.data_root):
             raise ConfigError(f"data_root {cfg.data_root}: not prepared; run `lanex data prepare --root {cfg.data_root}`")
@@ -174,6 +192,10 @@ class Trainer:
         self.history: list[dict] = []
         self.eval_loaders: dict[str, DataLoader] = {}
         self.best: Optional[dict] = None
+        # The current epoch's loss so far, checkpointed with it: an epoch resumed mid-way reports the
+        # same mean training loss as an uninterrupted one.
+        self.epoch_totals = {"steps": 0, "loss_sum": 0.0}
+        self.saved_step: Optional[int] = None  # the step of the newest checkpoint this run wrote
 
     def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
         workers = self.loader_workers
@@ -208,6 +230,7 @@ class Trainer:
             "history": self.history, "best": self.best,
             "world_size": self.dist.world_size,
             "run_id": self.ownership.run_id,
+            "epoch_totals": dict(self.epoch_totals),
         }
 
     def _resume_state(self) -> Optional[dict]:
@@ -231,7 +254,11 @@ class Trainer:
                 "use a new output_dir, or --no-resume to start over there"
             )
         if self.dist.is_main:
-            log.info("resuming from %s (epoch %d, step %d)", chosen, state["epoch"], state["step"])
+            preempted = read_record(self.out)
+            why = f"; run {preempted.run_id} was preempted by {preempted.signal} there" if preempted else ""
+            log.info("resuming from %s at step %d (epoch %d, %d of its %d steps done)%s", chosen, state["step"],
+                     state["epoch"] + 1, state["batch_in_epoch"], self.steps_per_epoch, why)
+            (self.out / PREEMPTED_FILE).unlink(missing_ok=True)
         return state
 
     # -- the loop ---------------------------------------------------------------------------
@@ -250,6 +277,7 @@ class Trainer:
             scheduler.load_state_dict(resume["scheduler"])
             epoch, batch_in_epoch, step = resume["epoch"], resume["batch_in_epoch"], resume["step"]
             self.history, self.best = resume["history"], resume["best"]
+            self.epoch_totals = dict(resume.get("epoch_totals") or self.epoch_totals)
         optimizer = dist.wrap_optimizer(optimizer, self.model)
         dist.broadcast_initial_state(self.model, optimizer)
         if resume:
@@ -274,6 +302,8 @@ class Trainer:
             epoch_first_step = step - batch_in_epoch
 
             def on_step(new_step: int, loss: float, timing, epoch=epoch, epoch_first_step=epoch_first_step) -> None:
+                self.epoch_totals["steps"] += 1
+                self.epoch_totals["loss_sum"] += loss
                 self.progress.step(new_step, epoch, loss, optimizer.param_groups[0]["lr"], timing.images,
                                    timing.data_seconds, timing.seconds)
                 if dist.is_main:
@@ -291,18 +321,31 @@ class Trainer:
                 if dist.is_main and new_step % cfg.checkpoint_every == 0 and not last_of_epoch:
                     save_checkpoint(self._state(optimizer, scheduler, epoch, new_step - epoch_first_step, new_step),
                                     self.checkpoints, new_step, cfg.keep_checkpoints)
+                    self.saved_step = new_step
+
+            def should_stop(new_step: int, epoch_first_step=epoch_first_step) -> bool:
+                # The last step of an epoch (or of the run) goes through the epoch end first (validation and
+                # the epoch-end checkpoint), so a resumed run never starts inside a finished epoch. The
+                # answer is the same on every rank, which therefore all skip or all join the collective.
+                if new_step - epoch_first_step >= self.steps_per_epoch or new_step >= self.total_steps:
+                    return False
+                return self.stop.agreed(dist)
 
             stats = train_one_epoch(
                 train_model, self.criterion, optimizer, self.train_loader, scheduler, self.device, epoch,
                 dist=dist, first_step=step, max_steps=self.total_steps, amp=cfg.amp,
                 channels_last=self.channels_last, grad_clip_norm=cfg.grad_clip_norm, on_step=on_step,
+                should_stop=should_stop,
             )
             step += stats.steps
+            if stats.stopped:  # mid-epoch: checkpoint this exact step and leave
+                self._preempt(optimizer, scheduler, epoch, step - epoch_first_step, step)
             train_seconds += stats.seconds
             trained_images += stats.images
             finished_epoch = step - epoch_first_step >= self.steps_per_epoch
             self.progress.epoch_end()
-            record = {"epoch": epoch, "step": step, "train_loss": stats.mean_loss,
+            record = {"epoch": epoch, "step": step,
+                      "train_loss": self.epoch_totals["loss_sum"] / max(self.epoch_totals["steps"], 1),
                       "images_per_second": stats.images * dist.world_size / max(stats.seconds, 1e-9)}
             if cfg.validation and self.val_entries:
                 self.progress.validating()
@@ -313,14 +356,42 @@ class Trainer:
             self._log_epoch(record)
             if finished_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
+                self.epoch_totals = {"steps": 0, "loss_sum": 0.0}
             else:
                 batch_in_epoch = step - epoch_first_step
             self.ownership.check()
             if dist.is_main:
                 state = self._state(optimizer, scheduler, epoch, batch_in_epoch, step)
                 save_checkpoint(state, self.checkpoints, step, cfg.keep_checkpoints)
+                self.saved_step = step
                 self._track_best(record, state)
+            if self.stop.agreed(dist):  # asked during the epoch's last step or its validation
+                self._preempt(optimizer, scheduler, epoch, batch_in_epoch, step)
+        # Everything trained is checkpointed: from here a signal may end the run at once (the next
+        # start only repeats the test pass), instead of making people wait for it.
+        self.stop.restore()
         return self._finish(train_model, optimizer, scheduler, epoch, step, trained_images, train_seconds)
+
+    def _preempt(self, optimizer, scheduler, epoch: int, batch_in_epoch: int, step: int) -> None:
+        """Checkpoint `step` (unless this run just did), record the preemption, raise Preempted on every rank."""
+        self.ownership.check()
+        record = None
+        if self.dist.is_main:
+            path = checkpoint_path(self.checkpoints, step)
+            if self.saved_step != step:
+                path = save_checkpoint(self._state(optimizer, scheduler, epoch, batch_in_epoch, step),
+                                       self.checkpoints, step, self.cfg.keep_checkpoints)
+            received = self.stop.received_at
+            record = PreemptionRecord(
+                run_id=self.ownership.run_id, signal=self.stop.signal or "a stop signal", step=step,
+                steps=self.total_steps, epoch=epoch, checkpoint=str(path),
+                seconds_to_checkpoint=round(time.monotonic() - received, 3) if received is not None else 0.0)
+            write_record(self.out, record)
+            self.writer.close()
+            self.step_log.close()
+        self.progress.preempted()
+        record = self.dist.broadcast_object(record)
+        raise Preempted(record)
 
     def _evaluate(self, model, split: str, entries) -> EvalResult:
         # One loader per split for the whole run: validation every epoch reuses its dataset and workers.

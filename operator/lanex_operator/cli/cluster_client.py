@@ -55,6 +55,10 @@ class WaitTimeout(ClusterError):
     """A watch that ended because its deadline passed."""
 
 
+class NoClusterConfig(ClusterError):
+    """No kubeconfig or in-cluster configuration to connect with: the user's setup to fix (exit 2)."""
+
+
 def describe_api_error(what: str, status: int, reason: str, body: Any) -> str:
     """One line for an API error: `laneexperiment default/foo not found`, else the server's message."""
     message = ""
@@ -101,12 +105,12 @@ class Cluster:
             default_namespace = ((active or {}).get("context") or {}).get("namespace") or "default"
         except (ConfigException, OSError) as kubeconfig_error:
             if context or "KUBERNETES_SERVICE_HOST" not in os.environ:
-                raise ClusterError(f"no usable Kubernetes configuration: {kubeconfig_error} "
-                                   "(set KUBECONFIG, or run inside a pod)") from None
+                raise NoClusterConfig(f"no usable Kubernetes configuration: {kubeconfig_error} "
+                                      "(set KUBECONFIG, or run inside a pod)") from None
             try:
                 config.load_incluster_config(client_configuration=configuration)
             except ConfigException as error:
-                raise ClusterError(f"no usable Kubernetes configuration: {error}") from None
+                raise NoClusterConfig(f"no usable Kubernetes configuration: {error}") from None
             default_namespace = (SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
                                  if SERVICE_ACCOUNT_NAMESPACE.exists() else "default")
         configuration.retries = 1

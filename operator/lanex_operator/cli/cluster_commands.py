@@ -7,7 +7,7 @@ they read and print in `views`. The Kubernetes client is imported only inside th
 commands, so `lanex --help` stays fast.
 
 Exit codes, the same for every command: 0 done, 1 API error or failed experiment, 2 invalid file or
-flags, 124 `wait` timed out.
+flags or no Kubernetes configuration, 124 `wait` timed out.
 """
 
 from __future__ import annotations
@@ -75,12 +75,14 @@ def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 def reporting() -> Iterator[None]:
     """Turn the errors of a command into one `error: ...` line and its exit code."""
     from lanex_operator.api import InvalidSpecError
-    from lanex_operator.cli.cluster_client import ClusterError, WaitTimeout
+    from lanex_operator.cli.cluster_client import ClusterError, NoClusterConfig, WaitTimeout
 
     try:
         yield
     except (UsageError, InvalidSpecError) as error:
         _fail(str(error), EXIT_USAGE)
+    except NoClusterConfig as error:
+        _fail(error.message, EXIT_USAGE)
     except WaitTimeout as error:
         _fail(error.message, EXIT_TIMEOUT)
     except ClusterError as error:

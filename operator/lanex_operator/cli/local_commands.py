@@ -31,7 +31,7 @@ def run_command(
     from lanex_operator.api import ExperimentFileError, load_experiment_file
     from lanex_operator.api.files import read_document
     from lanex_operator.api.sweep_files import document_kind
-    from lanex_operator.local.runner import ExperimentBusy, LocalRunError, LocalRunner
+    from lanex_operator.local.runner import ExperimentBusy, Interrupted, LocalRunError, LocalRunner
     from lanex_operator.local.secrets import SecretSourceError, parse_secret_option
     from lanex_operator.api.models import InvalidSpecError
 
@@ -52,6 +52,9 @@ def run_command(
     except ExperimentBusy as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
+    except Interrupted as error:
+        typer.echo(f"\n{error} (`lanex run {experiment}`)", err=True)
+        raise typer.Exit(130) from None
     except LocalRunError as error:
         typer.echo(f"error: {error}", err=True)
         typer.echo(f"run `lanex run {experiment}` again to continue from the failed step", err=True)

@@ -42,8 +42,32 @@ def operator_command(
     run_operator(list(namespace) or None, liveness_port, metrics_port)
 
 
+EXIT_USAGE = 2
+
+
 def main() -> None:
+    """The `lanex` console script. Every error a user can cause ends in one `error: ...` line and exit 2:
+    the commands report their own; command-line mistakes (unknown option, missing argument, a value
+    out of range) are reported here the same way instead of as a usage panel."""
+    import sys
+
+    try:  # typer carries its own copy of click since 0.22
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    except ImportError:  # pragma: no cover - an older typer on click
+        from click.exceptions import ClickException, NoArgsIsHelpError
+
     from lanex_trainer.lifeline import arm_from_env
 
     arm_from_env()  # started by `lanex run`/`lanex launch`: end with that parent, however it ends
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:  # Ctrl-C or end of input at a prompt
+        sys.exit(130)
+    except NoArgsIsHelpError as error:  # `lanex data`: the group's help
+        error.show()
+        sys.exit(EXIT_USAGE)
+    except ClickException as error:  # usage errors: unknown option, missing argument, value out of range
+        command = error.ctx.command_path if getattr(error, "ctx", None) is not None else "lanex"
+        typer.echo(f"error: {error.format_message()} (see `{command} --help`)", err=True)
+        sys.exit(EXIT_USAGE)
+    sys.exit(code if isinstance(code, int) else 0)

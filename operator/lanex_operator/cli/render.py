@@ -50,7 +50,12 @@ def cluster_defaults(values_file: Optional[Path] = None, environ: Optional[Mappi
         return defaults
     try:
         values = yaml.safe_load(values_file.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+    except yaml.YAMLError as error:  # one line: where, and what
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        reason = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise RenderError(f"{values_file}: invalid YAML{where}: {reason}") from None
+    except (OSError, UnicodeDecodeError) as error:
         raise RenderError(f"{values_file}: cannot read chart values: {error}") from None
     chosen = (values.get("defaults") or {}) if isinstance(values, dict) else {}
     if not isinstance(chosen, dict):

@@ -159,9 +159,13 @@ def mpijob_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Experime
 
     # sshd and mpirun run unprivileged as the image's mpiuser (no root, no privileged port).
     security = {"runAsUser": TRAINER_USER_ID, "runAsGroup": TRAINER_USER_ID, "runAsNonRoot": True}
-    launcher_pod: dict[str, Any] = {"securityContext": dict(security), "containers": [launcher], "volumes": volumes}
+    # Both get the grace period: on SIGTERM the ranks (on the workers) finish their step and checkpoint it,
+    # while the launcher waits for mpirun to see them leave.
+    grace = train.termination_grace_period_seconds
+    launcher_pod: dict[str, Any] = {"securityContext": dict(security), "containers": [launcher], "volumes": volumes,
+                                    "terminationGracePeriodSeconds": grace}
     worker_pod: dict[str, Any] = {"securityContext": dict(security), "containers": [worker],
-                                  "volumes": [dict(volume) for volume in volumes]}
+                                  "volumes": [dict(volume) for volume in volumes], "terminationGracePeriodSeconds": grace}
     if spec.training.node_selector:
         worker_pod["nodeSelector"] = dict(spec.training.node_selector)
     if spec.training.tolerations:

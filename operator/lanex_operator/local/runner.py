@@ -13,6 +13,11 @@ atomically, never locked) for `lanex get --workspace` in another terminal.
 One writer per experiment: a run holds an exclusive lock on `<experiment>/run.lock` (the kernel
 drops it when the runner ends, however), and every process of a step ends with the runner, even
 when it is SIGKILLed (lanex_trainer.lifeline), so a rerun never meets the trainers of the last one.
+
+Ctrl-C (or SIGTERM) while a step runs is passed on to the step's processes, which run in a session
+of their own so that they get it once, from the runner: training finishes its step, checkpoints it
+and stops (lanex_trainer.preemption), and the runner waits for that before it ends, saying at which
+step the next run resumes. A second Ctrl-C stops everything at once.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from lanex_operator.local.secrets import SecretSource, SecretSourceError
 from lanex_operator.local.snapshots import SnapshotError, SnapshotStore
 from lanex_operator.plan.steps import ExperimentPlan, StepName, plan_for, secret_names
 from lanex_trainer import lifeline
+from lanex_trainer.preemption import PREEMPTED_EXIT_CODE, read_record
 from lanex_trainer.progress import MARKER, PROGRESS_FILE, read_progress
 
 LOCAL_NAMESPACE = "local"
@@ -50,6 +56,10 @@ class LocalRunError(RuntimeError):
 
 class ExperimentBusy(LocalRunError):
     """Another `lanex run` of the same experiment is running (CLI exit 2)."""
+
+
+class Interrupted(LocalRunError):
+    """Ctrl-C or SIGTERM stopped the run; running it again resumes (CLI exit 130)."""
 
 
 def _free_port() -> int:
@@ -168,22 +178,56 @@ class LocalRunner:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             log.write(f"\n=== {_now()} {' '.join(argv)[:500]}\n".encode())
+            # A session of its own: a terminal's Ctrl-C reaches the step once, passed on by `_forward`.
             process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       preexec_fn=lifeline.preexec_die_with_parent(), start_new_session=self.quiet)
+                                       preexec_fn=lifeline.preexec_die_with_parent(), start_new_session=True)
             self._process = process
-            assert process.stdout is not None
-            terminal = ProgressLineFilter()
-            for chunk in iter(lambda: process.stdout.read1(4096), b""):
-                log.write(chunk)
+            previous = self._forward_stop_signals(process)
+            try:
+                assert process.stdout is not None
+                terminal = ProgressLineFilter()
+                for chunk in iter(lambda: process.stdout.read1(4096), b""):
+                    log.write(chunk)
+                    if not self.quiet:
+                        sys.stdout.buffer.write(terminal.feed(chunk))
+                        sys.stdout.flush()
                 if not self.quiet:
-                    sys.stdout.buffer.write(terminal.feed(chunk))
-                    sys.stdout.flush()
-            if not self.quiet:
-                sys.stdout.buffer.write(terminal.flush())
-            code = process.wait()
-            self._process = None
+                    sys.stdout.buffer.write(terminal.flush())
+                code = process.wait()
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+                self._process = None
+        if self.interrupted:
+            raise Interrupted(self._interruption(step, code))
         if code != 0:
             raise LocalRunError(f"step {step.value} failed (exit code {code}); its log is {log_path}")
+
+    def _forward_stop_signals(self, process: subprocess.Popen) -> dict:
+        """While `process` runs: SIGINT/SIGTERM to this runner go to its process group (main thread only)."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # a sweep's trial: the sweep stops it with `interrupt`
+
+        def forward(signum, _frame) -> None:
+            self.interrupted = True
+            try:
+                os.killpg(process.pid, signum)  # `lanex launch` takes a second Ctrl-C as "stop at once"
+            except ProcessLookupError:
+                pass
+
+        return {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def _interruption(self, step: StepName, code: int) -> str:
+        """What the interrupted step left behind, for the user and state.json."""
+        if step is StepName.TRAIN:
+            record = read_record(Path(self.plan.paths.output_dir))
+            if code == PREEMPTED_EXIT_CODE and record is not None:
+                return (f"interrupted: training stopped after step {record.step} of {record.steps} and checkpointed "
+                        f"it; run it again to resume at step {record.step}")
+            return "interrupted: training stopped; run it again to resume from its newest checkpoint"
+        return f"interrupted during step {step.value}; run it again to resume"
 
     # -- steps --------------------------------------------------------------------------------
     def _dataset(self) -> dict:
@@ -314,10 +358,11 @@ class LocalRunner:
                                        completionTime=_now())
                 self.state.save()
                 return self.summary()
-            message = "interrupted; run it again to resume" if self.interrupted else str(error)
+            interrupted = self.interrupted
+            message = str(error) if isinstance(error, Interrupted) or not interrupted else "interrupted; run it again to resume"
             self.state.data.update(phase="Failed", message=message)
             self.state.save()
-            raise LocalRunError(message) from error
+            raise (Interrupted if interrupted else LocalRunError)(message) from error
         self.state.data["completionTime"] = _now()
         self.state.data["seconds"] = self.state.data.get("seconds", 0) + round(time.monotonic() - started, 1)
         self.state.save()

@@ -40,6 +40,7 @@ from lanex_operator.api.models import (
     training_config_hash,
 )
 from lanex_operator.plan.defaults import ClusterDefaults, Scheduler
+from lanex_trainer.preemption import GRACE_ENV
 
 MOUNT_ROOT = "/mnt"
 DATA_DIR = "tusimple_data"
@@ -57,7 +58,9 @@ FROM_SCRATCH_REASON = "NoPretrainedWeights"
 # mpi-operator mounts at SSH_AUTH_MOUNT_PATH.
 TRAINER_USER_ID = 1001
 SSH_AUTH_MOUNT_PATH = "/home/mpiuser/.ssh"
-WORKER_COMMAND = ("/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config")
+# `lanex worker` is PID 1 around sshd: on SIGTERM it lets the ranks below it checkpoint their step
+# before sshd (and with it the container) ends (lanex_trainer.worker_entry).
+WORKER_COMMAND = ("lanex", "worker", "--", "/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config")
 # What the cluster's controllers derive from the children's names (mpi-operator v0.8.2
 # pkg/controller/mpi_job_controller.go: launcherSuffix, workerSuffix, configSuffix, sshAuthSecretSuffix;
 # the apiserver's generateName adds 5 random characters, the Job controller names pods `<job>-`).
@@ -255,6 +258,7 @@ class TrainStep:
     large_shm: bool
     backoff_limit: int
     active_deadline_seconds: Optional[int]
+    termination_grace_period_seconds: int  # the pods' grace after SIGTERM: the ranks checkpoint their step
     train_command: tuple[str, ...]
     launcher: ContainerRun
     worker: ContainerRun
@@ -442,6 +446,8 @@ def training_env(spec: LaneExperimentSpec, claim_name: str, *, launcher: bool) -
         ("VAL_BATCH_SIZE", str(training.validation.batch_size)),
         ("ENABLE_SNAPSHOT", _flag(spec.snapshot.enabled)),
         ("PVC_NAME", claim_name),
+        # `lanex launch` and `lanex worker` give the ranks this long to checkpoint after a SIGTERM.
+        (GRACE_ENV, str(training.termination_grace_period_seconds)),
     ]
     if launcher:
         env.append(("RUNAI_MPI_NUM_WORKERS", str(training.processes())))
@@ -541,6 +547,7 @@ def plan_for(
         large_shm=training.large_shm,
         backoff_limit=training.backoff_limit,
         active_deadline_seconds=training.active_deadline_seconds,
+        termination_grace_period_seconds=training.termination_grace_period_seconds,
         train_command=train_command(spec, paths),
         launcher=ContainerRun(
             effective.trainer_image,

@@ -72,6 +72,14 @@ class TransientDownloadError(DownloadError):
     """A failure that a retry (resuming from the .part file) may cure."""
 
 
+class DownloadUsageError(DownloadError):
+    """The arguments or credentials are wrong (a bad URL, checksum or Secret key); nothing was fetched.
+    `lanex data download` exits 2 for these, 1 for downloads that failed."""
+
+
+SUPPORTED_SCHEMES = ("http", "https", "file", "az")
+
+
 @dataclass(frozen=True)
 class Credentials:
     """What a mounted Secret supplies for a source: HTTP headers, and/or a SAS query string."""
@@ -129,7 +137,7 @@ def load_credentials(folder: Path) -> Credentials:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DownloadError(f"credentials folder {folder} does not exist (is the Secret mounted?)")
+        raise DownloadUsageError(f"credentials folder {folder} does not exist (is the Secret mounted?)")
     headers: list[tuple[str, str]] = []
     sas: str | None = None
     for entry in sorted(folder.iterdir()):
@@ -138,19 +146,19 @@ def load_credentials(folder: Path) -> Credentials:
         try:
             value = entry.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as error:
-            raise DownloadError(f"credentials {folder}: key {entry.name} is unreadable ({type(error).__name__})") from None
+            raise DownloadUsageError(f"credentials {folder}: key {entry.name} is unreadable ({type(error).__name__})") from None
         if not value:
-            raise DownloadError(f"credentials {folder}: key {entry.name} is empty")
+            raise DownloadUsageError(f"credentials {folder}: key {entry.name} is empty")
         if "\n" in value or "\r" in value:
-            raise DownloadError(f"credentials {folder}: key {entry.name} holds a line break; one line expected")
+            raise DownloadUsageError(f"credentials {folder}: key {entry.name} holds a line break; one line expected")
         if entry.name.lower() == SAS_KEY:
             sas = value.lstrip("?")
         elif _HEADER_NAME.fullmatch(entry.name):
             headers.append((entry.name, value))
         else:
-            raise DownloadError(f"credentials {folder}: key {entry.name!r} is neither {SAS_KEY!r} nor an HTTP header name")
+            raise DownloadUsageError(f"credentials {folder}: key {entry.name!r} is neither {SAS_KEY!r} nor an HTTP header name")
     if not headers and sas is None:
-        raise DownloadError(f"credentials {folder}: no keys (expected {SAS_KEY!r} or HTTP header names such as Authorization)")
+        raise DownloadUsageError(f"credentials {folder}: no keys (expected {SAS_KEY!r} or HTTP header names such as Authorization)")
     return Credentials(tuple(headers), sas, folder.name)
 
 
@@ -165,7 +173,7 @@ def _check_blob_credentials(source: Source) -> None:
     instead = ("its sas key is used; remove them" if credentials.sas else
                "put a SAS under key 'sas' into it, or drop secretRef to read with the pod's Azure identity "
                "(workload identity: spec.dataset.prepareServiceAccountName; DefaultAzureCredential)")
-    raise DownloadError(f"{source.shown}: an Azure Blob URL, but {secret} of its secretRef holds HTTP header key(s) "
+    raise DownloadUsageError(f"{source.shown}: an Azure Blob URL, but {secret} of its secretRef holds HTTP header key(s) "
                         f"{keys}, which Blob reads never send: {instead}")
 
 
@@ -175,7 +183,7 @@ def filename_for(url: str) -> str:
     path = unquote(parsed.path) if parsed.scheme in ("http", "https", "file", "az") else url
     name = PurePosixPath(path.replace("\\", "/")).name
     if name in ("", ".", ".."):
-        raise DownloadError(f"{redact_url(url)}: cannot derive a file name from the URL path")
+        raise DownloadUsageError(f"{redact_url(url)}: cannot derive a file name from the URL path")
     return name
 
 
@@ -190,19 +198,24 @@ def build_sources(
     `filenames` (one per URL) overrides the names taken from the URLs.
     """
     if not urls:
-        raise DownloadError("no URL given")
+        raise DownloadUsageError("no URL given")
+    for url in urls:
+        scheme = urlparse(url).scheme
+        if "://" in url and scheme not in SUPPORTED_SCHEMES:
+            raise DownloadUsageError(f"{redact_url(url)}: unsupported URL scheme {scheme!r} "
+                                     f"(expected {', '.join(SUPPORTED_SCHEMES)} or a local path)")
     if sha256 and len(sha256) != len(urls):
-        raise DownloadError(f"got {len(sha256)} --sha256 values for {len(urls)} --url values: give none or one per URL")
+        raise DownloadUsageError(f"got {len(sha256)} --sha256 values for {len(urls)} --url values: give none or one per URL")
     for position, digest in enumerate(sha256, start=1):
         if not _SHA256.fullmatch(digest):
             raise DownloadError(
                 f"--sha256 #{position} {digest!r} is not a SHA-256 (all 64 hex digits: a prefix is no integrity check)"
             )
     if filenames is not None and len(filenames) != len(urls):
-        raise DownloadError(f"got {len(filenames)} file names for {len(urls)} URLs: give one per URL")
+        raise DownloadUsageError(f"got {len(filenames)} file names for {len(urls)} URLs: give one per URL")
     for name in filenames or ():
         if name in ("", ".", "..") or "/" in name or "\\" in name:
-            raise DownloadError(f"--save-as {name!r} must be a plain file name")
+            raise DownloadUsageError(f"--save-as {name!r} must be a plain file name")
     sources = [
         Source(url, sha256[i].lower() if sha256 else None, filenames[i] if filenames else filename_for(url), credentials)
         for i, url in enumerate(urls)
@@ -212,7 +225,7 @@ def build_sources(
     seen: dict[str, str] = {}
     for source in sources:
         if source.filename in seen:
-            raise DownloadError(f"{source.shown} and {seen[source.filename]} would both be saved as {source.filename}")
+            raise DownloadUsageError(f"{source.shown} and {seen[source.filename]} would both be saved as {source.filename}")
         seen[source.filename] = source.shown
     return sources
 
@@ -464,7 +477,7 @@ def blob_address(url: str) -> BlobAddress | None:
         return None
     container, _, blob = unquote(parsed.path).lstrip("/").partition("/")
     if not account or not container or not blob:
-        raise DownloadError(f"{redact_url(url)}: expected az://ACCOUNT/CONTAINER/PATH or "
+        raise DownloadUsageError(f"{redact_url(url)}: expected az://ACCOUNT/CONTAINER/PATH or "
                             f"https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH")
     return BlobAddress(endpoint.rstrip("/"), container, blob)
 
@@ -558,7 +571,7 @@ def _local_path(url: str) -> Path:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise DownloadError(f"{url}: file:// URLs must be local (no host)")
+            raise DownloadUsageError(f"{url}: file:// URLs must be local (no host)")
         return Path(url2pathname(parsed.path))
     return Path(url)
 
@@ -567,7 +580,7 @@ def _fetch_local(source: Source, part: Path) -> "hashlib._Hash":
     """Copy a local file (file:// URL or path) into `part`, resuming like HTTP does."""
     origin = _local_path(source.url)
     if not origin.is_file():
-        raise DownloadError(f"{source.shown}: no such file {origin}")
+        raise DownloadUsageError(f"{source.shown}: no such file {origin}")
     total = origin.stat().st_size
     offset = part.stat().st_size if part.exists() else 0
     if offset > total:

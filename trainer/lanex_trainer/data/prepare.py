@@ -21,6 +21,11 @@ TuSimple's own three files (`train_set.zip` and `test_set.zip` extracted into th
 re-packaging of dataset hubs (`train_set/` and `test_set/` folders, `test_label.json` beside them,
 whose test `raw_file` paths stay relative to `test_set/`). Each `raw_file` is looked for next to its
 label file, then in the root, then in the split's folder of the layout.
+
+Either may sit a few folders below the root (hubs wrap it in `TUSimple/`, some in `archive/TUSimple/`):
+when the root itself holds neither, the shallowest folder up to MAX_SEARCH_DEPTH levels down that
+does is the dataset's base (`find_base`), named in the summary's layout; index paths stay relative
+to the root.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +52,10 @@ SKIPPED_SHOWN = 50
 TRAIN_FOLDER = "train_set"
 TEST_FOLDER = "test_set"
 TEST_TASKS_FILE = "test_tasks_0627.json"
+MAX_SEARCH_DEPTH = 3
+"""How many folders below the root a layout is looked for."""
+NOT_SEARCHED = {INDEX_DIR, "clips", "__MACOSX"}
+"""Folders that never hold a layout's base (clips/ has thousands of frame folders)."""
 """The test archive's list of frames to predict (no lanes): not a label file, only noted."""
 
 
@@ -72,24 +82,59 @@ class Layout:
     description: str
     train_folder: Optional[str] = None  # where train/val images live besides the label file's folder
     test_folder: Optional[str] = None
+    base: str = ""  # the folder (relative to the root, POSIX) that holds the layout; "" for the root itself
 
     def folder_for(self, split: str) -> Optional[str]:
-        return self.test_folder if split == "test" else self.train_folder
+        folder = self.test_folder if split == "test" else self.train_folder
+        return posixpath.join(self.base, folder) if folder and self.base else folder
 
 
-def detect_layout(root: Path) -> Layout:
-    """Which of TuSimple's published layouts `root` holds (see the module docstring)."""
+def _holds_layout(folder: Path, label_files: Iterable[str]) -> bool:
+    return ((folder / TRAIN_FOLDER).is_dir() or (folder / TEST_FOLDER).is_dir()
+            or any((folder / name).is_file() for name in label_files))
+
+
+def find_base(root: Path, label_files: Iterable[str] = ()) -> str:
+    """The folder that holds the dataset: the root, else the shallowest one up to MAX_SEARCH_DEPTH levels
+    down with train_set/, test_set/ or one of `label_files`; "" when none does (errors then name the root).
+    Raises PrepareError when two folders at that depth qualify (which one is meant cannot be told)."""
     root = Path(root)
-    train = TRAIN_FOLDER if (root / TRAIN_FOLDER).is_dir() else None
-    test = TEST_FOLDER if (root / TEST_FOLDER).is_dir() else None
+    label_files = tuple(label_files)
+    level = [root]
+    for _ in range(MAX_SEARCH_DEPTH + 1):
+        found = [folder for folder in level if _holds_layout(folder, label_files)]
+        if len(found) > 1:
+            names = ", ".join(sorted(Path(os.path.relpath(folder, root)).as_posix() for folder in found))
+            raise PrepareError(f"{root} holds more than one TuSimple copy ({names}); pass the one to use as --root")
+        if found:
+            return "" if found[0] == root else Path(os.path.relpath(found[0], root)).as_posix()
+        level = [child for folder in level for child in _subfolders(folder)]
+    return ""
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return sorted(entry for entry in folder.iterdir()
+                      if entry.is_dir() and entry.name not in NOT_SEARCHED and not entry.name.startswith("."))
+    except OSError:
+        return []
+
+
+def detect_layout(root: Path, label_files: Iterable[str] = ()) -> Layout:
+    """Which of TuSimple's published layouts `root` holds, and where (see the module docstring)."""
+    base = find_base(root, label_files)
+    folder = Path(root) / base
+    where = f", found in {base}/" if base else ""
+    train = TRAIN_FOLDER if (folder / TRAIN_FOLDER).is_dir() else None
+    test = TEST_FOLDER if (folder / TEST_FOLDER).is_dir() else None
     if train is not None:
         return Layout("repackaged", "one archive: train_set/ and test_set/ folders, test_label.json beside them "
-                      "(test raw_file paths relative to test_set/)", train, test)
+                      f"(test raw_file paths relative to test_set/){where}", train, test, base)
     if test is not None:
         return Layout("official, test set in test_set/", "train_set.zip extracted into the root, test_set.zip "
-                      "into test_set/, test_label.json in the root", None, test)
+                      f"into test_set/, test_label.json in the root{where}", None, test, base)
     return Layout("official", "TuSimple's three files: train_set.zip and test_set.zip extracted into the root "
-                  "(clips/, label_data_*.json), test_label.json beside them")
+                  f"(clips/, label_data_*.json), test_label.json beside them{where}", base=base)
 
 
 def index_dir(root: Path) -> Path:
@@ -120,19 +165,24 @@ def load_index(root: Path, split: str) -> list[dict[str, Any]]:
         raise PrepareError(f"cannot read index {path}: {error}") from error
 
 
-def locate_label_file(root: Path, name: str) -> Path:
-    """`root/name`, else `root/train_set/name`, else `root/test_set/name` (the layouts' label places)."""
-    candidates = [Path(root) / name, Path(root) / TRAIN_FOLDER / name, Path(root) / TEST_FOLDER / name]
+def locate_label_file(root: Path, name: str, base: str = "") -> Path:
+    """`base/name`, else `base/train_set/name`, else `base/test_set/name` under root (the layouts' label places)."""
+    folder = Path(root) / base
+    candidates = [folder / name, folder / TRAIN_FOLDER / name, folder / TEST_FOLDER / name]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise PrepareError(f"label file {name!r} not found (looked for {', '.join(str(c) for c in candidates)})")
+    searched = "" if base else f", nor in any folder up to {MAX_SEARCH_DEPTH} levels below {root}"
+    raise PrepareError(f"label file {name!r} not found (looked for {', '.join(str(c) for c in candidates)}{searched})")
 
 
-def image_candidates(root: Path, label_file: Path, raw_file: str, folder: Optional[str] = TEST_FOLDER) -> list[Path]:
-    """Where `raw_file` may be: next to its label file, under root, under the layout's split folder."""
-    bases = [label_file.parent, Path(root)] + ([Path(root) / folder] if folder else [])
-    return list(dict.fromkeys(base / raw_file for base in bases))
+def image_candidates(root: Path, label_file: Path, raw_file: str, folder: Optional[str] = TEST_FOLDER,
+                     base: str = "") -> list[Path]:
+    """Where `raw_file` may be: next to its label file, under root (and the layout's base), under the
+    layout's split folder."""
+    places = [label_file.parent, Path(root)] + ([Path(root) / base] if base else []) + (
+        [Path(root) / folder] if folder else [])
+    return list(dict.fromkeys(place / raw_file for place in places))
 
 
 def check_image(path: Path) -> tuple[int, int]:
@@ -197,7 +247,7 @@ def _read_label_file(
                 skipped.append(_skip(split, where, "duplicate", message))
                 continue
             seen.add(label["raw_file"])
-            looked_in = image_candidates(root, label_file, label["raw_file"], layout.folder_for(split))
+            looked_in = image_candidates(root, label_file, label["raw_file"], layout.folder_for(split), layout.base)
             image = next((path for path in looked_in if path.is_file()), looked_in[0])
             candidates.append(_Candidate(split, where, image, label, tuple(looked_in)))
     return candidates, skipped, lines
@@ -257,9 +307,10 @@ def prepare_dataset(
     before anything is written. `workers` is the number of image-checking threads (default: CPUs).
     """
     root = Path(root)
-    layout = detect_layout(root)
     files_by_split = {"train": train_files, "val": val_files, "test": test_files}
-    located = {split: [locate_label_file(root, name) for name in names] for split, names in files_by_split.items()}
+    layout = detect_layout(root, [name for names in files_by_split.values() for name in names])
+    located = {split: [locate_label_file(root, name, layout.base) for name in names]
+               for split, names in files_by_split.items()}
 
     out_dir = index_dir(root)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -327,10 +378,11 @@ def _summary(
            else "train_set.zip is probably missing or extracted elsewhere")
         for split in SPLITS if lines[split] and not entries[split]
     ]
-    tasks = [path for path in (root / TEST_TASKS_FILE, root / TEST_FOLDER / TEST_TASKS_FILE) if path.is_file()]
+    base = root / layout.base
+    tasks = [path for path in (base / TEST_TASKS_FILE, base / TEST_FOLDER / TEST_TASKS_FILE) if path.is_file()]
     return {
         "root": str(root),
-        "layout": {"name": layout.name, "description": layout.description},
+        "layout": {"name": layout.name, "description": layout.description, "base": layout.base},
         "test_tasks": Path(os.path.relpath(tasks[0], root)).as_posix() if tasks else None,
         "hints": hints,
         "index_dir": INDEX_DIR,

@@ -74,10 +74,17 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise PretrainedWeightsError(f"pretrained weights file {path} does not exist")
+    with path.open("rb") as stream:
+        head = stream.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip file (a pickle before torch 1.6)
+        raise PretrainedWeightsError(f"pretrained weights file {path} was not written by torch.save "
+                                     "(expected a .pth/.pt state dict such as torchvision's vgg16_bn-6c64b313.pth)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or non-tensor pickles
-        raise PretrainedWeightsError(f"pretrained weights file {path} could not be read: {error}") from error
+        reason = str(error).splitlines()[0] if str(error) else "-"
+        raise PretrainedWeightsError(f"pretrained weights file {path} could not be read as a state dict "
+                                     f"({type(error).__name__}: {reason}); is it truncated?") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PretrainedWeightsError(f"pretrained weights file {path} does not hold a state dict of tensors")
     return dict(state)
