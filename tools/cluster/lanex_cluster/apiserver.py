@@ -12,6 +12,8 @@ from .certs import KeyPair
 from .process import ManagedProcess, free_port, https_ok
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+CONTROL_PLANE_USERS = ["system:kube-scheduler", "system:kube-controller-manager", "system:apiserver"]
+EVENTS = [{"group": "", "resources": ["events"]}, {"group": "events.k8s.io", "resources": ["events"]}]
 
 
 @dataclass
@@ -33,15 +35,21 @@ class ApiServer:
         return self.state_dir / "audit.log"
 
     def _audit_policy(self) -> Path:
-        # Who called what: the RBAC tests compare the operator's calls with what the chart grants,
-        # the benchmarks count requests. The control plane's own chatter is left out.
+        # Who called what, when: the RBAC tests compare the operator's calls with what the chart
+        # grants; the benchmarks count requests and time reactions from a controller's write to
+        # the operator's next call.
         path = self.state_dir / "audit-policy.yaml"
         path.write_text(yaml.safe_dump({
             "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
             "rules": [
-                {"level": "None", "users": ["system:kube-scheduler", "system:kube-controller-manager",
-                                            "system:apiserver"]},
-                {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+                # Heartbeats are the loudest and tell nothing about who moved what.
+                {"level": "None", "resources": [{"group": "coordination.k8s.io", "resources": ["leases"]}]},
+                # The control plane's own reads and Events; its writes (a claim bound, a Job
+                # complete) stay.
+                {"level": "None", "users": CONTROL_PLANE_USERS, "verbs": ["get", "list", "watch"]},
+                {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"], "verbs": ["get", "list", "watch"]},
+                {"level": "None", "users": CONTROL_PLANE_USERS, "resources": EVENTS},
+                {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"], "resources": EVENTS},
                 {"level": "Metadata"},
             ],
         }))

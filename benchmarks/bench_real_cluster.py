@@ -1,0 +1,186 @@
+"""Benchmark: the operator on the real control plane (tools/cluster), experiments or sweeps at scale.
+
+The chart is installed with the real helm and the operator runs as the chart's ServiceAccount, as in
+the tests; upstream mpi-operator, kube-controller-manager, the CSI provisioner and snapshot
+controller move the children, kwok plays the pods (the launcher's log is a recording of a real run
+of this trainer). Everything is timed from kube-apiserver's audit log (microsecond timestamps):
+
+* reaction p50/p95: (a) spec applied -> the operator's first child (the dataset claim);
+  (b) child done -> next step: from a controller's last status write on a child (claim bound, prepare
+  Job complete, MPIJob succeeded, snapshot ready) to the operator's next request for that experiment.
+  Goal: p95 < 1 s;
+* API requests per experiment (the operator's, watches excluded), with a breakdown by verb and resource;
+* the operator's peak RSS (goal < 300 MiB); kube-apiserver's and etcd's CPU seconds during the run.
+
+    python benchmarks/bench_real_cluster.py experiments --count 100
+    python benchmarks/bench_real_cluster.py sweeps --sweeps 10 --trials 100 --parallelism 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks"), str(REPO / "tools" / "cluster")]
+
+import yaml  # noqa: E402
+from bench_operator import percentile  # noqa: E402
+from bench_sweeps import sweep_body  # noqa: E402
+from k8s.real_operator import NAMESPACE, lanex_on_cluster_session  # noqa: E402
+from k8s.scenarios import experiment  # noqa: E402
+from lanex_cluster.cluster import LocalCluster  # noqa: E402
+
+CHILD_SUFFIXES = {"persistentvolumeclaims": "-data", "jobs": "-prepare", "mpijobs": "-train", "volumesnapshots": "-"}
+
+
+class TempDirs:
+    """What lanex_on_cluster_session needs of pytest's tmp_path_factory."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+
+    def mktemp(self, name: str) -> pathlib.Path:
+        path = pathlib.Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+        return path
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stamp(event: dict[str, Any]) -> float:
+    return datetime.datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def audit_events(path: pathlib.Path) -> list[dict[str, Any]]:
+    events = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return sorted((e for e in events if e.get("stage") == "ResponseComplete"), key=stamp)
+
+
+def reactions(events: list[dict[str, Any]], names: list[str], operator: str) -> dict[str, list[float]]:
+    """Per step, seconds from the trigger (spec applied, a child's last status write) to the operator's next call."""
+    def experiment_of(event: dict[str, Any]) -> str | None:
+        name = (event.get("objectRef") or {}).get("name") or ""
+        for candidate in names_by_length:
+            if name == candidate or name.startswith(candidate + "-"):
+                return candidate
+        return None
+
+    names_by_length = sorted(names, key=len, reverse=True)
+    operator_calls: dict[str, list[float]] = collections.defaultdict(list)
+    applied: dict[str, float] = {}
+    last_status_write: dict[tuple[str, str], float] = {}
+    for event in events:
+        ref = event.get("objectRef") or {}
+        owner = experiment_of(event)
+        if owner is None or event["verb"] in ("watch", "list"):
+            continue
+        user = event["user"]["username"]
+        if user == operator:
+            operator_calls[owner].append(stamp(event))
+        elif ref.get("resource") in ("laneexperiments",) and event["verb"] in ("create", "patch", "update") \
+                and not ref.get("subresource") and owner not in applied:
+            applied[owner] = stamp(event)
+        elif ref.get("subresource") == "status" and ref.get("resource") in CHILD_SUFFIXES \
+                and event["verb"] in ("update", "patch"):
+            last_status_write[(owner, ref["resource"])] = stamp(event)
+    result: dict[str, list[float]] = collections.defaultdict(list)
+    for owner, at in applied.items():
+        later = [t for t in operator_calls[owner] if t >= at]
+        if later:
+            result["spec applied -> first call"].append(min(later) - at)
+    for (owner, resource), at in last_status_write.items():
+        later = [t for t in operator_calls[owner] if t >= at]
+        if later:
+            result[f"{resource} done -> next call"].append(min(later) - at)
+    return result
+
+
+def wait_all(cluster: LocalCluster, resource: str, count: int, timeout: float) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    phases: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        items = cluster.get(resource, "-A")["items"]
+        phases = collections.Counter((i.get("status") or {}).get("phase") or "-" for i in items)
+        if sum(phases[p] for p in ("Succeeded", "Failed", "Stopped")) >= count and len(items) >= count:
+            break
+        time.sleep(2)
+    return dict(phases)
+
+
+def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    root = pathlib.Path(tempfile.mkdtemp(prefix="bench-real-cluster-"))
+    cluster = LocalCluster(root / "cluster").start()
+    session = lanex_on_cluster_session(cluster, TempDirs(root))
+    lanex = next(session)
+    try:
+        cluster.ensure_namespace("bench")
+        if mode == "experiments":
+            names = [f"bench-{i:03d}" for i in range(args.count)]
+            bodies = [experiment(name, "bench") for name in names]
+            resource, expected = "lx", args.count
+        else:
+            names = [f"sweep-{i:02d}" for i in range(args.sweeps)]
+            bodies = [{**sweep_body(name, args.trials, args.parallelism)} for name in names]
+            for body in bodies:
+                body["metadata"]["namespace"] = "bench"
+            resource, expected = "lxs", args.sweeps
+        apiserver, etcd = cluster.processes["kube-apiserver"].popen, cluster.processes["etcd"].popen
+        cpu_before = {"kube-apiserver": cpu_seconds(apiserver.pid), "etcd": cpu_seconds(etcd.pid)}
+        started = time.monotonic()
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(bodies), timeout=600)
+        phases = wait_all(cluster, resource, expected, args.timeout)
+        wall = time.monotonic() - started
+        cpu = {"kube-apiserver": cpu_seconds(apiserver.pid) - cpu_before["kube-apiserver"],
+               "etcd": cpu_seconds(etcd.pid) - cpu_before["etcd"]}
+        trials = [i["metadata"]["name"] for i in cluster.get("lx", "-n", "bench")["items"]]
+        operator_user = f"system:serviceaccount:{NAMESPACE}:{lanex.chart.service_account}"
+        events = audit_events(cluster.audit_log)
+        calls = [e for e in events if e["user"]["username"] == operator_user and e["verb"] != "watch"]
+        breakdown = collections.Counter(
+            f"{e['verb']} {(e.get('objectRef') or {}).get('resource', '?')}"
+            + (f"/{e['objectRef']['subresource']}" if (e.get("objectRef") or {}).get("subresource") else "")
+            for e in calls)
+        timings = reactions(events, trials, operator_user)
+        return {
+            "mode": mode, "experiments": len(trials), "phases": phases, "wall_seconds": round(wall, 1),
+            "requests_per_experiment": round(len(calls) / max(1, len(trials)), 1),
+            "requests_breakdown": dict(breakdown.most_common(12)),
+            "reaction_seconds": {step: {"n": len(v), "p50": round(percentile(v, 0.5), 3),
+                                        "p95": round(percentile(v, 0.95), 3)} for step, v in sorted(timings.items())},
+            "operator_peak_rss_mib": round(lanex.operator.peak_rss_kib() / 1024, 1),
+            "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},
+        }
+    finally:
+        session.close()
+        cluster.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    experiments = sub.add_parser("experiments")
+    experiments.add_argument("--count", type=int, default=100)
+    sweeps = sub.add_parser("sweeps")
+    sweeps.add_argument("--sweeps", type=int, default=10)
+    sweeps.add_argument("--trials", type=int, default=100)
+    sweeps.add_argument("--parallelism", type=int, default=10)
+    for each in (experiments, sweeps):
+        each.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args()
+    print(json.dumps(run(args.mode, args), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
