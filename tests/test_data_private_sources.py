@@ -201,7 +201,8 @@ def test_blob_with_a_wrong_checksum_is_quarantined(azurite, container, tmp_path,
     monkeypatch.setenv("LANEX_BLOB_ENDPOINT", azurite.replace(ACCOUNT, "{account}"))
     sas = load_credentials(_secret(tmp_path / "secret", sas=_sas()))
     with pytest.raises(DownloadError, match="checksum mismatch, expected sha256 0123abcd"):
-        download_all([f"az://{ACCOUNT}/tusimple/v1/train_set.zip"], ["0123abcd"], tmp_path / "data", credentials=sas)
+        download_all([f"az://{ACCOUNT}/tusimple/v1/train_set.zip"], ["0123abcd" + "0" * 56], tmp_path / "data",
+                     credentials=sas)
     assert (tmp_path / "data" / "train_set.zip.corrupt").read_bytes() == ARCHIVE
 
 

@@ -189,8 +189,11 @@ def test_an_interrupted_sweep_resumes_without_preparing_again(tmp_path: Path):
     file = tmp_path / "tiny.yaml"
     file.write_text(yaml.safe_dump(document))
     workspace = tmp_path / "ws"
+    # SIGINT as a terminal delivers it, also when the suite itself runs as a background job (which
+    # inherits SIGINT ignored, and a child keeps an ignored signal across exec).
     process = subprocess.Popen([LANEX, "run", str(file), "--workspace", str(workspace)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     state = workspace / "experiments" / "tiny-000" / "state.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (state.is_file() and '"Training"' in state.read_text()):

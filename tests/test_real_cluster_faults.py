@@ -104,8 +104,10 @@ def test_deleting_an_experiment_removes_what_it_owns_through_the_garbage_collect
     lanex.wait_for("the owned Job and MPIJob gone", lambda: not lanex.children("job", namespace, name)
                    and not lanex.children("mpijob", namespace, name), timeout=60)
     lanex.wait_for("the claim's fate", lambda: bool(lanex.children("pvc", namespace, name)) == claim_kept, timeout=60)
-    kept = cluster.kubectl("get", "volumesnapshot", snapshot, "-n", namespace, check=False).returncode == 0
-    assert kept == snapshot_kept
+    # The snapshot controller removes its finalizers first: a deleted snapshot goes a moment later.
+    lanex.wait_for("the snapshot's fate", lambda: (cluster.kubectl("get", "volumesnapshot", snapshot, "-n", namespace,
+                                                                   check=False).returncode == 0) == snapshot_kept,
+                   timeout=60, namespace=namespace)
     if claim_kept:
         owners = cluster.get("pvc", claim, "-n", namespace)["metadata"].get("ownerReferences", [])
         assert not owners, owners  # nothing left that the collector could follow

@@ -107,6 +107,12 @@ def test_every_call_of_the_operator_was_allowed_by_the_charts_rbac(lanex):
     user = f"system:serviceaccount:{NAMESPACE}:{lanex.chart.service_account}"
     calls = audited_calls(lanex.cluster, user)
     assert calls, f"the audit log has no call by {user}"
-    refused = [(c["verb"], c["requestURI"], c["responseStatus"].get("code")) for c in calls
-               if c["responseStatus"].get("code") == 403]
+    refused = [(c["verb"], c["requestURI"], c["responseStatus"].get("message", "")[:300]) for c in calls
+               if c["responseStatus"].get("code") == 403 and not during_apiserver_start(c)]
     assert not refused, refused
+
+
+def during_apiserver_start(call: dict) -> bool:
+    """A refusal while a restarted kube-apiserver has not loaded RBAC yet (the fault tests restart it):
+    then even the bootstrap roles every account has are "not found"."""
+    return 'clusterrole.rbac.authorization.k8s.io "system:basic-user" not found' in call["responseStatus"].get("message", "")

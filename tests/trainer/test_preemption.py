@@ -130,6 +130,8 @@ class _Peers(Distributed):
 
 
 def test_a_signal_to_one_rank_stops_every_rank_and_only_the_first_signal_counts():
+    # What the session inherited (a shell's background job ignores SIGINT): restore() must put it back.
+    inherited = signal.getsignal(signal.SIGINT)
     stop = StopRequest().install()
     try:
         assert not stop.agreed(_Peers(0.0))
@@ -143,7 +145,7 @@ def test_a_signal_to_one_rank_stops_every_rank_and_only_the_first_signal_counts(
         assert stop.signal == "SIGTERM" and stop.agreed(_Peers(0.0))
     finally:
         stop.restore()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is inherited
 
 
 def test_preemption_record_round_trips_and_names_the_run(tmp_path):

@@ -208,7 +208,7 @@ def build_sources(
         raise DownloadUsageError(f"got {len(sha256)} --sha256 values for {len(urls)} --url values: give none or one per URL")
     for position, digest in enumerate(sha256, start=1):
         if not _SHA256.fullmatch(digest):
-            raise DownloadError(
+            raise DownloadUsageError(
                 f"--sha256 #{position} {digest!r} is not a SHA-256 (all 64 hex digits: a prefix is no integrity check)"
             )
     if filenames is not None and len(filenames) != len(urls):
