@@ -107,12 +107,19 @@ def test_every_call_of_the_operator_was_allowed_by_the_charts_rbac(lanex):
     user = f"system:serviceaccount:{NAMESPACE}:{lanex.chart.service_account}"
     calls = audited_calls(lanex.cluster, user)
     assert calls, f"the audit log has no call by {user}"
-    refused = [(c["verb"], c["requestURI"], c["responseStatus"].get("message", "")[:300]) for c in calls
-               if c["responseStatus"].get("code") == 403 and not during_apiserver_start(c)]
+    restarts = lanex.cluster.processes["kube-apiserver"].runs[1:]  # the fault tests restart it
+    refused = [(c["verb"], c["requestURI"], c["responseStatus"].get("message", "")) for c in calls
+               if c["responseStatus"].get("code") == 403 and not during(restarts, c)]
     assert not refused, refused
 
 
-def during_apiserver_start(call: dict) -> bool:
-    """A refusal while a restarted kube-apiserver has not loaded RBAC yet (the fault tests restart it):
-    then even the bootstrap roles every account has are "not found"."""
-    return 'clusterrole.rbac.authorization.k8s.io "system:basic-user" not found' in call["responseStatus"].get("message", "")
+# A restarted kube-apiserver answers before its RBAC authorizer has read the roles again: for a
+# few seconds it refuses everyone who is not system:masters. Those refusals are the restart's.
+RBAC_WARMUP_S = 15.0
+
+
+def during(restarts: list[tuple[float, float]], call: dict) -> bool:
+    import datetime
+
+    at = datetime.datetime.fromisoformat(call["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+    return any(launched <= at <= ready + RBAC_WARMUP_S for launched, ready in restarts)

@@ -57,6 +57,8 @@ class ManagedProcess:
     # and the cluster's supervisor starts it again, as a kubelet restarts a crashed pod.
     wanted: bool = False
     restarts: int = 0
+    # (launched, ready) wall-clock times of every start: when a restarted server was away.
+    runs: list[tuple[float, float]] = field(default_factory=list)
     _log_offset: int = 0
 
     @property
@@ -72,7 +74,9 @@ class ManagedProcess:
                                           start_new_session=True, cwd=self.state_dir)
         _register(self.state_dir, self.name, self.popen.pid)
         self.wanted = True
+        launched = time.time()
         self.wait_ready(timeout)
+        self.runs.append((launched, time.time()))
         return self
 
     def log_text(self) -> str:
