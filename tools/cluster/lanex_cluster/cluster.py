@@ -62,7 +62,7 @@ class LocalCluster:
         self.audit_log = self.state_dir / "audit.log"
         self.start_seconds: dict[str, float] = {}  # how long each component took to become ready
         self._lock = threading.RLock()  # the supervisor and the caller never start one process twice
-        self._supervising = threading.Event()
+        self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
 
     @property
@@ -80,7 +80,7 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
-        self._supervising.set()
+        self._stopping.clear()
         self._supervisor = threading.Thread(target=self._supervise, name="lanex-cluster-supervisor", daemon=True)
         self._supervisor.start()
         return self
@@ -92,10 +92,10 @@ class LocalCluster:
         (for instance while kube-apiserver restarts) and relies on its Deployment to come back.
         """
         log = self.state_dir / "logs" / "supervisor.log"
-        while self._supervising.wait(0.5) and self._supervising.is_set():
+        while not self._stopping.wait(0.5):
             with self._lock:
                 for process in list(self.processes.values()):
-                    if not (self._supervising.is_set() and process.crashed):
+                    if self._stopping.is_set() or not process.crashed:
                         continue
                     code = process.popen.returncode if process.popen else None
                     delay = min(10.0, 0.5 * 2 ** process.restarts)
@@ -156,7 +156,7 @@ class LocalCluster:
         self._run(MpiOperator(self.state_dir, self.kubeconfig).process(), timeout=60)
 
     def stop(self) -> None:
-        self._supervising.clear()
+        self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=150)
         with self._lock:
