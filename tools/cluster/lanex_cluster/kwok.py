@@ -24,6 +24,7 @@ STAGE_FILES = ("node/fast/node-initialize.yaml", "node/heartbeat-with-lease/node
 # kwok's CRDs, installed so that logs and stages can be configured through the API.
 ENABLED_CRDS = ("ClusterLogs", "Logs")
 NODE_ANNOTATION = "kwok.x-k8s.io/node"
+NODE_LEASE_SECONDS = 40  # a kubelet's (and kwokctl's) default
 
 
 def kwok_source() -> Path:
@@ -77,7 +78,12 @@ class Kwok:
              f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION}=fake",
              "--node-ip=127.0.0.1", f"--node-port={self.port}", f"--server-address=127.0.0.1:{self.port}",
              f"--tls-cert-file={self.serving.cert}", f"--tls-private-key-file={self.serving.key}",
-             f"--enable-crds={','.join(ENABLED_CRDS)}", "--cidr=10.244.0.0/16"],
+             f"--enable-crds={','.join(ENABLED_CRDS)}", "--cidr=10.244.0.0/16",
+             # Node Leases renewed as a kubelet does (kwokctl's default). Without them
+             # kube-controller-manager finds every node NotReady after its 50 s grace period, kwok
+             # then re-plays node-initialize, whose patch drops the nodes' addresses: pod logs
+             # ("no preferred addresses found") and scheduling fail until the next heartbeat.
+             f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}"],
             self.state_dir, ready=lambda: tcp_listening(self.port),
         )
 
