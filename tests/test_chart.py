@@ -95,6 +95,7 @@ NAMESPACED_GRANTS = {
     ("lanex.dev", "lanesweeps/status", "patch"), ("lanex.dev", "lanesweeps/finalizers", "update"),
     ("lanex.dev", "laneexperiments", "get"), ("lanex.dev", "laneexperiments", "create"),
     ("lanex.dev", "laneexperiments", "delete"), ("kubeflow.org", "mpijobs", "delete"),
+    ("kueue.x-k8s.io", "localqueues", "get"),  # scheduler kueue: the LocalQueue must exist (preflight)
 } | {("", "persistentvolumeclaims", verb) for verb in ("get", "list", "watch", "create", "patch", "delete")} | {
     (group, resource, verb)
     for group, resource in (("batch", "jobs"), ("kubeflow.org", "mpijobs"))

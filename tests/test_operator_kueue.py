@@ -12,13 +12,19 @@ import re
 
 import pytest
 
-from k8s.scenarios import condition, experiment, get_experiment, wait_phase
+from k8s.scenarios import CHILD_PLURALS, child_counts, condition, experiment, get_experiment, wait_phase
 from lanex_operator.api.crd import validate_against_crd
 from lanex_operator.api.models import InvalidSpecError, parse_spec
 
 pytestmark = pytest.mark.timeout(90)
 
 KUEUE = {"scheduler": {"type": "kueue", "queueName": "team-a-queue"}}
+NO_CHILDREN = dict.fromkeys(CHILD_PLURALS, 0)
+
+
+def local_queue(name: str = "team-a-queue", namespace: str = "default") -> dict:
+    return {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"clusterQueue": "gpus"}}
 
 
 def queued_for(exp: dict) -> int:
@@ -29,6 +35,7 @@ def queued_for(exp: dict) -> int:
 
 def test_kueue_experiment_waits_suspended_shows_queued_and_trains_once_admitted(api_server, operator_factory):
     operator_factory({"LANEX_OPERATOR_QUEUED_MESSAGE_SECONDS": "0.5"})
+    api_server.create(local_queue())
     api_server.create(experiment("lanes-q", spec=KUEUE))
 
     mpijob = api_server.wait_for(lambda: api_server.get("mpijobs", "lanes-q-train", "default"), message="the MPIJob")
@@ -63,6 +70,41 @@ def test_kueue_experiment_waits_suspended_shows_queued_and_trains_once_admitted(
     assert re.fullmatch(r"Kueue admitted MPIJob lanes-q-train from LocalQueue team-a-queue after \d+s",
                         admitted["message"])
     assert ("resumed", "lanes-q-train") in api_server.sim.history
+
+
+def test_a_local_queue_that_does_not_exist_is_a_preflight_problem_until_it_is_created(api_server, running_operator):
+    # Kueue keeps a job of a queue that does not exist suspended for ever: the experiment would show
+    # Queued for ever. Preflight names the queue instead, and nothing is created until it exists.
+    api_server.create(experiment("lanes-typo", spec={"scheduler": {"type": "kueue", "queueName": "team-a-qeue"}}))
+
+    def preflight() -> dict:
+        exp = get_experiment(api_server, "lanes-typo")
+        found = [c for c in (exp.get("status") or {}).get("conditions") or [] if c["type"] == "Preflight"]
+        return found[0] if found and found[0]["status"] == "False" else {}
+
+    problem = api_server.wait_for(preflight, message="the Preflight condition")
+    assert problem["reason"] == "MissingLocalQueue"
+    assert problem["message"] == ('Kueue LocalQueue "team-a-qeue" (spec.scheduler.queueName) not found in namespace '
+                                  '"default": create it for a ClusterQueue, or name an existing one')
+    assert get_experiment(api_server, "lanes-typo")["status"]["phase"] == "Pending"
+    assert child_counts(api_server, "lanes-typo") == NO_CHILDREN
+
+    api_server.create(local_queue("team-a-qeue"))
+    api_server.wait_for(lambda: api_server.get("mpijobs", "lanes-typo-train", "default"), timeout=30,
+                        message="the MPIJob, once the LocalQueue exists")
+    assert condition(get_experiment(api_server, "lanes-typo"), "Preflight")["status"] == "True"
+
+
+def test_without_kueue_a_kueue_experiment_is_a_preflight_problem(api_server, operator_factory):
+    api_server.call(api_server.emulator.unregister, "kueue.x-k8s.io", "v1beta2", "localqueues")
+    operator_factory()
+    api_server.create(experiment("lanes-nokueue", spec=KUEUE))
+    problem = api_server.wait_for(
+        lambda: [c for c in (get_experiment(api_server, "lanes-nokueue").get("status") or {}).get("conditions") or []
+                 if c["type"] == "Preflight" and c["status"] == "False"], message="the Preflight condition")[0]
+    assert problem["reason"] == "MissingKueueAPI"
+    assert "the kueue.x-k8s.io LocalQueue API is not served: install Kueue" in problem["message"]
+    assert child_counts(api_server, "lanes-nokueue") == NO_CHILDREN
 
 
 @pytest.mark.parametrize("scheduler,problem", [

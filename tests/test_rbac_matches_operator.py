@@ -10,10 +10,11 @@ writes straight into the store (no HTTP, not recorded). The operator's requests,
 granted rule must be used by some scenario or be in `GRANTED_BUT_NOT_SEEN` with its reason.
 
 Scenarios: a Kubeflow run, a RUN:ai run, a restore from a snapshot, a training failure, a dataset
-volume that never binds, a preflight with a missing storage class, an existing claim, a child that
-already exists (as after a crash), a hung launcher restarted (stallAction Restart, with the chart value
-that grants it), private sources (an opted-in Secret and ServiceAccount, whose labels are read as
-metadata only), and a deletion with retention Delete. A second operator serves
+volume that never binds, a preflight with a missing storage class, a Kueue experiment whose
+LocalQueue is missing, an existing claim, a child that already exists (as after a crash), a hung
+launcher restarted (stallAction Restart, with the chart value that grants it), private sources (an
+opted-in Secret and ServiceAccount, whose labels are read as metadata only), and a deletion with
+retention Delete. A second operator serves
 two namespaces only, and each of its requests must be authorized by the namespaced install's Roles
 in that namespace (or its small ClusterRole for cluster-scoped resources).
 """
@@ -152,6 +153,7 @@ def run_lifecycle_scenarios(cluster: EmulatedCluster) -> dict[str, Any]:
     cluster.create(experiment("rbac-fail"))
     cluster.create(experiment("rbac-nobind"))
     cluster.create(experiment("rbac-preflight", spec={"dataset": {"storageClassName": "anf-missing"}}))
+    cluster.create(experiment("rbac-kueue", spec={"scheduler": {"type": "kueue", "queueName": "no-such-queue"}}))
     cluster.create(experiment("rbac-claim", spec={"dataset": {"synthetic": None,
                                                               "existingClaim": {"claimName": "shared-tusimple"}}}))
     cluster.create(experiment("rbac-again"))
@@ -196,6 +198,9 @@ def run_lifecycle_scenarios(cluster: EmulatedCluster) -> dict[str, Any]:
     cluster.wait_for(lambda: condition(get_experiment(cluster, "rbac-preflight"), "Preflight")["status"] == "False",
                      message="the missing storage class in the Preflight condition")
     outcomes["rbac-preflight"] = condition(get_experiment(cluster, "rbac-preflight"), "Preflight")["reason"]
+    cluster.wait_for(lambda: condition(get_experiment(cluster, "rbac-kueue"), "Preflight")["status"] == "False",
+                     message="the missing Kueue LocalQueue in the Preflight condition")
+    outcomes["rbac-kueue"] = condition(get_experiment(cluster, "rbac-kueue"), "Preflight")["reason"]
     outcomes["rbac-again jobs"] = child_counts(cluster, "rbac-again")["jobs"] + int(
         cluster.get("jobs", "rbac-again-prepare", "default") is not None)
     outcomes["owner references"] = [ref for plural, name in (("jobs", "rbac-kubeflow-prepare"),
@@ -272,6 +277,7 @@ def test_the_scenarios_ran_to_their_expected_outcomes(all_namespaces):
     assert outcomes["rbac-fail"] == ("Failed", "TrainingFailed")
     assert outcomes["rbac-nobind"] == ("Failed", "DatasetFailed")
     assert outcomes["rbac-preflight"] == "MissingStorageClass"
+    assert outcomes["rbac-kueue"] == "MissingLocalQueue"
     assert outcomes["rbac-again jobs"] == 1  # the existing Job was read, not duplicated
     assert outcomes["rbac-drop deleted"] is True
     assert outcomes["rbac-sweep"] == ("Succeeded", 1, 1)  # one trial stopped early, the best one kept

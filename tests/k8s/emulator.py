@@ -99,6 +99,8 @@ BUILTIN_RESOURCES: tuple[ResourceSpec, ...] = (
                  frozenset({"status"}), frozenset({"vsc"})),
     ResourceSpec("snapshot.storage.k8s.io", "v1", "volumesnapshotclasses", "VolumeSnapshotClass", False,
                  frozenset(), frozenset({"vsclass"})),
+    ResourceSpec("kueue.x-k8s.io", "v1beta2", "localqueues", "LocalQueue", True, frozenset({"status"}),
+                 frozenset({"queue", "queues", "lq"})),
 )
 
 CORE_PLURALS = (

@@ -71,6 +71,11 @@ follows pods/log) belong to the users' roles; the operator reads only the launch
 - apiGroups: ["kubeflow.org"]
   resources: ["mpijobs"]
   verbs: ["get", "list", "watch", "create", "delete"]
+# Kueue (scheduler.type kueue): the experiment's LocalQueue must exist (preflight), else Kueue would keep
+# its MPIJob suspended for ever.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["localqueues"]
+  verbs: ["get"]
 # The result snapshots (external snapshotter v1): the restore source is read, retention Delete deletes.
 - apiGroups: ["snapshot.storage.k8s.io"]
   resources: ["volumesnapshots"]

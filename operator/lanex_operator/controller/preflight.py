@@ -1,9 +1,9 @@
 """Checks that what an experiment needs exists in the cluster before anything is created.
 
-Why it exists: a missing VolumeSnapshot or MPIJob API, storage class, snapshot class or RUN:ai
-project namespace would otherwise surface as a crash loop or a child stuck forever. The operator
-checks at start-up (logged) and for each experiment (reported as the `Preflight` condition and a
-Warning Event, retried until it passes). Lookups are cached for a few seconds so that many
+Why it exists: a missing VolumeSnapshot or MPIJob API, storage class, snapshot class, RUN:ai
+project namespace or Kueue LocalQueue would otherwise surface as a crash loop or a child stuck
+forever. The operator checks at start-up (logged) and for each experiment (reported as the
+`Preflight` condition and a Warning Event, retried until it passes). Lookups are cached for a few seconds so that many
 experiments arriving together cost one request per distinct object.
 
 It also chooses the VolumeSnapshotClass of a claim lanex did not create (`snapshot_class`): the
@@ -34,6 +34,9 @@ PREPARE_SERVICE_ACCOUNT_FIELD = "spec.dataset.prepareServiceAccountName"
 MPIJOB_API = ("kubeflow.org/v2beta1", "mpijobs")
 SNAPSHOT_API = ("snapshot.storage.k8s.io/v1", "volumesnapshots")
 MPIJOB_CRD = "mpijobs.kubeflow.org"
+# Kueue's LocalQueue API, newest first: v1beta2 is served since Kueue 0.15, v1beta1 before (and still by 0.17).
+KUEUE_APIS = ("kueue.x-k8s.io/v1beta2", "kueue.x-k8s.io/v1beta1")
+QUEUE_NAME_FIELD = "spec.scheduler.queueName"
 # What lanex uses of mpi-operator, by the field its v2beta1 CRD declares and the release that added it
 # (kubeflow/mpi-operator manifests/base/kubeflow.org_mpijobs.yaml at each tag).
 MPI_OPERATOR_FEATURES = (
@@ -196,6 +199,8 @@ class Preflight:
                 problems.append(Problem("MPIOperatorTooOld", "spec.scheduler.type kueue needs an mpi-operator "
                                                              "whose MPIJob has spec.runPolicy.suspend (>= 0.4.0): "
                                                              "upgrade the Kubeflow MPI operator"))
+        if plan.train.scheduler == "kueue":
+            problems.extend(await self._kueue_queue(namespace, str(plan.train.kueue_queue)))
         if plan.train.scheduler == "runai":
             project = plan.train.runai_project
             project_ns = f"runai-{project}"
@@ -244,6 +249,27 @@ class Preflight:
         if (meta.get("labels") or {}).get(OPT_IN_LABEL) != OPT_IN_VALUE:
             return Problem(f"{kind}NotOptedIn", f"{what} is not usable by experiments: {how}")
         return None
+
+    async def _kueue_queue(self, namespace: str, queue: str) -> list[Problem]:
+        """Kueue and the experiment's LocalQueue. Kueue leaves a job in a queue that does not exist
+        suspended for ever (its Workload pending with "LocalQueue ... doesn't exist"), so without this
+        check the experiment would show Queued for ever with no hint of the typo."""
+        versions = [version for version in KUEUE_APIS if await self._api(version, "localqueues")]
+        if not versions:
+            return [Problem("MissingKueueAPI", "spec.scheduler.type kueue: the kueue.x-k8s.io LocalQueue API is not "
+                                               "served: install Kueue (v0.9 or later) with its kubeflow.org/mpijob "
+                                               "integration, or choose another scheduler")]
+        try:
+            found = await self._object(object_path(versions[0], "localqueues", namespace, queue))
+        except KubeError as error:
+            if error.retryable:
+                raise
+            return []  # e.g. 403 from an older chart's RBAC: Kueue itself will say whether the queue exists
+        if found:
+            return []
+        return [Problem("MissingLocalQueue", f'Kueue LocalQueue "{queue}" ({QUEUE_NAME_FIELD}) not found in '
+                                             f'namespace "{namespace}": create it for a ClusterQueue, or name an '
+                                             f"existing one")]
 
     async def _snapshot_classes(self) -> list[dict[str, Any]]:
         now = self.clock()
