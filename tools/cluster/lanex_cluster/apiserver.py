@@ -13,6 +13,8 @@ from .process import ManagedProcess, free_port, https_ok
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 CONTROL_PLANE_USERS = ["system:kube-scheduler", "system:kube-controller-manager", "system:apiserver"]
+# Controllers running as ServiceAccounts: kube-system's, and Kueue's (lanex_cluster/kueue.py).
+CONTROLLER_GROUPS = ["system:serviceaccounts:kube-system", "system:serviceaccounts:kueue-system"]
 EVENTS = [{"group": "", "resources": ["events"]}, {"group": "events.k8s.io", "resources": ["events"]}]
 
 
@@ -47,9 +49,9 @@ class ApiServer:
                 # The control plane's own reads and Events; its writes (a claim bound, a Job
                 # complete) stay.
                 {"level": "None", "users": CONTROL_PLANE_USERS, "verbs": ["get", "list", "watch"]},
-                {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"], "verbs": ["get", "list", "watch"]},
+                {"level": "None", "userGroups": CONTROLLER_GROUPS, "verbs": ["get", "list", "watch"]},
                 {"level": "None", "users": CONTROL_PLANE_USERS, "resources": EVENTS},
-                {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"], "resources": EVENTS},
+                {"level": "None", "userGroups": CONTROLLER_GROUPS, "resources": EVENTS},
                 {"level": "Metadata"},
             ],
         }))

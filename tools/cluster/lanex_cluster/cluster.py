@@ -14,13 +14,14 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import kueue as kueue_component
 from . import kwok as kwok_component
 from .apiserver import ApiServer
 from .build import binary
@@ -135,6 +136,17 @@ class LocalCluster:
         self._run(ControllerManager(self.state_dir, configs["kube-controller-manager"], pki.pair.cert,
                                     sa_key).process(), timeout=120)
         self._run(Scheduler(self.state_dir, configs["kube-scheduler"]).process(), timeout=120)
+        mpijob_api, abort = threading.Event(), threading.Event()
+        kueue = _Background(lambda: self._start_kueue(pki, mpijob_api, abort))
+        try:
+            self._start_the_rest(pki, mpijob_api)
+        except BaseException:
+            abort.set()
+            kueue.join(reraise=False)  # before stop(): it must not start Kueue after that
+            raise
+        kueue.join()
+
+    def _start_the_rest(self, pki: CertificateAuthority, mpijob_api: threading.Event) -> None:
 
         self.apply_files(kwok_component.crd_files())
         self.wait_established(["clusterlogs.kwok.x-k8s.io", "logs.kwok.x-k8s.io"])
@@ -149,11 +161,34 @@ class LocalCluster:
 
         self.apply_files([*snapshot_crd_files(), mpijob_crd_file()])
         self.wait_established([*SNAPSHOT_CRD_NAMES, "mpijobs.kubeflow.org"])
+        mpijob_api.set()
         for process in Csi(self.state_dir, self.kubeconfig).processes():
             self._run(process, timeout=60)
         self.apply_objects(storage_objects())
         self.ensure_namespace(LOCK_NAMESPACE)
         self._run(MpiOperator(self.state_dir, self.kubeconfig).process(), timeout=60)
+
+    def _start_kueue(self, pki: CertificateAuthority, mpijob_api: threading.Event, abort: threading.Event) -> None:
+        """Kueue, set up while the rest starts (its CRDs, RBAC and start-up take seconds of their own):
+        started once the MPIJob CRD is served (its integration needs it), its webhooks registered once
+        it serves them, ready once the apiserver admits an object through them."""
+        kueue = kueue_component.Kueue(self.state_dir, pki.pair.cert,
+                                      pki.issue("kueue", "kueue", server_hosts=("127.0.0.1",)))
+        crds = kueue.crds()
+        self.apply_objects(crds)
+        self.apply_objects([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": kueue_component.NAMESPACE}},
+                            *kueue_component.rbac_objects()])
+        token = self.kubectl("create", "token", kueue_component.SERVICE_ACCOUNT, "-n", kueue_component.NAMESPACE,
+                             "--duration=168h").stdout.strip()
+        kubeconfig = write_kubeconfig(self.state_dir / "kubeconfigs" / "kueue",
+                                      kubeconfig_for(self.server, pki.pair.cert, token=token))
+        self.wait_established(kueue_component.crd_names(crds))
+        while not mpijob_api.wait(0.2):
+            if abort.is_set():
+                return
+        self._run(kueue.process(kubeconfig), timeout=120)
+        self.apply_objects(kueue.webhooks())
+        self.wait_admitted(kueue_component.resource_flavor_probe(), "Kueue's webhooks")
 
     def stop(self) -> None:
         self._stopping.set()
@@ -239,6 +274,19 @@ class LocalCluster:
             if pending:
                 time.sleep(0.2)
 
+    def wait_admitted(self, obj: dict[str, Any], through: str, timeout: float = 60) -> None:
+        """Until the apiserver admits `obj` (a server-side dry run), e.g. through webhooks just registered."""
+        deadline = time.monotonic() + timeout
+        document = yaml.safe_dump(obj)
+        while True:
+            result = self.kubectl("create", "--dry-run=server", "-f", "-", input=document, check=False)
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise StartError(f"{through} did not admit {obj['kind']} within {timeout:.0f} s: "
+                                 f"{result.stderr.strip()}")
+            time.sleep(0.2)
+
     def ensure_namespace(self, name: str, timeout: float = 60) -> None:
         """The namespace, once kube-controller-manager gave it its `default` ServiceAccount."""
         self.apply_objects([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}])
@@ -248,3 +296,23 @@ class LocalCluster:
                 raise StartError(f"namespace {name} got no default ServiceAccount within {timeout:.0f} s "
                                  f"(is kube-controller-manager running?)")
             time.sleep(0.2)
+
+
+class _Background:
+    """A start-up step on a thread of its own; `join` waits for it and raises what it raised."""
+
+    def __init__(self, step: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(step,), name="lanex-cluster-start", daemon=True)
+        self._thread.start()
+
+    def _run(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except BaseException as error:  # noqa: BLE001 - handed to the joining thread
+            self._error = error
+
+    def join(self, reraise: bool = True) -> None:
+        self._thread.join()
+        if reraise and self._error is not None:
+            raise self._error

@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +25,9 @@ from pathlib import Path
 import psutil
 
 REGISTRY_FILE = "processes.json"
+# processes.json is read, changed and replaced whole: components started side by side (Kueue's
+# start-up thread, the supervisor) take turns.
+_REGISTRY_LOCK = threading.Lock()
 OWNER = "lanex-cluster"  # the `python -m lanex_cluster serve` process that owns a `make cluster` control plane
 
 
@@ -155,15 +159,18 @@ def register(state_dir: Path, name: str, pid: int) -> None:
 
 
 def _register(state_dir: Path, name: str, pid: int) -> None:
-    entries = _registry(state_dir)
-    entries[name] = {"pid": pid, "created": psutil.Process(pid).create_time()}
-    _write_registry(state_dir, entries)
+    created = psutil.Process(pid).create_time()
+    with _REGISTRY_LOCK:
+        entries = _registry(state_dir)
+        entries[name] = {"pid": pid, "created": created}
+        _write_registry(state_dir, entries)
 
 
 def _unregister(state_dir: Path, name: str) -> None:
-    entries = _registry(state_dir)
-    entries.pop(name, None)
-    _write_registry(state_dir, entries)
+    with _REGISTRY_LOCK:
+        entries = _registry(state_dir)
+        entries.pop(name, None)
+        _write_registry(state_dir, entries)
 
 
 def _write_registry(state_dir: Path, entries: dict[str, dict[str, float]]) -> None:
