@@ -35,7 +35,7 @@ def api_server(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def operator_factory(api_server: Any, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+def operator_factory(api_server: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     """Start operator processes against `api_server`; `env` overrides LANEX_OPERATOR_* settings."""
     from k8s.operator_proc import OperatorProcess
 
@@ -49,6 +49,26 @@ def operator_factory(api_server: Any, tmp_path: Path) -> Iterator[Callable[..., 
     yield start
     for process in started:
         process.stop()
+    _attach_operator_logs(request, started)
+
+
+def _attach_operator_logs(request: pytest.FixtureRequest, started: list[Any]) -> None:
+    """A failed test's report carries the operators' logs: a timeout on a child that never appeared is
+    otherwise silent about why (a crash, a refusal, a wait the operator chose)."""
+    report = getattr(request.node, "rep_call", None)
+    if report is None or not report.failed:
+        return
+    for index, process in enumerate(started):
+        tail = process.logs()[-20000:]
+        report.sections.append((f"operator {index} log (last 20 kB)", tail))  # shown in the failure summary
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the item, so fixtures can tell in their teardown whether the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 @pytest.fixture
