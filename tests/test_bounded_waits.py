@@ -10,7 +10,7 @@ import pytest
 
 from lanex_operator.controller.config import OperatorConfig
 from lanex_operator.controller.preflight import DEFAULT_SNAPSHOT_CLASS_ANNOTATION, choose_snapshot_class
-from lanex_operator.controller.waits import ReadThrottle, stuck_pod
+from lanex_operator.controller.waits import ReadThrottle, starting_pods, stuck_pod
 
 CREATED = "2026-12-01T10:00:00Z"
 
@@ -133,3 +133,26 @@ def test_wait_bounds_are_read_from_the_environment_and_must_be_positive():
             config.stuck_check_seconds) == (90.0, 300.0, 5.0)
     with pytest.raises(ValueError, match="LANEX_OPERATOR_POD_STUCK_TIMEOUT_SECONDS='0': must be > 0"):
         OperatorConfig.from_env({"LANEX_OPERATOR_POD_STUCK_TIMEOUT_SECONDS": "0"})
+
+
+def test_a_crash_looping_container_is_stuck_with_its_restarts_and_last_words():
+    crashing = {"name": "worker", "ready": False, "restartCount": 4,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "RuntimeError: NCCL timeout"}}}
+    found = stuck_pod([pod("w-0", phase="Running", start="2026-12-01T10:00:05Z", containers=[crashing])])
+    assert found is not None and (found.reason, found.restarts) == ("CrashLoopBackOff", 4)
+    assert found.message == "container worker restarted 4 times; it last said: RuntimeError: NCCL timeout"
+    silent = {**crashing, "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}
+    assert stuck_pod([pod("w-1", phase="Running", containers=[silent])]).message == (
+        "container worker restarted 4 times; it last said: OOMKilled with exit code 137")
+
+
+def test_only_scheduled_pods_still_creating_their_containers_are_examined_for_volume_events():
+    scheduled = [{"type": "PodScheduled", "status": "True"}]
+    creating = pod("b", conditions=scheduled, containers=[waiting("ContainerCreating")])
+    no_status_yet = pod("a", conditions=scheduled)
+    unscheduled = pod("c")
+    running = pod("d", phase="Running", conditions=scheduled, containers=[{"name": "t", "state": {"running": {}}}])
+    pulling = pod("e", conditions=scheduled, containers=[waiting("ImagePullBackOff")])
+    assert [p["metadata"]["name"] for p in starting_pods([creating, running, unscheduled, no_status_yet, pulling])] \
+        == ["a", "b"]

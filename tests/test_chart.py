@@ -348,6 +348,9 @@ def test_operator_defaults_and_ports_come_from_values():
         "LANEX_OPERATOR_DATASET_BOUND_TIMEOUT_SECONDS": "1800",
         "LANEX_OPERATOR_MPIJOB_CONDITION_TIMEOUT_SECONDS": "600",
         "LANEX_OPERATOR_POD_STUCK_TIMEOUT_SECONDS": "1800",
+        "LANEX_OPERATOR_CRASH_LOOP_RESTARTS": "5",
+        "LANEX_OPERATOR_TRAINING_START_TIMEOUT_SECONDS": "1800",
+        "LANEX_OPERATOR_PREFLIGHT_TIMEOUT_SECONDS": "3600",
         "LANEX_OPERATOR_PROGRESS_INTERVAL_SECONDS": "30",
         "LANEX_OPERATOR_PROGRESS_REQUESTS_PER_SECOND": "10",
         "LANEX_OPERATOR_CREDENTIALS_BY_LABEL": "true",
@@ -393,14 +396,14 @@ def test_operator_reads_the_wait_bounds_the_chart_passes():
         return OperatorConfig.from_env({item["name"]: item["value"] for item in container["env"] if "value" in item})
 
     # The chart's defaults are the operator's built-in ones; each value reaches its setting.
+    bounds = ("dataset_bound_timeout_seconds", "mpijob_condition_timeout_seconds", "pod_stuck_timeout_seconds",
+              "crash_loop_restarts", "training_start_timeout_seconds", "preflight_timeout_seconds")
     default = config(None)
-    assert (default.dataset_bound_timeout_seconds, default.mpijob_condition_timeout_seconds,
-            default.pod_stuck_timeout_seconds) == (1800.0, 600.0, 1800.0) == (
-        OperatorConfig().dataset_bound_timeout_seconds, OperatorConfig().mpijob_condition_timeout_seconds,
-        OperatorConfig().pod_stuck_timeout_seconds)
-    chosen = config({"timeouts": {"datasetBoundSeconds": 900, "mpijobConditionSeconds": 120, "podStuckSeconds": 3600}})
-    assert (chosen.dataset_bound_timeout_seconds, chosen.mpijob_condition_timeout_seconds,
-            chosen.pod_stuck_timeout_seconds) == (900.0, 120.0, 3600.0)
+    assert [getattr(default, bound) for bound in bounds] == [1800.0, 600.0, 1800.0, 5.0, 1800.0, 3600.0] == [
+        getattr(OperatorConfig(), bound) for bound in bounds]
+    chosen = config({"timeouts": {"datasetBoundSeconds": 900, "mpijobConditionSeconds": 120, "podStuckSeconds": 3600,
+                                  "crashLoopRestarts": 3, "trainingStartSeconds": 600, "preflightSeconds": 7200}})
+    assert [getattr(chosen, bound) for bound in bounds] == [900.0, 120.0, 3600.0, 3.0, 600.0, 7200.0]
 
 
 def test_operator_reads_the_tier_pools_the_chart_passes():

@@ -178,3 +178,30 @@ def test_invalid_specs_fail_once_with_the_field_path_and_create_nothing(api_serv
     assert len([c for c in api_server.calls() if c.resource == "laneexperiments/status"]) == writes
     assert {name: warning_reasons(api_server, f"bad-{name}") for name in INVALID_SPECS} == {
         name: ["InvalidSpec"] for name in INVALID_SPECS}
+
+
+def test_an_unexpected_error_in_an_experiment_pass_ends_it_with_a_condition_and_one_warning(api_server,
+                                                                                          operator_factory):
+    # A status no model foresaw (a condition that is not a mapping, written past the schema): the pass raises
+    # AttributeError, which kopf would otherwise retry forever with its backoff.
+    api_server.create(experiment("lanes-odd"))
+    api_server.patch("laneexperiments", "lanes-odd", {"status": {"phase": "Training", "conditions": [7]}},
+                     "default", status=True)
+    operator_factory()
+    exp = failed(api_server, "lanes-odd")
+    assert exp["status"]["reason"] == "ReconcileError"
+    assert exp["status"]["message"].startswith("the operator cannot handle this experiment (AttributeError")
+    api_server.wait_for(lambda: warning_reasons(api_server, "lanes-odd") == ["ReconcileError"],
+                        message="one ReconcileError Warning")
+    writes = experiment_writes(api_server, "lanes-odd")
+    assert writes >= 1
+    time.sleep(2)  # a daemon restarted by kopf would try again within its backoff (0.2 s here)
+    assert warning_reasons(api_server, "lanes-odd") == ["ReconcileError"]
+    assert experiment_writes(api_server, "lanes-odd") == writes
+    assert child_counts(api_server, "lanes-odd") == NO_CHILDREN
+
+
+def experiment_writes(cluster, name: str) -> int:
+    """The operator's PATCHes of one experiment (status included)."""
+    return len([c for c in cluster.calls() if c.resource.startswith("laneexperiments") and c.name == name
+                and c.verb == "patch" and c.user_agent.startswith("lanex-operator/")])

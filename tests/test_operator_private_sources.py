@@ -209,32 +209,32 @@ def test_vgg16_bn_without_weights_sets_training_from_scratch_and_warns_once(api_
 
 def test_prepare_job_waiting_for_a_missing_secret_is_reported_and_starts_once_it_exists(api_server, operator_factory):
     # Listed in the chart's values, so the operator does not look for it at Preflight: the Job waits for it.
-    operator_factory({"LANEX_OPERATOR_USABLE_SECRETS": "default/late-secret"})
+    operator_factory({"LANEX_OPERATOR_USABLE_SECRETS": "default/late-secret", "LANEX_OPERATOR_STUCK_CHECK_SECONDS": "0.2"})
     spec = {"dataset": {"synthetic": None, "download": {"urls": [
         {"url": "https://data.example.com/tusimple/train_set.zip", "secretRef": {"name": "late-secret"}}]}}}
     body = experiment("lanes-late", spec=spec)
     del body["spec"]["dataset"]["synthetic"]
     api_server.create(body)
 
-    def waiting() -> bool:
+    def waiting() -> dict | None:
         exp = api_server.get("laneexperiments", "lanes-late", "default") or {}
-        return any(c["type"] == "DataPrepared" and c.get("reason") == "SecretNotFound"
-                   for c in (exp.get("status") or {}).get("conditions") or [])
+        return next((c for c in (exp.get("status") or {}).get("conditions") or []
+                     if c["type"] == "DataPrepared" and c.get("reason") == "FailedMount"), None)
 
-    api_server.wait_for(waiting, timeout=20, message="DataPrepared False/SecretNotFound")
+    # The kubelet's FailedMount Event, as for any volume that cannot be mounted (bounded by the stuck-pod timeout).
+    prepared = api_server.wait_for(waiting, timeout=20, message="DataPrepared Unknown/FailedMount")
     exp = api_server.get("laneexperiments", "lanes-late", "default")
-    prepared = condition(exp, "DataPrepared")
-    assert prepared["status"] == "False" and exp["status"]["phase"] == "Downloading"
+    assert prepared["status"] == "Unknown" and exp["status"]["phase"] == "Downloading"
+    assert prepared["message"].startswith("Job lanes-late-prepare: pod lanes-late-prepare-")
     assert 'secret "late-secret" not found' in prepared["message"]
-    assert prepared["message"].startswith("Job lanes-late-prepare waits for its Secrets (late-secret, spec...secretRef)")
     # the Event follows the status write
     warnings = api_server.wait_for(lambda: [e for e in experiment_events(api_server, "lanes-late")
-                                            if e["reason"] == "SecretNotFound"], message="a SecretNotFound Event")
+                                            if e["reason"] == "FailedMount"], message="a FailedMount Event")
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
 
     api_server.create(_secret("late-secret", "Authorization", TOKEN))
     exp = wait_phase(api_server, "lanes-late", ["Succeeded", "Failed"])
     assert exp["status"]["phase"] == "Succeeded", exp["status"]
     assert condition(exp, "DataPrepared")["reason"] == "Completed"
-    assert len([e for e in experiment_events(api_server, "lanes-late") if e["reason"] == "SecretNotFound"]) == 1
+    assert len([e for e in experiment_events(api_server, "lanes-late") if e["reason"] == "FailedMount"]) == 1
     assert TOKEN not in json.dumps([exp, experiment_events(api_server, "lanes-late")])

@@ -237,3 +237,33 @@ def test_an_unexpected_error_in_a_sweep_pass_ends_it_with_a_condition_and_one_wa
     time.sleep(2)
     assert [e["reason"] for e in sweep_warnings(api_server, "odd")] == ["ReconcileError"]
     assert not trials(api_server, "odd")
+
+
+def test_a_sweeps_dataset_step_shows_stuck_prepare_pods_and_the_provisioners_warning_then_fails(api_server,
+                                                                                              operator_factory):
+    knobs = api_server.knobs
+    knobs.stuck_pods["sp-dataset-prepare"] = ("ImagePullBackOff", 'Back-off pulling image "ghcr.io/lanex/trainer:typo"')
+    knobs.fail_binding["sb-dataset-data"] = "ANF capacity pool premium-pool has no space left"
+    operator_factory({"LANEX_OPERATOR_STUCK_CHECK_SECONDS": "0.2", "LANEX_OPERATOR_POD_STUCK_TIMEOUT_SECONDS": "6",
+                      "LANEX_OPERATOR_DATASET_BOUND_TIMEOUT_SECONDS": "6"})
+    api_server.create(sweep("sp"))
+    api_server.create(sweep("sb"))
+
+    def shown(name: str, reason: str):
+        status = sweep_status(api_server, name)
+        ready = next((c for c in status.get("conditions") or [] if c["type"] == "DatasetReady"), {})
+        return ready if ready.get("reason") == reason and status.get("phase") != "Failed" else None
+
+    stuck = api_server.wait_for(lambda: shown("sp", "ImagePullBackOff"), message="DatasetReady of sp: ImagePullBackOff")
+    assert stuck["status"] == "Unknown" and stuck["message"].startswith("Job sp-dataset-prepare: pod sp-dataset-prepare-")
+    assert 'Back-off pulling image "ghcr.io/lanex/trainer:typo"' in stuck["message"]
+    pending = api_server.wait_for(lambda: shown("sb", "ProvisioningFailed"), message="DatasetReady of sb: ProvisioningFailed")
+    assert pending["message"] == ("PersistentVolumeClaim sb-dataset-data is Pending: ProvisioningFailed: "
+                                  "ANF capacity pool premium-pool has no space left")
+    for name, says in (("sp", "was ImagePullBackOff for "), ("sb", "ProvisioningFailed: ANF capacity pool")):
+        status = wait_sweep(api_server, name)["status"]
+        assert (status["phase"], status["reason"]) == ("Failed", "DatasetFailed")
+        assert says in status["message"]
+        assert trials(api_server, name) == []
+    api_server.wait_for(lambda: {"ImagePullBackOff", "DatasetFailed"} <= set(sweep_events(api_server, "sp")),
+                        message="the sweep's Warning Events")

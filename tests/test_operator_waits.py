@@ -9,6 +9,8 @@ VolumeSnapshotClass of an existing claim follows its volume's CSI driver.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from k8s.scenarios import child_counts, children, condition, experiment, get_experiment, wait_phase
@@ -331,3 +333,95 @@ def test_restore_from_a_snapshot_that_never_gets_ready_fails_after_the_dataset_b
     assert exp["status"]["message"].startswith("VolumeSnapshot stalled-source (spec.dataset.fromSnapshot.snapshotName) "
                                                "was not ready to use after ")
     assert child_counts(api_server, "lanes-restore-stall") == NO_CHILDREN  # no claim from a snapshot not ready
+
+
+# --- waits that only pods' restarts, Events or readiness tell -----------------------------------
+
+ANF_EXPORT = ('MountVolume.SetUp failed for volume "pvc-7d2e" : mount failed: exit status 32: mount.nfs: access '
+              "denied by server while mounting 10.0.4.4:/lanes-vol (check the ANF volume's export policy rules)")
+
+
+def test_a_crash_looping_worker_shows_its_last_words_then_fails_after_the_restart_bound(api_server, operator_factory):
+    name = "lanes-crashloop"
+    api_server.knobs.stuck_pods[f"{name}-train"] = ("CrashLoopBackOff", "RuntimeError: CUDA error: out of memory")
+    operator_factory({**BOUNDS, "LANEX_OPERATOR_CRASH_LOOP_RESTARTS": "6"})
+    api_server.create(experiment(name))
+    shown = waiting_condition(api_server, name, "Trained", "CrashLoopBackOff")
+    assert shown["status"] == "Unknown"
+    assert re.fullmatch(rf"MPIJob {name}-train: pod {name}-train-\S+ is CrashLoopBackOff: container \S+ restarted "
+                        r"[1-5] times; it last said: RuntimeError: CUDA error: out of memory", shown["message"])
+    api_server.wait_for(lambda: "CrashLoopBackOff" in warning_reasons(api_server, name),
+                        message="a Warning Event CrashLoopBackOff on the experiment")
+    exp = failed(api_server, name)
+    assert exp["status"]["reason"] == "TrainingFailed"
+    assert re.search(r"kept crashing, (\d+) restarts \(LANEX_OPERATOR_CRASH_LOOP_RESTARTS=6\)", exp["status"]["message"])
+    assert int(re.search(r"kept crashing, (\d+) restarts", exp["status"]["message"])[1]) >= 6
+    assert "RuntimeError: CUDA error: out of memory" in exp["status"]["message"]
+    # One Event when it got stuck, not one per restart.
+    assert warning_reasons(api_server, name).count("CrashLoopBackOff") == 1
+
+
+@pytest.mark.parametrize("reason, owner, step, failure", [
+    ("FailedMount", "prepare", "DataPrepared", "DownloadFailed"),
+    ("FailedAttachVolume", "train", "Trained", "TrainingFailed"),
+])
+def test_a_volume_that_cannot_be_mounted_shows_the_events_message_then_fails(api_server, operator_factory,
+                                                                            reason, owner, step, failure):
+    name = f"lanes-{reason.lower()}"
+    message = ANF_EXPORT if reason == "FailedMount" else \
+        'AttachVolume.Attach failed for volume "pvc-7d2e" : timed out waiting for external-attacher'
+    api_server.knobs.stuck_pods[f"{name}-{owner}"] = (reason, message)
+    operator_factory(BOUNDS)
+    api_server.create(experiment(name))
+    shown = waiting_condition(api_server, name, step, reason)
+    kind = "Job" if owner == "prepare" else "MPIJob"
+    assert shown["status"] == "Unknown" and shown["message"].startswith(f"{kind} {name}-{owner}: pod {name}-{owner}-")
+    assert f" is {reason}: {message}" in shown["message"]
+    exp = failed(api_server, name)
+    assert exp["status"]["reason"] == failure
+    assert f"was {reason} for " in exp["status"]["message"]
+    assert "(LANEX_OPERATOR_POD_STUCK_TIMEOUT_SECONDS=8)" in exp["status"]["message"]
+
+
+def test_workers_that_never_become_ready_show_how_many_are_then_fail_the_training(api_server, operator_factory):
+    name = "lanes-unready"
+    api_server.knobs.unready_workers.add(name)
+    operator_factory({**BOUNDS, "LANEX_OPERATOR_TRAINING_START_TIMEOUT_SECONDS": "8"})
+    api_server.create(experiment(name))
+    shown = waiting_condition(api_server, name, "Trained", "WaitingForWorkers")
+    assert shown["message"] == (f"MPIJob {name}-train: 0 of 2 workers Ready, no launcher pod yet (mpi-operator creates "
+                                f"it once every worker is Ready under WaitForWorkersReady)")
+    exp = failed(api_server, name)
+    assert exp["status"]["reason"] == "TrainingFailed"
+    assert exp["status"]["message"].startswith(f"MPIJob {name}-train did not start training ")
+    assert "(LANEX_OPERATOR_TRAINING_START_TIMEOUT_SECONDS=8): 0 of 2 workers Ready, no launcher pod yet" \
+        in exp["status"]["message"]
+    assert ("launcher-created", f"{name}-train") not in api_server.sim.history
+
+
+def test_a_preflight_problem_that_is_never_fixed_fails_the_experiment_after_its_bound(api_server, operator_factory):
+    operator_factory({**BOUNDS, "LANEX_OPERATOR_PREFLIGHT_TIMEOUT_SECONDS": "4"})
+    api_server.create(experiment("lanes-noclass", spec={"dataset": {"storageClassName": "premium-typo"}}))
+    shown = waiting_condition(api_server, "lanes-noclass", "Preflight", "MissingStorageClass")
+    assert shown["status"] == "False" and "premium-typo" in shown["message"]
+    exp = failed(api_server, "lanes-noclass")
+    assert exp["status"]["reason"] == "PreflightFailed"
+    assert "(LANEX_OPERATOR_PREFLIGHT_TIMEOUT_SECONDS=4)" in exp["status"]["message"]
+    assert "premium-typo" in exp["status"]["message"]
+    assert child_counts(api_server, "lanes-noclass") == NO_CHILDREN
+
+
+def test_a_kueue_queue_wait_is_bounded_by_the_spec_and_the_queued_mpijob_is_deleted(api_server, operator_factory):
+    operator_factory(BOUNDS)
+    api_server.create({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+                       "metadata": {"name": "team-a-queue", "namespace": "default"}, "spec": {"clusterQueue": "gpus"}})
+    api_server.create(experiment("lanes-qbound", spec={"scheduler": {"type": "kueue", "queueName": "team-a-queue",
+                                                                     "queueTimeoutSeconds": 3}}))
+    api_server.wait_for(lambda: api_server.get("mpijobs", "lanes-qbound-train", "default"), message="the MPIJob")
+    exp = failed(api_server, "lanes-qbound")  # nothing admits it
+    assert exp["status"]["reason"] == "QueueTimeout"
+    assert exp["status"]["message"].startswith("Kueue did not admit MPIJob lanes-qbound-train from LocalQueue "
+                                               "team-a-queue within spec.scheduler.queueTimeoutSeconds=3")
+    assert (condition(exp, "Queued")["status"], condition(exp, "Queued")["reason"]) == ("False", "QueueTimeout")
+    api_server.wait_for(lambda: api_server.get("mpijobs", "lanes-qbound-train", "default") is None,
+                        message="the queued MPIJob to be deleted, so Kueue never admits it later")

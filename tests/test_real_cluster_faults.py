@@ -111,3 +111,29 @@ def test_deleting_an_experiment_removes_what_it_owns_through_the_garbage_collect
     if claim_kept:
         owners = cluster.get("pvc", claim, "-n", namespace)["metadata"].get("ownerReferences", [])
         assert not owners, owners  # nothing left that the collector could follow
+
+
+def test_workers_no_node_can_hold_show_the_real_schedulers_reason_then_fail_the_training(lanex):
+    # 8 GPUs per worker on nodes of 4: the real kube-scheduler sets PodScheduled=False/Unschedulable with its
+    # own message, which must reach the Trained condition (one Warning Event), then end the experiment at the
+    # chart's bound (timeouts.podStuckSeconds=40 here) instead of waiting for a node that never comes.
+    namespace, name = "unschedulable", "too-big"
+    training = {**SPEC["training"], "gpusPerWorker": 8}
+    lanex.apply(experiment(name, namespace, training=training))
+
+    def trained() -> dict[str, Any] | None:
+        status = lanex.cluster.get("lx", name, "-n", namespace).get("status", {})
+        found = next((c for c in status.get("conditions", []) if c["type"] == "Trained"), {})
+        return found if found.get("reason") == "Unschedulable" and status.get("phase") != "Failed" else None
+
+    shown = lanex.wait_for("Trained to show Unschedulable", trained, timeout=120, namespace=namespace)
+    assert shown["status"] == "Unknown"
+    assert shown["message"].startswith(f"MPIJob {name}-train: pod {name}-train-worker-")
+    assert "Insufficient nvidia.com/gpu" in shown["message"]  # the scheduler's words, not ours
+    done = lanex.wait_phase("lx", name, namespace, phases=("Failed",), timeout=180)
+    assert done["status"]["reason"] == "TrainingFailed"
+    assert "was Unschedulable for " in done["status"]["message"]
+    assert "(LANEX_OPERATOR_POD_STUCK_TIMEOUT_SECONDS=40)" in done["status"]["message"]
+    events = lanex.cluster.get("events", "-n", namespace, "--field-selector",
+                               f"involvedObject.kind=LaneExperiment,involvedObject.name={name}")["items"]
+    assert [e["reason"] for e in events if e["type"] == "Warning"].count("Unschedulable") == 1

@@ -47,6 +47,7 @@ import logging
 import random
 import re
 import string
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -60,6 +61,9 @@ V = TypeVar("V")  # what a knob table maps a name to
 TRIDENT = "csi.trident.netapp.io"
 DEFAULT_CLASS_ANNOTATION = "snapshot.storage.kubernetes.io/is-default-class"
 KUBELET_WAITING = ("ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError")
+CRASH_LOOP = "CrashLoopBackOff"  # the container exits non-zero and is restarted in place, again and again
+VOLUME_TROUBLES = {"FailedMount": "kubelet", "FailedAttachVolume": "attachdetach-controller"}  # reason: recorder
+CRASH_LOOP_PERIOD = 0.5  # seconds between simulated restarts (the kubelet's back-off, compressed)
 log = logging.getLogger("lanex.tests.cluster_sim")
 
 DEFAULT_RESULTS = {"accuracy": 0.9512, "fp": 0.0621, "fn": 0.0544,
@@ -88,7 +92,9 @@ class SimKnobs:
     # no condition and no launcher, never retried (as its syncHandler does).
     refuse_mpijobs: dict[str, str] = dataclasses.field(default_factory=dict)
     # Pods of these Jobs/MPIJobs cannot start while the entry stays: name -> (reason, message) with reason one
-    # of ImagePullBackOff, ErrImagePull, CreateContainerConfigError (kubelet) or Unschedulable (scheduler).
+    # of ImagePullBackOff, ErrImagePull, CreateContainerConfigError, CrashLoopBackOff (kubelet; the message is
+    # what the crashing container says, its restarts counted up), Unschedulable (scheduler), FailedMount
+    # (kubelet) or FailedAttachVolume (attach/detach controller), the last two as Warning Events only.
     stuck_pods: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     # "Kind", "Kind/experiment" or "Kind/object-name": hold the next step of those objects;
     # "MPIJob.running/experiment": hold training midway, its pods running and their logs open.
@@ -452,27 +458,53 @@ class ClusterSimulation:
                 "lastProbeTime": None, "lastTransitionTime": now}]}})
             await self.event(pod, "FailedScheduling", message, component="default-scheduler")
             return
-        assert reason in KUBELET_WAITING, reason
+        assert reason in (*KUBELET_WAITING, CRASH_LOOP, *VOLUME_TROUBLES), reason
         container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
-        await self.request("PATCH", path, {"status": {"phase": "Pending", "startTime": now, "conditions": [
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady",
-             "message": f"containers with unready status: [{_main_container(pod)}]", "lastTransitionTime": now},
-            {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
-             "message": f"containers with unready status: [{_main_container(pod)}]", "lastTransitionTime": now}],
-            "containerStatuses": [{"name": _main_container(pod), "image": container.get("image", ""), "imageID": "",
-                                   "ready": False, "started": False, "restartCount": 0,
-                                   "state": {"waiting": {"reason": reason, "message": message}}}]}})
-        await self.event(pod, "Failed", f"Error: {reason}" if reason != "CreateContainerConfigError"
-                         else f"Error: {message}", component="kubelet")
+        # A volume that cannot be attached or mounted leaves the container creating; only an Event says why.
+        waiting = {"reason": "ContainerCreating"} if reason in VOLUME_TROUBLES else {"reason": reason, "message": message}
+        if reason == CRASH_LOOP:
+            waiting["message"] = f"back-off 10s restarting failed container={_main_container(pod)} pod={meta['name']}"
+        await self.request("PATCH", path, {"status": {
+            "phase": "Running" if reason == CRASH_LOOP else "Pending", "startTime": now, "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady",
+                 "message": f"containers with unready status: [{_main_container(pod)}]", "lastTransitionTime": now},
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                 "message": f"containers with unready status: [{_main_container(pod)}]", "lastTransitionTime": now}],
+            "containerStatuses": [self._crashed(pod, message, 1) if reason == CRASH_LOOP else {
+                "name": _main_container(pod), "image": container.get("image", ""), "imageID": "", "ready": False,
+                "started": False, "restartCount": 0, "state": {"waiting": waiting}}]}})
+        if reason in VOLUME_TROUBLES:
+            await self.event(pod, reason, message, component=VOLUME_TROUBLES[reason])
+        elif reason == CRASH_LOOP:
+            await self.event(pod, "BackOff", "Back-off restarting failed container", component="kubelet")
+        else:
+            await self.event(pod, "Failed", f"Error: {reason}" if reason != "CreateContainerConfigError"
+                             else f"Error: {message}", component="kubelet")
+
+    @staticmethod
+    def _crashed(pod: Mapping[str, Any], message: str, restarts: int) -> dict[str, Any]:
+        """The status of a main container that exited with `message` `restarts` times and now waits to restart."""
+        name = _main_container(pod)
+        return {"name": name, "ready": False, "started": False, "restartCount": restarts,
+                "state": {"waiting": {"reason": CRASH_LOOP, "message": f"back-off restarting failed container={name}"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": message,
+                                             "finishedAt": now_rfc3339()}}}
 
     async def _while_stuck(self, owner: Mapping[str, Any], pods: list[dict[str, Any]]) -> None:
         """Hold while the owner's pods are stuck (`knobs.stuck_pods`); then they start, as after a fix."""
         if self.knobs.failure(self.knobs.stuck_pods, owner) is None:
             return
-        while self.knobs.failure(self.knobs.stuck_pods, owner) is not None:
+        restarts, last_restart = 1, time.monotonic()
+        while (stuck := self.knobs.failure(self.knobs.stuck_pods, owner)) is not None:
             await asyncio.sleep(0.05)
+            if stuck[0] == CRASH_LOOP and time.monotonic() - last_restart >= CRASH_LOOP_PERIOD:
+                restarts, last_restart = restarts + 1, time.monotonic()
+                for pod in pods:  # the kubelet restarted it; it crashed again
+                    meta = pod["metadata"]
+                    await self.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+                                       {"status": {"containerStatuses": [self._crashed(pod, stuck[1], restarts)]}})
         for pod in pods:
             meta = pod["metadata"]
             await self.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", {

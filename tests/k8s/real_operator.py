@@ -30,7 +30,8 @@ NAMESPACE = "lanex-system"
 # after Trident on ANF; what matters to the operator is that they exist and provision).
 TR4896_CLASSES = ("azurenetappfiles", "netapp-csi-snapclass")
 # Chart values that make the operator react in test time (each is a documented chart value).
-FAST_VALUES = ("progress.intervalSeconds=1", "progress.requestsPerSecond=50")
+# A pod that stays unschedulable fails its experiment after 40 s (kwok schedules healthy pods at once).
+FAST_VALUES = ("progress.intervalSeconds=1", "progress.requestsPerSecond=50", "timeouts.podStuckSeconds=40")
 RUN_TIMEOUT_S = 180
 # The Deployment's own ports are replaced by free ones: several operators may run in one session.
 PORT_FLAGS = ("--liveness-port", "--metrics-port")

@@ -555,6 +555,10 @@ class SchedulerSpec(SpecModel):
                     "rule": "has(self.type) && self.type == 'kueue' ? has(self.queueName) : !has(self.queueName)",
                     "message": "queueName is required with type kueue and only allowed with type kueue",
                 },
+                {
+                    "rule": "!has(self.queueTimeoutSeconds) || (has(self.type) && self.type == 'kueue')",
+                    "message": "queueTimeoutSeconds is only allowed with type kueue",
+                },
             ],
         }
     )
@@ -580,6 +584,21 @@ class SchedulerSpec(SpecModel):
         pattern=DNS_LABEL_PATTERN,
         max_length=63,
     )
+    queue_timeout_seconds: Optional[int] = Field(
+        None,
+        description="Type kueue only: fail the experiment (reason QueueTimeout, its MPIJob deleted) when Kueue has"
+        " not admitted it this many seconds after it was queued; unset: it waits in the queue as long as it takes.",
+        ge=1,
+        le=30 * 24 * 3600,
+    )
+
+    @model_validator(mode="after")
+    def _queue_timeout_needs_kueue(self) -> "SchedulerSpec":
+        if self.type != "kueue" and self.queue_timeout_seconds is not None:
+            raise PydanticCustomError(
+                "unexpected_queue_timeout", "only allowed when scheduler type is kueue", {"field": "queueTimeoutSeconds"}
+            )
+        return self
 
     @model_validator(mode="after")
     def _queue_matches_type(self) -> "SchedulerSpec":

@@ -40,6 +40,9 @@ class FailureReason(str, Enum):
     TRAINING_FAILED = "TrainingFailed"
     SNAPSHOT_FAILED = "SnapshotFailed"
     TIMEOUT = "Timeout"
+    QUEUE_TIMEOUT = "QueueTimeout"  # Kueue did not admit the MPIJob within spec.scheduler.queueTimeoutSeconds
+    PREFLIGHT_FAILED = "PreflightFailed"  # what the experiment uses stayed missing past the Preflight bound
+    RECONCILE_ERROR = "ReconcileError"  # the operator hit an error nothing foresaw: said once, never retried forever
     EARLY_STOPPED = "EarlyStopped"  # with phase Stopped: the sweep's early-stopping rule ended training
 
 

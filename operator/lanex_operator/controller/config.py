@@ -31,6 +31,15 @@ class OperatorConfig:
     # CreateContainerConfigError or Unschedulable (the reason is shown in the step's condition at once).
     # Generous by default: a cluster autoscaler may take minutes to add a GPU node for an Unschedulable pod.
     pod_stuck_timeout_seconds: float = 1800.0
+    # Fail the step when a container of one of its pods is in CrashLoopBackOff after this many restarts
+    # (the kubelet's back-off doubles from 10 s: 5 restarts are about 5 minutes of crashing).
+    crash_loop_restarts: float = 5.0
+    # Fail with TrainingFailed when an admitted MPIJob has a condition but never ran (its launcher never
+    # started, e.g. workers that never become Ready under WaitForWorkersReady) this long after creation.
+    training_start_timeout_seconds: float = 1800.0
+    # Fail at Preflight when what the experiment uses (classes, APIs, Secrets, a LocalQueue) is still
+    # missing or not opted in this long after the experiment was created.
+    preflight_timeout_seconds: float = 3600.0
     # At most one read of a waiting step's pods, or of a pending claim's Events, per child in this
     # interval; the first read waits until the step has been waiting this long.
     stuck_check_seconds: float = 20.0

@@ -138,8 +138,12 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
                 if isinstance(exc, KubeError) and exc.retryable:
                     raise kopf.TemporaryError(f"retryable API error: {exc}",
                                               delay=state.config.retry_delay_seconds) from exc
+                # The reconciler reports its own errors as Failed; this is the write of that report failing.
+                # Retrying it forever would repeat the same refusal every backoff: the daemon ends here, and an
+                # operator restart (or a change to the experiment) gives it one more pass.
                 state.metrics.reconcile_errors.labels(kind="unexpected").inc()
-                raise
+                log.exception(f"{namespace}/{name}: its failure could not be recorded; not retried")
+                return
             if wait is None:
                 log.info(f"{namespace}/{name} finished: {book.phase}: {book.data.get('message', '')}")
                 return

@@ -52,7 +52,7 @@ from lanex_operator.api.models import (
     Results,
     parse_spec,
 )
-from lanex_operator.controller.children import JOB, MPIJOB, POD, PVC, SNAPSHOT, ChildCache, ChildKind, create_child, read_child
+from lanex_operator.controller.children import JOB, MPIJOB, PVC, SNAPSHOT, ChildCache, ChildKind, create_child, read_child
 from lanex_operator.controller.config import OperatorConfig
 from lanex_operator.controller.grants import CHART_VALUES, DELETE_LAUNCHER_PODS_VARIABLE
 from lanex_operator.controller.kube import Kube, KubeError, object_path
@@ -63,7 +63,8 @@ from lanex_operator.controller.preflight import Preflight
 from lanex_operator.controller.progress import LAUNCHER_SELECTOR, StallVerdict, judge_stall
 from lanex_operator.controller.status import MESSAGE_LIMIT, StatusBook, clip, parse_utc
 from lanex_operator.controller.tier_steps import StorageTiering, TierSteps
-from lanex_operator.controller.waits import STUCK_REASONS, ReadThrottle, StuckPod, stuck_pod
+from lanex_operator.controller.diagnosis import WaitDiagnosis
+from lanex_operator.controller.waits import STUCK_REASONS
 
 PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, skip the prepare Job
 SPEC_ANNOTATION = desired.SPEC_ANNOTATION  # on the MPIJob: the spec training started with
@@ -71,6 +72,7 @@ GENERATION_ANNOTATION = desired.GENERATION_ANNOTATION  # on the MPIJob: the expe
 STOP_ANNOTATION = "lanex.dev/stop"  # on the experiment (set by its LaneSweep): end training now, phase Stopped
 JOB_POD_SELECTOR = "batch.kubernetes.io/job-name={name}"
 MPIJOB_POD_SELECTOR = "training.kubeflow.org/job-name={name}"  # its launcher and its workers
+MPI_ROLE_LABEL = "training.kubeflow.org/job-role"  # launcher or worker, set by mpi-operator on its pods
 STALL_REPORTED = ("RestartsExhausted", "RestartNotAllowed")  # Stalled reasons after which a stall is only reported
 log = logging.getLogger("lanex.operator.reconciler")
 # The results line is the launcher's last; a short, bounded tail finds it.
@@ -105,6 +107,13 @@ def _true(conditions: list[Mapping[str, Any]] | None, type_: str) -> Mapping[str
     return None
 
 
+def _never_ran(conditions: list[Mapping[str, Any]]) -> bool:
+    """An MPIJob that has not run yet: no Running condition, or only the one mpi-operator sets while it is
+    suspended (kept after Kueue's admission until the launcher runs)."""
+    running = next((c for c in conditions if c.get("type") == "Running"), None)
+    return running is None or (running.get("status") != "True" and running.get("reason") == "MPIJobSuspended")
+
+
 class Reconciler:
     """Decides and takes the next step of one experiment; shared by all experiments."""
 
@@ -125,8 +134,8 @@ class Reconciler:
         # Validating a spec and planning it was ~15 % of the operator's CPU when done on every pass.
         # Both are pure and a spec only changes with a new generation (the models are frozen).
         self._parsed: collections.OrderedDict[tuple[Any, ...], _Parsed] = collections.OrderedDict()
-        # Pods and Events of waiting steps are read at most once per interval per child (waits.py).
-        self._reads = ReadThrottle(config.stuck_check_seconds)
+        # Why a waiting step waits: pods and Events read at most once per interval per child.
+        self.diagnosis = WaitDiagnosis(kube, config, now)
 
     # ---- the pass
 
@@ -147,6 +156,16 @@ class Reconciler:
             await self.tier.lower_quietly(body, book)
             reason = PHASE_FAILURES.get(book.phase or "", FailureReason.DATASET_FAILED)
             book.fail(reason, clip(f"API request failed and cannot be retried: {exc}"))
+            await self.flush(body, book)
+            return None
+        except Exception as exc:  # noqa: BLE001  a bug, or data nothing foresaw: said once, never retried forever
+            meta = body.get("metadata") or {}
+            log.exception(f"{meta.get('namespace')}/{meta.get('name')}: unexpected error")
+            self.metrics.reconcile_errors.labels(kind="unexpected").inc()
+            await self.tier.lower_quietly(body, book)
+            book.fail(FailureReason.RECONCILE_ERROR, clip(
+                f"the operator cannot handle this experiment ({type(exc).__name__}: {exc}); it is not retried: "
+                f"delete the LaneExperiment, or report this as a lanex bug with the operator's log"))
             await self.flush(body, book)
             return None
 
@@ -285,10 +304,16 @@ class Reconciler:
         if problems:
             reason = problems[0].reason if len(problems) == 1 else "MissingDependencies"
             message = clip("; ".join(problem.message for problem in problems))
+            waited, limit = self._age(body, book), self.config.preflight_timeout_seconds
+            if waited >= limit:
+                book.fail(FailureReason.PREFLIGHT_FAILED, clip(
+                    f"still missing {int(waited)}s after the experiment was created "
+                    f"(LANEX_OPERATOR_PREFLIGHT_TIMEOUT_SECONDS={limit:g}): {reason}: {message}"))
+                return None
             if book.set_condition(C.PREFLIGHT.value, "False", reason, message):
                 book.event("Warning", reason, message)
             book.set("message", message)
-            return self.config.preflight_retry_seconds
+            return min(self.config.preflight_retry_seconds, limit - waited)
         features = await self.preflight.mpi_operator()
         book.complete_step(C.PREFLIGHT.value, "Passed", "the APIs, classes and namespaces the experiment uses exist; "
                                                         + features.describe())
@@ -328,11 +353,11 @@ class Reconciler:
             return None
         elapsed, limit = book.since(C.DATASET_READY.value), self.config.dataset_bound_timeout_seconds
         if elapsed >= limit:
-            warning = await self._last_warning(plan.namespace, PVC, claim)
+            warning = await self.diagnosis.last_warning(plan.namespace, PVC.kind, claim)
             book.fail(FailureReason.DATASET_FAILED, clip(f"PersistentVolumeClaim {claim} was not bound after "
                                                           f"{int(elapsed)}s" + (f": {warning}" if warning else "")))
             return None
-        await self._show_warning(book, C.DATASET_READY.value, plan.namespace, PVC, claim, elapsed,
+        await self.diagnosis.show_warning(book, C.DATASET_READY.value, plan.namespace, PVC.kind, claim, elapsed,
                                  f"PersistentVolumeClaim {claim} is {status.get('phase') or 'Pending'}")
         return limit - elapsed
 
@@ -389,37 +414,18 @@ class Reconciler:
                                                                    f"{plan.paths.data_root}")
             return None
         failed = _true(conditions, "Failed")
-        if not failed and plan.prepare.secret_mounts:
-            await self._report_unmounted_secrets(book, plan, name)
         if failed:
-            detail = await self._pod_message(plan.namespace, JOB_POD_SELECTOR.format(name=name))
+            detail = await self.diagnosis.pod_message(plan.namespace, JOB_POD_SELECTOR.format(name=name))
             book.fail(FailureReason.DOWNLOAD_FAILED, clip(
                 f"Job {name} failed ({failed.get('reason', 'Failed')}: {failed.get('message', '')})"
                 + (f"; {detail}" if detail else "")))
             return None
-        failure = await self._pods_stuck(book, C.DATA_PREPARED.value, f"Job {name}", plan.namespace,
+        failure = await self.diagnosis.pods_stuck(book, C.DATA_PREPARED.value, f"Job {name}", plan.namespace,
                                          JOB_POD_SELECTOR.format(name=name))
         if failure:
             book.fail(FailureReason.DOWNLOAD_FAILED, failure)
             return None
         return self.config.resync_seconds
-
-    async def _report_unmounted_secrets(self, book: StatusBook, plan: ExperimentPlan, job: str) -> None:
-        """A prepare pod waiting for a secretRef's Secret (the kubelet's FailedMount) is said once, in
-        DataPrepared and a Warning Event; it starts by itself once the Secret exists."""
-        pods = await self.kube.list(object_path("v1", "pods", plan.namespace),
-                                    label_selector=JOB_POD_SELECTOR.format(name=job))
-        for pod in pods:
-            if (pod.get("status") or {}).get("phase") != "Pending":
-                continue
-            warning = await self._last_warning(plan.namespace, POD, pod["metadata"]["name"])
-            if warning.startswith("FailedMount") and "secret" in warning:
-                names = ", ".join(secret.secret_name for secret in plan.prepare.secret_mounts)
-                message = clip(f"Job {job} waits for its Secrets ({names}, spec...secretRef) in namespace "
-                               f"{plan.namespace}: {warning}")
-                if book.set_condition(C.DATA_PREPARED.value, "False", "SecretNotFound", message):
-                    book.event("Warning", "SecretNotFound", message)
-                return
 
     async def _mark_prepared(self, namespace: str, claim: str) -> None:
         pvc = await self._child(PVC, namespace, claim) or {}
@@ -469,7 +475,13 @@ class Reconciler:
         if plan.train.scheduler == "kueue":
             queued = self._queued(book, mpijob, plan)
             if queued is not None:
-                return queued
+                limit = plan.train.queue_timeout_seconds
+                if limit is None:
+                    return queued
+                waited = book.since(C.QUEUED.value)
+                if waited >= limit:
+                    return await self._queue_timeout(body, book, spec, plan, waited, limit)
+                return min(queued, limit - waited)
         conditions = (mpijob.get("status") or {}).get("conditions")
         if _true(conditions, "Succeeded") or _true(conditions, "Failed"):
             self._end_stall(book, plan)
@@ -482,7 +494,7 @@ class Reconciler:
             return None
         failed = _true(conditions, "Failed")
         if failed:
-            detail = await self._pod_message(plan.namespace, LAUNCHER_SELECTOR.format(name=name))
+            detail = await self.diagnosis.pod_message(plan.namespace, LAUNCHER_SELECTOR.format(name=name))
             reason = (FailureReason.TIMEOUT if failed.get("reason") in ("DeadlineExceeded", "MPIJobDeadlineExceeded")
                       else FailureReason.TRAINING_FAILED)
             message = clip(f"MPIJob {name} failed ({failed.get('reason', 'Failed')}: {failed.get('message', '')})"
@@ -495,12 +507,27 @@ class Reconciler:
                 return await self._training_failed(body, book, spec, plan, FailureReason.TRAINING_FAILED,
                                                    await self._no_condition_message(plan.namespace, name, waited))
             wait = min(wait, limit - waited)
-            await self._show_warning(book, C.TRAINED.value, plan.namespace, MPIJOB, name, waited,
+            await self.diagnosis.show_warning(book, C.TRAINED.value, plan.namespace, MPIJOB.kind, name, waited,
                                      f"MPIJob {name} has no condition")
-        failure = await self._pods_stuck(book, C.TRAINED.value, f"MPIJob {name}", plan.namespace,
-                                         MPIJOB_POD_SELECTOR.format(name=name))
+        failure = await self.diagnosis.pods_stuck(book, C.TRAINED.value, f"MPIJob {name}", plan.namespace,
+                                                  MPIJOB_POD_SELECTOR.format(name=name))
         if failure:
             return await self._training_failed(body, book, spec, plan, FailureReason.TRAINING_FAILED, failure)
+        if conditions and _never_ran(conditions):
+            # Acted on, never running: its launcher has not started (under WaitForWorkersReady, not before
+            # every worker is Ready). Stuck pods say why above; this bounds what they do not explain.
+            waited, limit = self._waiting_to_start(mpijob, book), self.config.training_start_timeout_seconds
+            if waited >= limit:
+                return await self._training_failed(body, book, spec, plan, FailureReason.TRAINING_FAILED, clip(
+                    f"MPIJob {name} did not start training {int(waited)}s after it was created "
+                    f"(LANEX_OPERATOR_TRAINING_START_TIMEOUT_SECONDS={limit:g}): "
+                    + await self._start_blocker(book, plan)))
+            wait = min(wait, limit - waited)
+            if waited >= self.config.stuck_check_seconds and (book.condition(C.TRAINED.value) or {}).get(
+                    "reason") not in STUCK_REASONS:
+                message = clip(f"MPIJob {name}: " + await self._start_blocker(book, plan))
+                if book.set_condition(C.TRAINED.value, "Unknown", "WaitingForWorkers", message):
+                    log.info("%s/%s: %s", plan.namespace, plan.name, message)
         stuck = (book.condition(C.TRAINED.value) or {}).get("reason") in STUCK_REASONS
         running = _true(conditions, "Running")
         if running and not stuck:
@@ -521,6 +548,38 @@ class Reconciler:
         book.fail(reason, message)
         return None
 
+    def _waiting_to_start(self, mpijob: Mapping[str, Any], book: StatusBook) -> float:
+        """Seconds an MPIJob has waited to start running: since its creation, or since Kueue admitted it."""
+        waited = self._age(mpijob, book)
+        queued = book.condition(C.QUEUED.value)
+        if queued is not None and queued.get("status") == "False":
+            waited = min(waited, book.since(C.QUEUED.value))
+        return waited
+
+    async def _start_blocker(self, book: StatusBook, plan: ExperimentPlan) -> str:
+        """What an MPIJob that has not started waits for, from its pods (the same throttled read as stuck pods)."""
+        selector = MPIJOB_POD_SELECTOR.format(name=plan.names.mpijob)
+        pods = await self.diagnosis.reads.read(("pods", plan.namespace, selector), lambda: self.diagnosis.quiet(
+            self.kube.list(object_path("v1", "pods", plan.namespace), label_selector=selector), []))
+        roles = [((pod.get("metadata") or {}).get("labels") or {}).get(MPI_ROLE_LABEL) for pod in pods]
+        ready = sum(1 for pod, role in zip(pods, roles) if role == "worker" and _true(
+            (pod.get("status") or {}).get("conditions"), "Ready"))
+        launcher = "a launcher pod exists but has not run" if "launcher" in roles else \
+            "no launcher pod yet (mpi-operator creates it once every worker is Ready under WaitForWorkersReady)"
+        return f"{ready} of {plan.train.workers} workers Ready, {launcher}"
+
+    async def _queue_timeout(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
+                             plan: ExperimentPlan, waited: float, limit: int) -> None:
+        """Kueue did not admit the MPIJob in time: delete it (so it is never admitted later), then Failed."""
+        name, queue = plan.names.mpijob, plan.train.kueue_queue
+        await self.kube.delete(object_path(MPIJOB.api_version, MPIJOB.plural, plan.namespace, name))
+        message = clip(f"Kueue did not admit MPIJob {name} from LocalQueue {queue} within "
+                       f"spec.scheduler.queueTimeoutSeconds={limit} (queued for {int(waited)}s); the MPIJob was "
+                       f"deleted. Check the ClusterQueue's quota (kubectl get clusterqueue) or raise the bound")
+        book.set_condition(C.QUEUED.value, "False", FailureReason.QUEUE_TIMEOUT.value, message)
+        await self.tier.lower(body, book, spec, plan)
+        book.fail(FailureReason.QUEUE_TIMEOUT, message)
+
     def _age(self, obj: Mapping[str, Any], book: StatusBook) -> float:
         """Seconds since the object was created (the apiserver's clock), else since its step began."""
         created = parse_utc((obj.get("metadata") or {}).get("creationTimestamp"))
@@ -529,7 +588,7 @@ class Reconciler:
     async def _no_condition_message(self, namespace: str, name: str, waited: float) -> str:
         """Why an MPIJob got no condition: its controller's Warning Event (mpi-operator's ValidationError), else
         that none may be running."""
-        warning = await self._quiet(self._warning_event(namespace, MPIJOB, name), None)
+        warning = await self.diagnosis.quiet(self.diagnosis.warning_event(namespace, MPIJOB.kind, name), None)
         limit = f"LANEX_OPERATOR_MPIJOB_CONDITION_TIMEOUT_SECONDS={self.config.mpijob_condition_timeout_seconds:g}"
         if warning is not None:
             return clip(f"MPIJob {name} was not started by its controller ({int(waited)}s without a condition, "
@@ -763,22 +822,6 @@ class Reconciler:
     async def _create(self, kind: ChildKind, manifest: Mapping[str, Any]) -> dict[str, Any]:
         return await create_child(self.kube, self.cache, kind, manifest)
 
-    async def _pod_message(self, namespace: str, selector: str) -> str:
-        """The termination message (or reason and exit code) of the latest terminated pod matching `selector`."""
-        pods = await self.kube.list(object_path("v1", "pods", namespace), label_selector=selector)
-        best: tuple[str, str] | None = None
-        for pod in pods:
-            for container in (pod.get("status") or {}).get("containerStatuses") or []:
-                terminated = (container.get("state") or {}).get("terminated") or \
-                             (container.get("lastState") or {}).get("terminated")
-                if terminated:
-                    text = (terminated.get("message") or "").strip() or \
-                           f"{terminated.get('reason', 'Terminated')} with exit code {terminated.get('exitCode')}"
-                    stamp = terminated.get("finishedAt") or ""
-                    if best is None or stamp >= best[0]:
-                        best = (stamp, f"pod {pod['metadata']['name']}: {text}")
-        return best[1] if best else ""
-
     async def _results(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
         """The results JSON the launcher wrote as its termination message, as status.results."""
         pods = await self.kube.list(object_path("v1", "pods", namespace),
@@ -823,69 +866,3 @@ class Reconciler:
             if line.startswith("{") and line.endswith("}"):
                 return line
         return None
-
-    async def _last_warning(self, namespace: str, kind: ChildKind, name: str) -> str:
-        last = await self._warning_event(namespace, kind, name)
-        return "" if last is None else f"{last.get('reason', 'Warning')}: {last.get('message', '')}"
-
-    async def _warning_event(self, namespace: str, kind: ChildKind, name: str) -> dict[str, Any] | None:
-        """The latest Warning Event that a controller recorded about one child (core/v1 Events, by involvedObject)."""
-        events = await self.kube.list(object_path("v1", "events", namespace),
-                                      field_selector=f"involvedObject.kind={kind.kind},involvedObject.name={name}")
-        warnings = [e for e in events if e.get("type") == "Warning"]
-        if not warnings:
-            return None
-        return max(warnings, key=lambda e: (e.get("lastTimestamp") or e.get("eventTime") or "",
-                                            (e.get("metadata") or {}).get("name", "")))
-
-    async def _quiet(self, read: Any, default: Any) -> Any:
-        """A diagnostic read (pods, Events): its failure must not fail the experiment, only go unexplained."""
-        try:
-            return await read
-        except KubeError as exc:
-            log.warning("diagnostic read failed (the wait stays bounded, only unexplained): %s", exc)
-            return default
-
-    async def _show_warning(self, book: StatusBook, step: str, namespace: str, kind: ChildKind, name: str,
-                            elapsed: float, what: str) -> None:
-        """While a child waits on its controller, show that controller's latest Warning Event about it (a
-        provisioner's ProvisioningFailed, mpi-operator's ValidationError) in the step's condition."""
-        if elapsed < self.config.stuck_check_seconds:
-            return
-        warning = await self._reads.read(("events", kind.kind, namespace, name),
-                                         lambda: self._quiet(self._warning_event(namespace, kind, name), None))
-        if warning is None:
-            return
-        reason = str(warning.get("reason") or "Warning")
-        message = clip(f"{what}: {reason}: {warning.get('message', '')}")
-        if book.set_condition(step, "Unknown", reason, message):
-            book.event("Warning", reason, message)
-
-    async def _stuck_pod(self, book: StatusBook, step: str, namespace: str, selector: str) -> StuckPod | None:
-        """The stuck pod of a step that has waited at least `stuck_check_seconds` (pods read at a bounded rate)."""
-        if book.since(step) < self.config.stuck_check_seconds:
-            return None
-        pods = await self._reads.read(("pods", namespace, selector), lambda: self._quiet(
-            self.kube.list(object_path("v1", "pods", namespace), label_selector=selector), []))
-        return stuck_pod(pods)
-
-    async def _pods_stuck(self, book: StatusBook, step: str, owner: str, namespace: str, selector: str) -> str | None:
-        """Show a pod of `owner` that cannot start in the step's condition (Unknown, with the kubelet's or the
-        scheduler's reason); returns the failure message once it was stuck for `pod_stuck_timeout_seconds`."""
-        stuck = await self._stuck_pod(book, step, namespace, selector)
-        if stuck is None:
-            if (book.condition(step) or {}).get("reason") in STUCK_REASONS:  # it got going again
-                book.set_condition(step, "Unknown", "InProgress", f"{owner}: its pods are no longer stuck")
-            return None
-        seconds, limit = stuck.seconds(self.now()), self.config.pod_stuck_timeout_seconds
-        if seconds >= limit:
-            return clip(f"{owner}: pod {stuck.pod} was {stuck.reason} for {int(seconds)}s "
-                        f"(LANEX_OPERATOR_POD_STUCK_TIMEOUT_SECONDS={limit:g}): {stuck.message}")
-        message = clip(f"{owner}: {stuck.describe()}")
-        # One Event when the step gets stuck: the kubelet flips between ErrImagePull and ImagePullBackOff
-        # at every back-off, which updates the condition but is not news.
-        previous = (book.condition(step) or {}).get("reason")
-        if book.set_condition(step, "Unknown", stuck.reason, message) and previous not in STUCK_REASONS:
-            book.event("Warning", stuck.reason, message)
-        return None
-

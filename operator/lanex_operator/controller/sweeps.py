@@ -54,8 +54,16 @@ from lanex_operator.controller.children import EXPERIMENT_LABEL, JOB, PVC, SNAPS
 from lanex_operator.controller.config import OperatorConfig
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.controller.preflight import Preflight, chooses_class_by_driver
-from lanex_operator.controller.reconciler import PREPARED_ANNOTATION, STOP_ANNOTATION, EventPoster, kopf_event
+from lanex_operator.controller.diagnosis import WaitDiagnosis
+from lanex_operator.controller.reconciler import (
+    JOB_POD_SELECTOR,
+    PREPARED_ANNOTATION,
+    STOP_ANNOTATION,
+    EventPoster,
+    kopf_event,
+)
 from lanex_operator.controller.status import StatusBook, clip, parse_utc
+from lanex_operator.controller.waits import STUCK_REASONS
 from lanex_operator.plan.defaults import ClusterDefaults
 from lanex_operator.plan.steps import ExperimentPlan, plan_for
 from lanex_operator.plan.sweep import FINAL_PHASES, TrialView, best_trial, counts, next_trials, retained, to_stop
@@ -158,6 +166,8 @@ class SweepReconciler:
         self.now = now
         self.defaults = defaults if defaults is not None else ClusterDefaults.from_env()
         self._parsed: dict[str, LaneSweepSpec | InvalidSpecError] = {}
+        # Why the dataset step waits (a claim's provisioner Warning, prepare pods that cannot start), as for experiments.
+        self.diagnosis = WaitDiagnosis(kube, config, now)
 
     # ---- the pass
 
@@ -341,7 +351,7 @@ class SweepReconciler:
         plan = self.dataset_plan(namespace, sweep, spec)
         if not book.is_true("Preflight"):
             wait = await self._dataset_preflight(book, plan)
-            if wait is not None:
+            if wait is not None or book.phase == SweepPhase.FAILED.value:
                 return wait
         owner = {"name": plan.name, "namespace": namespace}
         self._enter(book, SweepPhase.PREPARING_DATASET, f"preparing the dataset once on PersistentVolumeClaim "
@@ -358,14 +368,21 @@ class SweepReconciler:
             if spec.retention.dataset == "Delete":
                 kopf.adopt(manifest, owner=dict(body))
             pvc = await self._create(PVC, manifest)
+        claim = plan.dataset.claim_name
         if (pvc.get("status") or {}).get("phase") != "Bound":
-            if book.since("DatasetReady") >= self.config.dataset_bound_timeout_seconds:
-                self._fail(book, "DatasetFailed", f"PersistentVolumeClaim {plan.dataset.claim_name} was not bound")
-                return None
             if book.condition("DatasetReady") is None:
                 book.set_condition("DatasetReady", "Unknown", "Provisioning", f"waiting for PersistentVolumeClaim "
-                                                                              f"{plan.dataset.claim_name} to be bound")
-            return self.config.resync_seconds
+                                                                              f"{claim} to be bound")
+            elapsed, limit = book.since("DatasetReady"), self.config.dataset_bound_timeout_seconds
+            if elapsed >= limit:
+                warning = await self.diagnosis.last_warning(namespace, PVC.kind, claim)
+                self._fail(book, "DatasetFailed", clip(f"PersistentVolumeClaim {claim} was not bound after "
+                                                       f"{int(elapsed)}s" + (f": {warning}" if warning else "")))
+                return None
+            await self.diagnosis.show_warning(book, "DatasetReady", namespace, PVC.kind, claim, elapsed,
+                                              f"PersistentVolumeClaim {claim} is "
+                                              f"{(pvc.get('status') or {}).get('phase') or 'Pending'}")
+            return min(self.config.resync_seconds, limit - elapsed)
         prepared = ((pvc.get("metadata") or {}).get("annotations") or {}).get(PREPARED_ANNOTATION) == "true"
         if plan.prepare is not None and not prepared:
             book.set("prepareJob", plan.names.prepare_job)
@@ -380,8 +397,14 @@ class SweepReconciler:
                                                         f"({failed.get('reason', 'Failed')}: {failed.get('message', '')})"))
                 return None
             if not _true(job, "Complete"):
-                book.set_condition("DatasetReady", "Unknown", "Preparing", f"Job {plan.names.prepare_job} is preparing "
-                                                                          f"the dataset")
+                owner_text = f"Job {plan.names.prepare_job}"
+                if (book.condition("DatasetReady") or {}).get("reason") not in (*STUCK_REASONS, "InProgress"):
+                    book.set_condition("DatasetReady", "Unknown", "Preparing", f"{owner_text} is preparing the dataset")
+                failure = await self.diagnosis.pods_stuck(book, "DatasetReady", owner_text, namespace,
+                                                          JOB_POD_SELECTOR.format(name=plan.names.prepare_job))
+                if failure:
+                    self._fail(book, "DatasetFailed", failure)
+                    return None
                 return self.config.resync_seconds
             if plan.dataset.creates_claim:
                 self.cache.put(PVC, await self.kube.patch(claim_path, {"metadata": {"annotations": {
@@ -421,7 +444,8 @@ class SweepReconciler:
     async def _dataset_preflight(self, book: StatusBook, plan: ExperimentPlan) -> float | None:
         """The experiments' Preflight for what the sweep itself creates, before it creates any of it: the Secrets
         and ServiceAccount its prepare Job would borrow are opted in, and a claim it did not create has a
-        VolumeSnapshotClass of its CSI driver. None once passed, else seconds until the next check."""
+        VolumeSnapshotClass of its CSI driver. None once passed (or failed past its bound), else seconds until
+        the next check."""
         problems = await self.preflight.credentials(plan, root="spec.template")
         if plan.snapshot is not None and chooses_class_by_driver(plan):
             _, problem = await self.preflight.snapshot_class(plan)
@@ -430,10 +454,16 @@ class SweepReconciler:
         if problems:
             reason = problems[0].reason if len(problems) == 1 else "MissingDependencies"
             message = clip("; ".join(problem.message for problem in problems))
+            waited, limit = book.since("Preflight"), self.config.preflight_timeout_seconds
+            if book.condition("Preflight") is not None and waited >= limit:
+                self._fail(book, "PreflightFailed", clip(f"still missing after {int(waited)}s "
+                                                         f"(LANEX_OPERATOR_PREFLIGHT_TIMEOUT_SECONDS={limit:g}): "
+                                                         f"{reason}: {message}"))
+                return None
             if book.set_condition("Preflight", "False", reason, message):
                 book.event("Warning", reason, message)
             book.set("message", message)
-            return self.config.preflight_retry_seconds
+            return min(self.config.preflight_retry_seconds, limit - waited)
         book.set_condition("Preflight", "True", "Passed", "what the sweep's dataset uses exists and may be used")
         return None
 

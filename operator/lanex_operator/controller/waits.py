@@ -4,7 +4,8 @@ Why it exists: a step that waits for another controller (the Job controller, mpi
 provisioner) would wait forever when the cluster is stuck for a reason that only pods or Events
 tell: an image that cannot be pulled, a Secret or ConfigMap that does not exist, no node that fits
 the pod, a provisioner that keeps failing. `stuck_pod` reads the kubelet's and the scheduler's
-verdicts from pod status (pure, no I/O). `ReadThrottle` keeps those extra reads cheap: each key
+verdicts from pod status (pure, no I/O); `starting_pods` lists the pods whose trouble only Events
+tell (a volume that cannot be attached or mounted: diagnosis.py reads those). `ReadThrottle` keeps those extra reads cheap: each key
 (a step's pods, a claim's Events) is read at most once per interval, however many passes run, so
 a thousand waiting experiments cost a bounded number of requests and not one per pass each.
 """
@@ -24,7 +25,14 @@ from lanex_operator.controller.status import parse_utc
 WAITING_REASONS = ("ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError")
 # The scheduler's reason on PodScheduled=False: no node fits (resources, taints, affinity).
 UNSCHEDULABLE = "Unschedulable"
-STUCK_REASONS = (*WAITING_REASONS, UNSCHEDULABLE)
+# A container that keeps exiting non-zero and is restarted in place (restartPolicy OnFailure: the
+# MPIJob's workers and launcher). Bounded by restarts, not time: a run may crash once after hours.
+CRASH_LOOP = "CrashLoopBackOff"
+# Warning Events of the kubelet and the attach/detach controller while a pod's volumes cannot be
+# attached or mounted (a wrong ANF export rule, no NFS client on the node, a missing ConfigMap or Secret).
+VOLUME_REASONS = ("FailedMount", "FailedAttachVolume")
+STUCK_REASONS = (*WAITING_REASONS, UNSCHEDULABLE, CRASH_LOOP, *VOLUME_REASONS)
+CREATING_REASONS = ("ContainerCreating", "PodInitializing")
 ENTRIES_KEPT = 4096  # throttled results remembered; expired ones are dropped beyond this
 
 T = TypeVar("T")
@@ -38,6 +46,7 @@ class StuckPod:
     reason: str
     message: str
     since: datetime | None  # from the cluster's own timestamps, so an operator restart keeps the clock
+    restarts: int = 0  # of the crash-looping container
 
     def describe(self) -> str:
         return f"pod {self.pod} is {self.reason}: {self.message}" if self.message else f"pod {self.pod} is {self.reason}"
@@ -58,6 +67,12 @@ def _stuck_in(pod: Mapping[str, Any]) -> StuckPod | None:
                             parse_utc(condition.get("lastTransitionTime")) or parse_utc(meta.get("creationTimestamp")))
     for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
         waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") == CRASH_LOOP:
+            restarts = int(container.get("restartCount") or 0)
+            last = ((container.get("lastState") or {}).get("terminated")) or {}
+            said = f"; it last said: {termination_text(last)}" if last else ""
+            return StuckPod(name, CRASH_LOOP, f"container {container.get('name', '?')} restarted {restarts} times"
+                                              f"{said}", parse_utc(status.get("startTime")), restarts)
         if waiting.get("reason") in WAITING_REASONS:
             # The kubelet gives no time for a waiting state: the pod has not run since it started.
             since = parse_utc(status.get("startTime")) or parse_utc(meta.get("creationTimestamp"))
@@ -72,6 +87,30 @@ def stuck_pod(pods: Iterable[Mapping[str, Any]]) -> StuckPod | None:
     if not stuck:
         return None
     return min(stuck, key=lambda s: (0, s.since.timestamp(), s.pod) if s.since is not None else (1, 0.0, s.pod))
+
+
+def starting_pods(pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Scheduled pods still creating their containers (or none reported yet), oldest first: the ones
+    whose stuck volume only a Warning Event tells."""
+    found = []
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if meta.get("deletionTimestamp") or status.get("phase") != "Pending":
+            continue
+        scheduled = any(c.get("type") == "PodScheduled" and c.get("status") == "True"
+                        for c in status.get("conditions") or [])
+        containers = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+        creating = all(((c.get("state") or {}).get("waiting") or {}).get("reason") in CREATING_REASONS
+                       for c in containers)
+        if (scheduled or containers) and creating:
+            found.append(pod)
+    return sorted(found, key=lambda p: (str(p["metadata"].get("creationTimestamp") or ""), str(p["metadata"].get("name"))))
+
+
+def termination_text(terminated: Mapping[str, Any]) -> str:
+    """What a terminated container said: its termination message, else its reason and exit code."""
+    return (terminated.get("message") or "").strip() or \
+        f"{terminated.get('reason', 'Terminated')} with exit code {terminated.get('exitCode')}"
 
 
 class ReadThrottle:

@@ -263,6 +263,7 @@ class TrainStep:
     launcher: ContainerRun
     worker: ContainerRun
     kueue_queue: Optional[str] = None  # the Kueue LocalQueue, set exactly with scheduler kueue
+    queue_timeout_seconds: Optional[int] = None  # fail when Kueue has not admitted the MPIJob by then
     pretrained_weights: Optional[str] = None  # the file every rank loads (--pretrained-weights)
     from_scratch: Optional[str] = None  # the warning when a backbone that needs ImageNet weights has none
 
@@ -565,6 +566,7 @@ def plan_for(
             data_mount + shm_mount,
         ),
         kueue_queue=effective.kueue_queue,
+        queue_timeout_seconds=spec.scheduler.queue_timeout_seconds if effective.kueue_queue else None,
         pretrained_weights=pretrained_weights_path(spec, mount_root),
         from_scratch=from_scratch_warning(spec),
     )
