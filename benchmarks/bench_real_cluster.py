@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import json
 import os
 import pathlib
@@ -38,6 +37,7 @@ from bench_operator import percentile  # noqa: E402
 from bench_sweeps import sweep_body  # noqa: E402
 from k8s.real_operator import NAMESPACE, lanex_on_cluster_session  # noqa: E402
 from k8s.scenarios import experiment  # noqa: E402
+from lanex_cluster.audit import completed_calls, event_time  # noqa: E402
 from lanex_cluster.cluster import LocalCluster  # noqa: E402
 
 CHILD_SUFFIXES = {"persistentvolumeclaims": "-data", "jobs": "-prepare", "mpijobs": "-train", "volumesnapshots": "-"}
@@ -57,15 +57,6 @@ class TempDirs:
 def cpu_seconds(pid: int) -> float:
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def stamp(event: dict[str, Any]) -> float:
-    return datetime.datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
-
-
-def audit_events(path: pathlib.Path) -> list[dict[str, Any]]:
-    events = [json.loads(line) for line in path.read_text().splitlines() if line]
-    return sorted((e for e in events if e.get("stage") == "ResponseComplete"), key=stamp)
 
 
 def reactions(events: list[dict[str, Any]], names: list[str], operator: str) -> dict[str, list[float]]:
@@ -88,13 +79,13 @@ def reactions(events: list[dict[str, Any]], names: list[str], operator: str) -> 
             continue
         user = event["user"]["username"]
         if user == operator:
-            operator_calls[owner].append(stamp(event))
+            operator_calls[owner].append(event_time(event))
         elif ref.get("resource") in ("laneexperiments",) and event["verb"] in ("create", "patch", "update") \
                 and not ref.get("subresource") and owner not in applied:
-            applied[owner] = stamp(event)
+            applied[owner] = event_time(event)
         elif ref.get("subresource") == "status" and ref.get("resource") in CHILD_SUFFIXES \
                 and event["verb"] in ("update", "patch"):
-            last_status_write[(owner, ref["resource"])] = stamp(event)
+            last_status_write[(owner, ref["resource"])] = event_time(event)
     result: dict[str, list[float]] = collections.defaultdict(list)
     for owner, at in applied.items():
         later = [t for t in operator_calls[owner] if t >= at]
@@ -149,7 +140,7 @@ def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                "etcd": cpu_seconds(etcd.pid) - cpu_before["etcd"]}
         trials = [i["metadata"]["name"] for i in cluster.get("lx", "-n", "bench")["items"]]
         operator_user = f"system:serviceaccount:{NAMESPACE}:{lanex.chart.service_account}"
-        events = audit_events(cluster.audit_log)
+        events = completed_calls(cluster.audit_log)
         calls = [e for e in events if e["user"]["username"] == operator_user and e["verb"] != "watch"]
         breakdown = collections.Counter(
             f"{e['verb']} {(e.get('objectRef') or {}).get('resource', '?')}"

@@ -119,7 +119,7 @@ RBAC_WARMUP_S = 15.0
 
 
 def during(restarts: list[tuple[float, float]], call: dict) -> bool:
-    import datetime
+    from lanex_cluster.audit import event_time
 
-    at = datetime.datetime.fromisoformat(call["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+    at = event_time(call)
     return any(launched <= at <= ready + RBAC_WARMUP_S for launched, ready in restarts)

@@ -103,13 +103,10 @@ def start_operator(cluster: Any, chart: InstalledChart, workdir: pathlib.Path,
 
 
 def audited_calls(cluster: Any, user: str) -> list[dict[str, Any]]:
-    """The apiserver's audit events of `user` (ResponseComplete stage)."""
-    calls = []
-    for line in cluster.audit_log.read_text().splitlines():
-        event = json.loads(line)
-        if event.get("stage") == "ResponseComplete" and event.get("user", {}).get("username") == user:
-            calls.append(event)
-    return calls
+    """The apiserver's audit events of `user`'s finished calls, oldest first."""
+    from lanex_cluster.audit import completed_calls
+
+    return completed_calls(cluster.audit_log, user)
 
 
 @dataclass
