@@ -63,6 +63,11 @@ def _attach_operator_logs(request: pytest.FixtureRequest, started: list[Any]) ->
         report.sections.append((f"operator {index} log (last 20 kB)", tail))  # shown in the failure summary
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked session_audit judge everything the session did on the real cluster: they run last."""
+    items.sort(key=lambda item: item.get_closest_marker("session_audit") is not None)  # stable: order kept
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Keep each phase's report on the item, so fixtures can tell in their teardown whether the test failed."""

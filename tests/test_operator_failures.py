@@ -191,12 +191,16 @@ def test_an_unexpected_error_in_an_experiment_pass_ends_it_with_a_condition_and_
     exp = failed(api_server, "lanes-odd")
     assert exp["status"]["reason"] == "ReconcileError"
     assert exp["status"]["message"].startswith("the operator cannot handle this experiment (AttributeError")
-    api_server.wait_for(lambda: warning_reasons(api_server, "lanes-odd") == ["ReconcileError"],
-                        message="one ReconcileError Warning")
+    assert [(c["type"], c["status"]) for c in exp["status"]["conditions"]] == [("Failed", "True"),
+                                                                                ("Succeeded", "False")]
+    # The progress daemon reads the same status: it stops following, says so once, and is not retried either.
+    api_server.wait_for(lambda: sorted(warning_reasons(api_server, "lanes-odd")) == ["ProgressUnreadable",
+                                                                                     "ReconcileError"],
+                        message="one ReconcileError and one ProgressUnreadable Warning")
     writes = experiment_writes(api_server, "lanes-odd")
     assert writes >= 1
     time.sleep(2)  # a daemon restarted by kopf would try again within its backoff (0.2 s here)
-    assert warning_reasons(api_server, "lanes-odd") == ["ReconcileError"]
+    assert sorted(warning_reasons(api_server, "lanes-odd")) == ["ProgressUnreadable", "ReconcileError"]
     assert experiment_writes(api_server, "lanes-odd") == writes
     assert child_counts(api_server, "lanes-odd") == NO_CHILDREN
 

@@ -200,8 +200,9 @@ def test_vgg16_bn_without_weights_sets_training_from_scratch_and_warns_once(api_
     scratch = condition(exp, "TrainingFromScratch")
     assert (scratch["status"], scratch["reason"]) == ("True", "NoPretrainedWeights")
     assert scratch["message"].startswith("spec.training.pretrainedWeights is not set: vgg16_bn trains from random")
-    warnings = [e for e in experiment_events(api_server, "lanes-scratch")
-                if e["type"] == "Warning" and e["reason"] == "TrainingFromScratch"]
+    warnings = api_server.wait_for(lambda: [e for e in experiment_events(api_server, "lanes-scratch")
+                                            if e["type"] == "Warning" and e["reason"] == "TrainingFromScratch"],
+                                   message="the TrainingFromScratch Warning Event")
     assert len(warnings) == 1 and warnings[0]["message"] == scratch["message"]
     launcher = children(api_server, "lanes-scratch")["mpijobs"][0]["spec"]["mpiReplicaSpecs"]["Launcher"]
     assert "--pretrained-weights" not in launcher["template"]["spec"]["containers"][0]["command"]

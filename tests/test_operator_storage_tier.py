@@ -135,7 +135,9 @@ def test_training_tier_moves_volume_up_before_the_mpijob_and_back_after_it(api_s
     assert mpijob["metadata"]["creationTimestamp"] <= back_move["start"] <= back_move["end"]
     tier = condition(exp, "StorageTier")
     assert (tier["status"], tier["reason"]) == ("True", "AtStandard"), tier
-    changed = [e for e in experiment_events(api_server, "tier-a") if e["reason"] == "StorageTierChanged"]
+    changed = api_server.wait_for(lambda: (lambda found: found if len(found) >= 2 else None)(
+        [e for e in experiment_events(api_server, "tier-a") if e["reason"] == "StorageTierChanged"]),
+        message="both StorageTierChanged Events")
     assert [e["type"] for e in changed] == ["Normal", "Normal"]
     assert f"moved ANF volume {volume} from Standard to Premium" in changed[0]["message"]
     assert f"moved ANF volume {volume} from Premium to Standard" in changed[1]["message"]
@@ -166,7 +168,8 @@ def test_permission_denied_pool_change_warns_and_training_goes_on_at_standard(ap
     assert {k: move[k] for k in ("from", "to", "result")} == {"from": "Standard", "to": "Premium",
                                                               "result": "Failed: PermissionDenied"}
     assert move["start"] <= move["end"]
-    warnings = [e for e in experiment_events(api_server, "tier-403") if e["reason"] == "StorageTierFailed"]
+    warnings = api_server.wait_for(lambda: [e for e in experiment_events(api_server, "tier-403")
+                                            if e["reason"] == "StorageTierFailed"], message="a StorageTierFailed Event")
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
     assert "403 AuthorizationFailed" in warnings[0]["message"]
     assert 'lanex_storage_pool_changes_total{result="Failed"} 1.0' in operator.metrics()
@@ -233,7 +236,9 @@ def test_operator_restarts_after_the_move_up_and_after_training_move_each_way_on
                                               "volumesnapshots": 1}
     assert (condition(exp, "StorageTier")["status"], condition(exp, "StorageTier")["reason"]) == ("True",
                                                                                                "AtStandard")
-    changed = [e for e in experiment_events(api_server, name) if e["reason"] == "StorageTierChanged"]
+    changed = api_server.wait_for(lambda: (lambda found: found if len(found) >= 2 else None)(
+        [e for e in experiment_events(api_server, name) if e["reason"] == "StorageTierChanged"]),
+        message="both StorageTierChanged Events")
     assert len(changed) == 2
 
 
@@ -255,6 +260,7 @@ def test_operator_without_pools_warns_which_helm_value_is_missing_and_trains(api
     assert "LANEX_ANF_POOL_PREMIUM" in tier["message"] and "training goes on" in tier["message"]
     assert [(m.get("from"), m["to"], m["result"]) for m in moves_of(exp)] == [
         (None, "Premium", "Failed: PoolNotConfigured")]  # and no move back: nothing moved
-    warnings = [e for e in experiment_events(api_server, "tier-none") if e["reason"] == "StorageTierFailed"]
+    warnings = api_server.wait_for(lambda: [e for e in experiment_events(api_server, "tier-none")
+                                            if e["reason"] == "StorageTierFailed"], message="a StorageTierFailed Event")
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
     assert 'lanex_storage_pool_changes_total{result="Failed"} 1.0' in running_operator.metrics()

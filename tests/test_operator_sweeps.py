@@ -97,7 +97,9 @@ def test_six_trials_two_at_a_time_share_one_prepared_snapshot_and_the_laggard_is
     assert status["bestTrial"]["parameters"] == {"learningRate": 0.04, "batchSize": 8}
     assert status["bestTrial"]["objective"] == pytest.approx(0.95)
     assert status["bestTrial"]["snapshot"] == rows["sw-005"]["snapshot"]
-    events = sweep_events(api_server, "sw")
+    # Events are posted after the status write that decided them: wait for the last one.
+    events = api_server.wait_for(lambda: (lambda found: found if "Succeeded" in found else None)(
+        sweep_events(api_server, "sw")), message="the sweep's Succeeded Event")
     assert events[:2] == ["Pending", "PreparingDataset"]
     assert {"DatasetReady", "Running", "TrialsCreated", "TrialStopped", "Succeeded"} <= set(events)
     assert api_server.sim.errors == []
@@ -151,7 +153,7 @@ def test_retention_keeps_the_best_trial_and_deleting_the_sweep_releases_its_data
     assert [s.rsplit("-", 1)[0] for s in trial_snapshots] == ["rt-001"]
     rows = {row["name"]: row for row in status["trials"]}
     assert rows["rt-000"]["deleted"] is True and rows["rt-002"]["deleted"] is True and "deleted" not in rows["rt-001"]
-    assert "TrialsDeleted" in sweep_events(api_server, "rt")
+    api_server.wait_for(lambda: "TrialsDeleted" in sweep_events(api_server, "rt"), message="a TrialsDeleted Event")
 
     bad = wait_sweep(api_server, "bad")["status"]
     assert (bad["phase"], bad["reason"]) == ("Failed", "InvalidSpec")

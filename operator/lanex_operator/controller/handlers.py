@@ -31,7 +31,7 @@ from lanex_operator.controller.preflight import Preflight
 from lanex_operator.controller.progress import ProgressFollower
 from lanex_operator.controller.reconciler import STOP_ANNOTATION, Reconciler
 from lanex_operator.controller.retention import release
-from lanex_operator.controller.status import TERMINAL_PHASES, StatusBook
+from lanex_operator.controller.status import TERMINAL_PHASES, StatusBook, clip
 from lanex_operator.controller.tier_steps import StorageTiering
 
 FINALIZER = "lanex.dev/finalizer"
@@ -143,6 +143,10 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
                 # operator restart (or a change to the experiment) gives it one more pass.
                 state.metrics.reconcile_errors.labels(kind="unexpected").inc()
                 log.exception(f"{namespace}/{name}: its failure could not be recorded; not retried")
+                kopf.event(dict(body), type="Warning", reason="ReconcileError",
+                           message=clip(f"the operator cannot handle this experiment and could not record that in "
+                                        f"its status ({type(exc).__name__}: {exc}); it is not retried: report this "
+                                        f"as a lanex bug with the operator's log"))
                 return
             if wait is None:
                 log.info(f"{namespace}/{name} finished: {book.phase}: {book.data.get('message', '')}")
@@ -156,7 +160,17 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         """While the experiment trains: read the launcher's progress into status.progress (kopf stops
         this daemon once the phase is no longer Training)."""
         assert state.progress is not None
-        await state.progress.follow(body, stopped)
+        try:
+            await state.progress.follow(body, stopped)
+        except KubeError:
+            raise  # kopf retries after its backoff: the API server may answer again
+        except Exception as exc:  # noqa: BLE001  progress is a view: an error nothing foresaw ends it, said once
+            log.exception(f"{body['metadata']['namespace']}/{body['metadata']['name']}: progress not followed")
+            state.metrics.reconcile_errors.labels(kind="unexpected").inc()
+            kopf.event(dict(body), type="Warning", reason="ProgressUnreadable",
+                       message=clip(f"training progress is no longer followed ({type(exc).__name__}: {exc}); "
+                                    f"training itself is not affected: report this as a lanex bug with the "
+                                    f"operator's log"))
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="wake")
     async def experiment_changed(type: str, name: str, namespace: str, meta: kopf.Meta, **_: Any) -> None:

@@ -162,11 +162,18 @@ class Reconciler:
             meta = body.get("metadata") or {}
             log.exception(f"{meta.get('namespace')}/{meta.get('name')}: unexpected error")
             self.metrics.reconcile_errors.labels(kind="unexpected").inc()
-            await self.tier.lower_quietly(body, book)
-            book.fail(FailureReason.RECONCILE_ERROR, clip(
-                f"the operator cannot handle this experiment ({type(exc).__name__}: {exc}); it is not retried: "
-                f"delete the LaneExperiment, or report this as a lanex bug with the operator's log"))
-            await self.flush(body, book)
+            message = clip(f"the operator cannot handle this experiment ({type(exc).__name__}: {exc}); it is not "
+                           f"retried: delete the LaneExperiment, or report this as a lanex bug with the operator's log")
+            try:
+                await self.tier.lower_quietly(body, book)
+                book.fail(FailureReason.RECONCILE_ERROR, message)
+                await self.flush(body, book)
+            except KubeError:
+                raise  # the write of the failure: retried (or given up) by the daemon
+            except Exception:  # noqa: BLE001  the status itself is what nothing foresaw: a fresh one replaces it
+                fresh = StatusBook(None, book.generation, now=self.now)
+                fresh.fail(FailureReason.RECONCILE_ERROR, message)
+                await self.flush(body, fresh)
             return None
 
     async def _pass(self, body: Mapping[str, Any], book: StatusBook) -> float | None:
