@@ -15,9 +15,15 @@ from lanex_operator.cli.main import app
 import cells
 
 try:  # typer carries its own copy of click since 0.22
-    from typer._click import Command, Context, Group
+    from typer._click import Command, Context
 except ImportError:  # pragma: no cover - an older typer on click
-    from click import Command, Context, Group
+    from click import Command, Context
+
+
+def subcommands(command: Command) -> dict[str, Command]:
+    """A group's visible commands by name (typer's groups are click Commands with a `commands` map)."""
+    return {name: child for name, child in sorted((getattr(command, "commands", None) or {}).items())
+            if not child.hidden}
 
 
 def commands() -> Iterator[tuple[str, Command, Context]]:
@@ -26,11 +32,8 @@ def commands() -> Iterator[tuple[str, Command, Context]]:
 
     def walk(command: Command, ctx: Context) -> Iterator[tuple[str, Command, Context]]:
         yield ctx.command_path, command, ctx
-        if isinstance(command, Group):
-            for name in sorted(command.commands):
-                child = command.commands[name]
-                if not child.hidden:
-                    yield from walk(child, Context(child, info_name=name, parent=ctx))
+        for name, child in subcommands(command).items():
+            yield from walk(child, Context(child, info_name=name, parent=ctx))
 
     yield from walk(root, Context(root, info_name="lanex"))
 
@@ -54,9 +57,10 @@ def _section(path: str, command: Command, ctx: Context) -> list[str]:
         rows.append((f"`{declaration}`", cells.text(description)))
     if rows:
         lines += [cells.table(("Argument or option", "Description"), rows)]
-    if isinstance(command, Group):
-        subcommands = [f"[`{path} {name}`](#{anchor(path + ' ' + name)})" for name in sorted(command.commands)]
-        lines += ["Commands: " + ", ".join(subcommands) + ".", ""]
+    children = subcommands(command)
+    if children:
+        lines += ["Commands: " + ", ".join(f"[`{path} {name}`](#{anchor(path + ' ' + name)})" for name in children)
+                  + ".", ""]
     return lines
 
 

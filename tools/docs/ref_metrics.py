@@ -40,7 +40,8 @@ def page() -> str:
         "The operator serves them on port 9090 (`/metrics`; `lanex operator --metrics-port`, chart value "
         "`metrics.port`; a ServiceMonitor with `metrics.serviceMonitor.enabled`). The `lanex_training_*` series "
         "exist only while an experiment trains and are removed when it ends or is deleted, so labels never pile "
-        "up; a value the trainer does not know has no series rather than a 0. Dashboards: "
+        "up; a value the trainer does not know has no series rather than a 0. Counters and histograms also have "
+        "prometheus-client's `_created` series (when the series began). Dashboards: "
         "[Prometheus and Grafana](../guides/prometheus-grafana.md).",
         "",
         cells.table(("Metric", "Type", "Labels", "Meaning"), rows),
