@@ -1,6 +1,6 @@
 """The LaneExperiment field reference as a Markdown table, generated from the CRD schema.
 
-`python -m lanex_operator.api.docs` prints it (the README embeds the output), so the docs show
+`python -m lanex_operator.api.docs` prints it (the docs site's API reference is built from `field_rows`), so the docs show
 the same names, defaults and constraints that the API server and `parse_spec` enforce.
 """
 
