@@ -1,7 +1,8 @@
 """Every shell block of Getting started's local path runs, in order, in an empty directory, and prints
 what the page says it prints.
 
-The cluster path (docs/getting-started/cluster.md) is marked on its page as not executed by a test yet.
+The cluster path (docs/getting-started/cluster.md) runs on the real control plane:
+tests/test_docs_getting_started_cluster.py.
 """
 
 from __future__ import annotations
