@@ -175,9 +175,6 @@ REASONS: tuple[ReasonDoc, ...] = (
     ReasonDoc("MissingDependencies", _PREFLIGHT, "More than one preflight check failed; the message lists them all.",
               "Fix each problem the message names (each is one of the reasons above).", kinds=BOTH),
     # ---- waits on other controllers (Unknown while waiting; see "Nothing waits forever")
-    ReasonDoc("SecretNotFound", (C.DATA_PREPARED.value,),
-              "The prepare pod cannot mount a secretRef's Secret (the kubelet's FailedMount).",
-              "Create the Secret; the pod starts by itself once it exists."),
     ReasonDoc("ImagePullBackOff", (C.DATA_PREPARED.value, C.TRAINED.value),
               "A prepare, launcher or worker pod cannot pull its image.",
               "Fix spec.training.image (or defaults.trainerImage) or the pull Secret; the step fails after the "
@@ -191,6 +188,22 @@ REASONS: tuple[ReasonDoc, ...] = (
               "The scheduler finds no node for a pod (GPUs, node selector, tolerations, quota).",
               "Add nodes (a cluster autoscaler has timeouts.podStuckSeconds to do so) or ask for less "
               "(spec.training.workers, gpusPerWorker, nodeSelector)."),
+    ReasonDoc("CrashLoopBackOff", (C.DATA_PREPARED.value, C.TRAINED.value),
+              "A container keeps exiting non-zero and is restarted in place.",
+              "Read its log (`lanex logs NAME`, `--worker N`, `--prepare`); the step fails after the chart's "
+              "timeouts.crashLoopRestarts restarts."),
+    ReasonDoc("FailedMount", (C.DATASET_READY.value, C.DATA_PREPARED.value, C.TRAINED.value),
+              "The kubelet cannot mount a pod's volume (a missing Secret or ConfigMap, a wrong ANF export rule, no "
+              "NFS client on the node).",
+              "Fix what the message (the kubelet's Event) names; a missing secretRef Secret: create it, the pod "
+              "starts by itself. The step fails after timeouts.podStuckSeconds.", kinds=BOTH),
+    ReasonDoc("FailedAttachVolume", (C.DATASET_READY.value, C.DATA_PREPARED.value, C.TRAINED.value),
+              "The attach/detach controller cannot attach a pod's volume.",
+              "As FailedMount: read the Event quoted in the message.", kinds=BOTH),
+    ReasonDoc("WaitingForWorkers", (C.TRAINED.value,),
+              "The MPIJob exists but its launcher has not started (under WaitForWorkersReady it starts once every "
+              "worker is Ready); the message says what blocks it.",
+              "Read the message; training fails with TrainingFailed after the chart's timeouts.trainingStartSeconds."),
     ReasonDoc("SnapshotError", (C.SNAPSHOTTED.value,), "The snapshot controller reports an error on the VolumeSnapshot.",
               "Read the controller's words in the message; the step fails after spec.snapshot.readyTimeoutSeconds."),
     ReasonDoc("WaitingForAdmission", (C.QUEUED.value,),
@@ -223,14 +236,23 @@ REASONS: tuple[ReasonDoc, ...] = (
     ReasonDoc(F.TIMEOUT.value, (C.TRAINED.value, C.FAILED.value, C.SUCCEEDED.value),
               "Training ran past spec.training.activeDeadlineSeconds.",
               "Raise activeDeadlineSeconds, or train fewer epochs or iterations."),
+    ReasonDoc(F.QUEUE_TIMEOUT.value, (C.QUEUED.value, C.FAILED.value, C.SUCCEEDED.value),
+              "Kueue did not admit the MPIJob within spec.scheduler.queueTimeoutSeconds; the MPIJob was deleted.",
+              "Check the ClusterQueue's quota (`kubectl get clusterqueue`) or raise queueTimeoutSeconds."),
+    ReasonDoc(F.PREFLIGHT_FAILED.value, (C.FAILED.value, C.SUCCEEDED.value),
+              "What the experiment or sweep uses was still missing after the Preflight bound; the message quotes the "
+              "last preflight reason.",
+              "Fix that reason (see Preflight above) and create the object again; raise the chart's "
+              "timeouts.preflightSeconds if things are installed later on purpose.", kinds=BOTH),
     ReasonDoc(F.EARLY_STOPPED.value, (C.TRAINED.value, C.STOPPED.value, C.FAILED.value, C.SUCCEEDED.value),
               "A sweep's median rule stopped this trial (phase Stopped)."),
     ReasonDoc("ApiError", (C.FAILED.value, C.SUCCEEDED.value),
               "An API request the sweep needed failed and cannot be retried.",
               "Read the message (RBAC? a webhook?), fix it and create the sweep again.", kinds=(SWEEP,)),
-    ReasonDoc("ReconcileError", (C.FAILED.value, C.SUCCEEDED.value),
-              "The operator met something it cannot handle in this sweep (the message names the exception).",
-              "Report it with the message; delete the sweep.", kinds=(SWEEP,)),
+    ReasonDoc(F.RECONCILE_ERROR.value, (C.FAILED.value, C.SUCCEEDED.value),
+              "The operator met an error nothing foresaw (the message names the exception): said once, not "
+              "retried forever.",
+              "Delete the object; report it as a lanex bug with the message and the operator's log.", kinds=BOTH),
     ReasonDoc("AllTrialsFailed", (C.FAILED.value, C.SUCCEEDED.value), "The sweep ended and no trial succeeded.",
               "`lanex describe SWEEP` lists each trial's reason; look at one trial's failure.", kinds=(SWEEP,)),
     # ---- warnings on a running experiment
