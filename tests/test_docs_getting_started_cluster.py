@@ -11,7 +11,9 @@ namespace; this file runs before the tests that start the chart's operator for t
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -50,8 +52,20 @@ def page_output(real_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> 
     script = MAKE + "".join(f"echo '{MARK}{index}'\n{block}" for index, block in enumerate(blocks))
     env = dict(environment(), FIXTURE_KUBECONFIG=str(real_cluster.kubeconfig))
     env.pop("KUBECONFIG", None)
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=workdir, env=env, capture_output=True,
-                          text=True, timeout=600, stdin=subprocess.DEVNULL)
+    # Its own process group: whatever the page started in the background (the operator) ends with it,
+    # also when a block fails before the page's own `kill`.
+    shell = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=workdir, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        stdout, stderr = shell.communicate(timeout=600)
+    finally:
+        try:
+            os.killpg(shell.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shell.wait()
+    done = subprocess.CompletedProcess(shell.args, shell.returncode, stdout, stderr)
     log = workdir / "operator.log"
     assert done.returncode == 0, (f"the page's blocks failed (exit {done.returncode}):\n{done.stdout[-6000:]}\n"
                                   f"{done.stderr[-4000:]}\noperator.log:\n"
