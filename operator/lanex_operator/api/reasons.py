@@ -321,6 +321,10 @@ REASONS: tuple[ReasonDoc, ...] = (
     ReasonDoc("TrialStopped", (EVENT,), "The sweep's early-stopping rule stopped a trial.", kinds=(SWEEP,)),
     ReasonDoc("TrialsDeleted", (EVENT,), "retention.keepBest deleted the other trials.", kinds=(SWEEP,)),
     ReasonDoc("Deleted", (EVENT,), "The object was deleted; the message says what retention kept.", kinds=BOTH),
+    ReasonDoc("ProgressUnreadable", (EVENT,),
+              "The operator stopped following the training progress after an error it did not foresee; training "
+              "itself goes on and the experiment still ends Succeeded or Failed.",
+              "Report it as a lanex bug with the operator's log; `lanex logs NAME` still shows the progress."),
     ReasonDoc("ReleaseFailed", (EVENT,),
               "Deleting a sweep could not release its children yet (it is retried; after 10 minutes the sweep goes, "
               "its dataset kept).", "Read the message; delete what it names by hand if needed.", kinds=(SWEEP,)),
