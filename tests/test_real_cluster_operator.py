@@ -122,6 +122,17 @@ UNUSED_ON_THE_REAL_CLUSTER: dict[tuple[str, str, str], str] = {
         "checked by the OwnerReferencesPermissionEnforcement admission plugin when a child with "
         "blockOwnerDeletion is created: an authorization check, never a request of its own",
     ("lanex.dev", "lanesweeps/finalizers", "update"): "the same, for the children of a sweep",
+    # Used by the emulator scenarios of test_rbac_matches_operator.py, not (yet) by a real-cluster test:
+    ("", "persistentvolumes", "patch"):
+        "the TR-4896 PV patch to ReadWriteMany, only for a claim bound ReadWriteOnce: the test cluster's CSI driver "
+        "gives lanex's claims ReadWriteMany at once (the emulated Trident binds ReadWriteOnce PVs)",
+    ("", "serviceaccounts", "get"): "an opted-in dataset.prepareServiceAccountName (scenario: rbac-private)",
+    ("kubeflow.org", "mpijobs", "delete"): "a trial stopped early by its sweep (scenario: rbac-sweep's laggard)",
+    ("lanex.dev", "laneexperiments", "delete"): "a sweep's retention.keepBest deleting the trials outside the best "
+                                               "(scenario: rbac-sweep)",
+    ("lanex.dev", "laneexperiments", "get"): "a sweep checking that a trial outside the best still exists before "
+                                            "deleting it, and reading a trial whose create found it already there "
+                                            "(scenario: rbac-sweep)",
 }
 
 
