@@ -35,7 +35,7 @@ def build_app(source: Source, *, allow_actions: bool = False, token: Optional[st
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
-    app = Starlette(routes=pages.routes(), lifespan=lifespan)
+    app = Starlette(routes=pages.routes(), lifespan=lifespan, exception_handlers={404: pages.unknown_page})
     app.state.hub = hub
     return Guard(app, token)
 

@@ -76,6 +76,9 @@ class Pages:
     def not_found(self, what: str) -> HTMLResponse:
         return self.render("missing.html", status_code=404, what=what)
 
+    async def unknown_page(self, request: Request, error: Exception) -> Response:
+        return self.not_found(f"page {request.url.path}")
+
     # -- pages ----------------------------------------------------------------------------------
     async def home(self, request: Request) -> Response:
         experiments, sweeps = self.source.home()
