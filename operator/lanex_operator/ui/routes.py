@@ -82,8 +82,7 @@ class Pages:
     # -- pages ----------------------------------------------------------------------------------
     async def home(self, request: Request) -> Response:
         experiments, sweeps = self.source.home()
-        return self.render("home.html", experiments=experiments, sweeps=sweeps,
-                           data={"experiments": experiments, "sweeps": sweeps})
+        return self.render("home.html", experiments=experiments, sweeps=sweeps)  # the rows are the data
 
     async def experiment_page(self, request: Request) -> Response:
         name = request.path_params["name"]

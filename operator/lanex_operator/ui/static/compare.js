@@ -2,7 +2,8 @@
 "use strict";
 
 (() => {
-  const { data, chart } = lanex;
+  const { data, chart, text } = lanex;
+  text(document.getElementById("live"), "not live");  // a comparison is drawn once, when the page loads
   if (!data) return;
   const names = data.names;
 
