@@ -44,7 +44,7 @@ def ui_command(
         from lanex_operator.ui.cluster_source import ClusterSource
 
         try:
-            source = ClusterSource.connect(kubeconfig, context, None if all_namespaces else namespace)
+            source = ClusterSource.connect(kubeconfig, context, namespace, all_namespaces)
         except ClusterError as error:
             typer.echo(f"error: {error.message}", err=True)
             raise typer.Exit(2) from None

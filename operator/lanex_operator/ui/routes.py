@@ -51,19 +51,20 @@ class Pages:
         self.env = templates()
 
     def routes(self) -> list:
+        # {name:path}: with -A an object is `namespace/name`
         routes = [
-            Route("/", self.home), Route("/experiments/{name}", self.experiment_page),
-            Route("/sweeps/{name}", self.sweep_page), Route("/compare", self.compare_page),
-            Route("/api/home", self.home_json), Route("/api/experiments/{name}", self.experiment_json),
-            Route("/api/sweeps/{name}", self.sweep_json),
-            Route("/events", self.home_events), Route("/events/experiments/{name}", self.experiment_events),
-            Route("/events/sweeps/{name}", self.sweep_events),
+            Route("/", self.home), Route("/experiments/{name:path}", self.experiment_page),
+            Route("/sweeps/{name:path}", self.sweep_page), Route("/compare", self.compare_page),
+            Route("/api/home", self.home_json), Route("/api/experiments/{name:path}", self.experiment_json),
+            Route("/api/sweeps/{name:path}", self.sweep_json),
+            Route("/events", self.home_events), Route("/events/experiments/{name:path}", self.experiment_events),
+            Route("/events/sweeps/{name:path}", self.sweep_events),
             Route("/files/{name}/{path:path}", self.image),
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"),
             Route("/favicon.ico", lambda request: Response(status_code=204)),
         ]
         if self.allow_actions:  # read-only servers have no action endpoints at all
-            routes.append(Route("/actions/{action}/{name}", self.action, methods=["POST"]))
+            routes.append(Route("/actions/{action}/{name:path}", self.action, methods=["POST"]))
         return routes
 
     # -- rendering ------------------------------------------------------------------------------

@@ -113,7 +113,7 @@
       img.setAttribute("alt", caption);
       box.append(el("figure", {}, [el("figcaption", { textContent: caption }), img]));
     }
-    document.getElementById("no-images").hidden = wanted.length > 0;
+    document.getElementById("no-images").hidden = wanted.length > 0 || document.getElementById("images-note") !== null;
   }
 
   // -- log -----------------------------------------------------------------------------------------
