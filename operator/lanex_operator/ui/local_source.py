@@ -263,7 +263,7 @@ class LocalSource:
                             "time": str(state.get("completionTime") or ""),
                             "message": (str(state.get("message") or "") + (what_to_do if phase == "Failed" else "")).strip()})
         elif record.get("running") is False:
-            entries.append({"type": "Stopped", "status": "True", "reason": "RunEnded", "time": "",
+            entries.append({"type": "Stopped", "status": "True", "reason": "", "time": "",
                             "message": "its `lanex run` is no longer running; run it again to resume"})
         return entries
 
