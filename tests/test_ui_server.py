@@ -91,3 +91,22 @@ def test_steps_read_only_complete_lines_and_skip_torn_ones(tmp_path: Path) -> No
     assert points == [[1, 2.0, 0.1], [3, 1.0, 0.05]]
     assert read_steps(tmp_path, offset) == ([], offset)
     assert read_steps(None, 0) == ([], 0)
+
+
+def test_the_mlflow_link_comes_from_status_or_results_and_is_only_ever_http() -> None:
+    from lanex_operator.ui.records import mlflow_link
+
+    assert mlflow_link({"phase": "Training"}, None) is None
+    run = {"tracking": {"mlflow": {"runId": "abc123", "runUrl": "http://127.0.0.1:5000/#/experiments/1/runs/abc123"}}}
+    assert mlflow_link(run) == {"url": "http://127.0.0.1:5000/#/experiments/1/runs/abc123", "text": "abc123"}
+    assert mlflow_link(None, {"mlflow": {"runId": "r9"}}) == {"url": "", "text": "MLflow run r9"}
+    hostile = {"mlflow": {"runUrl": "javascript:alert(1)", "runId": "x"}}
+    assert mlflow_link(hostile) == {"url": "", "text": "MLflow run x"}  # never a script link
+
+
+def test_the_progress_bar_fraction_reads_steps_and_a_finished_run_is_full() -> None:
+    from lanex_operator.ui.records import fraction
+
+    assert fraction({"step": 30, "steps": 120}, "Training") == 0.25
+    assert fraction({"step": 500, "steps": 120}, "Training") == 1.0
+    assert fraction(None, "Succeeded") == 1.0 and fraction({}, "Pending") == 0.0

@@ -44,13 +44,6 @@ def phase_class(phase: Optional[str]) -> str:
     return "busy" if base else "none"
 
 
-def number_or_none(value: Any) -> Optional[float]:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def experiment_view(cells: Mapping[str, str], *, name: str, phase: Optional[str], progress: Optional[Mapping[str, Any]],
                     started: Optional[str], final: bool, sweep: Optional[str] = None,
                     message: Optional[str] = None) -> dict[str, Any]:
