@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.lanex-installed
 
-.PHONY: venv system horovod azurite cluster-binaries cluster cluster-down test demo bench clean
+.PHONY: venv ui-assets system horovod azurite cluster-binaries cluster cluster-down test demo bench clean
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	python3 -m venv $(VENV)
@@ -13,11 +13,21 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	$(PIP) install -q -c requirements/lock.txt -e '.[trainer,operator,dev]'
 	touch $@
 
-venv: $(STAMP)
+venv: $(STAMP) ui-assets
 
-# Debian packages the tests use: Open MPI for mpirun/horovodrun.
+# `lanex ui`'s one front-end library (uPlot), pinned by ui/package-lock.json and copied into the Python
+# package; the copy is committed too, so an install without npm (pip, the operator image) serves it.
+UI_VENDOR := operator/lanex_operator/ui/static/vendor
+ui-assets: $(UI_VENDOR)/uPlot.iife.min.js
+
+$(UI_VENDOR)/uPlot.iife.min.js: ui/package-lock.json
+	npm ci --prefix ui --no-audit --no-fund
+	cp ui/node_modules/uplot/dist/uPlot.iife.min.js ui/node_modules/uplot/dist/uPlot.min.css $(UI_VENDOR)/
+	touch $@
+
+# Debian packages the tests use: Open MPI for mpirun/horovodrun, Chromium for the `lanex ui` browser tests.
 system:
-	@command -v mpirun >/dev/null 2>&1 || bash scripts/install_system_packages.sh
+	@command -v mpirun >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 || bash scripts/install_system_packages.sh
 
 horovod: venv system
 	bash scripts/build_horovod.sh $(PY)

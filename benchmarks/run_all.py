@@ -23,6 +23,7 @@ BENCHMARKS = {
     "download": ["bench_download.py"],
     "kill_run": ["bench_kill_run.py", "--trials", "3"],
     "preemption": ["bench_preemption.py", "--trials", "5"],
+    "ui": ["bench_ui.py"],
 }
 
 

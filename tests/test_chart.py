@@ -31,6 +31,7 @@ from chart_rbac import (
     granted_permissions,
     manifests,
     render_chart,
+    rules_of,
 )
 
 KUBE_VERSION = "1.30"
@@ -210,7 +211,7 @@ def render_error(values: dict[str, Any]) -> str:
 # --- lint and render ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["defaults", "full"])
+@pytest.mark.parametrize("values", [None, FULL_VALUES, {"ui": {"enabled": True}}], ids=["defaults", "full", "ui"])
 @pytest.mark.parametrize("kube_version", ["v1.25.0", "v1.30.0"])
 def test_chart_lints_clean_in_strict_mode(values, kube_version):
     report = helm.lint(CHART_DIR, values, strict=True, kube_version=kube_version, namespace=RELEASE_NAMESPACE)
@@ -729,3 +730,36 @@ def test_packaged_chart_renders_like_the_directory(tmp_path: Path):
             (ROOT / "crds" / name).read_text() for name in (CRD_NAME, "lanex.dev_lanesweeps.yaml"))
         rendered = packaged.render(FULL_VALUES, name="lanex", namespace=RELEASE_NAMESPACE)
     assert manifests(rendered) == objects_for(FULL_VALUES)
+
+
+# --- the optional `lanex ui` ------------------------------------------------------------------------
+
+
+def test_the_ui_is_off_by_default_and_when_on_only_reads_lanex_objects_and_events():
+    assert not [obj for obj in objects_for() if obj["metadata"]["name"].endswith("-ui")]
+    objects = [obj for obj in objects_for({"ui": {"enabled": True}}) if obj["metadata"]["name"] == f"{FULLNAME}-ui"]
+    assert sorted(obj["kind"] for obj in objects) == [
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]  # no Ingress
+    role = only(objects, "ClusterRole")
+    assert set(rules_of(role)) == {(group, resource, verb) for group, resource in (
+        ("lanex.dev", "laneexperiments"), ("lanex.dev", "lanesweeps"), ("", "events"))
+        for verb in ("get", "list", "watch")}
+    binding = only(objects, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULLNAME}-ui", "namespace": RELEASE_NAMESPACE}]
+    pod = only(objects, "Deployment")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["ui", "--all-namespaces", "--host", "0.0.0.0", "--port", "8765"]
+    assert pod["spec"]["serviceAccountName"] == f"{FULLNAME}-ui"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    service = only(objects, "Service")
+    assert service["spec"]["type"] == "ClusterIP" and service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    # the operator's Service and Deployment never select the dashboard's pod
+    operator = only([o for o in objects_for({"ui": {"enabled": True}}) if o["kind"] == "Deployment"
+                     and o["metadata"]["name"] == FULLNAME], "Deployment")
+    assert not operator["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+def test_the_ui_port_is_checked_by_the_schema():
+    assert "port" in render_error({"ui": {"enabled": True, "port": 80}})

@@ -1,7 +1,8 @@
 """The operator package's layout is its architecture: these import rules keep it so.
 
 `api` and `plan` are the foundation (they import nothing of lanex above them); `controller` and
-`local` are two backends that never import each other or the CLI; `cli` may import everything.
+`local` are two backends that never import each other or the CLI; `ui` (the web dashboard) reads through
+the CLI's and the local backend's functions, never the controller's; `cli` may import everything.
 The check reads every module's imports with `ast`, including imports inside functions, so a lazy
 import cannot slip past it.
 """
@@ -22,6 +23,7 @@ FORBIDDEN = {
     "controller": {"local", "cli"},
     "azure": {"controller", "local", "cli", "plan"},
     "local": {"controller", "azure", "cli"},
+    "ui": {"controller", "azure"},  # the web dashboard: a view over the CLI's readers (cli, local), like the CLI
     "cli": set(),
 }
 

@@ -90,21 +90,23 @@ class Cluster:
         self.custom = client.CustomObjectsApi(api_client)
 
     @classmethod
-    def connect(cls, namespace: Optional[str] = None, context: Optional[str] = None) -> "Cluster":
-        """Log in like kubectl: the kubeconfig (KUBECONFIG or ~/.kube/config), else the pod's service account."""
+    def connect(cls, namespace: Optional[str] = None, context: Optional[str] = None,
+                config_file: Optional[str] = None) -> "Cluster":
+        """Log in like kubectl: the kubeconfig (`config_file`, else KUBECONFIG or ~/.kube/config), else the
+        pod's service account."""
         from kubernetes import client, config
         from kubernetes.config.config_exception import ConfigException
 
         configuration = client.Configuration()
         try:
-            config.load_kube_config(context=context, client_configuration=configuration)
-            _, active = config.list_kube_config_contexts()
+            config.load_kube_config(config_file=config_file, context=context, client_configuration=configuration)
+            _, active = config.list_kube_config_contexts(config_file=config_file)
             if context:
-                contexts, _ = config.list_kube_config_contexts()
+                contexts, _ = config.list_kube_config_contexts(config_file=config_file)
                 active = next((c for c in contexts if c.get("name") == context), active)
             default_namespace = ((active or {}).get("context") or {}).get("namespace") or "default"
         except (ConfigException, OSError) as kubeconfig_error:
-            if context or "KUBERNETES_SERVICE_HOST" not in os.environ:
+            if context or config_file or "KUBERNETES_SERVICE_HOST" not in os.environ:
                 raise NoClusterConfig(f"no usable Kubernetes configuration: {kubeconfig_error} "
                                       "(set KUBECONFIG, or run inside a pod)") from None
             try:

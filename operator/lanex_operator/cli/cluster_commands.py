@@ -345,6 +345,9 @@ def delete_command(
     namespace: Optional[str] = NAMESPACE_OPTION,
     wait: bool = typer.Option(False, "--wait", help="Wait until the operator has applied retention and it is gone."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0, help="With --wait: give up after S seconds."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace",
+                                             help="Delete a local experiment of this `lanex run` workspace instead "
+                                                  "(not while it runs; its retention applies)."),
 ) -> None:
     """Delete an experiment; the operator's finalizer applies its retention policy first.
 
@@ -352,6 +355,16 @@ def delete_command(
     Exit codes: 0 deleted (or deletion started), 1 not found or API error, 124 --wait timed out.
     """
     from lanex_operator.controller.retention import snapshots_in_use
+
+    if workspace is not None:
+        from lanex_operator.local.actions import delete_local
+        from lanex_operator.local.runner import LocalRunError
+
+        try:
+            typer.echo(delete_local(workspace, name))
+        except LocalRunError as error:
+            _fail(str(error))
+        return
 
     with reporting():
         cluster = connect(namespace)

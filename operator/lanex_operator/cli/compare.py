@@ -16,7 +16,7 @@ from typing import Any, List, Optional
 import typer
 
 
-def _cluster_runs(names: list[str], namespace: Optional[str]) -> list[dict[str, Any]]:
+def cluster_runs(names: list[str], namespace: Optional[str]) -> list[dict[str, Any]]:
     from lanex_operator.api.sweep import TRIAL_PARAMETERS_ANNOTATION
     from lanex_operator.cli.cluster_client import ClusterError
     from lanex_operator.cli.cluster_commands import connect
@@ -43,7 +43,7 @@ def _cluster_runs(names: list[str], namespace: Optional[str]) -> list[dict[str, 
     return runs
 
 
-def _local_runs(names: list[str], workspace: Path) -> list[dict[str, Any]]:
+def local_runs(names: list[str], workspace: Path) -> list[dict[str, Any]]:
     from lanex_operator.local.runner import LocalRunError, local_experiments
     from lanex_operator.local.sweep import validation_history, workspace_sweeps
 
@@ -91,12 +91,12 @@ def compare_command(
             from lanex_operator.local.runner import LocalRunError
 
             try:
-                runs = _local_runs(list(names), workspace)
+                runs = local_runs(list(names), workspace)
             except LocalRunError as error:
                 typer.echo(f"error: {error}", err=True)
                 raise typer.Exit(1) from error
         else:
-            runs = _cluster_runs(list(names), namespace)
+            runs = cluster_runs(list(names), namespace)
     differing = differing_training({run["name"]: run.get("training") or {} for run in runs})
     for run in runs:
         if run.get("parameters") is None:

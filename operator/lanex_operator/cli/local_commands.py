@@ -288,6 +288,23 @@ def snapshots_restore(
     typer.echo(f"restored {name} into {target} (verified)")
 
 
+def stop_command(
+    name: str = typer.Argument(..., help="Local experiment or sweep."),
+    workspace: Path = typer.Option(DEFAULT_WORKSPACE, help="Local workspace."),
+) -> None:
+    """Stop the `lanex run` of a local experiment or sweep, as Ctrl-C in its terminal would: training
+    checkpoints its step and ends; running the same file again resumes. Exit codes: 0 asked, 1 not running."""
+    from lanex_operator.local.actions import stop_local
+    from lanex_operator.local.runner import LocalRunError
+
+    try:
+        typer.echo(stop_local(workspace, name))
+    except LocalRunError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
+
+
 def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
+    app.command("stop")(stop_command)
     app.add_typer(snapshots_app, name="snapshots")

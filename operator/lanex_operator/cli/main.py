@@ -9,7 +9,7 @@ from typing import List
 
 import typer
 
-from lanex_operator.cli import cluster_commands, compare, local_commands, render
+from lanex_operator.cli import cluster_commands, compare, local_commands, render, ui_command
 from lanex_trainer import cli as trainer_cli
 
 app = typer.Typer(help="lanex: lane-detection training experiments, locally or on Kubernetes.", no_args_is_help=True)
@@ -18,6 +18,7 @@ local_commands.register(app)
 cluster_commands.register(app)
 app.command("compare")(compare.compare_command)
 render.register(app)
+app.command("ui")(ui_command.ui_command)
 
 
 @app.command("operator")

@@ -333,6 +333,9 @@ class LocalRunner:
         self.state.data["outputDir"] = self.plan.paths.output_dir  # where `lanex get --workspace` finds progress
         # The training spec, for `lanex compare` (the config hash alone does not say what differs).
         self.state.data.setdefault("training", self.spec.training.model_dump(mode="json", by_alias=True))
+        # What deleting it keeps (`lanex delete NAME --workspace`, local.actions), and whether its volume is its own.
+        self.state.data["retention"] = self.spec.retention.model_dump(mode="json", by_alias=True)
+        self.state.data["ownsVolume"] = self.plan.dataset.creates_claim
         # Lets `lanex get --workspace` tell a run that is going on from one that was killed or interrupted.
         self.state.data["runner"] = {"pid": os.getpid(), "host": socket.gethostname()}
         try:
@@ -427,7 +430,7 @@ class ProgressLineFilter:
         return 0
 
 
-def _runner_alive(state: dict) -> Optional[bool]:
+def runner_alive(state: dict) -> Optional[bool]:
     """Whether the `lanex run` that last wrote this state is still going; None when it cannot be told
     (a state from an older lanex, or a run on another host sharing the workspace)."""
     if state.get("phase") in FINAL_PHASES:
@@ -465,7 +468,7 @@ def local_experiments(workspace: Path, name: Optional[str] = None) -> list[dict]
         output_dir = state.get("outputDir")
         results = state.get("results") or {}
         found.append({
-            "name": experiment, "phase": state.get("phase"), "running": _runner_alive(state),
+            "name": experiment, "phase": state.get("phase"), "running": runner_alive(state),
             "progress": read_progress(Path(output_dir)) if output_dir else None,
             "results": {key: results.get(key) for key in ("accuracy", "fp", "fn")},
             "snapshot": (state.get("snapshots") or [None])[-1],

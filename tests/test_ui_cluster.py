@@ -1,0 +1,118 @@
+"""`lanex ui` against the real control plane (tools/cluster), as a ServiceAccount that may only read.
+
+The account gets get/list/watch on LaneExperiments, LaneSweeps and Events in one namespace (the
+chart's UI role) and nothing else; the home page lists an experiment with its phase, the phase the
+operator writes next reaches an open page's event stream through the app's watch, and the audit log
+shows that the app only ever listed and watched (no request per row, no write).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import pathlib
+import time
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import pytest
+import yaml
+
+from ui_server import lanex_ui
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CRDS = {"laneexperiments.lanex.dev": ROOT / "crds" / "lanex.dev_laneexperiments.yaml",
+        "lanesweeps.lanex.dev": ROOT / "crds" / "lanex.dev_lanesweeps.yaml"}
+NAMESPACE = "ui-read"
+ACCOUNT = "ui-reader"
+USER = f"system:serviceaccount:{NAMESPACE}:{ACCOUNT}"
+
+pytestmark = pytest.mark.slow
+
+READ_ONLY = [
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+    {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": ACCOUNT, "namespace": NAMESPACE}},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": ACCOUNT, "namespace": NAMESPACE},
+     "rules": [{"apiGroups": ["lanex.dev"], "resources": ["laneexperiments", "lanesweeps"],
+                "verbs": ["get", "list", "watch"]},
+               {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+     "metadata": {"name": ACCOUNT, "namespace": NAMESPACE},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ACCOUNT},
+     "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": NAMESPACE}]},
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(real_cluster: Any) -> Any:
+    real_cluster.apply_files(list(CRDS.values()))
+    real_cluster.wait_established(list(CRDS))
+    real_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(READ_ONLY))
+    return real_cluster
+
+
+def reader_kubeconfig(cluster: Any, path: pathlib.Path) -> pathlib.Path:
+    from lanex_cluster.kubeconfig import kubeconfig_for, write_kubeconfig
+
+    token = cluster.kubectl("create", "token", ACCOUNT, "-n", NAMESPACE, "--duration=1h").stdout.strip()
+    return write_kubeconfig(path, kubeconfig_for(cluster.server, cluster.ca_cert, token=token))
+
+
+def set_status(cluster: Any, name: str, status: dict[str, Any]) -> None:
+    cluster.kubectl("patch", "laneexperiment", name, "-n", NAMESPACE, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": status}))
+
+
+def ui_calls(cluster: Any) -> list[dict[str, Any]]:
+    calls = []
+    for line in cluster.audit_log.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("stage") == "ResponseComplete" and event.get("user", {}).get("username") == USER:
+            calls.append(event)
+    return calls
+
+
+def test_the_home_page_lists_an_experiment_and_follows_its_phase_with_read_only_rights(
+        cluster: Any, tmp_path: pathlib.Path) -> None:
+    can_write = cluster.kubectl("auth", "can-i", "create", "laneexperiments.lanex.dev", "-n", NAMESPACE,
+                                f"--as={USER}", check=False).stdout.strip()
+    assert can_write == "no"
+    experiment = {"apiVersion": "lanex.dev/v1alpha1", "kind": "LaneExperiment",
+                  "metadata": {"name": "seen", "namespace": NAMESPACE}, "spec": {"dataset": {"synthetic": {}}}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(experiment))
+    set_status(cluster, "seen", {"phase": "Training", "progressSummary": "3/30 10%", "eta": "9m"})
+    kubeconfig = reader_kubeconfig(cluster, tmp_path / "reader.kubeconfig")
+    with lanex_ui("--kubeconfig", str(kubeconfig), "-n", NAMESPACE) as (url, _):
+        port = urllib.parse.urlsplit(url).port
+        home = json.loads(urllib.request.urlopen(f"{url}api/home", timeout=10).read())
+        (row,) = home["experiments"]
+        assert (row["name"], row["phase"], row["progress"]) == ("seen", "Training", "3/30 10%")
+        page = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert 'data-name="seen"' in page and ">Training<" in page
+        stream = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        stream.request("GET", "/events")
+        response = stream.getresponse()
+        # the raw chunked body: chunk sizes between the events' lines (each event is one chunk)
+        assert any(response.fp.readline().startswith(b"event: hello") for _ in range(3))
+        set_status(cluster, "seen", {"phase": "Succeeded", "results": {"accuracy": 0.9512, "fp": 0.03, "fn": 0.04}})
+        deadline = time.monotonic() + 30
+        seen = None
+        while time.monotonic() < deadline and seen is None:
+            line = response.fp.readline().decode()
+            if line.startswith("data: ") and '"row"' in line:
+                message = json.loads(line[6:])
+                if message["name"] == "seen" and message["row"]["phase"] == "Succeeded":
+                    seen = message["row"]
+        stream.close()
+        assert seen is not None and seen["accuracy"] == "0.9512" and seen["phaseClass"] == "ok"
+        detail = urllib.request.urlopen(f"{url}experiments/seen", timeout=10).read().decode()
+        assert "reads only the Kubernetes API" in detail  # what is shown instead of the pictures, and why
+    calls = ui_calls(cluster)
+    verbs = {call["verb"] for call in calls}
+    assert calls and verbs <= {"list", "watch", "get"}, verbs
+    # one list and one watch per kind (experiments, sweeps, events), however many rows and pages
+    resources = {(call["objectRef"].get("resource"), call["verb"]) for call in calls}
+    assert resources <= {(kind, verb) for kind in ("laneexperiments", "lanesweeps", "events")
+                         for verb in ("list", "watch", "get")}, resources
+    assert len([c for c in calls if c["verb"] == "list"]) <= 6
