@@ -40,7 +40,6 @@ from k8s.scenarios import experiment  # noqa: E402
 from lanex_cluster.audit import completed_calls, event_time  # noqa: E402
 from lanex_cluster.cluster import LocalCluster  # noqa: E402
 
-CHILD_SUFFIXES = {"persistentvolumeclaims": "-data", "jobs": "-prepare", "mpijobs": "-train", "volumesnapshots": "-"}
 
 
 class TempDirs:
@@ -59,42 +58,57 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def reactions(events: list[dict[str, Any]], names: list[str], operator: str) -> dict[str, list[float]]:
-    """Per step, seconds from the trigger (spec applied, a child's last status write) to the operator's next call."""
-    def experiment_of(event: dict[str, Any]) -> str | None:
-        name = (event.get("objectRef") or {}).get("name") or ""
-        for candidate in names_by_length:
-            if name == candidate or name.startswith(candidate + "-"):
-                return candidate
-        return None
+# The steps the operator takes, each on the exact child it waits for: (the child's resource, its name's
+# suffix after the experiment's, the operator's next step as (verb, resource)). A child is "done" at the
+# last status write its controller made on it before the operator took the next step (the operator
+# takes it only once the child is done); the reaction is from there to the operator's first call after.
+# Writes a controller makes later (mpi-operator's clean-up, the pvc-protection controller) and the
+# children of children (mpi-operator's launcher Job) are not reactions of the operator's.
+STEPS = (
+    ("persistentvolumeclaims", "-data", ("create", "jobs")),
+    ("jobs", "-prepare", ("create", "mpijobs")),
+    ("mpijobs", "-train", ("create", "volumesnapshots")),
+)
 
-    names_by_length = sorted(names, key=len, reverse=True)
-    operator_calls: dict[str, list[float]] = collections.defaultdict(list)
+
+def reactions(events: list[dict[str, Any]], names: list[str], operator: str) -> dict[str, list[float]]:
+    """Per step, seconds from the trigger (spec applied; a child done) to the operator's next call."""
+    known = set(names)
     applied: dict[str, float] = {}
-    last_status_write: dict[tuple[str, str], float] = {}
+    operator_calls: dict[str, list[tuple[float, str, str]]] = collections.defaultdict(list)
+    status_writes: dict[tuple[str, str], list[float]] = collections.defaultdict(list)  # (resource, name) -> times
     for event in events:
         ref = event.get("objectRef") or {}
-        owner = experiment_of(event)
-        if owner is None or event["verb"] in ("watch", "list"):
+        name, resource, verb = ref.get("name") or "", ref.get("resource") or "", event["verb"]
+        if verb in ("watch", "list") or not name:
             continue
-        user = event["user"]["username"]
-        if user == operator:
-            operator_calls[owner].append(event_time(event))
-        elif ref.get("resource") in ("laneexperiments",) and event["verb"] in ("create", "patch", "update") \
-                and not ref.get("subresource") and owner not in applied:
-            applied[owner] = event_time(event)
-        elif ref.get("subresource") == "status" and ref.get("resource") in CHILD_SUFFIXES \
-                and event["verb"] in ("update", "patch"):
-            last_status_write[(owner, ref["resource"])] = event_time(event)
+        owner = next((name[:-len(suffix)] for _, suffix, _ in STEPS if name.endswith(suffix)
+                      and name[:-len(suffix)] in known), name if name in known else None)
+        if event["user"]["username"] == operator:
+            if owner is not None:
+                operator_calls[owner].append((event_time(event), verb, resource))
+            elif resource == "volumesnapshots":  # named <experiment>-<timestamp>
+                owner = next((n for n in known if name.startswith(n + "-")), None)
+                if owner is not None:
+                    operator_calls[owner].append((event_time(event), verb, resource))
+        elif resource == "laneexperiments" and verb == "create" and name in known:
+            applied[name] = event_time(event)
+        elif ref.get("subresource") == "status" and verb in ("update", "patch"):
+            status_writes[(resource, name)].append(event_time(event))
     result: dict[str, list[float]] = collections.defaultdict(list)
     for owner, at in applied.items():
-        later = [t for t in operator_calls[owner] if t >= at]
+        later = [t for t, _, _ in operator_calls[owner] if t >= at]
         if later:
             result["spec applied -> first call"].append(min(later) - at)
-    for (owner, resource), at in last_status_write.items():
-        later = [t for t in operator_calls[owner] if t >= at]
-        if later:
-            result[f"{resource} done -> next call"].append(min(later) - at)
+    for owner in known:
+        calls = sorted(operator_calls[owner])
+        for resource, suffix, (next_verb, next_resource) in STEPS:
+            step = next((t for t, verb, res in calls if (verb, res) == (next_verb, next_resource)), None)
+            writes = [t for t in status_writes.get((resource, owner + suffix), []) if step is None or t <= step]
+            if step is None or not writes:
+                continue
+            done = max(writes)
+            result[f"{resource} done -> next call"].append(min(t for t, _, _ in calls if t >= done) - done)
     return result
 
 
