@@ -50,7 +50,7 @@ cluster-down: venv
 	$(CLUSTER) down
 
 test: venv system horovod azurite cluster-binaries
-	$(PY) -m pytest -q -ra
+	$(PY) scripts/run_tests.py
 
 demo: venv
 	$(VENV)/bin/lanex run examples/quickstart.yaml

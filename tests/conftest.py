@@ -64,7 +64,12 @@ def _attach_operator_logs(request: pytest.FixtureRequest, started: list[Any]) ->
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked session_audit judge everything the session did on the real cluster: they run last."""
+    """Tests that use the real control plane are marked real_cluster (so `make test` can run them in a
+    session of their own beside the rest: scripts/run_tests.py); tests marked session_audit judge
+    everything the session did on the real cluster: they run last."""
+    for item in items:
+        if "real_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_cluster)
     items.sort(key=lambda item: item.get_closest_marker("session_audit") is not None)  # stable: order kept
 
 

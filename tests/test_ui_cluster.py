@@ -12,6 +12,7 @@ import http.client
 import json
 import pathlib
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
@@ -116,3 +117,57 @@ def test_the_home_page_lists_an_experiment_and_follows_its_phase_with_read_only_
     assert resources <= {(kind, verb) for kind in ("laneexperiments", "lanesweeps", "events")
                          for verb in ("list", "watch", "get")}, resources
     assert len([c for c in calls if c["verb"] == "list"]) <= 6
+
+
+def test_the_charts_dashboard_runs_as_its_own_service_account_over_every_namespace(
+        cluster: Any, tmp_path: pathlib.Path) -> None:
+    # What `helm install --set ui.enabled=true` creates for the dashboard, applied as rendered (the chart's own
+    # ServiceAccount, ClusterRole and binding), and the Deployment's own arguments: every namespace, all
+    # addresses, so a token on every request. kwok runs no container, so the process runs here, as that account.
+    from chart_rbac import manifests, render_chart
+
+    release, namespace = "lanex-ui", "lanex-ui"
+    objects = [o for o in manifests(render_chart({"ui": {"enabled": True}}, release=release, namespace=namespace))
+               if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "ui"]
+    account = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:3] == ["ui", "--all-namespaces", "--host"] and "--allow-actions" not in args
+    cluster.ensure_namespace(namespace)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
+        [o for o in objects if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]))
+    user = f"system:serviceaccount:{namespace}:{account}"
+    for verb in ("create", "delete", "patch"):
+        assert cluster.kubectl("auth", "can-i", verb, "laneexperiments.lanex.dev", "-A", f"--as={user}",
+                               check=False).stdout.strip() == "no"
+    assert cluster.kubectl("auth", "can-i", "get", "secrets", "-A", f"--as={user}", check=False).stdout.strip() == "no"
+    for where in (NAMESPACE, "ui-elsewhere"):
+        cluster.ensure_namespace(where)
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump({
+            "apiVersion": "lanex.dev/v1alpha1", "kind": "LaneExperiment",
+            "metadata": {"name": f"in-{where}", "namespace": where}, "spec": {"dataset": {"synthetic": {}}}}))
+    from lanex_cluster.kubeconfig import kubeconfig_for, write_kubeconfig
+
+    token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
+    kubeconfig = write_kubeconfig(tmp_path / "ui.kubeconfig", kubeconfig_for(cluster.server, cluster.ca_cert, token=token))
+    port_at = args.index("--port") + 1
+    with lanex_ui("--kubeconfig", str(kubeconfig), *args[1:port_at], "0", *args[port_at + 1:]) as (url, lines):
+        assert "?token=" in url, lines  # a non-loopback bind: a token, printed at start
+        base, ui_token = url.split("?token=")
+        local = base.replace("0.0.0.0", "127.0.0.1")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{local}api/home", timeout=10)
+        assert refused.value.code in (401, 403)
+        request = urllib.request.Request(f"{local}api/home", headers={"Authorization": f"Bearer {ui_token}"})
+        deadline = time.monotonic() + 30
+        names: set[str] = set()
+        while time.monotonic() < deadline and names != {f"in-{NAMESPACE}", "in-ui-elsewhere"}:
+            names = {row["name"] for row in json.loads(urllib.request.urlopen(request, timeout=10).read())["experiments"]}
+            time.sleep(0.3)
+        assert names >= {f"in-{NAMESPACE}", "in-ui-elsewhere"}, names
+    from lanex_cluster.audit import completed_calls
+
+    calls = completed_calls(cluster.audit_log, user)
+    assert calls and {call["verb"] for call in calls} <= {"list", "watch", "get"}
+    assert all(call["responseStatus"].get("code", 200) < 400 for call in calls), \
+        [(c["verb"], c["requestURI"], c["responseStatus"]) for c in calls if c["responseStatus"].get("code", 200) >= 400]
