@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union, overload
 
 from lanex.errors import Interrupted, LocalRunError, RunRefused
 from lanex.records import ComparedRun, ExperimentRecord, RunResults, SweepRecord
@@ -65,6 +65,16 @@ class Workspace:
                                secrets=sources, quiet=not show_output)
         except LocalRunError as error:  # a missing secret, a state made by another spec: nothing ran
             raise RunRefused(str(error)) from None
+
+    @overload
+    def run(self, resource: Experiment, *, secrets: Iterable[str] = (), parallel: int = 1,
+            echo: Optional[Echo] = None, show_output: bool = False,
+            on_update: Optional[Callable[[SweepRecord], None]] = None) -> ExperimentRecord: ...
+
+    @overload
+    def run(self, resource: Sweep, *, secrets: Iterable[str] = (), parallel: int = 1,
+            echo: Optional[Echo] = None, show_output: bool = False,
+            on_update: Optional[Callable[[SweepRecord], None]] = None) -> SweepRecord: ...
 
     def run(self, resource: Union[Experiment, Sweep], *, secrets: Iterable[str] = (), parallel: int = 1,
             echo: Optional[Echo] = None, show_output: bool = False,
