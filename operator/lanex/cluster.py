@@ -30,7 +30,7 @@ from lanex.records import (
 )
 from lanex.specs import Experiment, Sweep
 from lanex_operator.api.documents import experiment_document, spec_conflict
-from lanex_operator.api.status import Phase, Results, phase_reached
+from lanex_operator.api.status import Phase, phase_reached
 from lanex_operator.api.sweep import TRIAL_PARAMETERS_ANNOTATION, SweepPhase, TrialRecord, parse_sweep_spec
 from lanex_operator.client.cluster import ClusterClient
 from lanex_operator.client.pods import await_pod, container_of, find_pod, log_target, termination_message
@@ -377,7 +377,7 @@ class Cluster:
                           if TRIAL_PARAMETERS_ANNOTATION in annotations else None)
             record = ExperimentRecord.from_object(obj)
             runs.append(ComparedRun(record.name, record.phase.value if record.phase else None, parameters,
-                                    dict((obj.get("spec") or {}).get("training") or {}), record.results or Results(),
+                                    dict((obj.get("spec") or {}).get("training") or {}), record.results,
                                     list(record.progress.validation_history) if record.progress else []))
         return runs
 

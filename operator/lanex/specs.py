@@ -148,6 +148,15 @@ class _Resource(Generic[SpecT]):
     def labels(self, value: Mapping[str, str]) -> None:
         self._metadata["labels"] = dict(value)
 
+    @property
+    def annotations(self) -> dict[str, str]:
+        """`metadata.annotations` (a copy: assign a new dict to change them)."""
+        return dict(self._metadata.get("annotations") or {})
+
+    @annotations.setter
+    def annotations(self, value: Mapping[str, str]) -> None:
+        self._metadata["annotations"] = dict(value)
+
     # ---- the spec
 
     @property

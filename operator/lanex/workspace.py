@@ -24,7 +24,8 @@ from lanex.records import ComparedRun, ExperimentRecord, RunResults, SweepRecord
 from lanex.specs import Experiment, Sweep
 from lanex_operator.api.status import Results
 from lanex_operator.api.sweep import TrialRecord
-from lanex_operator.local.runner import LocalRunner, Workspace as WorkspaceLayout, local_experiments
+from lanex_operator.local.runner import STATE_FILE, LocalRunner, local_experiments
+from lanex_operator.local.runner import Workspace as WorkspaceLayout
 from lanex_operator.local.secrets import SecretSource, parse_secret_option
 from lanex_operator.local.snapshots import SnapshotInfo
 from lanex_operator.local.sweep import LocalSweep, validation_history, workspace_sweeps
@@ -203,7 +204,7 @@ class Workspace:
                     raise
                 runs.append(ComparedRun(name, "Deleted", parameters, {}, Results(), []))  # retention removed it
                 continue
-            state = WorkspaceLayout(self.path).experiment_dir(name) / "state.json"
+            state = WorkspaceLayout(self.path).experiment_dir(name) / STATE_FILE
             training = _json_file(state).get("training") or {}
             results = self.results(name) if record.document.get("outputDir") else None
             runs.append(ComparedRun(name, record.phase.value if record.phase else None, parameters, training,
