@@ -197,3 +197,18 @@ def test_a_run_that_cannot_start_is_refused_before_anything_runs(tmp_path):
     assert not (tmp_path / "ws" / "experiments" / "private" / "logs").exists()
     with pytest.raises(lanex.LocalRunError, match="no local experiment nope"):
         space.get("nope")
+
+
+def test_step_output_reaches_a_notebooks_stdout_which_has_no_byte_stream(monkeypatch):
+    import codecs
+    import io
+
+    from lanex_operator.local.runner import _show
+
+    shown = io.StringIO()  # like ipykernel's stdout: text only
+    monkeypatch.setattr(sys, "stdout", shown)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    data = "step 7/21 \u2588\u2588 loss 0.88\n".encode()
+    _show(data[:11], decoder)  # the chunk ends inside a character
+    _show(data[11:], decoder, final=True)
+    assert shown.getvalue() == "step 7/21 \u2588\u2588 loss 0.88\n"

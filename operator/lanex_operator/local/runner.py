@@ -22,6 +22,7 @@ step the next run resumes. A second Ctrl-C stops everything at once.
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import json
 import os
@@ -70,6 +71,17 @@ def _free_port() -> int:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _show(data: bytes, decoder: codecs.IncrementalDecoder, final: bool = False) -> None:
+    """A step's output on this process's stdout: bytes as they came on a terminal, text where stdout has no
+    byte stream (a notebook's kernel; `decoder` keeps a character split between two chunks whole)."""
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is not None:
+        stream.write(data)
+    else:
+        sys.stdout.write(decoder.decode(data, final))
+    sys.stdout.flush()
 
 
 @dataclass
@@ -190,13 +202,13 @@ class LocalRunner:
             try:
                 assert process.stdout is not None
                 terminal = ProgressLineFilter()
+                decoder = codecs.getincrementaldecoder("utf-8")("replace")
                 for chunk in iter(lambda: process.stdout.read1(4096), b""):
                     log.write(chunk)
                     if not self.quiet:
-                        sys.stdout.buffer.write(terminal.feed(chunk))
-                        sys.stdout.flush()
+                        _show(terminal.feed(chunk), decoder)
                 if not self.quiet:
-                    sys.stdout.buffer.write(terminal.flush())
+                    _show(terminal.flush(), decoder, final=True)
                 code = process.wait()
             finally:
                 for signum, handler in previous.items():
