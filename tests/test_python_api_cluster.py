@@ -111,7 +111,11 @@ def test_a_sweep_is_submitted_waited_for_ranked_compared_and_deleted(cluster):
         "spec": {"template": template, "parameters": [{"path": "learningRate", "values": [0.01, 0.02]}],
                  "parallelism": 2}})
     assert cluster.submit(sweep).created
-    done = cluster.wait_sweep("api-sweep", timeout=300)
+    watched = list(cluster.watch_sweep("api-sweep", timeout=300))  # ends by itself once the sweep has finished
+    assert watched[-1].phase is lanex.SweepPhase.SUCCEEDED
+    assert lanex.SweepPhase.RUNNING in [r.phase for r in watched]
+    assert any(t.phase == "Succeeded" for t in watched[-1].trials)
+    done = cluster.wait_sweep("api-sweep", timeout=30)
     assert done.phase is lanex.SweepPhase.SUCCEEDED and done.counts.succeeded == 2
     board = cluster.leaderboard("api-sweep")
     assert [t.name for t in board] == ["api-sweep-000", "api-sweep-001"]  # the same recording: ties keep trial order

@@ -318,6 +318,21 @@ class Cluster:
         """A sweep's succeeded trials, best first by its objective."""
         return self.get_sweep(sweep).leaderboard()
 
+    def watch_sweep(self, name: str, timeout: Optional[float] = None) -> Iterator[SweepRecord]:
+        """`watch` for a sweep: the record now, then each change of its phase, trials table or best trial;
+        it ends once the sweep has finished or is deleted. WaitTimeout after `timeout` seconds."""
+        shown: Optional[tuple[Any, ...]] = None
+        for kind, obj in self.kube.watch_sweep(name, timeout):
+            if kind == "DELETED":
+                return
+            record = SweepRecord.from_object(obj)
+            key = (record.phase, record.reason, record.trials, record.best, record.counts)
+            if key != shown:
+                shown = key
+                yield record
+            if record.finished:
+                return
+
     def wait_sweep(self, name: str, phase: Union[str, SweepPhase] = SweepPhase.SUCCEEDED,
                    timeout: Optional[float] = None) -> SweepRecord:
         """`wait` for a sweep: Succeeded (or Running, PreparingDataset, ...); NotReached, WaitTimeout."""
