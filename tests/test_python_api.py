@@ -163,6 +163,12 @@ def test_a_file_error_is_the_one_lanex_run_prints(tmp_path):
         lanex.Experiment.from_dict(document)
 
 
+def test_the_api_and_the_cli_default_to_the_same_workspace():
+    from lanex_operator.cli.plumbing import DEFAULT_WORKSPACE
+
+    assert lanex.Workspace().path == DEFAULT_WORKSPACE
+
+
 def test_an_invalid_edit_names_the_field_and_changes_nothing():
     exp = tiny("edits")
     with pytest.raises(lanex.InvalidSpecError, match=r"^spec.training.epochs: must be >= 1 \(got 0\)$"):
