@@ -3,7 +3,7 @@
 Why it exists: a notebook runs, follows and compares local experiments without a terminal. A
 Workspace is the folder `lanex run --workspace` uses (default `.lanex`); everything here goes
 through the local runner (`lanex_operator.local`), and `lanex run`, `lanex get --workspace`,
-`lanex snapshots` and `lanex compare --workspace` go through this class, so the CLI and the API
+`lanex snapshots`, `lanex stop`, `lanex delete --workspace` and `lanex compare --workspace` go through this class, so the CLI and the API
 are one implementation.
 
 `run` blocks; `start` runs the experiment on a thread of this process and returns a `RunHandle`
@@ -13,6 +13,7 @@ one `lanex get --workspace -w` reads), `wait()` and `stop()`.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -228,8 +229,6 @@ class Workspace:
 
 
 def _json_file(path: Path) -> dict[str, Any]:
-    import json
-
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
