@@ -3,8 +3,8 @@
 Why it exists: a notebook runs, follows and compares local experiments without a terminal. A
 Workspace is the folder `lanex run --workspace` uses (default `.lanex`); everything here goes
 through the local runner (`lanex_operator.local`), and `lanex run`, `lanex get --workspace`,
-`lanex snapshots`, `lanex stop`, `lanex delete --workspace` and `lanex compare --workspace` go through this class, so the CLI and the API
-are one implementation.
+`lanex snapshots`, `lanex stop`, `lanex delete --workspace` and `lanex compare --workspace` go
+through this class, so the CLI and the API are one implementation.
 
 `run` blocks; `start` runs the experiment on a thread of this process and returns a `RunHandle`
 whose `progress()` yields a record each time the run advances (the trainer's progress file, the same
