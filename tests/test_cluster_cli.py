@@ -18,7 +18,8 @@ import pytest
 from k8s.emulator import FaultPlan
 from k8s.scenarios import experiment, get_experiment
 from lanex_operator.cli.submit import SubmitOverrides, UsageError, apply_overrides, blame
-from lanex_operator.cli.views import human_duration, reached
+from lanex_operator.api.status import phase_reached as reached
+from lanex_operator.cli.views import human_duration
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -269,7 +270,7 @@ def test_pod_log_is_streamed_chunk_by_chunk_while_the_container_runs():
 
     from kubernetes import client
 
-    from lanex_operator.cli.cluster_client import Cluster
+    from lanex_operator.client.cluster import ClusterClient as Cluster
 
     first_seen = threading.Event()
     requests: list[str] = []

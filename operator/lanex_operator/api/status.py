@@ -9,6 +9,7 @@ progress.json and `LANEX_PROGRESS` log line, in `status.progress` and in `lanex 
 from __future__ import annotations
 
 from enum import Enum
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -234,3 +235,22 @@ class LaneExperimentStatus(StatusModel):
     progress: Optional[TrainingProgress] = Field(None, description="Live training progress read from the launcher.")
     progress_summary: Optional[str] = Field(None, description="Progress column: epoch/epochs and percent of steps.")
     eta: Optional[str] = Field(None, description="ETA column: estimated time until training ends.")
+
+
+# An experiment's phases in the order it goes through them on its way to Succeeded (Failed and Stopped end it).
+EXPERIMENT_LIFECYCLE = tuple(p.value for p in Phase if p not in (Phase.FAILED, Phase.STOPPED))
+EXPERIMENT_ENDS = (Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.STOPPED.value)
+
+
+def phase_reached(phase: Optional[str], wanted: str, lifecycle: Sequence[str] = EXPERIMENT_LIFECYCLE,
+                  ends: Sequence[str] = EXPERIMENT_ENDS) -> Optional[bool]:
+    """Whether something in `phase` has reached `wanted`: True when it is there (or past it on the way to
+    the last phase of `lifecycle`), False when it never will be (it ended otherwise), None while it still may.
+    `ends`: the phases it never leaves."""
+    if phase == wanted:
+        return True
+    if phase in ends:
+        return wanted in lifecycle and phase == lifecycle[-1]  # a phase it went through on the way
+    if phase in lifecycle and wanted in lifecycle[:-1] and lifecycle.index(phase) > lifecycle.index(wanted):
+        return True
+    return None

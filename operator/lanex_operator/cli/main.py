@@ -9,12 +9,13 @@ from typing import List
 
 import typer
 
-from lanex_operator.cli import cluster_commands, compare, local_commands, render, ui_command
+from lanex_operator.cli import cluster_commands, compare, local_commands, render, snapshot_commands, ui_command
 from lanex_trainer import cli as trainer_cli
 
 app = typer.Typer(help="lanex: lane-detection training experiments, locally or on Kubernetes.", no_args_is_help=True)
 trainer_cli.register(app)
 local_commands.register(app)
+snapshot_commands.register(app)
 cluster_commands.register(app)
 app.command("compare")(compare.compare_command)
 render.register(app)

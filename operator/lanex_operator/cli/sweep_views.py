@@ -60,6 +60,12 @@ def best_line(status: Mapping[str, Any], metric: str) -> str:
             f"test {metric} {number(best.get('objective'))}" + (f", snapshot {best['snapshot']}" if best.get("snapshot") else ""))
 
 
+def run_dict(run: Any) -> dict[str, Any]:
+    """A `lanex.ComparedRun` in the shape `compare_rows` (and the dashboard's compare page) reads."""
+    return {"name": run.name, "phase": run.phase, "parameters": run.parameters, "training": run.training,
+            "results": run.results.model_dump(), "history": [h.model_dump() for h in run.history]}
+
+
 def compare_rows(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Parameters and metrics side by side: one column per run, one row per parameter or metric.
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from lanex_operator.cli.local_commands import DEFAULT_WORKSPACE
+from lanex_operator.cli.plumbing import DEFAULT_WORKSPACE
 
 
 def ui_command(
@@ -40,7 +40,7 @@ def ui_command(
     from lanex_operator.ui.app import serve
 
     if cluster:
-        from lanex_operator.cli.cluster_client import ClusterError
+        from lanex import ClusterError
         from lanex_operator.ui.cluster_source import ClusterSource
 
         try:

@@ -1,30 +1,23 @@
-"""What the cluster commands read off a LaneExperiment and its children, and how they show it.
+"""How the cluster commands show a LaneExperiment and its children.
 
-Why it exists: `lanex get|describe|logs|wait|delete` and `lanex snapshots list --cluster` present
-the operator's objects the way `kubectl` users expect (aligned tables, kubectl's AGE, describe
-sections, Events oldest first), pick the pod whose log to show, decide when a phase is reached,
-and preview what deleting an experiment keeps. The commands in `cluster_commands` only wire these to
-the `Cluster` client. The API models and the Kubernetes client are imported inside the functions,
-so `lanex --help` stays fast.
+Why it exists: `lanex get|describe|wait` and `lanex snapshots list --cluster` present the operator's
+objects the way `kubectl` users expect (aligned tables, kubectl's AGE, describe sections, Events
+oldest first). What they show comes from the `lanex` Python API (`lanex.Cluster`); the commands in
+`cluster_commands` only wire the two. The API models are imported inside the functions, so
+`lanex --help` stays fast.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 
-from lanex_operator.cli.submit import UsageError, parsed_spec
+from lanex_operator.cli.submit import UsageError
 
 if TYPE_CHECKING:
-    from lanex_operator.cli.cluster_client import Cluster
-
-# The children an experiment's finalizer or status names, besides its snapshots: (kind, status.children key).
-DATASET_CHILD = ("PersistentVolumeClaim", "datasetClaim")
-WORKLOAD_CHILDREN = (("Job", "prepareJob"), ("MPIJob", "mpiJob"))
-
+    from lanex.cluster import ClusterClient as Cluster
 
 # --- small formatting helpers -------------------------------------------------------------------
 
@@ -88,26 +81,12 @@ def dump(obj: Any, output: str) -> str:
     return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False).rstrip("\n")
 
 
-def _recorded_children(obj: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(status_of(obj).get("children") or {})
-
-
-def children_of(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """Child names from status, else the deterministic names of the plan (before the operator wrote them)."""
-    from lanex_operator.plan.steps import child_names
-
-    spec = parsed_spec(obj)
-    planned: dict[str, Any] = {}
-    if spec is not None:
-        names = child_names(obj["metadata"]["name"], spec)
-        planned = {"datasetClaim": names.dataset_claim, "prepareJob": names.prepare_job, "mpiJob": names.mpijob}
-    return {**planned, **{key: value for key, value in _recorded_children(obj).items() if value}}
-
-
 # --- get -----------------------------------------------------------------------------------------
 
 
 def _workers(obj: Mapping[str, Any]) -> str:
+    from lanex_operator.api.documents import parsed_spec
+
     spec = parsed_spec(obj)
     if spec is not None:
         return str(spec.training.workers)
@@ -282,7 +261,9 @@ def _snapshot_names(status: Mapping[str, Any]) -> list[str]:
 
 def _child_rows(cluster: "Cluster", obj: Mapping[str, Any]) -> list[list[str]]:
     """KIND, NAME, STATE of each child: read from the cluster, snapshots from status.snapshots."""
-    status, names, recorded = status_of(obj), children_of(obj), _recorded_children(obj)
+    from lanex_operator.plan.objects import DATASET_CHILD, WORKLOAD_CHILDREN, children_of, recorded_children
+
+    status, names, recorded = status_of(obj), children_of(obj), recorded_children(obj)
     rows = []
     kind, key = DATASET_CHILD
     if names.get(key):
@@ -306,6 +287,8 @@ def _child_rows(cluster: "Cluster", obj: Mapping[str, Any]) -> list[list[str]]:
 
 def _event_rows(cluster: "Cluster", obj: Mapping[str, Any], now: datetime) -> list[list[str]]:
     """Events about the experiment or one of its children, oldest first."""
+    from lanex_operator.plan.objects import DATASET_CHILD, WORKLOAD_CHILDREN, children_of
+
     names = children_of(obj)
     involved = {("LaneExperiment", obj["metadata"]["name"])}
     involved |= {(kind, names[key]) for kind, key in (DATASET_CHILD, *WORKLOAD_CHILDREN) if names.get(key)}
@@ -386,89 +369,6 @@ def snapshot_table(snapshots: Sequence[Mapping[str, Any]], experiment: Optional[
     return table(("NAME", "EXPERIMENT", "READYTOUSE", "RESTORESIZE", "CREATIONTIME", "SOURCEPVC", "ERROR"), rows)
 
 
-# --- logs: which pod ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class LogTarget:
-    """Which pod's log to show: found by labels, else by the name its controller gives it."""
-
-    what: str  # e.g. "launcher of mpijob default/foo-train"
-    selector: str
-    name_prefix: str
-    exact_name: Optional[str]
-    container: str
-
-
-def log_target(obj: Mapping[str, Any], namespace: str, worker: Optional[int], prepare: bool) -> LogTarget:
-    from lanex_operator.cli.cluster_client import JOB_NAME_LABELS, MPI_INDEX_LABEL, MPI_JOB_NAME_LABEL, MPI_ROLE_LABEL
-
-    names = children_of(obj)
-    if prepare:
-        job = names.get("prepareJob") or f"{obj['metadata']['name']}-prepare"
-        return LogTarget(f"pod of job {namespace}/{job}", f"{JOB_NAME_LABELS[0]}={job}", f"{job}-", None, "prepare")
-    mpijob = names.get("mpiJob") or f"{obj['metadata']['name']}-train"
-    if worker is not None:
-        return LogTarget(f"worker {worker} of mpijob {namespace}/{mpijob}",
-                         f"{MPI_JOB_NAME_LABEL}={mpijob},{MPI_ROLE_LABEL}=worker,{MPI_INDEX_LABEL}={worker}",
-                         f"{mpijob}-worker-", f"{mpijob}-worker-{worker}", "worker")
-    return LogTarget(f"launcher of mpijob {namespace}/{mpijob}",
-                     f"{MPI_JOB_NAME_LABEL}={mpijob},{MPI_ROLE_LABEL}=launcher", f"{mpijob}-launcher-", None,
-                     "launcher")
-
-
-def pick_pod(pods: Sequence[Mapping[str, Any]], target: LogTarget, by_label: bool) -> Optional[dict[str, Any]]:
-    """The newest pod of the target (a restarted launcher leaves older pods behind)."""
-    def matches(pod: Mapping[str, Any]) -> bool:
-        pod_name = pod["metadata"]["name"]
-        if target.exact_name is not None:
-            return pod_name == target.exact_name
-        return pod_name.startswith(target.name_prefix) and (by_label or "-" not in pod_name[len(target.name_prefix):])
-
-    chosen = [dict(p) for p in pods if by_label or matches(p)]
-    chosen.sort(key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
-    return chosen[-1] if chosen else None
-
-
-def container_of(pod: Mapping[str, Any], preferred: str, requested: Optional[str]) -> str:
-    """The container whose log to show: the one asked for, else the target's main one, else the first."""
-    names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
-    if requested:
-        return requested
-    return preferred if preferred in names or not names else str(names[0])
-
-
-def termination_message(pod: Mapping[str, Any], container: str) -> Optional[tuple[int, str]]:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == container:
-            for key in ("state", "lastState"):
-                terminated = (status.get(key) or {}).get("terminated")
-                if terminated:
-                    return int(terminated.get("exitCode", 0)), str(terminated.get("message") or "")
-    return None
-
-
-def find_pod(cluster: "Cluster", target: LogTarget) -> Optional[dict[str, Any]]:
-    pod = pick_pod(cluster.list_pods(target.selector), target, by_label=True)
-    return pod if pod is not None else pick_pod(cluster.list_pods(), target, by_label=False)
-
-
-def await_pod(cluster: "Cluster", name: str, target: LogTarget) -> dict[str, Any]:
-    """With --follow: wait (by watching) until the target's pod exists and has left Pending."""
-    from lanex_operator.cli.cluster_client import ClusterError
-    from lanex_operator.controller.status import TERMINAL_PHASES
-
-    while True:
-        pod = find_pod(cluster, target)
-        if pod is not None and (pod.get("status") or {}).get("phase") not in (None, "Pending"):
-            return pod
-        if pod is None and status_of(cluster.get_experiment(name)).get("phase") in TERMINAL_PHASES:
-            raise ClusterError(f"no {target.what}: the experiment has finished")
-        for seen in cluster.watch_pods(target.selector, timeout=30):
-            if (seen.get("status") or {}).get("phase") not in (None, "Pending"):
-                return seen
-
-
 # --- wait: which phase ----------------------------------------------------------------------------
 
 
@@ -488,22 +388,6 @@ def parse_wait_for(text: str) -> str:
     raise UsageError(f"--for {text}: expected succeeded, failed or phase=X with X one of {phases}")
 
 
-def reached(phase: Optional[str], wanted: str) -> Optional[bool]:
-    """True when `phase` is `wanted` (or past it on the way to Succeeded), False when it never will be, else None."""
-    from lanex_operator.api import Phase
-
-    lifecycle = [p.value for p in Phase if p not in (Phase.FAILED, Phase.STOPPED)]  # in lifecycle order
-    if phase == wanted:
-        return True
-    if phase in ("Succeeded", "Failed", "Stopped"):
-        if wanted in lifecycle and phase == "Succeeded":
-            return True  # a non-terminal phase it went through
-        return False
-    if phase in lifecycle and wanted in lifecycle[:-1] and lifecycle.index(phase) > lifecycle.index(wanted):
-        return True
-    return None
-
-
 def outcome(obj: Mapping[str, Any]) -> str:
     """` (accuracy 0.9512, snapshot NAME)` after a reached phase, or "" when there is neither."""
     status = status_of(obj)
@@ -515,49 +399,3 @@ def outcome(obj: Mapping[str, Any]) -> str:
     if snapshot:
         parts.append(f"snapshot {snapshot}")
     return f" ({', '.join(parts)})" if parts else ""
-
-
-# --- delete: what retention keeps ---------------------------------------------------------------
-
-
-def retention_plan(obj: Mapping[str, Any], snapshots: Sequence[Mapping[str, Any]],
-                   in_use: Mapping[str, str]) -> tuple[list[str], list[str]]:
-    """(what deleting the experiment keeps, what it removes), from its spec, children and the
-    snapshots that a PVC restores from (`in_use`: snapshot -> claim), as `retention.release` decides."""
-    from lanex_operator.controller.retention import retention_of
-
-    dataset_policy, snapshot_policy, created_claim = retention_of(obj, None)
-    names, recorded = children_of(obj), _recorded_children(obj)
-    keeps, removes = [], []
-    claim = names.get("datasetClaim")
-    if claim and not created_claim:
-        keeps.append(f"PersistentVolumeClaim {claim} (your existing claim)")
-    elif claim and recorded.get("datasetClaim"):
-        target = removes if dataset_policy == "Delete" else keeps
-        target.append(f"PersistentVolumeClaim {claim} (retention.dataset: {dataset_policy})")
-    for snapshot in snapshots:
-        snap = snapshot["metadata"]["name"]
-        if snapshot_policy == "Delete" and snap in in_use:
-            keeps.append(f"VolumeSnapshot {snap} (dataSource of PersistentVolumeClaim {in_use[snap]})")
-        else:
-            target = removes if snapshot_policy == "Delete" else keeps
-            target.append(f"VolumeSnapshot {snap} (retention.snapshots: {snapshot_policy})")
-    removes += [f"{kind} {names[key]}" for kind, key in WORKLOAD_CHILDREN if recorded.get(key)]
-    return keeps, removes
-
-
-def deleted_event(cluster: "Cluster", obj: Mapping[str, Any], patience: float = 3.0) -> Optional[str]:
-    """The operator's `Deleted` Event about this experiment: what its finalizer actually did."""
-    import time
-
-    uid, name = obj["metadata"].get("uid"), obj["metadata"]["name"]
-    deadline = time.monotonic() + patience
-    while True:
-        for event in cluster.list_events():
-            involved = event.get("involvedObject") or {}
-            same = involved.get("uid") == uid if involved.get("uid") else involved.get("name") == name
-            if involved.get("kind") == "LaneExperiment" and event.get("reason") == "Deleted" and same:
-                return str(event.get("message") or "")
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.2)  # Events are posted asynchronously, just before the finalizer goes

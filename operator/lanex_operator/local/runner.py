@@ -22,6 +22,7 @@ step the next run resumes. A second Ctrl-C stops everything at once.
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import json
 import os
@@ -70,6 +71,17 @@ def _free_port() -> int:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _show(data: bytes, decoder: codecs.IncrementalDecoder, final: bool = False) -> None:
+    """A step's output on this process's stdout: bytes as they came on a terminal, text where stdout has no
+    byte stream (a notebook's kernel; `decoder` keeps a character split between two chunks whole)."""
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is not None:
+        stream.write(data)
+    else:
+        sys.stdout.write(decoder.decode(data, final))
+    sys.stdout.flush()
 
 
 @dataclass
@@ -176,23 +188,27 @@ class LocalRunner:
         """Run one step's process tree, its output both on the terminal and in the step's log."""
         log_path = self.exp_dir / "logs" / log_name
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.interrupted or self.stopped:  # asked to stop between two steps: start no new one
+            raise Interrupted(f"interrupted before step {step.value}; run it again to resume")
         with log_path.open("ab") as log:
             log.write(f"\n=== {_now()} {' '.join(argv)[:500]}\n".encode())
             # A session of its own: a terminal's Ctrl-C reaches the step once, passed on by `_forward`.
             process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        preexec_fn=lifeline.preexec_die_with_parent(), start_new_session=True)
             self._process = process
+            if self.interrupted or self.stopped:  # asked while the process was being started
+                self._kill()
             previous = self._forward_stop_signals(process)
             try:
                 assert process.stdout is not None
                 terminal = ProgressLineFilter()
+                decoder = codecs.getincrementaldecoder("utf-8")("replace")
                 for chunk in iter(lambda: process.stdout.read1(4096), b""):
                     log.write(chunk)
                     if not self.quiet:
-                        sys.stdout.buffer.write(terminal.feed(chunk))
-                        sys.stdout.flush()
+                        _show(terminal.feed(chunk), decoder)
                 if not self.quiet:
-                    sys.stdout.buffer.write(terminal.flush())
+                    _show(terminal.flush(), decoder, final=True)
                 code = process.wait()
             finally:
                 for signum, handler in previous.items():
@@ -473,7 +489,7 @@ def local_experiments(workspace: Path, name: Optional[str] = None) -> list[dict]
             "results": {key: results.get(key) for key in ("accuracy", "fp", "fn")},
             "snapshot": (state.get("snapshots") or [None])[-1],
             "startTime": state.get("startTime"), "completionTime": state.get("completionTime"),
-            "message": state.get("message"),
+            "message": state.get("message"), "seconds": state.get("seconds"), "outputDir": output_dir,
             "progressFile": str(Path(output_dir) / PROGRESS_FILE) if output_dir else None,
         })
     return found

@@ -118,6 +118,8 @@ class LocalSweep:
         self.dir = self.workspace.root / SWEEPS_DIR / self.name
         self.state_path = self.dir / STATE_FILE
         self.state = self._load_state()
+        # What ranks the trials, for readers of the state (the Python API's leaderboard).
+        self.state["objective"] = {"metric": self.spec.objective.metric, "goal": self.spec.objective.direction()}
         self.trials = [Trial(trial_name(self.name, i), params) for i, params in enumerate(trial_parameters(self.spec))]
         for trial in self.trials:
             if self._trial_state(trial.name).get("phase") not in (None, "Succeeded", "Stopped"):
@@ -315,5 +317,5 @@ def workspace_sweeps(workspace: Path) -> list[dict[str, Any]]:
             continue
         found.append({key: data.get(key) for key in ("name", "phase", "reason", "datasetSnapshot", "trialCount",
                                                      "counts", "trials", "bestTrial", "comparePlot", "startTime",
-                                                     "completionTime")})
+                                                     "completionTime", "objective")})
     return found

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, TypeVar
 
 from lanex_operator.api.models import MAX_WORKERS, LaneExperimentSpec
 from lanex_operator.api.sweep import (
@@ -32,6 +32,20 @@ from lanex_operator.api.sweep import (
 from lanex_operator.plan.steps import DerivedName, derived_names
 
 FINAL_PHASES = ("Succeeded", "Failed", "Stopped")
+
+
+class Ranked(Protocol):
+    """What ranking needs of a trial."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def phase(self) -> Optional[str]: ...
+    @property
+    def objective(self) -> Optional[float]: ...
+
+
+RankedT = TypeVar("RankedT", bound=Ranked)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +136,12 @@ def to_stop(spec: LaneSweepSpec, trials: Sequence[TrialView]) -> list[StopDecisi
 
 def ranked(spec: LaneSweepSpec, trials: Sequence[TrialView]) -> list[TrialView]:
     """Succeeded trials with an objective value, best first (ties: the earlier trial first)."""
-    goal = spec.objective.direction()
+    return ranked_by(spec.objective.direction(), trials)
+
+
+def ranked_by(goal: str, trials: Sequence[RankedT]) -> list[RankedT]:
+    """`ranked` for a goal (maximize or minimize) and any trials with a name, phase and objective
+    (the sweep's views, or the rows of `status.trials` that the Python API ranks)."""
     scored = [t for t in trials if t.phase == "Succeeded" and t.objective is not None]
     order = {t.name: i for i, t in enumerate(trials)}
     return sorted(scored, key=lambda t: ((-t.objective if goal == "maximize" else t.objective), order[t.name]))  # type: ignore[operator]

@@ -122,9 +122,9 @@ class ClusterSource:
     @classmethod
     def connect(cls, kubeconfig: Optional[Any], context: Optional[str], namespace: Optional[str],
                 all_namespaces: bool = False) -> "ClusterSource":
-        from lanex_operator.cli.cluster_client import Cluster
+        from lanex_operator.client.cluster import ClusterClient
 
-        cluster = Cluster.connect(namespace, context, str(kubeconfig) if kubeconfig else None)
+        cluster = ClusterClient.connect(namespace, context, str(kubeconfig) if kubeconfig else None)
         return cls(cluster, all_namespaces)
 
     @property
@@ -241,7 +241,8 @@ class ClusterSource:
             return self._objects[kind].get(key)
 
     def experiment(self, key: str) -> Optional[dict[str, Any]]:
-        from lanex_operator.cli.views import age, children_of, picture_paths, status_of
+        from lanex_operator.cli.views import age, picture_paths, status_of
+        from lanex_operator.plan.objects import children_of
         from lanex_trainer.progress import progress_text
 
         obj = self._object("experiment", key)
@@ -394,12 +395,12 @@ class ClusterSource:
                           "its sweep's early stopping end it")
 
     def delete(self, key: str) -> str:
-        from lanex_operator.cli.cluster_client import Cluster, ClusterError
+        from lanex_operator.client.cluster import ClusterClient, ClusterError
 
         obj = self._object("experiment", key)
         if obj is None:
             raise ActionError(f"no laneexperiment {key}")
-        cluster = Cluster(self.cluster.api_client, obj["metadata"].get("namespace") or self.cluster.namespace)
+        cluster = ClusterClient(self.cluster.api_client, obj["metadata"].get("namespace") or self.cluster.namespace)
         try:  # the call `lanex delete NAME` makes; the operator's finalizer applies the retention
             cluster.delete_experiment(obj["metadata"]["name"])
         except ClusterError as error:

@@ -146,10 +146,11 @@ class LocalSource:
         return Change("experiment", name, row, row_changed, parts)
 
     def _row(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
-        from lanex_operator.cli.local_commands import LOCAL_GET_HEADERS, local_row
+        from lanex import ExperimentRecord
+        from lanex_operator.cli.local_views import LOCAL_GET_HEADERS, local_row
         from lanex_operator.cli.views import age, decimal
 
-        cells = dict(zip(LOCAL_GET_HEADERS, local_row(record)))
+        cells = dict(zip(LOCAL_GET_HEADERS, local_row(ExperimentRecord.from_workspace(record))))
         results = record.get("results") or {}
         shown = {"name": name, "phase": cells["PHASE"], "progress": cells["PROGRESS"], "eta": cells["ETA"],
                  "loss": cells["LOSS"], "rate": cells["IMG/S"], "valAcc": cells["VAL ACC"],
@@ -188,10 +189,11 @@ class LocalSource:
         return changes
 
     def _sweep_row(self, sweep: dict[str, Any]) -> dict[str, Any]:
-        from lanex_operator.cli.local_commands import SWEEP_GET_HEADERS, sweep_row
+        from lanex import SweepRecord
+        from lanex_operator.cli.local_views import SWEEP_GET_HEADERS, sweep_row
         from lanex_operator.cli.views import age
 
-        cells = dict(zip(SWEEP_GET_HEADERS, sweep_row(sweep)))
+        cells = dict(zip(SWEEP_GET_HEADERS, sweep_row(SweepRecord.from_workspace(sweep))))
         shown = {"name": sweep["name"], "phase": cells["PHASE"], "trials": cells["TRIALS"], "running": cells["RUNNING"],
                  "best": cells["BEST"], "objective": cells["OBJECTIVE"], "dataset": cells["DATASET"],
                  "age": age(sweep.get("startTime"))}
@@ -347,13 +349,12 @@ class LocalSource:
                 "events": None}
 
     def compare(self, names: list[str]) -> dict[str, Any]:
-        from lanex_operator.cli.compare import local_runs
-        from lanex_operator.cli.sweep_views import compare_rows, differing_training
-        from lanex_operator.local.runner import LocalRunError
+        import lanex
+        from lanex_operator.cli.sweep_views import compare_rows, differing_training, run_dict
 
         try:
-            runs = local_runs(list(names), self.workspace.root)
-        except LocalRunError as error:
+            runs = [run_dict(run) for run in lanex.Workspace(self.workspace.root).compare(list(names))]
+        except lanex.LocalRunError as error:
             raise ActionError(str(error)) from None
         differing = differing_training({run["name"]: run.get("training") or {} for run in runs})
         for run in runs:

@@ -1,11 +1,12 @@
-"""The client side of the `lanex` cluster commands: experiments, children, pods, logs, events, snapshots.
+"""The Kubernetes client of the `lanex` Python API (and so of the CLI): experiments, sweeps, children,
+pods, logs, events, snapshots.
 
-Why it exists: the commands are short-lived processes, so the official synchronous `kubernetes`
-client fits them (the operator keeps its own asynchronous client in `controller.kube`). Everything the
-commands read or write goes through `Cluster`, which works on plain dicts shaped exactly like the
-API's JSON, and every failure becomes a `ClusterError` whose message is one line naming the object
-(`laneexperiment default/foo not found`). `kubernetes` is imported only when a `Cluster` is built,
-so `lanex --help` never pays for it.
+Why it exists: notebooks and CLI commands are short-lived processes, so the official synchronous
+`kubernetes` client fits them (the operator keeps its own asynchronous client in `controller.kube`).
+Everything they read or write goes through `ClusterClient`, which works on plain dicts shaped exactly
+like the API's JSON, and every failure becomes a `ClusterError` whose message is one line naming the
+object (`laneexperiment default/foo not found`). `kubernetes` is imported only when a client is
+built, so `import lanex` and `lanex --help` never pay for it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
@@ -77,7 +78,7 @@ def describe_api_error(what: str, status: int, reason: str, body: Any) -> str:
     return f"{what}: {status} {reason}: {message}".rstrip(": ")
 
 
-class Cluster:
+class ClusterClient:
     """One namespace of one cluster, through the current kubeconfig context or the in-cluster config."""
 
     def __init__(self, api_client: Any, namespace: str) -> None:
@@ -91,18 +92,17 @@ class Cluster:
 
     @classmethod
     def connect(cls, namespace: Optional[str] = None, context: Optional[str] = None,
-                config_file: Optional[str] = None) -> "Cluster":
-        """Log in like kubectl: the kubeconfig (`config_file`, else KUBECONFIG or ~/.kube/config), else the
-        pod's service account."""
+                config_file: Optional[str] = None) -> "ClusterClient":
+        """Log in like kubectl: the kubeconfig (`config_file`, else KUBECONFIG or ~/.kube/config) and its
+        context (`context`, else the current one), else the pod's service account."""
         from kubernetes import client, config
         from kubernetes.config.config_exception import ConfigException
 
         configuration = client.Configuration()
         try:
             config.load_kube_config(config_file=config_file, context=context, client_configuration=configuration)
-            _, active = config.list_kube_config_contexts(config_file=config_file)
+            contexts, active = config.list_kube_config_contexts(config_file=config_file)
             if context:
-                contexts, _ = config.list_kube_config_contexts(config_file=config_file)
                 active = next((c for c in contexts if c.get("name") == context), active)
             default_namespace = ((active or {}).get("context") or {}).get("namespace") or "default"
         except (ConfigException, OSError) as kubeconfig_error:
@@ -159,7 +159,7 @@ class Cluster:
         return self._none_if_missing(lambda: self.get_experiment(name))
 
     def list_experiments(self) -> list[dict[str, Any]]:
-        return self._experiments_now(None)[0]
+        return self._objects_now(PLURAL, None)[0]
 
     def create_experiment(self, body: Mapping[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
@@ -195,19 +195,29 @@ class Cluster:
         return self.watch_experiments(name, timeout)
 
     def watch_experiments(self, name: Optional[str] = None, timeout: Optional[float] = None,
-                          synced: Optional[Callable[[], None]] = None) -> Iterator[tuple[str, dict[str, Any]]]:
+                          synced: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
         """Like `watch_experiment`, for one experiment (`name`) or every one in the namespace: a
-        ("CURRENT", obj) per experiment first (then `synced()` is called), then ADDED/MODIFIED/DELETED
-        events (one experiment's watch ends with its DELETED)."""
+        ("CURRENT", obj) per experiment first (then ("SYNCED", {}) when `synced`), then
+        ADDED/MODIFIED/DELETED events (one experiment's watch ends with its DELETED)."""
+        return self._watch(PLURAL, name, timeout, synced)
+
+    def watch_sweep(self, name: str, timeout: Optional[float] = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """`watch_experiment` for a LaneSweep."""
+        from lanex_operator.api.sweep import SWEEP_PLURAL
+
+        return self._watch(SWEEP_PLURAL, name, timeout, False)
+
+    def _watch(self, plural: str, name: Optional[str], timeout: Optional[float],
+               synced: bool) -> Iterator[tuple[str, dict[str, Any]]]:
         from kubernetes import watch
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        current, version = self._experiments_now(name)
+        current, version = self._objects_now(plural, name)
         for obj in current:
             yield "CURRENT", obj
-        if synced is not None:
-            synced()
-        ref = self.experiment_ref(name) if name else f"{PLURAL} in namespace {self.namespace}"
+        if synced:
+            yield "SYNCED", {}
+        ref = self._ref(plural, name) if name else f"{plural} in namespace {self.namespace}"
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -223,7 +233,7 @@ class Cluster:
             try:
                 with self._api(ref), _stream_end():
                     for event in stream.stream(self.custom.list_namespaced_custom_object, GROUP, VERSION,
-                                               self.namespace, PLURAL, **kwargs):
+                                               self.namespace, plural, **kwargs):
                         obj = event.get("object") or {}
                         if event.get("type") == "BOOKMARK":
                             version = obj.get("metadata", {}).get("resourceVersion") or version
@@ -239,9 +249,9 @@ class Cluster:
             except ClusterError as error:
                 if error.status != GONE:
                     raise
-                if name and self.find_experiment(name) is None:
+                if name and self._none_if_missing(lambda: self._get(plural, name)) is None:
                     return
-                found, version = self._experiments_now(name)  # history compacted: re-read, watch from now
+                found, version = self._objects_now(plural, name)  # history compacted: re-read, watch from now
                 for obj in found:
                     yield "MODIFIED", obj
             finally:
@@ -301,15 +311,22 @@ class Cluster:
                 GROUP, VERSION, self.namespace, PLURAL, label_selector=f"{SWEEP_LABEL}={sweep}",
                 _preload_content=False))
         return sorted(listing.get("items") or [], key=lambda item: item["metadata"]["name"])
-    def _experiments_now(self, name: Optional[str]) -> tuple[list[dict[str, Any]], Optional[str]]:
-        """The experiment (or all of them) and the resourceVersion to watch from."""
+
+    def _ref(self, plural: str, name: str) -> str:
+        return self.experiment_ref(name) if plural == PLURAL else self.sweep_ref(name)
+
+    def _get(self, plural: str, name: str) -> dict[str, Any]:
+        return self.get_experiment(name) if plural == PLURAL else self.get_sweep(name)
+
+    def _objects_now(self, plural: str, name: Optional[str]) -> tuple[list[dict[str, Any]], Optional[str]]:
+        """The object (or all of them) and the resourceVersion to watch from."""
         if name:
-            current = self.get_experiment(name)
+            current = self._get(plural, name)
             return [current], current["metadata"].get("resourceVersion")
         try:
-            with self._api(f"{PLURAL} in namespace {self.namespace}"):
+            with self._api(f"{plural} in namespace {self.namespace}"):
                 listing = self._json(self.custom.list_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, _preload_content=False))
+                    GROUP, VERSION, self.namespace, plural, _preload_content=False))
         except ClusterError as error:
             raise self._api_missing(error) from None
         items = sorted(listing.get("items") or [], key=lambda item: item["metadata"]["name"])
