@@ -65,6 +65,8 @@ class Sender:
         self.caught_up = 0  # records sent since the outage began (reported when it ends)
         self.refusals: set[str] = set()  # kinds of refusal already warned about
         self.next_parent_lookup = 0.0
+        self.parent_lookup_every_s = PARENT_LOOKUP_EVERY_S
+        self.backoff_first_s, self.backoff_max_s = BACKOFF_FIRST_S, BACKOFF_MAX_S
         self.thread: Optional[threading.Thread] = None
 
     # -- the thread --------------------------------------------------------------------------------
@@ -73,22 +75,23 @@ class Sender:
         self.thread.start()
 
     def run(self) -> None:
-        backoff = BACKOFF_FIRST_S
+        backoff = self.backoff_first_s
         while True:
             closing = self.closing.is_set()
             if self.round():
-                backoff = BACKOFF_FIRST_S
+                backoff = self.backoff_first_s
                 if closing and self.drained():
                     return
                 if not self.drained():
                     continue  # more to send: no waiting
-                self.wake.wait(timeout=PARENT_LOOKUP_EVERY_S if self._parent_missing() else None)
+                self.wake.wait(timeout=self.parent_lookup_every_s if self._parent_missing() else None)
+                self.wake.clear()
             else:
                 if closing:
                     return  # the last try at the end failed: the records stay in the journal
-                self.wake.wait(timeout=backoff)
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
-            self.wake.clear()
+                # New records do not cut an outage's wait short (that would be a try per step); the end does.
+                self.closing.wait(timeout=backoff)
+                backoff = min(self.backoff_max_s, backoff * 2)
 
     def notify(self) -> None:
         self.wake.set()
@@ -164,7 +167,7 @@ class Sender:
         """A trial started before its sweep's parent run was known: find the parent by the sweep's uid, tag it."""
         if not self._parent_missing() or self.clock() < self.next_parent_lookup:
             return
-        self.next_parent_lookup = self.clock() + PARENT_LOOKUP_EVERY_S
+        self.next_parent_lookup = self.clock() + self.parent_lookup_every_s
         run = self.run_file.read()
         parent = self._server().find_run(str(run["experimentId"]), {"lanex.role": SWEEP_ROLE,
                                                                      "lanex.sweepUid": run["sweepUid"]})

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 # The client's own retries block the caller for minutes (7 retries, backoff factor 2, 120 s timeout);
-# lanex retries in its background sender instead, so each request tries once and gives up quickly.
-CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# lanex retries in its background sender instead, so each request tries once and gives up quickly. And
+# the client would print the run's URL on stdout when a run ends, among rank 0's progress lines.
+CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                   "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 # The server's answers that no retry changes (mlflow.protos.databricks_pb2 error codes).
 REFUSED_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
                            "MALFORMED_REQUEST", "RESOURCE_DOES_NOT_EXIST"})
@@ -94,12 +96,17 @@ class MlflowServer:
         run = self._call("create_run", experiment_id, start_time=start_time_ms, tags=dict(tags), run_name=run_name)
         return str(run.info.run_id)
 
+    def find_runs(self, experiment_id: str, tags: Mapping[str, str], limit: int = 1000) -> list[tuple[str, dict]]:
+        """The live runs of the experiment that carry every one of `tags`, oldest first, with their tags."""
+        condition = " and ".join(f"tags.`{key}` = '{_quoted(value)}'" for key, value in tags.items())
+        runs = self._call("search_runs", [experiment_id], filter_string=condition, max_results=limit,
+                          order_by=["attributes.start_time ASC"])
+        return [(str(run.info.run_id), dict(run.data.tags)) for run in runs]
+
     def find_run(self, experiment_id: str, tags: Mapping[str, str]) -> Optional[str]:
         """The oldest live run of the experiment that carries every one of `tags`, or None."""
-        condition = " and ".join(f"tags.`{key}` = '{_quoted(value)}'" for key, value in tags.items())
-        runs = self._call("search_runs", [experiment_id], filter_string=condition, max_results=10,
-                          order_by=["attributes.start_time ASC"])
-        return str(runs[0].info.run_id) if runs else None
+        found = self.find_runs(experiment_id, tags, limit=1)
+        return found[0][0] if found else None
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag

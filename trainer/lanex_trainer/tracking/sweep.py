@@ -11,7 +11,7 @@ the background (`tracking.sender`), and the sweep adopts the trials it knows at 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Optional
 
 from lanex_trainer.tracking.run import flat_params
@@ -32,11 +32,23 @@ def start_sweep_run(server: MlflowServer, experiment_name: str, sweep: str, swee
     return link(server.tracking_uri, experiment_id, run_id)
 
 
-def end_sweep_run(server: MlflowServer, run_id: str, status: str, children: Iterable[str] = (),
-                  tags: Optional[Mapping[str, str]] = None) -> None:
-    """Adopt `children` (trial run ids; harmless for those already adopted), tag the result, end the run."""
-    for child in children:
-        server.set_tags(child, {"mlflow.parentRunId": run_id})
+def find_sweep_run(server: MlflowServer, experiment_name: str, sweep_uid: str) -> Optional[dict[str, str]]:
+    """The link of the sweep's parent run, or None when there is none (yet)."""
+    experiment_id = server.experiment_id(experiment_name)
+    run_id = server.find_run(experiment_id, {"lanex.role": SWEEP_ROLE, "lanex.sweepUid": sweep_uid})
+    return None if run_id is None else link(server.tracking_uri, experiment_id, run_id)
+
+
+def end_sweep_run(server: MlflowServer, parent: Mapping[str, str], sweep_uid: str, status: str,
+                  tags: Optional[Mapping[str, str]] = None) -> list[str]:
+    """Adopt every trial run of the sweep (tag `lanex.sweepUid`) that has no parent yet, tag the result, end the
+    parent run; the runs adopted."""
+    adopted = []
+    for run_id, run_tags in server.find_runs(parent["experimentId"], {"lanex.sweepUid": sweep_uid}):
+        if run_id != parent["runId"] and run_tags.get("mlflow.parentRunId") != parent["runId"]:
+            server.set_tags(run_id, {"mlflow.parentRunId": parent["runId"]})
+            adopted.append(run_id)
     if tags:
-        server.set_tags(run_id, tags)
-    server.set_status(run_id, status, int(time.time() * 1000))
+        server.set_tags(parent["runId"], tags)
+    server.set_status(parent["runId"], status, int(time.time() * 1000))
+    return adopted
