@@ -36,6 +36,7 @@ from lanex_operator.api.status import (  # noqa: F401  (re-exported: api.models 
     FailureReason,
     GpuReading,
     LaneExperimentStatus,
+    MlflowLink,
     Phase,
     Provenance,
     Results,

@@ -163,6 +163,14 @@ class GpuReading(StatusModel):
     memory_total_bytes: Optional[int] = Field(None, description="GPU memory in total, bytes.")
 
 
+class MlflowLink(StatusModel):
+    """An MLflow run: where `lanex get` and the UI link to (no credentials in it)."""
+
+    run_id: str = Field(description="The MLflow run id.", max_length=64)
+    experiment_id: Optional[str] = Field(None, description="The MLflow experiment id.", max_length=64)
+    url: Optional[str] = Field(None, description="The run's page on the tracking server.", max_length=4096)
+
+
 class TrainingProgress(StatusModel):
     """The trainer's newest progress (rank 0 publishes it), as the operator last read it.
 
@@ -187,6 +195,8 @@ class TrainingProgress(StatusModel):
     validation_history: list[ValidationResult] = Field(
         default_factory=list, description="Every validation so far, oldest first.")
     gpus: Optional[list[GpuReading]] = Field(None, description="Per-rank GPU readings (null without NVML).")
+    mlflow: Optional[MlflowLink] = Field(
+        None, description="The run's MLflow run (spec.tracking.mlflow), once the tracking server created it.")
     updated_at: Optional[Timestamp] = Field(None, description="When the trainer wrote it (RFC 3339, UTC).")
     observed_at: Optional[Timestamp] = Field(None, description="When the operator read it (RFC 3339, UTC).")
 
