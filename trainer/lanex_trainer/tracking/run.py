@@ -12,6 +12,7 @@ server or experiment changed starts a new MLflow run and keeps the old journal a
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import shutil
@@ -36,12 +37,14 @@ def _now_ms() -> int:
 
 
 def flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """A nested mapping as MLflow parameters: `a.b` keys, values as text (None as the empty string)."""
+    """A nested mapping as MLflow parameters: `a.b` keys, values as text (None as the empty string, lists as JSON)."""
     params: dict[str, str] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             params.update(flat_params(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            params[name] = json.dumps(value, sort_keys=True)
         else:
             params[name] = "" if value is None else str(value)
     return params
