@@ -3,7 +3,8 @@
 One process group per start (the CLI starts uvicorn below it), ended as a whole: `stop()` can take the
 server away in the middle of a run and `start()` brings it back on the same port with the same store,
 as a restarted tracking server would come back. Its background job runner is off (the tests need none,
-and it starts a dozen more processes).
+and it starts a dozen more processes). With `admin_password` it runs MLflow's basic-auth app: every
+request needs the user `admin` and that password (MLFLOW_TRACKING_USERNAME/PASSWORD on the client).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def free_port() -> int:
 class MlflowServerProcess:
     """`mlflow server` with its store under `root`; `uri` stays the same across stop/start."""
 
-    def __init__(self, root: Path, port: Optional[int] = None) -> None:
+    def __init__(self, root: Path, port: Optional[int] = None, admin_password: Optional[str] = None) -> None:
         self.root = root
+        self.admin_password = admin_password
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: Optional[subprocess.Popen] = None
@@ -45,12 +47,16 @@ class MlflowServerProcess:
     def start(self) -> "MlflowServerProcess":
         self.root.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        auth: list[str] = []
+        if self.admin_password is not None:  # its user store, basic_auth.db, goes to the working directory
+            auth = ["--app-name", "basic-auth"]
+            env.update(MLFLOW_AUTH_ADMIN_PASSWORD=self.admin_password, MLFLOW_FLASK_SERVER_SECRET_KEY="lanex-tests-only")
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                [str(MLFLOW), "server", *auth, "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                  "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                  "--artifacts-destination", str(self.root / "artifacts")],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.healthy():
             if self.process.poll() is not None:

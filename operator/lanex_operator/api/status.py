@@ -244,3 +244,5 @@ class LaneExperimentStatus(StatusModel):
     progress: Optional[TrainingProgress] = Field(None, description="Live training progress read from the launcher.")
     progress_summary: Optional[str] = Field(None, description="Progress column: epoch/epochs and percent of steps.")
     eta: Optional[str] = Field(None, description="ETA column: estimated time until training ends.")
+    mlflow: Optional[MlflowLink] = Field(
+        None, description="The experiment's MLflow run (spec.tracking.mlflow), from the trainer's progress.")

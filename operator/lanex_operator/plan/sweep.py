@@ -181,10 +181,12 @@ def tracking_context(meta: Mapping[str, Any]) -> TrackingContext:
 
 
 def mlflow_sweep_run(namespace: str, sweep: str, sweep_uid: str, spec: LaneSweepSpec, image: str,
-                     image_pull_policy: str, end: Optional[str] = None,
-                     tags: Optional[Mapping[str, str]] = None) -> ContainerRun:
-    """What the sweep's MLflow Job runs: `lanex mlflow sweep-run`, finding or creating the parent run (or, with
-    `end`, ending it), with the server's credentials from credentialsSecretRef. None of it is secret."""
+                     image_pull_policy: str, end: Optional[str] = None, tags: Optional[Mapping[str, str]] = None,
+                     termination_log: Optional[str] = TERMINATION_LOG, wait_seconds: Optional[float] = None,
+                     ) -> ContainerRun:
+    """What the sweep's MLflow Job runs (and `lanex run` locally): `lanex mlflow sweep-run`, finding or creating the
+    parent run (or, with `end`, ending it), with the server's credentials from credentialsSecretRef. None of it is
+    secret."""
     mlflow = spec.template.tracking.mlflow if spec.template.tracking is not None else None
     if mlflow is None:
         raise ValueError(f"sweep {sweep}: spec.template.tracking.mlflow is not set")
@@ -195,8 +197,11 @@ def mlflow_sweep_run(namespace: str, sweep: str, sweep_uid: str, spec: LaneSweep
     command = ["lanex", "mlflow", "sweep-run", "--tracking-uri", mlflow.tracking_uri,
                "--experiment-name", mlflow.experiment_name, "--sweep", f"{namespace}/{sweep}", "--sweep-uid", sweep_uid,
                "--params", json.dumps(params, sort_keys=True, separators=(",", ":")),
-               "--tags", json.dumps({"lanex.image": image, **(tags or {})}, sort_keys=True, separators=(",", ":")),
-               "--termination-log", TERMINATION_LOG]
+               "--tags", json.dumps({"lanex.image": image, **(tags or {})}, sort_keys=True, separators=(",", ":"))]
+    if termination_log is not None:
+        command += ["--termination-log", termination_log]
+    if wait_seconds is not None:
+        command += ["--wait-seconds", f"{wait_seconds:g}"]
     if end is not None:
         command += ["--end", end]
     return ContainerRun(image, image_pull_policy, tuple(command), (), (), secret_env=mlflow_secret_env(spec.template))
