@@ -62,7 +62,6 @@ class Sender:
         self.wake = threading.Event()
         self.closing = threading.Event()
         self.outage: Optional[str] = None  # what the server last failed with, while it does not answer
-        self.caught_up = 0  # records sent since the outage began (reported when it ends)
         self.refusals: set[str] = set()  # kinds of refusal already warned about
         self.next_parent_lookup = 0.0
         self.parent_lookup_every_s = PARENT_LOOKUP_EVERY_S
@@ -122,10 +121,9 @@ class Sender:
             self._outage(f"{type(error).__name__}: {error}")
             return False
         if self.outage is not None:
-            self.caught_up += sent
             log.info("MLflow tracking server %s answers again: sent %d record(s) kept in %s during the outage",
-                     self._uri(), self.caught_up, self.journal.path)
-            self.outage, self.caught_up = None, 0
+                     self._uri(), sent, self.journal.path)
+            self.outage = None
         return True
 
     def _outage(self, why: str) -> None:
