@@ -63,6 +63,7 @@ class ConditionType(str, Enum):
     QUEUED = "Queued"  # scheduler kueue: the MPIJob waits, suspended, for Kueue's admission
     TRAINING_FROM_SCRATCH = "TrainingFromScratch"
     STALLED = "Stalled"
+    MLFLOW_PARENT_RUN = "MLflowParentRun"  # a sweep's MLflow parent run (spec.template.tracking.mlflow)
 
 
 class StatusModel(BaseModel):

@@ -43,7 +43,7 @@ from typing import Any
 
 import kopf
 
-from lanex_operator.api.models import API_VERSION, PLURAL, InvalidSpecError, MlflowLink
+from lanex_operator.api.models import API_VERSION, PLURAL, ConditionType, InvalidSpecError, MlflowLink
 from lanex_operator.api.sweep import (
     MLFLOW_PARENT_ANNOTATION,
     SWEEP_LABEL,
@@ -86,7 +86,7 @@ from lanex_operator.plan.sweep import (FINAL_PHASES, TrialView, best_trial, coun
 MINOR_STATUS_DELAY_SECONDS = 2.0
 SWEEP_SPEC_ANNOTATION = "lanex.dev/sweep-spec"  # on the sweep: the spec it started with (later edits are ignored)
 SWEEP_TERMINAL = (SweepPhase.SUCCEEDED.value, SweepPhase.FAILED.value)
-MLFLOW_CONDITION = "MLflowParentRun"
+MLFLOW_CONDITION = ConditionType.MLFLOW_PARENT_RUN.value
 MLFLOW_JOB_FAILED = "JobFailed"
 DELETE_ALL = {"dataset": "Delete", "snapshots": "Delete"}
 log = logging.getLogger("lanex.operator.sweeps")
