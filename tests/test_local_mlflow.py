@@ -83,6 +83,7 @@ def test_a_local_run_logs_with_the_secrets_credentials_tags_its_snapshot_and_lan
     assert link == {"runId": run.info.run_id, "experimentId": run.info.experiment_id,
                     "url": f"{server.uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"}
     assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
+    assert state["mlflow"] == link  # the record `lanex ui` reads
     assert run.data.tags["lanex.experiment"] == "local/tracked"
     assert run.data.tags["lanex.resultSnapshot"] == state["snapshots"][-1]
     assert run.data.tags["lanex.datasetSource"] == "synthetic:clips=4,seed=1"

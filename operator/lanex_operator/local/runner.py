@@ -392,6 +392,9 @@ class LocalRunner:
                     self.state.data.setdefault("snapshots", []).append(details["snapshot"])
             if steps is None and StepName.SNAPSHOT not in self.plan.steps:
                 self._send_mlflow({})  # with a snapshot, the snapshot step sends it with the snapshot's tag
+            link = run_link(Path(self.plan.paths.output_dir))
+            if link is not None:  # the experiment's MLflow run, for the UI's link (state.json is its record)
+                self.state.data["mlflow"] = link
             self.state.data["phase"] = "Succeeded" if steps is None else "Prepared"
         except (LocalRunError, SnapshotError) as error:
             if self.stopped:
