@@ -24,6 +24,7 @@ BENCHMARKS = {
     "kill_run": ["bench_kill_run.py", "--trials", "3"],
     "preemption": ["bench_preemption.py", "--trials", "5"],
     "ui": ["bench_ui.py"],
+    "mlflow": ["bench_mlflow.py", "--trials", "3"],
 }
 
 

@@ -163,7 +163,63 @@ INVALID_SPECS = [
     ("zero gpus is fine but negative is not", with_changes("training.gpusPerWorker", -1), "spec.training.gpusPerWorker", "spec.training.gpusPerWorker"),
     ("zero iterations", with_changes("training.iterations", 0), "spec.training.iterations", "spec.training.iterations"),
     ("unknown backbone", with_changes("training.backbone", "resnet50"), "spec.training.backbone", "spec.training.backbone"),
+    (
+        "mlflow without an experiment name",
+        with_changes("tracking", {"mlflow": {"trackingUri": "http://mlflow.example.com:5000"}}),
+        "spec.tracking.mlflow.experimentName: required",
+        "spec.tracking.mlflow: 'experimentName' is a required property",
+    ),
+    (
+        "mlflow tracking uri that is not http",
+        with_changes("tracking", {"mlflow": {"trackingUri": "file:///tmp/mlruns", "experimentName": "lanes"}}),
+        "spec.tracking.mlflow.trackingUri",
+        "spec.tracking.mlflow.trackingUri",
+    ),
+    (
+        "mlflow experiment name that is too long",
+        with_changes("tracking", {"mlflow": {"trackingUri": "http://mlflow:5000", "experimentName": "x" * 257}}),
+        "spec.tracking.mlflow.experimentName: must have at most 256",
+        "spec.tracking.mlflow.experimentName",
+    ),
+    (
+        "mlflow credentials secret with a bad name",
+        with_changes("tracking", {"mlflow": {"trackingUri": "http://mlflow:5000", "experimentName": "lanes",
+                                             "credentialsSecretRef": {"name": "Team_Token"}}}),
+        "spec.tracking.mlflow.credentialsSecretRef.name",
+        "spec.tracking.mlflow.credentialsSecretRef.name",
+    ),
+    (
+        "unknown tracking field",
+        with_changes("tracking", {"mlflow": {"trackingUri": "http://mlflow:5000", "experimentName": "lanes",
+                                             "token": "abc"}}),
+        "spec.tracking.mlflow.token: unknown field",
+        "spec.tracking.mlflow: Additional properties",
+    ),
 ]
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("https://alice:secret@mlflow.example.com", "must not hold user:password; put credentials into a Secret named by"
+                                                " credentialsSecretRef"),
+    ("https://mlflow.example.com/?token=secret", "must not hold a query string; put it into a Secret named by"
+                                                 " credentialsSecretRef"),
+])
+def test_credentials_in_the_mlflow_tracking_uri_are_refused_naming_the_field(uri, message):
+    spec = with_changes("tracking", {"mlflow": {"trackingUri": uri, "experimentName": "lanes"}})
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_spec(spec)
+    assert caught.value.problems == [f"spec.tracking.mlflow.trackingUri: {message}"]
+
+
+def test_mlflow_tracking_is_optional_and_keeps_the_training_config_hash():
+    tracked = parse_spec(with_changes("tracking", {"mlflow": {"trackingUri": "http://mlflow:5000",
+                                                              "experimentName": "lanes"}}))
+    assert tracked.tracking.mlflow.log_best_checkpoint is False and tracked.tracking.mlflow.credentials_secret_ref is None
+    assert parse_spec(MINIMAL).tracking is None
+    assert training_config_hash(tracked) == training_config_hash(parse_spec(MINIMAL))
+    assert validate_against_crd(as_object(with_changes("tracking", {"mlflow": {
+        "trackingUri": "https://mlflow.example.com", "experimentName": "team/lanes", "logBestCheckpoint": True,
+        "credentialsSecretRef": {"name": "mlflow-token"}}}))) == []
 
 
 def test_resnet18_and_a_run_length_in_iterations_reach_the_train_command():

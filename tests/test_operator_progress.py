@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(240)
 
 KUBECTL = pathlib.Path(sys.executable).with_name("kubectl")
 CONTRACT_KEYS = {"state", "runId", "epoch", "epochs", "step", "steps", "loss", "learningRate", "imagesPerSecond",
-                 "dataWaitFraction", "etaSeconds", "validation", "validationHistory", "gpus", "updatedAt"}
+                 "dataWaitFraction", "etaSeconds", "validation", "validationHistory", "gpus", "mlflow", "updatedAt"}
 GAUGES = ("lanex_training_progress_ratio", "lanex_training_epoch", "lanex_training_images_per_second",
           "lanex_training_loss", "lanex_training_validation_accuracy", "lanex_training_eta_seconds",
           "lanex_training_data_wait_ratio", "lanex_training_gpu_utilization_percent", "lanex_training_stalled")

@@ -74,6 +74,16 @@ def test_the_crd_cel_rules_refuse_credentials_in_a_download_url(cluster, url, me
     assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize(("uri", "message"), [c[1:] for c in [
+    ("token in query", "https://mlflow.example.com/?token=secret", "trackingUri must not hold a query string"),
+    ("user and password", "https://alice:pw@mlflow.example.com", "trackingUri must not hold user:password"),
+]], ids=["token in query", "user and password"])
+def test_the_crd_cel_rules_refuse_credentials_in_the_mlflow_tracking_uri(cluster, uri, message):
+    spec = {**MINIMAL, "tracking": {"mlflow": {"trackingUri": uri, "experimentName": "lanes"}}}
+    result = dry_run(cluster, as_object(spec, name="leaky-mlflow"))
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
 def test_a_url_longer_than_the_bound_is_refused_naming_the_field(cluster):
     from lanex_operator.api.models import MAX_URL_LENGTH
 

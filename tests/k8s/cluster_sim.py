@@ -40,15 +40,20 @@ Every step can be made to fail or stall through `SimKnobs`, keyed by the experim
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
 import logging
+import os
 import random
 import re
 import string
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -114,6 +119,10 @@ class SimKnobs:
     val_accuracy: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     # Experiment name -> the results JSON of its launcher (default: training_results).
     results_for: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # Jobs labelled app.kubernetes.io/component with one of these run their container's command for real (a
+    # `lanex` command of this venv), with its env and the Secret keys it references, as a kubelet would; the
+    # termination message is what the command wrote to its terminationMessagePath.
+    real_job_components: set[str] = dataclasses.field(default_factory=set)
     # Experiments whose launcher hangs: no more log lines, the MPIJob stays Running, until the name is
     # removed (it goes on where it stopped) or the launcher pod is deleted (a hang belongs to one
     # process: the replacement does not inherit it, so the sim drops the name when it replaces the pod).
@@ -378,10 +387,15 @@ class ClusterSimulation:
                               stuck=stuck)
         await self._mount_secrets(pod)
         await self._while_stuck(job, [pod])
-        self.print(pod, "lanex data: preparing the dataset in /mnt/tusimple_data\n")
-        await asyncio.sleep(self.knobs.job_duration)
-        await self._hold(job)
-        failure = self.knobs.failure(self.knobs.fail_jobs, job)
+        done_message = "prepared /mnt/tusimple_data"
+        if (meta.get("labels") or {}).get("app.kubernetes.io/component") in self.knobs.real_job_components:
+            code, done_message = await self._run_for_real(pod)
+            failure = (done_message or f"exit code {code}") if code != 0 else None
+        else:
+            self.print(pod, "lanex data: preparing the dataset in /mnt/tusimple_data\n")
+            await asyncio.sleep(self.knobs.job_duration)
+            await self._hold(job)
+            failure = self.knobs.failure(self.knobs.fail_jobs, job)
         if failure:
             self.print(pod, f"error: {failure}\n")
             await self._terminate(pod, exit_code=1, message=failure)
@@ -390,13 +404,46 @@ class ClusterSimulation:
                 "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
                 "message": "Job has reached the specified backoff limit", "lastTransitionTime": now_rfc3339()}]}})
         else:
-            self.print(pod, "prepared /mnt/tusimple_data\n")
-            await self._terminate(pod, exit_code=0, message="prepared /mnt/tusimple_data")
+            self.print(pod, done_message + "\n")
+            await self._terminate(pod, exit_code=0, message=done_message)
             await self.request("PATCH", base, {"status": {"active": 0, "succeeded": 1, "completionTime": now_rfc3339(),
                                                           "conditions": [
                 {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now_rfc3339()},
                 {"type": "Complete", "status": "True", "lastTransitionTime": now_rfc3339()}]}})
         return True
+
+    async def _run_for_real(self, pod: Mapping[str, Any]) -> tuple[int, str]:
+        """The kubelet running the pod's container: its command (`lanex ...` of this venv) with its env, each
+        secretKeyRef resolved from the Secret (an optional key that is missing is left out); returns the exit
+        code and the termination message (the file at terminationMessagePath, else the output's tail)."""
+        container = pod["spec"]["containers"][0]
+        namespace = pod["metadata"]["namespace"]
+        env = {**os.environ}
+        for item in container.get("env") or []:
+            if "value" in item:
+                env[item["name"]] = item["value"]
+                continue
+            ref = (item.get("valueFrom") or {}).get("secretKeyRef") or {}
+            try:
+                secret = await self.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{ref['name']}")
+            except RuntimeError:
+                secret = {}
+            value = (secret.get("data") or {}).get(ref.get("key"))
+            if value is not None:
+                env[item["name"]] = base64.b64decode(value).decode()
+        with tempfile.TemporaryDirectory() as folder:
+            log_path = os.path.join(folder, "termination-log")
+            command = [str(Path(sys.executable).parent / "lanex") if part == "lanex" else part
+                       for part in container["command"]]
+            command = [log_path if part == container.get("terminationMessagePath", "/dev/termination-log") else part
+                       for part in command]
+            process = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE,
+                                                           stderr=asyncio.subprocess.STDOUT)
+            output, _ = await asyncio.wait_for(process.communicate(), timeout=300)
+            text = output.decode(errors="replace")
+            self.print(pod, text)
+            message = Path(log_path).read_text() if os.path.exists(log_path) else text[-4096:]
+        return int(process.returncode or 0), message.strip()
 
     async def _mount_secrets(self, pod: Mapping[str, Any]) -> None:
         """The kubelet's mount of secret volumes: Pending + FailedMount while a Secret is missing."""

@@ -74,6 +74,15 @@ CASES: list[tuple[list[str], str]] = [
     (["data", "download", "--url", "https://example.com/a.zip", "--credentials", "nowhere", "--out", "d"],
      "credentials folder nowhere does not exist"),
     (["data", "prepare", "--root", "nowhere"], "label file 'label_data_0313.json' not found"),
+    # MLflow tracking
+    (["train", "--data-root", "DATA", "--output-dir", "out", "--set", "mlflow={tracking_uri: ftp://x, experiment_name: e}"],
+     "mlflow.tracking_uri: String should match pattern"),
+    (["mlflow", "replay", "nowhere"], "nowhere/mlflow: this output directory has no MLflow run (no run.json)"),
+    (["mlflow", "sweep-run", "--tracking-uri", "http://127.0.0.1:9", "--experiment-name", "e", "--sweep", "ns/s",
+      "--sweep-uid", "u", "--end", "DONE"], "--end 'DONE': expected FINISHED, FAILED or KILLED"),
+    (["mlflow", "sweep-run", "--tracking-uri", "http://127.0.0.1:9", "--experiment-name", "e", "--sweep", "ns/s",
+      "--sweep-uid", "u", "--params", "{"], "--params/--tags: not JSON"),
+    (["run", "tracked.yaml"], "spec.tracking.mlflow.credentialsSecretRef names team-mlflow: pass --secret team-mlflow="),
     # no cluster to talk to (KUBECONFIG names no file)
     (["get"], "no usable Kubernetes configuration"),
     (["describe", "nothing"], "no usable Kubernetes configuration"),
@@ -93,6 +102,9 @@ def _files(folder: Path) -> None:
     (folder / "configmap.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
     experiment = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     (folder / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    tracked = {**experiment, "spec": {**experiment["spec"], "tracking": {"mlflow": {
+        "trackingUri": "http://127.0.0.1:9", "experimentName": "e", "credentialsSecretRef": {"name": "team-mlflow"}}}}}
+    (folder / "tracked.yaml").write_text(yaml.safe_dump(tracked))
     experiment["spec"]["training"]["workers"] = 0
     (folder / "invalid.yaml").write_text(yaml.safe_dump(experiment))
 

@@ -280,9 +280,96 @@ def worker_command(
     raise typer.Exit(main(command, grace_seconds))
 
 
+mlflow_app = typer.Typer(help="MLflow tracking: replay what a run could not send, a sweep's parent run.",
+                         no_args_is_help=True)
+
+
+@mlflow_app.command("replay")
+def mlflow_replay(
+    output_dir: Path = typer.Argument(..., help="A training output directory (holds mlflow/run.json)."),
+) -> None:
+    """Send the MLflow records a run kept while its tracking server did not answer (credentials: MLflow's
+    MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, from the environment)."""
+    import logging
+
+    from lanex_trainer.tracking import replay, run_link
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        done, pending = replay(output_dir)
+    except FileNotFoundError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    link = run_link(output_dir)
+    typer.echo(json.dumps({"sent": done, "pending": pending, "mlflow": link}))
+    if not done:
+        typer.echo(f"lanex mlflow replay: {pending} record(s) still pending in {output_dir}/mlflow: the server did not "
+                   "answer; run it again later", err=True)
+        raise typer.Exit(1)
+
+
+@mlflow_app.command("sweep-run")
+def mlflow_sweep_run(
+    tracking_uri: str = typer.Option(..., help="http(s) URL of the tracking server."),
+    experiment_name: str = typer.Option(..., help="MLflow experiment of the sweep and its trials."),
+    sweep: str = typer.Option(..., help="The sweep as NAMESPACE/NAME (the parent run's name is NAME)."),
+    sweep_uid: str = typer.Option(..., help="The sweep's uid: finds the parent run again (tag lanex.sweepUid)."),
+    end: Optional[str] = typer.Option(None, help="End the parent run with this status (FINISHED or FAILED), adopting "
+                                                 "every trial run of the sweep that has no parent yet."),
+    params: str = typer.Option("{}", help="JSON object: the sweep's parameters (logged when the run is created)."),
+    tags: str = typer.Option("{}", help="JSON object: tags of the parent run."),
+    wait_seconds: float = typer.Option(120.0, min=0, help="Retry (with backoff) this long while the server does not "
+                                                          "answer."),
+    termination_log: Optional[Path] = typer.Option(None, help="Also write the run's link here (a pod's termination "
+                                                              "message)."),
+) -> None:
+    """Find or create a sweep's MLflow parent run (`--end`: end it): the one creator of it, run by the sweep."""
+    import time
+
+    from lanex_trainer.tracking.server import MlflowServer, Unreachable
+    from lanex_trainer.tracking.sweep import end_sweep_run, find_sweep_run, start_sweep_run
+
+    try:
+        params_value, tags_value = json.loads(params), json.loads(tags)
+    except json.JSONDecodeError as error:
+        typer.echo(f"error: --params/--tags: not JSON ({error.msg})", err=True)
+        raise typer.Exit(2) from None
+    if end is not None and end not in ("FINISHED", "FAILED", "KILLED"):
+        typer.echo(f"error: --end {end!r}: expected FINISHED, FAILED or KILLED", err=True)
+        raise typer.Exit(2)
+    deadline, backoff = time.monotonic() + wait_seconds, 1.0
+    while True:
+        try:
+            server = MlflowServer(tracking_uri)
+            if end is None:
+                found = start_sweep_run(server, experiment_name, sweep, sweep_uid, params_value, tags_value)
+            else:
+                found = find_sweep_run(server, experiment_name, sweep_uid)
+                if found is None:
+                    typer.echo(f"error: no MLflow parent run of sweep {sweep} (uid {sweep_uid}) in experiment "
+                               f"{experiment_name!r}", err=True)
+                    raise typer.Exit(1)
+                end_sweep_run(server, found, sweep_uid, end, tags_value)
+            break
+        except Unreachable as error:
+            if time.monotonic() + backoff > deadline:
+                message = f"MLflow tracking server {tracking_uri}: no answer ({error})"
+                typer.echo(f"lanex mlflow sweep-run: {message}", err=True)
+                if termination_log is not None:
+                    termination_log.write_text(message[:4096])
+                raise typer.Exit(1) from None
+            time.sleep(backoff)
+            backoff = min(30.0, backoff * 2)
+    text = json.dumps(found, separators=(",", ":"))
+    if termination_log is not None:
+        termination_log.write_text(text)
+    typer.echo(text)
+
+
 def register(app: typer.Typer) -> None:
     """Attach the trainer's commands to the top-level `lanex` app."""
     app.add_typer(data_app, name="data")
+    app.add_typer(mlflow_app, name="mlflow")
     app.command("eval")(eval_command)
     app.command("train")(train_command)
     app.command("predict")(predict_command)

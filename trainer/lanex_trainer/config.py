@@ -32,6 +32,28 @@ def yaml_problem(error: "yaml.YAMLError") -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
+class MlflowConfig(BaseModel):
+    """Where rank 0 logs the run (MLflow), and what identifies it there. No credentials: MLflow's client reads
+    MLFLOW_TRACKING_TOKEN (or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD) from the environment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tracking_uri: str = Field(description="http(s) URL of the MLflow tracking server.", pattern=r"^https?://\S+$")
+    experiment_name: str = Field(min_length=1, description="MLflow experiment (created when missing).")
+    log_best_checkpoint: bool = Field(False, description="Also upload best.pt as an artifact.")
+    run_name: Optional[str] = Field(None, description="The run's name in MLflow (the lanex experiment's name).")
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags set when the run is created "
+                                 "(lanex.experiment, lanex.sweep, lanex.image, ...).")
+    parent_run_id: Optional[str] = Field(None, description="The sweep's MLflow run: this run becomes its child.")
+    sweep_uid: Optional[str] = Field(
+        None, description="Without parent_run_id: the uid of the sweep whose parent run (tag lanex.sweepUid) is "
+        "looked up in the background until it exists, then set as this run's parent.")
+    flush_timeout_s: float = Field(
+        60.0, ge=0, description="At the end of the run: how long to wait for the sender to upload what is left "
+        "(results, pictures, the checkpoint) while the server answers; what is not sent stays in the run's "
+        "mlflow/ folder for `lanex mlflow replay`.")
+
+
 class TrainConfig(BaseModel):
     """Everything one training run needs. Units and reasons are in each field's description."""
 
@@ -120,6 +142,10 @@ class TrainConfig(BaseModel):
         10.0, gt=0, description="Seconds between progress publications (progress.json and a LANEX_PROGRESS "
         "log line); also at every epoch end and validation (env LANEX_PROGRESS_INTERVAL)."
     )
+    # Where the run is logged is not what is learned: excluded from dumps, so from the fingerprint too.
+    mlflow: Optional[MlflowConfig] = Field(
+        None, exclude=True, description="MLflow tracking by rank 0 (env LANEX_MLFLOW, a JSON object); unset: none."
+    )
     enable_snapshot: bool = Field(False, description="TR-4896's ENABLE_SNAPSHOT: logged only (the operator snapshots).")
     pvc_name: Optional[str] = Field(None, description="TR-4896's PVC_NAME: logged only.")
 
@@ -188,6 +214,13 @@ def _env_seconds(name: str, raw: str) -> float:
     return value
 
 
+def _env_json(name: str, raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"environment variable {name}: not a JSON object ({error.msg} at column {error.colno})") from None
+
+
 # TR-4896's job definitions set these (plus lanex's own launcher variable); each maps onto one field.
 TR4896_ENV = {
     "USE_WORKERS": ("use_workers", _env_bool),
@@ -203,6 +236,8 @@ TR4896_ENV = {
     "LANEX_PROGRESS_INTERVAL": ("progress_interval", _env_seconds),
     # For `spec.training.env`: how long a silent lease lasts before another training takes it.
     "LANEX_LEASE_STALE_S": ("lease_stale_s", _env_int),
+    # Set by lanex's plan from spec.tracking.mlflow (lanex_trainer.tracking).
+    "LANEX_MLFLOW": ("mlflow", _env_json),
 }
 
 

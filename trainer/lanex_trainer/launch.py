@@ -38,7 +38,8 @@ from lanex_trainer.preemption import PREEMPTED_EXIT_CODE, PREEMPTED_EXIT_ENV, gr
 # What the operator needs from results.json; the termination message is capped at 4 KiB.
 TERMINATION_FIELDS = ("accuracy", "fp", "fn", "checkpoint", "images_per_second", "epochs", "steps", "config_hash")
 # Environment forwarded by mpirun to remote ranks (Open MPI does not forward by default).
-FORWARDED_ENV_PREFIXES = ("NCCL_", "LANEX_", "OMP_", "PYTHON", "TORCH_", "GLOO_")
+# MLFLOW_: the tracking server's credentials (MLFLOW_TRACKING_TOKEN, ...) for rank 0, wherever it runs.
+FORWARDED_ENV_PREFIXES = ("NCCL_", "LANEX_", "OMP_", "PYTHON", "TORCH_", "GLOO_", "MLFLOW_")
 FORWARDED_ENV = ("PATH", "LD_LIBRARY_PATH", "MASTER_ADDR", "MASTER_PORT", "USE_WORKERS", "NUM_WORKERS",
                  "BATCH_SIZE", "USE_VAL", "VAL_BATCH_SIZE", "ENABLE_SNAPSHOT", "PVC_NAME", "HOME")
 

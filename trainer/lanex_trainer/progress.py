@@ -38,7 +38,7 @@ MARKER = "LANEX_PROGRESS {"  # what consumers search for: launchers may prefix t
 DEFAULT_INTERVAL_S = 10.0
 LOSS_SMOOTHING = 0.9  # EMA weight of the previous value: about the last 10 steps count
 CONTRACT_KEYS = ("state", "runId", "epoch", "epochs", "step", "steps", "loss", "learningRate", "imagesPerSecond",
-                 "dataWaitFraction", "etaSeconds", "validation", "validationHistory", "gpus", "updatedAt")
+                 "dataWaitFraction", "etaSeconds", "validation", "validationHistory", "gpus", "mlflow", "updatedAt")
 
 
 def utc_now() -> str:
@@ -181,6 +181,8 @@ class ProgressReporter:
     clock: Callable[[], float] = time.monotonic
     stream: TextIO = field(default_factory=lambda: sys.stdout)
     show_bar: bool = True
+    # The run's MLflow link ({"runId", "experimentId", "url"}) once it exists (lanex_trainer.tracking), else None.
+    tracking: Optional[Callable[[], Optional[dict]]] = None
 
     def __post_init__(self) -> None:
         self.state = "training"
@@ -198,6 +200,7 @@ class ProgressReporter:
         self.validation_seconds: list[float] = []
         self.validation_started: Optional[float] = None
         self.bar = None
+        self.synced_step: Optional[int] = None  # the step of the newest sync (its throughput is fresh there)
 
     # -- called by the training loop -----------------------------------------------------------
     def start(self, step: int, epoch: int, history: list[dict]) -> None:
@@ -297,6 +300,16 @@ class ProgressReporter:
             self.trained_steps += window.steps
         self.gpus = gpu_entries(totals[_COUNTS + 1:], world)
         self.window = _Window()
+        self.synced_step = self.step_count
+
+    def throughput_at(self, step: int) -> dict:
+        """`images_per_second` and `data_wait_fraction` over all ranks when a sync measured them at `step`, else {}."""
+        if self.synced_step != step or self.images_per_second is None:
+            return {}
+        measured = {"images_per_second": self.images_per_second}
+        if self.data_wait is not None:
+            measured["data_wait_fraction"] = self.data_wait
+        return measured
 
     # -- rank 0 ----------------------------------------------------------------------------------
     def eta_seconds(self) -> Optional[int]:
@@ -318,7 +331,8 @@ class ProgressReporter:
             "learningRate": self.learning_rate, "imagesPerSecond": self.images_per_second,
             "dataWaitFraction": self.data_wait, "etaSeconds": self.eta_seconds(),
             "validation": self.history[-1] if self.history else None,
-            "validationHistory": list(self.history), "gpus": self.gpus, "updatedAt": utc_now(),
+            "validationHistory": list(self.history), "gpus": self.gpus,
+            "mlflow": self.tracking() if self.tracking is not None else None, "updatedAt": utc_now(),
         }
 
     def publish(self) -> None:

@@ -1,7 +1,8 @@
 """`lanex train`: wires data, model, optimiser and checkpoints into a (distributed) run.
 
 Rank 0 alone writes into `output_dir` (checkpoints, TensorBoard, results.json, curves, progress.json,
-overlays and worst.png); every rank reads the checkpoint that rank 0 chose, so all resume at the
+overlays and worst.png) and, when `cfg.mlflow` is set, logs the run to MLflow (`lanex_trainer.tracking`:
+journaled, sent by a background thread, never waited for); every rank reads the checkpoint that rank 0 chose, so all resume at the
 same step. A resumed run sees exactly the batches, augmentations and random states an
 uninterrupted one would have. SIGTERM/SIGINT stop the run after the current step with a
 checkpoint of exactly that step (see preemption.py).
@@ -42,6 +43,7 @@ BEST_MODEL = "best.pt"
 FINAL_MODEL = "final.pt"
 STEP_LOG = "train_log.jsonl"
 OVERLAY_IMAGES = 8  # test images drawn with their predicted lanes at the end of a run
+PREEMPTION_FLUSH_S = 2.0  # what MLflow has not taken by then stays journaled: the grace period is for the checkpoint
 
 
 def warmup_poly(total_steps: int, warmup_steps: int, power: float):
@@ -196,6 +198,7 @@ class Trainer:
         # same mean training loss as an uninterrupted one.
         self.epoch_totals = {"steps": 0, "loss_sum": 0.0}
         self.saved_step: Optional[int] = None  # the step of the newest checkpoint this run wrote
+        self.tracker = None  # rank 0's MLflow run (lanex_trainer.tracking.RunTracker) when cfg.mlflow is set
 
     def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
         workers = self.loader_workers
@@ -261,8 +264,40 @@ class Trainer:
             (self.out / PREEMPTED_FILE).unlink(missing_ok=True)
         return state
 
+    # -- MLflow (rank 0) ---------------------------------------------------------------------
+    def _start_tracking(self, step: int, resumed: bool) -> None:
+        cfg = self.cfg
+        if cfg.mlflow is None or not self.dist.is_main:
+            return
+        from lanex_trainer.tracking import RunTracker
+
+        settings = cfg.mlflow.model_copy(update={"tags": {"lanex.configHash": cfg.fingerprint(), **cfg.mlflow.tags}})
+        self.tracker = RunTracker(settings, self.out)
+        params = {**cfg.model_dump(mode="json"),
+                  "run": {"world_size": self.dist.world_size, "backend": self.dist.backend,
+                          "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                          "warmup_steps": self.warmup_steps, "effective_lr": self.lr}}
+        self.tracker.start(params, resumed_at=step if resumed else None, fresh=not cfg.resume)
+
+    def _track(self, step: int, values: dict) -> None:
+        if self.tracker is not None:
+            self.tracker.metrics(step, values)
+
+    def _end_tracking(self, status: str, wait_s: Optional[float] = None) -> None:
+        if self.tracker is not None and not self.tracker.ended:
+            self.tracker.end(status, wait_s)
+
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict:
+        try:
+            return self._run()
+        except Preempted:
+            raise  # the MLflow run was marked KILLED by _preempt; the next start continues it
+        except BaseException:
+            self._end_tracking("FAILED", wait_s=5.0)
+            raise
+
+    def _run(self) -> dict:
         cfg, dist = self.cfg, self.dist
         resume = self._resume_state()
         if resume:
@@ -289,10 +324,11 @@ class Trainer:
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
             # One line per optimizer step; a resumed run appends (the newest line of a step wins).
             self.step_log = (self.out / STEP_LOG).open("a")
+        self._start_tracking(step, resumed=resume is not None)
         self.progress = ProgressReporter(
             dist, self.out, epochs=epochs_of_run(self.total_steps, self.steps_per_epoch, cfg.epochs),
             steps=self.total_steps, run_id=self.ownership.run_id, interval_s=cfg.progress_interval,
-            gpu=GpuProbe.for_device(self.device))
+            gpu=GpuProbe.for_device(self.device), tracking=self.tracker.link if self.tracker is not None else None)
         self.progress.start(step, epoch, self.history)
 
         train_seconds, trained_images = 0.0, 0
@@ -310,6 +346,8 @@ class Trainer:
                     self.step_log.write(json.dumps({"step": new_step, "epoch": epoch, "loss": loss,
                                                     "lr": optimizer.param_groups[0]["lr"]}) + "\n")
                     self.step_log.flush()
+                    self._track(new_step, {"loss": loss, "learning_rate": optimizer.param_groups[0]["lr"],
+                                           **self.progress.throughput_at(new_step)})
                 if dist.is_main and new_step % cfg.log_every == 0:
                     self.writer.add_scalar("train/loss", loss, new_step)
                     self.writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], new_step)
@@ -389,6 +427,9 @@ class Trainer:
             write_record(self.out, record)
             self.writer.close()
             self.step_log.close()
+            if self.tracker is not None:  # the next start continues this MLflow run (and sends what is left)
+                self.tracker.tags({"lanex.preemptedAtStep": step})
+                self._end_tracking("KILLED", wait_s=PREEMPTION_FLUSH_S)
         self.progress.preempted()
         record = self.dist.broadcast_object(record)
         raise Preempted(record)
@@ -407,6 +448,11 @@ class Trainer:
             if key not in {"epoch", "step"}:
                 self.writer.add_scalar(f"epoch/{key}", value, record["step"])
         log.info("epoch %s", json.dumps(record))
+        # MLflow: the epoch's record at its last step; `epoch` 1-based as in progress.json, and the epoch's
+        # throughput apart from the per-step `images_per_second` of the progress publications.
+        tracked = {("epoch_images_per_second" if key == "images_per_second" else key): value
+                   for key, value in record.items() if key not in {"epoch", "step"}}
+        self._track(record["step"], {"epoch": record["epoch"] + 1, **tracked})
 
     def _track_best(self, record: dict, state: dict) -> None:
         """Best by validation accuracy, else validation loss, else training loss."""
@@ -457,6 +503,8 @@ class Trainer:
         for key in ("accuracy", "fp", "fn"):
             source = results.get("test") or results.get("validation")
             results[key] = source[key] if source else None
+        if self.tracker is not None:
+            results["mlflow"] = self.tracker.link()
         if dist.is_main:
             self.writer.close()
             self.step_log.close()
@@ -464,8 +512,24 @@ class Trainer:
             from lanex_trainer.curves import plot_curves
 
             plot_curves(self.history, self.out / "curves.png")
+        self._track_results(results, step)
         self.progress.finished()
+        self._end_tracking("FINISHED")
         return results
+
+    def _track_results(self, results: dict, step: int) -> None:
+        """The test results and the run's files to MLflow (journaled now, uploaded in the background)."""
+        if self.tracker is None:
+            return
+        if results.get("test"):
+            self._track(step, {f"test_{key}": value for key, value in results["test"].items()})
+        for name in (RESULTS_FILE, "curves.png", "worst.png"):
+            if (self.out / name).is_file():
+                self.tracker.artifact(self.out / name)
+        if (self.out / "overlays").is_dir():
+            self.tracker.artifact(self.out / "overlays", "overlays")
+        if self.cfg.mlflow is not None and self.cfg.mlflow.log_best_checkpoint and (self.out / BEST_MODEL).is_file():
+            self.tracker.artifact(self.out / BEST_MODEL, "checkpoints")
 
     def _write_pictures(self, predictions: list[dict]) -> None:
         """Overlays of the first test images and `worst.png`, each image with its own TuSimple scores."""

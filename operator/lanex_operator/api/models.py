@@ -36,6 +36,7 @@ from lanex_operator.api.status import (  # noqa: F401  (re-exported: api.models 
     FailureReason,
     GpuReading,
     LaneExperimentStatus,
+    MlflowLink,
     Phase,
     Provenance,
     Results,
@@ -139,29 +140,31 @@ MAX_URL_LENGTH = 2048
 MAX_DOWNLOAD_URLS = 32
 
 
-def _url_rules(optional: bool) -> list[dict[str, str]]:
+def _url_rules(optional: bool, field: str = "url", ref: str = "secretRef",
+               query_hint: str = " (key sas)") -> list[dict[str, str]]:
     # The API server's side of `_no_secret_in_url`: CEL, since a pattern cannot say why.
-    guard = "!has(self.url) || " if optional else ""
+    guard = f"!has(self.{field}) || " if optional else ""
     return [
-        {"rule": f"{guard}!self.url.contains('?')",
-         "message": "url must not hold a query string: put it into the Secret named by secretRef (key sas)"},
-        {"rule": f"{guard}!self.url.matches('^[a-z]+://[^/]*@')",
-         "message": "url must not hold user:password: put credentials into the Secret named by secretRef"},
+        {"rule": f"{guard}!self.{field}.contains('?')",
+         "message": f"{field} must not hold a query string: put it into the Secret named by {ref}{query_hint}"},
+        {"rule": f"{guard}!self.{field}.matches('^[a-z]+://[^/]*@')",
+         "message": f"{field} must not hold user:password: put credentials into the Secret named by {ref}"},
     ]
 
 
-def _no_secret_in_url(url: Optional[str]) -> None:
+def _no_secret_in_url(url: Optional[str], field: str = "url", ref: str = "secretRef",
+                      query_hint: str = " (key sas: appended to the request)") -> None:
     # Everyone who can read the experiment reads its URLs: credentials belong in a Secret.
     if url is None:
         return
     if has_userinfo(url):
         raise PydanticCustomError(
-            "secret_in_url", "must not hold user:password; put credentials into a Secret named by secretRef",
-            {"field": "url"})
+            "secret_in_url", "must not hold user:password; put credentials into a Secret named by {ref}",
+            {"field": field, "ref": ref})
     if "?" in url:  # a SAS or presigned query is a secret, and the manifests must show no query string
         raise PydanticCustomError(
-            "secret_in_url", "must not hold a query string; put it into a Secret (key sas: appended to the"
-            " request) named by secretRef", {"field": "url"})
+            "secret_in_url", "must not hold a query string; put it into a Secret{hint} named by {ref}",
+            {"field": field, "ref": ref, "hint": query_hint})
 
 
 class DownloadUrl(SpecModel):
@@ -668,6 +671,67 @@ class StorageSpec(SpecModel):
     )
 
 
+# --- spec: tracking ---------------------------------------------------------------------
+
+MLFLOW_CREDENTIAL_KEYS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+TRACKING_URI_PATTERN = r"^https?://\S+$"
+MAX_EXPERIMENT_NAME_CHARS = 256  # of an MLflow experiment name; MLflow itself takes any length
+
+
+class MlflowCredentialsRef(SpecModel):
+    """A Secret in the experiment's namespace whose keys reach rank 0's MLflow client as environment variables."""
+
+    name: str = Field(
+        description="Name of the Secret; its keys " + ", ".join(MLFLOW_CREDENTIAL_KEYS) + " (a token, or a user"
+        " name and password) become the launcher's environment, passed on to the ranks. Like every Secret an"
+        " experiment names, its owner must label it lanex.dev/usable-by-experiments: \"true\". Locally,"
+        " `lanex run FILE --secret NAME=file:PATH|env:VAR` supplies it.",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+    )
+
+
+class MlflowTracking(SpecModel):
+    """Log the run to an MLflow tracking server: parameters, metrics per step and epoch, results, artifacts, tags.
+
+    Only rank 0 logs, from a background thread: a server that is down or slow never fails or slows training;
+    what it could not send is kept in the run's output directory and sent when the server answers again."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _url_rules(
+        optional=False, field="trackingUri", ref="credentialsSecretRef", query_hint="")})
+
+    tracking_uri: str = Field(
+        description="http:// or https:// URL of the MLflow tracking server, as reachable from the training pods"
+        " (locally: from this machine). No credentials and no query string here: use credentialsSecretRef.",
+        pattern=TRACKING_URI_PATTERN,
+        max_length=MAX_URL_LENGTH,
+    )
+    experiment_name: str = Field(
+        description="MLflow experiment the run is logged to (created when it does not exist). A sweep's parent run"
+        " and its trials' runs all go there.",
+        pattern=r"^\S(.*\S)?$",
+        min_length=1,
+        max_length=MAX_EXPERIMENT_NAME_CHARS,
+    )
+    credentials_secret_ref: Optional[MlflowCredentialsRef] = Field(
+        None, description="Secret holding the server's credentials; unset: the server needs none."
+    )
+    log_best_checkpoint: bool = Field(
+        False, description="Also upload the best checkpoint (best.pt: for vgg16_bn about 160 MiB) as an artifact."
+    )
+
+    @model_validator(mode="after")
+    def _credentials_not_in_uri(self) -> "MlflowTracking":
+        _no_secret_in_url(self.tracking_uri, field="trackingUri", ref="credentialsSecretRef", query_hint="")
+        return self
+
+
+class TrackingSpec(SpecModel):
+    """Experiment trackers the run is logged to."""
+
+    mlflow: Optional[MlflowTracking] = Field(None, description="MLflow tracking; unset: none.")
+
+
 class LaneExperimentSpec(SpecModel):
     """A lane-detection training experiment: dataset volume, training job, snapshot, retention."""
 
@@ -679,6 +743,7 @@ class LaneExperimentSpec(SpecModel):
     snapshot: SnapshotSpec = _section(SnapshotSpec, "Snapshot of the dataset volume after training.")
     retention: RetentionSpec = _section(RetentionSpec, "What deletion keeps.")
     storage: StorageSpec = _section(StorageSpec, "Storage service level (Azure NetApp Files).")
+    tracking: Optional[TrackingSpec] = Field(None, description="Experiment tracking (MLflow); unset: none.")
 
 
 def training_config_hash(spec: LaneExperimentSpec) -> str:

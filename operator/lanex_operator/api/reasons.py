@@ -79,10 +79,16 @@ CONDITIONS: tuple[ConditionDoc, ...] = (
                  "vgg16_bn trains without ImageNet weights (spec.training.pretrainedWeights unset)."),
     ConditionDoc(C.STALLED.value, (EXPERIMENT,),
                  "No new training progress for spec.training.stallTimeoutSeconds while the MPIJob runs."),
+    ConditionDoc(C.MLFLOW_PARENT_RUN.value, (SWEEP,),
+                 "spec.template.tracking.mlflow: the sweep's MLflow parent run, found or created by the Job "
+                 "`<sweep>-mlflow`. It never holds the sweep up: the trials run (and log their own runs) whatever "
+                 "it says."),
 )
 
 F = FailureReason
 _PREFLIGHT = (C.PREFLIGHT.value,)
+# A Secret the sweep's MLflow Job would read is checked like the others, and reported on MLflowParentRun.
+_SECRET_CHECKS = (C.PREFLIGHT.value, C.MLFLOW_PARENT_RUN.value)
 _GRANT = ("the chart's `credentials.optInLabel` (default true) lets owners opt in by label; "
           "`credentials.secrets` / `credentials.serviceAccounts` list `namespace/name` entries")
 
@@ -154,19 +160,22 @@ REASONS: tuple[ReasonDoc, ...] = (
               "operator's default belongs to another driver).",
               "Create a class for that driver, name one in spec.snapshot.volumeSnapshotClassName, or set "
               "spec.snapshot.enabled to false.", kinds=BOTH),
-    ReasonDoc("MissingSecret", _PREFLIGHT, "A Secret named by a secretRef does not exist.",
+    ReasonDoc("MissingSecret", _SECRET_CHECKS,
+              "A Secret named by a secretRef (or by tracking.mlflow.credentialsSecretRef) does not exist.",
               'Create it in the experiment\'s namespace, labelled lanex.dev/usable-by-experiments: "true".', kinds=BOTH),
     ReasonDoc("MissingServiceAccount", _PREFLIGHT,
               "The ServiceAccount of spec.dataset.prepareServiceAccountName does not exist.",
               'Create it, labelled lanex.dev/usable-by-experiments: "true".', kinds=BOTH),
-    ReasonDoc("SecretNotOptedIn", _PREFLIGHT, "A Secret named by a secretRef is not opted in for experiments.",
+    ReasonDoc("SecretNotOptedIn", _SECRET_CHECKS,
+              "A Secret named by a secretRef (or by tracking.mlflow.credentialsSecretRef) is not opted in for "
+              "experiments.",
               "Its owner labels it: `kubectl label secret NAME -n NS lanex.dev/usable-by-experiments=true`; or "
               + _GRANT + ".", kinds=BOTH),
     ReasonDoc("ServiceAccountNotOptedIn", _PREFLIGHT,
               "The prepare Job's ServiceAccount is not opted in for experiments.",
               "Its owner labels it: `kubectl label serviceaccount NAME -n NS lanex.dev/usable-by-experiments=true`; "
               "or " + _GRANT + ".", kinds=BOTH),
-    ReasonDoc("SecretNotReadable", _PREFLIGHT, "The operator may not read the Secret's labels (a 403).",
+    ReasonDoc("SecretNotReadable", _SECRET_CHECKS, "The operator may not read the Secret's labels (a 403).",
               "Grant the operator get on secrets (the chart does with credentials.optInLabel), or list the Secret "
               "in credentials.secrets.", kinds=BOTH),
     ReasonDoc("ServiceAccountNotReadable", _PREFLIGHT, "The operator may not read the ServiceAccount's labels.",
@@ -325,6 +334,25 @@ REASONS: tuple[ReasonDoc, ...] = (
               "The operator stopped following the training progress after an error it did not foresee; training "
               "itself goes on and the experiment still ends Succeeded or Failed.",
               "Report it as a lanex bug with the operator's log; `lanex logs NAME` still shows the progress."),
+    # ---- a sweep's MLflow parent run
+    ReasonDoc("Creating", (C.MLFLOW_PARENT_RUN.value,),
+              "The Job `<sweep>-mlflow` runs `lanex mlflow sweep-run`, which finds or creates the parent run.",
+              kinds=(SWEEP,)),
+    ReasonDoc("Created", (C.MLFLOW_PARENT_RUN.value,),
+              "The parent run exists: status.mlflow links to it, and the trials' runs become its children.",
+              kinds=(SWEEP,)),
+    ReasonDoc("JobFailed", (C.MLFLOW_PARENT_RUN.value,),
+              "The Job could not find or create the parent run (the message has its last words, e.g. the server "
+              "did not answer for 2 minutes). The trials still log their own runs, tagged lanex.sweepUid.",
+              "Check the tracking server and the Secret's keys; then run `lanex mlflow sweep-run` with the "
+              "sweep's name and uid (docs: MLflow tracking) to make the parent and adopt the trials.",
+              kinds=(SWEEP,)),
+    ReasonDoc("MLflowParentRunFailed", (EVENT,), "Posted with MLflowParentRun False, reason JobFailed.",
+              kinds=(SWEEP,)),
+    ReasonDoc("MLflowParentRunNotEnded", (EVENT,),
+              "The sweep ended but the Job `<sweep>-mlflow-end` that ends its parent run could not be created; the "
+              "run stays RUNNING in MLflow.", "Run `lanex mlflow sweep-run ... --end FINISHED` by hand.",
+              kinds=(SWEEP,)),
     ReasonDoc("ReleaseFailed", (EVENT,),
               "Deleting a sweep could not release its children yet (it is retried; after 10 minutes the sweep goes, "
               "its dataset kept).", "Read the message; delete what it names by hand if needed.", kinds=(SWEEP,)),

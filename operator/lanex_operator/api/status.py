@@ -64,6 +64,7 @@ class ConditionType(str, Enum):
     QUEUED = "Queued"  # scheduler kueue: the MPIJob waits, suspended, for Kueue's admission
     TRAINING_FROM_SCRATCH = "TrainingFromScratch"
     STALLED = "Stalled"
+    MLFLOW_PARENT_RUN = "MLflowParentRun"  # a sweep's MLflow parent run (spec.template.tracking.mlflow)
 
 
 class StatusModel(BaseModel):
@@ -164,6 +165,14 @@ class GpuReading(StatusModel):
     memory_total_bytes: Optional[int] = Field(None, description="GPU memory in total, bytes.")
 
 
+class MlflowLink(StatusModel):
+    """An MLflow run: where `lanex get` and the UI link to (no credentials in it)."""
+
+    run_id: str = Field(description="The MLflow run id.", max_length=64)
+    experiment_id: Optional[str] = Field(None, description="The MLflow experiment id.", max_length=64)
+    url: Optional[str] = Field(None, description="The run's page on the tracking server.", max_length=4096)
+
+
 class TrainingProgress(StatusModel):
     """The trainer's newest progress (rank 0 publishes it), as the operator last read it.
 
@@ -188,6 +197,8 @@ class TrainingProgress(StatusModel):
     validation_history: list[ValidationResult] = Field(
         default_factory=list, description="Every validation so far, oldest first.")
     gpus: Optional[list[GpuReading]] = Field(None, description="Per-rank GPU readings (null without NVML).")
+    mlflow: Optional[MlflowLink] = Field(
+        None, description="The run's MLflow run (spec.tracking.mlflow), once the tracking server created it.")
     updated_at: Optional[Timestamp] = Field(None, description="When the trainer wrote it (RFC 3339, UTC).")
     observed_at: Optional[Timestamp] = Field(None, description="When the operator read it (RFC 3339, UTC).")
 
@@ -235,6 +246,8 @@ class LaneExperimentStatus(StatusModel):
     progress: Optional[TrainingProgress] = Field(None, description="Live training progress read from the launcher.")
     progress_summary: Optional[str] = Field(None, description="Progress column: epoch/epochs and percent of steps.")
     eta: Optional[str] = Field(None, description="ETA column: estimated time until training ends.")
+    mlflow: Optional[MlflowLink] = Field(
+        None, description="The experiment's MLflow run (spec.tracking.mlflow), from the trainer's progress.")
 
 
 # An experiment's phases in the order it goes through them on its way to Succeeded (Failed and Stopped end it).

@@ -42,7 +42,7 @@ from lanex_operator.api.models import (
     matches,
     parse_spec,
 )
-from lanex_operator.api.status import Condition, StatusModel
+from lanex_operator.api.status import Condition, MlflowLink, StatusModel
 
 SWEEP_KIND = "LaneSweep"
 SWEEP_PLURAL = "lanesweeps"
@@ -50,6 +50,8 @@ SWEEP_SINGULAR = "lanesweep"
 SWEEP_SHORT_NAME = "lxs"
 SWEEP_LABEL = "lanex.dev/sweep"  # on every trial and every child of the sweep: the sweep's name
 TRIAL_PARAMETERS_ANNOTATION = "lanex.dev/trial-parameters"  # on a trial: its parameters, JSON
+# On a trial created once the sweep's MLflow parent run is known: its run id (the trial's run becomes its child).
+MLFLOW_PARENT_ANNOTATION = "lanex.dev/mlflow-parent-run-id"
 MAX_TRIALS = 999
 # Every name derived from a sweep's must stay valid: its trials `<sweep>-NNN` and the experiment plan of its dataset
 # `<sweep>-dataset` are experiment names (at most 42 characters, DNS-1035), so the dataset's makes it 34.
@@ -277,6 +279,8 @@ class LaneSweepStatus(StatusModel):
     trials: list[TrialRecord] = Field(default_factory=list, description="Every trial, in order.")
     counts: Optional[TrialCounts] = Field(None, description="Trials by state.")
     best_trial: Optional[BestTrial] = Field(None, description="The best finished trial so far.")
+    mlflow: Optional[MlflowLink] = Field(
+        None, description="The sweep's MLflow parent run (spec.template.tracking.mlflow); its trials' runs are its children.")
     start_time: Optional[Timestamp] = Field(None, description="When the operator started the sweep.")
     completion_time: Optional[Timestamp] = Field(None, description="When the sweep succeeded or failed.")
 
@@ -366,6 +370,11 @@ def template_document(spec: LaneSweepSpec) -> dict[str, Any]:
 def dataset_snapshot_name(sweep: str) -> str:
     """The snapshot of the sweep's prepared dataset (deterministic: created once, found again after a restart)."""
     return f"{sweep}-dataset"
+
+
+def mlflow_job_name(sweep: str, end: bool = False) -> str:
+    """The Job that creates (`<sweep>-mlflow`) or ends (`<sweep>-mlflow-end`) the sweep's MLflow parent run."""
+    return f"{sweep}-mlflow-end" if end else f"{sweep}-mlflow"
 
 
 def trial_name(sweep: str, index: int) -> str:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Mapping, Optional
 
 from lanex_operator.api.models import LaneExperimentSpec
+from lanex_operator.api.sweep import SWEEP_LABEL
 from lanex_operator.api.quantity import max_quantity
 from lanex_operator.plan.steps import (
     DATA_VOLUME,
@@ -35,6 +36,8 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # Service resolves when Horovod's ssh checks start (the default, AtStartup, does not wait).
 WAIT_FOR_WORKERS_READY = "WaitForWorkersReady"
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
+# `lanex mlflow sweep-run` retries the server for 120 s; a pod that cannot start in time fails the Job.
+MLFLOW_JOB_DEADLINE_SECONDS = 600
 
 Manifest = dict[str, Any]
 
@@ -237,6 +240,29 @@ def snapshot_for(meta: Mapping[str, Any], spec: LaneExperimentSpec, plan: Experi
     }
 
 
+def sweep_mlflow_job_for(sweep_meta: Mapping[str, Any], name: str, run: ContainerRun) -> Manifest:
+    """The batch/v1 Job that finds, creates or ends a sweep's MLflow parent run (`lanex mlflow sweep-run`).
+
+    One pod, tried once: the command itself retries the server for a while. Its answer (the run's link)
+    is the pod's termination message. The server's credentials come from the Secret by reference only.
+    """
+    labels = {"app.kubernetes.io/name": "lanex", "app.kubernetes.io/managed-by": MANAGED_BY,
+              "app.kubernetes.io/component": "mlflow", SWEEP_LABEL: sweep_meta["name"]}
+    container = {**_container("mlflow", run), "terminationMessagePolicy": "FallbackToLogsOnError"}
+    container.pop("volumeMounts")
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": sweep_meta["namespace"], "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": MLFLOW_JOB_DEADLINE_SECONDS,
+            "template": {"metadata": {"labels": dict(labels)},
+                         "spec": {"restartPolicy": "Never", "containers": [container]}},
+        },
+    }
+
+
 def pv_is_shared(pv: Mapping[str, Any]) -> bool:
     """True when a PersistentVolume can already be mounted by pods on several nodes."""
     return "ReadWriteMany" in (pv.get("spec") or {}).get("accessModes", [])
@@ -285,8 +311,13 @@ def _container(name: str, run: ContainerRun) -> dict[str, Any]:
         "imagePullPolicy": run.image_pull_policy,
         "command": list(run.command),
     }
-    if run.env:
-        container["env"] = [{"name": key, "value": value} for key, value in run.env]
+    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in run.env]
+    # A Secret's key by reference: its value reaches the pod, never the manifest; a key the Secret lacks
+    # leaves the variable unset (a token, or a user name and password: either is enough).
+    env += [{"name": item.name, "valueFrom": {"secretKeyRef": {"name": item.secret_name, "key": item.key,
+                                                               "optional": True}}} for item in run.secret_env]
+    if env:
+        container["env"] = env
     container["volumeMounts"] = [
         {"name": mount.volume, "mountPath": mount.path, **({"readOnly": True} if mount.read_only else {})}
         for mount in run.mounts

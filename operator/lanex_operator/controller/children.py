@@ -146,3 +146,4 @@ async def create_child(kube: Kube, cache: ChildCache, kind: ChildKind, manifest:
             raise
         created = await kube.get(object_path(kind.api_version, kind.plural, meta["namespace"], meta["name"]))
     return cache.put(kind, created)
+

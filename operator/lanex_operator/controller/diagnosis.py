@@ -139,8 +139,14 @@ class WaitDiagnosis:
 
     async def pod_message(self, namespace: str, selector: str) -> str:
         """The termination message (or reason and exit code) of the latest terminated pod matching `selector`."""
+        found = await self.last_termination(namespace, selector)
+        return f"pod {found[0]}: {found[1]}" if found else ""
+
+    async def last_termination(self, namespace: str, selector: str) -> tuple[str, str] | None:
+        """(pod name, termination message or reason and exit code) of the latest terminated pod matching
+        `selector`; None when none has terminated."""
         pods = await self.kube.list(object_path("v1", "pods", namespace), label_selector=selector)
-        best: tuple[str, str] | None = None
+        best: tuple[str, str, str] | None = None
         for pod in pods:
             for container in (pod.get("status") or {}).get("containerStatuses") or []:
                 terminated = (container.get("state") or {}).get("terminated") or \
@@ -148,6 +154,6 @@ class WaitDiagnosis:
                 if terminated:
                     stamp = terminated.get("finishedAt") or ""
                     if best is None or stamp >= best[0]:
-                        best = (stamp, f"pod {pod['metadata']['name']}: {termination_text(terminated)}")
-        return best[1] if best else ""
+                        best = (stamp, pod["metadata"]["name"], termination_text(terminated))
+        return None if best is None else (best[1], best[2])
 

@@ -11,7 +11,8 @@ snapshot controller uses a named class whatever its CSI driver, so naming the Tr
 claim of another driver would never give a usable snapshot.
 
 And it refuses what an experiment may not borrow (`credentials`): a Secret (`secretRef`) or
-ServiceAccount (`prepareServiceAccountName`) the prepare Job would use must be opted in by its owner
+ServiceAccount (`prepareServiceAccountName`) the prepare Job would use, or the Secret of the MLflow
+server's credentials (`tracking.mlflow.credentialsSecretRef`) the launcher would read, must be opted in by its owner
 (label `lanex.dev/usable-by-experiments: "true"`) or by the chart's values (`controller.grants`); the
 condition names the object and the label to add, and nothing is created until then.
 """
@@ -27,7 +28,7 @@ from lanex_operator.plan.defaults import (SCHEDULER_FIELD, SNAPSHOT_CLASS_FIELD,
                                           field_origin)
 from lanex_operator.controller.grants import OPT_IN_LABEL, OPT_IN_VALUE, Grants
 from lanex_operator.controller.kube import Kube, KubeError, object_path
-from lanex_operator.plan.steps import ExperimentPlan
+from lanex_operator.plan.steps import ExperimentPlan, SecretEnv
 
 PREPARE_SERVICE_ACCOUNT_FIELD = "spec.dataset.prepareServiceAccountName"
 
@@ -213,18 +214,36 @@ class Preflight:
         return problems
 
     async def credentials(self, plan: ExperimentPlan, root: str = "spec") -> list[Problem]:
-        """The Secrets and the ServiceAccount the prepare Job would use, unless each is opted in: labelled
-        OPT_IN_LABEL=true by its owner, or listed in the chart's values. `root` is where the experiment spec
-        sits in the object whose fields the messages name (`spec.template` for a sweep's dataset)."""
-        if plan.prepare is None:
-            return []
-        wanted = [("Secret", "secrets", mount.secret_name, ", ".join(mount.fields)) for mount in plan.prepare.secret_mounts]
-        if plan.prepare.service_account_name is not None:
+        """The Secrets and the ServiceAccount the prepare Job would use, and the Secret of the MLflow server's
+        credentials the launcher would read, unless each is opted in: labelled OPT_IN_LABEL=true by its owner,
+        or listed in the chart's values. `root` is where the experiment spec sits in the object whose fields
+        the messages name (`spec.template` for a sweep)."""
+        secrets: dict[str, list[str]] = {}  # each Secret once, with every field that names it
+        for mount in plan.prepare.secret_mounts if plan.prepare is not None else ():
+            secrets.setdefault(mount.secret_name, []).extend(mount.fields)
+        for item in plan.train.launcher.secret_env:
+            if item.field not in secrets.setdefault(item.secret_name, []):
+                secrets[item.secret_name].append(item.field)
+        wanted = [("Secret", "secrets", name, ", ".join(fields)) for name, fields in secrets.items()]
+        if plan.prepare is not None and plan.prepare.service_account_name is not None:
             wanted.append(("ServiceAccount", "serviceaccounts", plan.prepare.service_account_name,
                            PREPARE_SERVICE_ACCOUNT_FIELD))
+        return await self._all_opted_in(plan.namespace, wanted, root)
+
+    async def secret_env(self, namespace: str, items: Iterable[SecretEnv], root: str = "spec") -> list[Problem]:
+        """The Secrets a container's environment reads by reference (e.g. a sweep's MLflow Job), unless opted in."""
+        secrets: dict[str, list[str]] = {}
+        for item in items:
+            if item.field not in secrets.setdefault(item.secret_name, []):
+                secrets[item.secret_name].append(item.field)
+        return await self._all_opted_in(namespace, [("Secret", "secrets", name, ", ".join(fields))
+                                                    for name, fields in secrets.items()], root)
+
+    async def _all_opted_in(self, namespace: str, wanted: list[tuple[str, str, str, str]], root: str) -> list[Problem]:
+        """(kind, plural, name, the fields naming it) of each object: the problems of those not opted in."""
         problems = []
         for kind, plural, name, fields in wanted:
-            problem = await self._opted_in(kind, plural, plan.namespace, name, fields.replace("spec.", f"{root}.")
+            problem = await self._opted_in(kind, plural, namespace, name, fields.replace("spec.", f"{root}.")
                                            if root != "spec" else fields)
             if problem is not None:
                 problems.append(problem)

@@ -63,12 +63,16 @@ def newest_progress(text: str) -> Optional[TrainingProgress]:
 
 
 def progress_status(progress: TrainingProgress, observed: datetime, ended: bool = False) -> dict[str, Any]:
-    """The status keys the progress writer owns: `progress` (every key, nulls kept), and the two columns
-    (once training `ended` without a finished record, the ETA column says `-`, not a stale estimate)."""
+    """The status keys the progress writer owns: `progress` (every key, nulls kept), the two columns
+    (once training `ended` without a finished record, the ETA column says `-`, not a stale estimate), and
+    `mlflow`, the run's MLflow link once the trainer reports one."""
     record = progress.model_copy(update={"observed_at": observed,
                                          "validation_history": progress.validation_history[-HISTORY_KEPT:]})
-    return {"progress": record.model_dump(by_alias=True, mode="json"), "progressSummary": record.summary(),
-            "eta": record.eta() if record.state == "finished" or not ended else "-"}
+    found = {"progress": record.model_dump(by_alias=True, mode="json"), "progressSummary": record.summary(),
+             "eta": record.eta() if record.state == "finished" or not ended else "-"}
+    if record.mlflow is not None:  # where `lanex get` and the UI find the run, as for a sweep's parent run
+        found["mlflow"] = record.mlflow.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return found
 
 
 class RequestBudget:

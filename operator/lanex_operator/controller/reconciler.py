@@ -58,7 +58,8 @@ from lanex_operator.controller.grants import CHART_VALUES, DELETE_LAUNCHER_PODS_
 from lanex_operator.controller.kube import Kube, KubeError, object_path
 from lanex_operator.controller.metrics import OperatorMetrics
 from lanex_operator.plan.defaults import ClusterDefaults
-from lanex_operator.plan.steps import FROM_SCRATCH_REASON, ExperimentPlan, plan_for
+from lanex_operator.plan.steps import FROM_SCRATCH_REASON, ExperimentPlan, TrackingContext, plan_for
+from lanex_operator.plan.sweep import tracking_context
 from lanex_operator.controller.preflight import Preflight
 from lanex_operator.controller.progress import LAUNCHER_SELECTOR, StallVerdict, judge_stall
 from lanex_operator.controller.status import MESSAGE_LIMIT, StatusBook, clip, parse_utc
@@ -224,8 +225,9 @@ class Reconciler:
                               book: StatusBook) -> tuple[LaneExperimentSpec, ExperimentPlan] | None:
         meta = body["metadata"]
         name, namespace, generation = meta["name"], meta["namespace"], int(meta.get("generation") or 1)
+        context = tracking_context(meta)
         current, problem = self._parse(("spec", namespace, name, meta.get("uid"), generation),
-                                        lambda: body.get("spec"))
+                                        lambda: body.get("spec"), context)
         if book.condition(C.TRAINED.value) is None:
             if problem is not None:
                 book.set("observedGeneration", generation)
@@ -235,7 +237,7 @@ class Reconciler:
                 return None
             book.set("observedGeneration", generation)
             return current
-        frozen, frozen_generation = await self._training_spec(namespace, name, book)
+        frozen, frozen_generation = await self._training_spec(namespace, name, book, context)
         if frozen is None:  # the MPIJob is gone: nothing froze the spec, use the current one if valid
             if problem is not None:
                 book.fail(FailureReason.INVALID_SPEC, clip(f"invalid spec: {problem.message}"))
@@ -251,14 +253,14 @@ class Reconciler:
         book.set("observedGeneration", generation)
         return frozen
 
-    def _parse(self, key: tuple[Any, ...], raw_spec: Callable[[], Any]) -> _Parsed:
+    def _parse(self, key: tuple[Any, ...], raw_spec: Callable[[], Any], context: TrackingContext) -> _Parsed:
         """The validated spec and its plan (or the reason it is invalid), computed once per `key`."""
         parsed = self._parsed.get(key)
         if parsed is None:
             namespace, name = key[1], key[2]
             try:
                 spec = parse_spec(raw_spec())
-                parsed = ((spec, plan_for(name, namespace, spec, defaults=self.defaults)), None)
+                parsed = ((spec, plan_for(name, namespace, spec, defaults=self.defaults, context=context)), None)
             except InvalidSpecError as exc:
                 parsed = (None, exc)
             self._parsed[key] = parsed
@@ -266,8 +268,8 @@ class Reconciler:
                 self._parsed.popitem(last=False)
         return parsed
 
-    async def _training_spec(self, namespace: str, name: str,
-                             book: StatusBook) -> tuple[tuple[LaneExperimentSpec, ExperimentPlan] | None, str]:
+    async def _training_spec(self, namespace: str, name: str, book: StatusBook, context: TrackingContext,
+                             ) -> tuple[tuple[LaneExperimentSpec, ExperimentPlan] | None, str]:
         """The spec training started with (annotated on the MPIJob) and its plan, with its generation."""
         mpijob_name = (book.data.get("children") or {}).get("mpiJob")
         mpijob = await self._child(MPIJOB, namespace, mpijob_name) if mpijob_name else None
@@ -282,7 +284,7 @@ class Reconciler:
             except ValueError as exc:
                 raise InvalidSpecError(f"annotation {SPEC_ANNOTATION} of MPIJob {mpijob_name}: {exc}") from None
 
-        frozen, _ = self._parse(("frozen", namespace, name, text), load)
+        frozen, _ = self._parse(("frozen", namespace, name, text), load, context)
         return frozen, annotations.get(GENERATION_ANNOTATION, "?")
 
     def _start(self, book: StatusBook, spec: LaneExperimentSpec, plan: ExperimentPlan) -> None:

@@ -13,6 +13,15 @@ trials (fed by watch events into `TrialCache`), then:
     and ends Stopped/EarlyStopped) -> all final: retention (keep the best N), bestTrial,
     Succeeded (or Failed when no trial succeeded)
 
+With MLflow tracking (`spec.template.tracking.mlflow`) the sweep is an MLflow parent run with its
+trials' runs as children. The operator never holds the server's credentials (they are a Secret the
+trainers read), so a Job `<sweep>-mlflow` (`lanex mlflow sweep-run`, in the trainer image, with the
+Secret's keys as environment) finds or creates the parent run at the start; its answer (the run's
+link) becomes `status.mlflow`, and trials created after that carry its run id (annotation
+`lanex.dev/mlflow-parent-run-id`). A trial that starts before finds the parent itself by the sweep's
+uid. At the end a Job `<sweep>-mlflow-end` ends the parent run and adopts any trial run left without
+it. A tracking server that does not answer never holds the sweep up: condition MLflowParentRun says so.
+
 The dataset children are built by the experiment's pure builders from the experiment plan of the
 template (`plan_for("<sweep>-dataset", template)`): the same PVC, prepare Job and VolumeSnapshot as
 an experiment's, labelled `lanex.dev/sweep` instead of `lanex.dev/experiment` (so no experiment ever
@@ -34,8 +43,9 @@ from typing import Any
 
 import kopf
 
-from lanex_operator.api.models import API_VERSION, PLURAL, InvalidSpecError
+from lanex_operator.api.models import API_VERSION, PLURAL, ConditionType, InvalidSpecError, MlflowLink
 from lanex_operator.api.sweep import (
+    MLFLOW_PARENT_ANNOTATION,
     SWEEP_LABEL,
     SWEEP_PLURAL,
     TRIAL_PARAMETERS_ANNOTATION,
@@ -43,6 +53,7 @@ from lanex_operator.api.sweep import (
     SweepPhase,
     check_sweep_name,
     dataset_snapshot_name,
+    mlflow_job_name,
     parse_sweep_spec,
     trial_count,
     trial_name,
@@ -66,7 +77,8 @@ from lanex_operator.controller.status import StatusBook, clip, parse_utc
 from lanex_operator.controller.waits import STUCK_REASONS
 from lanex_operator.plan.defaults import ClusterDefaults
 from lanex_operator.plan.steps import ExperimentPlan, plan_for
-from lanex_operator.plan.sweep import FINAL_PHASES, TrialView, best_trial, counts, next_trials, retained, to_stop
+from lanex_operator.plan.sweep import (FINAL_PHASES, TrialView, best_trial, counts, mlflow_sweep_run, next_trials, retained,
+                                       to_stop)
 
 # A trial moving between its own unfinished phases changes the sweep's trials table but decides nothing;
 # such writes wait (at most this long) to go out with the next one that matters, so a sweep of many
@@ -74,6 +86,8 @@ from lanex_operator.plan.sweep import FINAL_PHASES, TrialView, best_trial, count
 MINOR_STATUS_DELAY_SECONDS = 2.0
 SWEEP_SPEC_ANNOTATION = "lanex.dev/sweep-spec"  # on the sweep: the spec it started with (later edits are ignored)
 SWEEP_TERMINAL = (SweepPhase.SUCCEEDED.value, SweepPhase.FAILED.value)
+MLFLOW_CONDITION = ConditionType.MLFLOW_PARENT_RUN.value
+MLFLOW_JOB_FAILED = "JobFailed"
 DELETE_ALL = {"dataset": "Delete", "snapshots": "Delete"}
 log = logging.getLogger("lanex.operator.sweeps")
 
@@ -178,6 +192,8 @@ class SweepReconciler:
                 await self.flush(body, book)
                 return None
             wait = await self._pass(body, book)
+            if book.phase in SWEEP_TERMINAL:
+                await self._end_parent_run(body, book)
         except KubeError as exc:
             if exc.retryable:
                 raise
@@ -257,6 +273,7 @@ class SweepReconciler:
             book.set_condition("Succeeded", "Unknown", "InProgress", "the sweep is running")
             book.set_condition("Failed", "False", "InProgress", "the sweep is running")
             self._enter(book, SweepPhase.PENDING, f"sweep of {trial_count(spec)} trial(s), {spec.parallelism} at a time")
+        await self._parent_run(body, book, spec)
         if not book.is_true("DatasetReady"):
             wait = await self._dataset(body, book, spec)
             if wait is not None or book.phase in SWEEP_TERMINAL:
@@ -473,6 +490,88 @@ class SweepReconciler:
         book.event("Normal", "DatasetReady", message)
         return None
 
+    # ---- MLflow: the parent run, by the sweep's Jobs
+
+    def _mlflow_run(self, body: Mapping[str, Any], spec: LaneSweepSpec, end: str | None = None,
+                    tags: Mapping[str, str] | None = None):
+        meta = body["metadata"]
+        image = self.dataset_plan(meta["namespace"], meta["name"], spec).trainer_image  # the trials' image
+        return mlflow_sweep_run(meta["namespace"], meta["name"], str(meta.get("uid") or ""), spec, image,
+                                spec.template.training.image_pull_policy, end, tags)
+
+    async def _parent_run(self, body: Mapping[str, Any], book: StatusBook, spec: LaneSweepSpec) -> None:
+        """Create the Job that finds or creates the parent run (once its Secret is opted in), then read its
+        answer into status.mlflow. Nothing here waits: the trials go on without it."""
+        if spec.template.tracking is None or spec.template.tracking.mlflow is None or book.data.get("mlflow"):
+            return
+        if (book.condition(MLFLOW_CONDITION) or {}).get("reason") == MLFLOW_JOB_FAILED:
+            return  # said once; `lanex mlflow sweep-run` can still be run by hand
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], mlflow_job_name(meta["name"])
+        job = await self._child(JOB, namespace, name)
+        if job is None:
+            run = self._mlflow_run(body, spec)
+            problems = await self.preflight.secret_env(namespace, run.secret_env, root="spec.template")
+            if problems:
+                message = clip("; ".join(problem.message for problem in problems))
+                if book.set_condition(MLFLOW_CONDITION, "False", problems[0].reason, message):
+                    book.event("Warning", problems[0].reason, message)
+                return
+            manifest = builders.sweep_mlflow_job_for(meta, name, run)
+            kopf.adopt(manifest, owner=dict(body))
+            await self._create(JOB, manifest)
+            book.set_condition(MLFLOW_CONDITION, "Unknown", "Creating",
+                               f"Job {name} finds or creates the sweep's MLflow parent run")
+            return
+        failed = _true(job, "Failed")
+        if not failed and not _true(job, "Complete"):
+            return
+        found = await self.diagnosis.last_termination(namespace, f"batch.kubernetes.io/job-name={name}")
+        text = found[1] if found else ""
+        link = None
+        if not failed:
+            try:
+                link = MlflowLink.model_validate(json.loads(text))
+            except ValueError:
+                link = None
+        if link is None:
+            message = clip(f"Job {name} could not find or create the sweep's MLflow parent run"
+                           + (f": {text}" if text else "") + "; the trials still log their own runs, tagged "
+                           "lanex.sweepUid, and become the parent's children once it exists")
+            book.set_condition(MLFLOW_CONDITION, "False", MLFLOW_JOB_FAILED, message)
+            book.event("Warning", "MLflowParentRunFailed", message)
+            return
+        book.set("mlflow", link.model_dump(by_alias=True, exclude_none=True))
+        message = f"the trials' MLflow runs are children of run {link.run_id}" + (f" ({link.url})" if link.url else "")
+        book.set_condition(MLFLOW_CONDITION, "True", "Created", message)
+        book.event("Normal", MLFLOW_CONDITION, message)
+
+    async def _end_parent_run(self, body: Mapping[str, Any], book: StatusBook) -> None:
+        """Once the sweep is final: the Job that ends the parent run, tagged with the best trial (best effort)."""
+        meta = body["metadata"]
+        link = book.data.get("mlflow")
+        text = (meta.get("annotations") or {}).get(SWEEP_SPEC_ANNOTATION)
+        spec = self._parse(text) if text else None
+        if not link or not isinstance(spec, LaneSweepSpec):
+            return
+        namespace, name = meta["namespace"], mlflow_job_name(meta["name"], end=True)
+        if await self._child(JOB, namespace, name) is not None:
+            return
+        tags = {"lanex.phase": str(book.phase)}
+        best = book.data.get("bestTrial") or {}
+        if best.get("name"):
+            tags["lanex.bestTrial"] = str(best["name"])
+        if best.get("objective") is not None:
+            tags[f"lanex.best.{spec.objective.metric}"] = str(best["objective"])
+        status = "FINISHED" if book.phase == SweepPhase.SUCCEEDED.value else "FAILED"
+        manifest = builders.sweep_mlflow_job_for(meta, name, self._mlflow_run(body, spec, status, tags))
+        kopf.adopt(manifest, owner=dict(body))
+        try:
+            await self._create(JOB, manifest)
+        except KubeError as exc:  # the sweep's outcome stands; only its MLflow run stays RUNNING
+            log.warning(f"{namespace}/{meta['name']}: Job {name} not created: {exc}")
+            book.event("Warning", "MLflowParentRunNotEnded", clip(f"Job {name} not created: {exc}"))
+
     # ---- trials
 
     def views(self, namespace: str, sweep: str, spec: LaneSweepSpec, book: StatusBook) -> list[TrialView]:
@@ -517,7 +616,8 @@ class SweepReconciler:
         created = []
         for view in next_trials(spec, views):
             index = int(view.name.rsplit("-", 1)[1])
-            trial = await self._create_trial(body, spec, index, view.parameters, None if direct else snapshot)
+            trial = await self._create_trial(body, spec, index, view.parameters, None if direct else snapshot,
+                                             (book.data.get("mlflow") or {}).get("runId"))
             self.trials.put(trial)
             created.append(view.name)
         if created:
@@ -527,7 +627,8 @@ class SweepReconciler:
         return None if book.phase in SWEEP_TERMINAL else self.config.resync_seconds
 
     async def _create_trial(self, body: Mapping[str, Any], spec: LaneSweepSpec, index: int,
-                            parameters: Mapping[str, Any], snapshot: str | None) -> dict[str, Any]:
+                            parameters: Mapping[str, Any], snapshot: str | None,
+                            parent: str | None = None) -> dict[str, Any]:
         meta = body["metadata"]
         name = trial_name(meta["name"], index)
         trial = trial_spec(spec, parameters, snapshot)
@@ -536,7 +637,8 @@ class SweepReconciler:
             "metadata": {"name": name, "namespace": meta["namespace"],
                          "labels": {"app.kubernetes.io/name": "lanex", "app.kubernetes.io/managed-by": builders.MANAGED_BY,
                                     "app.kubernetes.io/component": "trial", SWEEP_LABEL: meta["name"]},
-                         "annotations": {TRIAL_PARAMETERS_ANNOTATION: json.dumps(dict(parameters), sort_keys=True)}},
+                         "annotations": {TRIAL_PARAMETERS_ANNOTATION: json.dumps(dict(parameters), sort_keys=True),
+                                         **({MLFLOW_PARENT_ANNOTATION: parent} if parent else {})}},
             "spec": trial.model_dump(mode="json", by_alias=True, exclude_unset=True),
         }
         kopf.adopt(manifest, owner=dict(body))

@@ -10,6 +10,11 @@ terminal shows the trainer's progress bar; its `LANEX_PROGRESS` lines go to the 
 and `local_experiments` reads state.json with the trainer's progress.json (both replaced
 atomically, never locked) for `lanex get --workspace` in another terminal.
 
+With `tracking.mlflow` the trainer logs the run to MLflow itself (lanex_trainer.tracking); the runner
+gives the training processes the keys of `credentialsSecretRef` (from `--secret`) as MLflow's environment
+variables, tags the run with its result snapshot, and sends what the trainer could not (`lanex mlflow
+replay`): a server that is down never fails the run.
+
 One writer per experiment: a run holds an exclusive lock on `<experiment>/run.lock` (the kernel
 drops it when the runner ends, however), and every process of a step ends with the runner, even
 when it is SIGKILLed (lanex_trainer.lifeline), so a rerun never meets the trainers of the last one.
@@ -36,14 +41,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-from lanex_operator.api.models import LaneExperimentSpec
+from lanex_operator.api.models import MLFLOW_CREDENTIAL_KEYS, LaneExperimentSpec
 from lanex_operator.local import secrets as local_secrets
 from lanex_operator.local.secrets import SecretSource, SecretSourceError
 from lanex_operator.local.snapshots import SnapshotError, SnapshotStore
-from lanex_operator.plan.steps import ExperimentPlan, StepName, plan_for, secret_names
+from lanex_operator.plan.steps import ExperimentPlan, StepName, TrackingContext, plan_for, secret_names, tracking_secret
 from lanex_trainer import lifeline
 from lanex_trainer.preemption import PREEMPTED_EXIT_CODE, read_record
 from lanex_trainer.progress import MARKER, PROGRESS_FILE, read_progress
+from lanex_trainer.tracking import add_tags, run_link
 
 LOCAL_NAMESPACE = "local"
 STATE_FILE = "state.json"
@@ -149,7 +155,8 @@ class LocalRunner:
 
     def __init__(self, name: str, spec: LaneExperimentSpec, workspace: Path, echo: Callable[[str], None] = print,
                  python_bin: Optional[Path] = None, secrets: Optional[dict[str, SecretSource]] = None,
-                 quiet: bool = False, experiment_dir: Optional[Path] = None):
+                 quiet: bool = False, experiment_dir: Optional[Path] = None,
+                 context: TrackingContext = TrackingContext()):
         self.name, self.spec, self.echo = name, spec, echo
         self.quiet = quiet
         self.stopped: Optional[str] = None  # why `stop` was called (the run then ends in phase Stopped)
@@ -164,7 +171,7 @@ class LocalRunner:
         self.secrets = dict(secrets or {})
         self.plan: ExperimentPlan = plan_for(
             name, LOCAL_NAMESPACE, spec, mount_root=str(self.volume), termination_log=str(self.exp_dir / "termination-log"),
-            secrets_root=str(self.secrets_dir),
+            secrets_root=str(self.secrets_dir), context=context,
         )
         self.state = RunState.load(self.exp_dir / STATE_FILE, self.plan.config_hash, self.plan.dataset_source)
         self.bin_dir = python_bin or Path(sys.executable).parent
@@ -172,6 +179,10 @@ class LocalRunner:
         if missing and self.plan.prepare is not None and not self.state.done(StepName.PREPARE):
             options = " ".join(f"--secret {secret}=file:PATH" for secret in missing)
             raise LocalRunError(f"the spec's secretRef names {', '.join(missing)}: pass {options} (or =env:VAR)")
+        tracking = tracking_secret(spec)
+        if tracking is not None and tracking not in self.secrets and not self.state.done(StepName.TRAIN):
+            raise LocalRunError(f"spec.tracking.mlflow.credentialsSecretRef names {tracking}: pass --secret "
+                                f"{tracking}=file:PATH (or =env:VAR) with its keys {', '.join(MLFLOW_CREDENTIAL_KEYS)}")
 
     # -- process environment --------------------------------------------------------------------
     def _env(self, extra: dict[str, str], processes: int = 1) -> dict[str, str]:
@@ -273,11 +284,18 @@ class LocalRunner:
             local_secrets.remove(self.secrets_dir)
         return {}
 
+    def _secret_env(self) -> dict[str, str]:
+        """The launcher's variables from Secret keys (MLflow's credentials), read from `--secret` now; never logged."""
+        try:
+            return local_secrets.secret_env(self.plan.train.launcher.secret_env, self.secrets)
+        except SecretSourceError as error:
+            raise LocalRunError(f"step train: {error}") from None
+
     def _train(self) -> dict:
         train = self.plan.train
         # No MPI hostfile here: `lanex launch` picks torchrun (or horovodrun) on localhost.
         argv = list(train.launcher.command)
-        env = self._env(train.launcher.env_dict(), processes=train.processes)
+        env = self._env({**train.launcher.env_dict(), **self._secret_env()}, processes=train.processes)
         env.setdefault("MASTER_PORT", str(_free_port()))  # several local experiments may train at once
         self._run(StepName.TRAIN, argv, env, "train.log")
         results_file = Path(self.plan.paths.output_dir) / "results.json"
@@ -285,6 +303,23 @@ class LocalRunner:
             raise LocalRunError(f"step train finished without writing {results_file}")
         results = json.loads(results_file.read_text())
         return {"results": {k: results.get(k) for k in ("accuracy", "fp", "fn", "checkpoint", "images_per_second", "epochs")}}
+
+    def _send_mlflow(self, tags: dict[str, str]) -> None:
+        """Tag the experiment's MLflow run and send what the trainer could not (best effort: a server that does
+        not answer keeps the records in the run's mlflow/ folder for `lanex mlflow replay`)."""
+        output = Path(self.plan.paths.output_dir)
+        if self.spec.tracking is None or self.spec.tracking.mlflow is None or not (output / "mlflow").is_dir():
+            return
+        if tags:
+            add_tags(output, tags)
+        argv = [str(self.bin_dir / "lanex"), "mlflow", "replay", str(output)]
+        log_path = self.exp_dir / "logs" / "train.log"
+        with log_path.open("ab") as log:
+            done = subprocess.run(argv, env=self._env(self._secret_env()), stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=600)
+        if done.returncode != 0:
+            self.echo(f"[lanex] warning: MLflow: not everything was sent; `lanex mlflow replay {output}` sends the "
+                      f"rest (see {log_path})")
 
     def stop(self, reason: str) -> None:
         """End the running step's whole process tree; the run ends in phase Stopped with `reason` (thread-safe)."""
@@ -309,6 +344,7 @@ class LocalRunner:
         # A volume cloned from a snapshot shares that snapshot's files until they change: link them again.
         info = self.workspace.snapshots.create(self.volume, name, experiment=self.name,
                                                base=self.plan.dataset.restore_from)
+        self._send_mlflow({"lanex.resultSnapshot": info.name})
         return {"snapshot": info.name, "files": info.files, "bytes": info.bytes}
 
     # -- the run ------------------------------------------------------------------------------
@@ -370,6 +406,11 @@ class LocalRunner:
                     self.state.data["results"] = details["results"]
                 if "snapshot" in details:
                     self.state.data.setdefault("snapshots", []).append(details["snapshot"])
+            if steps is None and StepName.SNAPSHOT not in self.plan.steps:
+                self._send_mlflow({})  # with a snapshot, the snapshot step sends it with the snapshot's tag
+            link = run_link(Path(self.plan.paths.output_dir))
+            if link is not None:  # the experiment's MLflow run, for the UI's link (state.json is its record)
+                self.state.data["mlflow"] = link
             self.state.data["phase"] = "Succeeded" if steps is None else "Prepared"
         except (LocalRunError, SnapshotError) as error:
             if self.stopped:
@@ -397,7 +438,7 @@ class LocalRunner:
             "snapshot": (data.get("snapshots") or [None])[-1], "seconds": data.get("seconds"),
             "results": str(output / "results.json"), "curves": str(output / "curves.png"),
             "overlays": str(output / "overlays"), "worst": str(output / "worst.png"),
-            "checkpoint": results.get("checkpoint"),
+            "checkpoint": results.get("checkpoint"), "mlflow": run_link(output),
         }
 
 
@@ -491,5 +532,7 @@ def local_experiments(workspace: Path, name: Optional[str] = None) -> list[dict]
             "startTime": state.get("startTime"), "completionTime": state.get("completionTime"),
             "message": state.get("message"), "seconds": state.get("seconds"), "outputDir": output_dir,
             "progressFile": str(Path(output_dir) / PROGRESS_FILE) if output_dir else None,
+            # {"runId", "experimentId", "url"} of its MLflow run (spec.tracking.mlflow), once created; else None
+            "mlflow": run_link(Path(output_dir)) if output_dir else None,
         })
     return found

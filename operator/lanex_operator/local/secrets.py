@@ -10,6 +10,10 @@ Sources (both hold the same thing, the Secret's keys):
 - `file:PATH`: a folder with one file per key (as `kubectl create secret generic --from-file` takes),
   or a file of `KEY=VALUE` lines (as `--from-env-file` takes; `#` comments and blank lines skipped);
 - `env:VAR`: an environment variable holding `KEY=VALUE` lines.
+
+One Secret is read differently: MLflow's (`tracking.mlflow.credentialsSecretRef`), whose keys become
+environment variables of the training processes (`secret_env`), as its secretKeyRefs do on the cluster:
+MLflow's client reads its credentials from there. They go into no command line, log or state file.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
@@ -92,6 +98,20 @@ def materialise(sources: dict[str, SecretSource], names: tuple[str, ...], root: 
                 handle.write(value)
         folders.append(folder)
     return folders
+
+
+def secret_env(items: Iterable[Any], sources: dict[str, SecretSource]) -> dict[str, str]:
+    """The environment variables that name a Secret's key (`plan.steps.SecretEnv`: MLflow's credentials), read
+    from their `--secret` sources; a key the Secret lacks, or a Secret with no source, leaves its variable unset."""
+    values: dict[str, dict[str, str]] = {}
+    found: dict[str, str] = {}
+    for item in items:
+        if item.secret_name not in sources:
+            continue
+        keys = values.setdefault(item.secret_name, sources[item.secret_name].read())
+        if item.key in keys:
+            found[item.name] = keys[item.key].strip()
+    return found
 
 
 def remove(root: Path) -> None:

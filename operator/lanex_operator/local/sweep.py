@@ -8,6 +8,12 @@ directory. `--parallel N` trials run at once; early stopping (`plan.sweep.to_sto
 ends a trial's process tree and marks it Stopped; the best trial, retention and the trials table
 come from the same pure functions as on the cluster.
 
+With `template.tracking.mlflow` the sweep is an MLflow parent run with its trials' runs as children:
+the sweep runs `lanex mlflow sweep-run` (the command the operator's Job runs) once before the trials and
+gives them the parent's run id; a trial started while the server did not answer finds the parent itself
+later, and the sweep's end (`--end`) adopts any trial run still without it. Neither waits for long: a
+server that is down never holds the trials up.
+
 State: `<workspace>/sweeps/<name>/state.json` (the sweep's status, camelCase like the CRD's) plus
 each trial's own `experiments/<trial>/state.json`. Running the file again resumes: finished and
 stopped trials are kept, failed or interrupted ones run again (training resumes from its newest
@@ -20,6 +26,9 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
+import uuid
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,13 +44,16 @@ from lanex_operator.api.sweep import (
     trial_parameters,
     trial_spec,
 )
-from lanex_operator.local.runner import STATE_FILE, LocalRunError, LocalRunner, Workspace
-from lanex_operator.plan.steps import StepName, child_names, experiment_paths
-from lanex_operator.plan.sweep import TrialView, best_trial, counts, next_trials, retained, to_stop
+from lanex_operator.local.runner import LOCAL_NAMESPACE, STATE_FILE, LocalRunError, LocalRunner, Workspace
+from lanex_operator.local.secrets import SecretSourceError, secret_env
+from lanex_operator.plan.steps import StepName, TrackingContext, child_names, experiment_paths, tracking_secret
+from lanex_operator.plan.sweep import (TrialView, best_trial, counts, mlflow_sweep_run, next_trials, retained,
+                                       to_stop)
 
 SWEEPS_DIR = "sweeps"
 COMPARE_PLOT = "compare.png"
 POLL_SECONDS = 1.0
+MLFLOW_WAIT_SECONDS = 5.0  # how long the sweep retries an MLflow server that does not answer, at start and end
 
 
 def _now() -> str:
@@ -121,6 +133,10 @@ class LocalSweep:
         # What ranks the trials, for readers of the state (the Python API's leaderboard).
         self.state["objective"] = {"metric": self.spec.objective.metric, "goal": self.spec.objective.direction()}
         self.trials = [Trial(trial_name(self.name, i), params) for i, params in enumerate(trial_parameters(self.spec))]
+        tracking = tracking_secret(self.spec.template)
+        if tracking is not None and tracking not in self.secrets:
+            raise LocalRunError(f"spec.template.tracking.mlflow.credentialsSecretRef names {tracking}: pass --secret "
+                                f"{tracking}=file:PATH (or =env:VAR) with its MLflow keys")
         for trial in self.trials:
             if self._trial_state(trial.name).get("phase") not in (None, "Succeeded", "Stopped"):
                 trial.retry = True
@@ -177,10 +193,59 @@ class LocalSweep:
         self.save()
         return name
 
+    # -- MLflow: the parent run ---------------------------------------------------------------------
+    def _tracked(self) -> bool:
+        return self.spec.template.tracking is not None and self.spec.template.tracking.mlflow is not None
+
+    def _sweep_run(self, end: Optional[str] = None, tags: Optional[dict[str, str]] = None) -> Optional[dict[str, Any]]:
+        """`lanex mlflow sweep-run` (the operator's Job's command) with the credentials of `--secret`; its link,
+        or None (said once) when the server did not answer."""
+        uid = self.state.setdefault("mlflowSweepUid", uuid.uuid4().hex)
+        run = mlflow_sweep_run(LOCAL_NAMESPACE, self.name, uid, self.spec, "local", "Never", end, tags,
+                               termination_log=None, wait_seconds=MLFLOW_WAIT_SECONDS)
+        argv = [str((self.python_bin or Path(sys.executable).parent) / "lanex"), *run.command[1:]]
+        try:
+            env = {**os.environ, **secret_env(run.secret_env, self.secrets)}
+        except SecretSourceError as error:
+            raise LocalRunError(f"spec.template.tracking.mlflow.credentialsSecretRef: {error}") from None
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120 + MLFLOW_WAIT_SECONDS)
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+            self.echo(f"[lanex] warning: MLflow parent run not {'ended' if end else 'created'}: {why}")
+            return None
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def _start_parent_run(self) -> None:
+        if self._tracked() and not self.state.get("mlflow"):
+            link = self._sweep_run()
+            if link is not None:
+                self.state["mlflow"] = link
+                self.echo(f"[lanex] MLflow parent run {link['runId']}: {link['url']}")
+            self.save()
+
+    def _end_parent_run(self) -> None:
+        if not self._tracked():
+            return
+        if not self.state.get("mlflow"):
+            self._start_parent_run()  # the server did not answer at the start: the trials are adopted now
+            if not self.state.get("mlflow"):
+                return
+        tags = {"lanex.phase": str(self.state.get("phase"))}
+        best = self.state.get("bestTrial") or {}
+        if best.get("name"):
+            tags["lanex.bestTrial"] = str(best["name"])
+        if best.get("objective") is not None:
+            tags[f"lanex.best.{self.spec.objective.metric}"] = str(best["objective"])
+        self._sweep_run("FINISHED" if self.state.get("phase") == "Succeeded" else "FAILED", tags)
+
     def _start(self, trial: Trial, snapshot: str) -> None:
         spec = trial_spec(self.spec, trial.parameters, snapshot)
+        context = TrackingContext()
+        if self._tracked():
+            context = TrackingContext(sweep=self.name, sweep_uid=self.state.get("mlflowSweepUid"),
+                                      parent_run_id=(self.state.get("mlflow") or {}).get("runId"))
         runner = LocalRunner(trial.name, spec, self.workspace.root, echo=lambda text: None,
-                             python_bin=self.python_bin, quiet=True)
+                             python_bin=self.python_bin, quiet=True, secrets=self.secrets, context=context)
         if not runner.volume.exists():
             self.workspace.snapshots.clone(snapshot, runner.volume)
         trial.runner, trial.retry, trial.error = runner, False, None
@@ -216,6 +281,7 @@ class LocalSweep:
     def run(self, on_update: Optional[Callable[[list[TrialView]], None]] = None) -> dict[str, Any]:
         """Prepare the dataset, run every trial to the end, decide, clean up; the sweep's status."""
         snapshot = self.prepare_dataset()
+        self._start_parent_run()
         self.state.update(phase="Running", trialCount=len(self.trials))
         self.save()
         try:
@@ -279,6 +345,7 @@ class LocalSweep:
         except ImportError:
             self.state["comparePlot"] = None  # matplotlib comes with the trainer extra
         self.save()
+        self._end_parent_run()
         return self.state
 
     def _delete_trial(self, view: TrialView) -> None:
@@ -317,5 +384,5 @@ def workspace_sweeps(workspace: Path) -> list[dict[str, Any]]:
             continue
         found.append({key: data.get(key) for key in ("name", "phase", "reason", "datasetSnapshot", "trialCount",
                                                      "counts", "trials", "bestTrial", "comparePlot", "startTime",
-                                                     "completionTime", "objective")})
+                                                     "completionTime", "objective", "mlflow")})
     return found

@@ -15,11 +15,18 @@ Paths inside the dataset volume (TR-4896's layout):
 
 Credentials (`secretRef`s) reach the prepare step only, as folders under `secrets_root` (a mounted
 Secret on the cluster, a private folder locally) named on the `lanex data download` command line:
-the plan holds Secret names and paths, never a secret value.
+the plan holds Secret names and paths, never a secret value. The one exception is MLflow's
+(`tracking.mlflow.credentialsSecretRef`): its keys become the launcher's environment variables
+(`SecretEnv`: a secretKeyRef on the cluster, read from `--secret` locally), since that is where
+MLflow's client reads them; the plan still names only the Secret and its keys.
+
+Tracking (`tracking.mlflow`) reaches `lanex train` as one variable, LANEX_MLFLOW (server, experiment,
+the run's name and tags, the sweep's parent run), set on the launcher and passed on to the ranks.
 """
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 import shlex
@@ -34,6 +41,7 @@ from lanex_operator.api.models import (
     DNS_SUBDOMAIN_PATTERN,
     LABEL_VALUE_PATTERN,
     MAX_WORKERS,
+    MLFLOW_CREDENTIAL_KEYS,
     LaneExperimentSpec,
     SecretRef,
     check_experiment_name,
@@ -199,6 +207,16 @@ class SecretMount:
 
 
 @dataclass(frozen=True)
+class SecretEnv:
+    """An environment variable whose value is one key of a Secret (absent when the Secret lacks that key)."""
+
+    name: str
+    secret_name: str
+    key: str
+    field: str  # the spec field that names the Secret
+
+
+@dataclass(frozen=True)
 class ContainerRun:
     """What one container (or, locally, one process tree) runs."""
 
@@ -207,6 +225,7 @@ class ContainerRun:
     command: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     mounts: tuple[Mount, ...]
+    secret_env: tuple[SecretEnv, ...] = ()
 
     def env_dict(self) -> dict[str, str]:
         """The environment as a dict (later entries win, as in Kubernetes)."""
@@ -337,6 +356,55 @@ def experiment_paths(name: str, mount_root: str = MOUNT_ROOT, termination_log: s
         output_dir=posixpath.join(mount_root, EXPERIMENTS_DIR, name),
         termination_log=termination_log,
     )
+
+
+@dataclass(frozen=True)
+class TrackingContext:
+    """What the spec does not say about an experiment but its MLflow run records: the sweep it is a trial of
+    (its name in the experiment's namespace and its uid) and, once known, the sweep's MLflow parent run."""
+
+    sweep: Optional[str] = None
+    sweep_uid: Optional[str] = None
+    parent_run_id: Optional[str] = None
+
+
+MLFLOW_SECRET_FIELD = "spec.tracking.mlflow.credentialsSecretRef"
+
+
+def tracking_secret(spec: LaneExperimentSpec) -> Optional[str]:
+    """The Secret with the MLflow server's credentials, read by training (None: none)."""
+    mlflow = spec.tracking.mlflow if spec.tracking is not None else None
+    ref = mlflow.credentials_secret_ref if mlflow is not None else None
+    return ref.name if ref is not None else None
+
+
+def mlflow_secret_env(spec: LaneExperimentSpec) -> tuple[SecretEnv, ...]:
+    """MLflow's credential variables, each from the key of the same name in credentialsSecretRef's Secret."""
+    secret = tracking_secret(spec)
+    if secret is None:
+        return ()
+    return tuple(SecretEnv(key, secret, key, MLFLOW_SECRET_FIELD) for key in MLFLOW_CREDENTIAL_KEYS)
+
+
+def mlflow_env(name: str, namespace: str, spec: LaneExperimentSpec, context: TrackingContext, trainer_image: str,
+               dataset: "DatasetStep", dataset_source: str, config_hash: str) -> tuple[tuple[str, str], ...]:
+    """LANEX_MLFLOW for `lanex train` (lanex_trainer.config.MlflowConfig), or nothing without tracking."""
+    mlflow = spec.tracking.mlflow if spec.tracking is not None else None
+    if mlflow is None:
+        return ()
+    tags = {"lanex.experiment": f"{namespace}/{name}", "lanex.image": trainer_image, "lanex.configHash": config_hash,
+            "lanex.datasetSource": dataset_source}
+    if dataset.restore_from is not None:
+        tags["lanex.datasetSnapshot"] = dataset.restore_from
+    if context.sweep is not None:
+        tags.update({"lanex.sweep": f"{namespace}/{context.sweep}", "lanex.trial": name})
+    if context.sweep_uid is not None:
+        tags["lanex.sweepUid"] = context.sweep_uid
+    settings = {"tracking_uri": mlflow.tracking_uri, "experiment_name": mlflow.experiment_name,
+                "log_best_checkpoint": mlflow.log_best_checkpoint, "run_name": name, "tags": tags,
+                "parent_run_id": context.parent_run_id, "sweep_uid": context.sweep_uid}
+    return (("LANEX_MLFLOW", json.dumps({k: v for k, v in settings.items() if v is not None}, sort_keys=True,
+                                        separators=(",", ":"))),)
 
 
 def secret_names(spec: LaneExperimentSpec) -> tuple[str, ...]:
@@ -495,9 +563,11 @@ def plan_for(
     termination_log: str = TERMINATION_LOG,
     defaults: ClusterDefaults = ClusterDefaults(),
     secrets_root: str = SECRETS_ROOT,
+    context: TrackingContext = TrackingContext(),
 ) -> ExperimentPlan:
     """The plan of experiment `namespace/name` with the cluster's `defaults` for what the spec leaves
-    unset; raises InvalidSpecError for an unusable name, or a default scheduler that cannot apply."""
+    unset (`context`: its sweep, for its MLflow run); raises InvalidSpecError for an unusable name, or a
+    default scheduler that cannot apply."""
     check_experiment_name(name)
     effective = defaults.resolve(namespace, spec)
     paths = experiment_paths(name, mount_root, termination_log)
@@ -555,8 +625,11 @@ def plan_for(
             training.image_pull_policy,
             launch_command(spec, paths),
             # LANEX_JOB: a restarted launcher's run takes the output directory over from the last attempt's.
-            training_env(spec, names.dataset_claim, launcher=True) + (("LANEX_JOB", f"{namespace}/{name}"),),
+            training_env(spec, names.dataset_claim, launcher=True) + (("LANEX_JOB", f"{namespace}/{name}"),)
+            + mlflow_env(name, namespace, spec, context, effective.trainer_image, dataset_step,
+                         dataset.source_description(), training_config_hash(spec)),
             data_mount + shm_mount,
+            secret_env=mlflow_secret_env(spec),
         ),
         worker=ContainerRun(
             effective.trainer_image,

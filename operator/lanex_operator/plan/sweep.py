@@ -14,6 +14,7 @@ a trial is judged as soon as there is something to compare it with, and only on 
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, Protocol, TypeVar
@@ -21,15 +22,18 @@ from typing import Any, Optional, Protocol, TypeVar
 from lanex_operator.api.models import MAX_WORKERS, LaneExperimentSpec
 from lanex_operator.api.sweep import (
     MAX_TRIALS,
+    MLFLOW_PARENT_ANNOTATION,
     SWEEP_KIND,
     SWEEP_LABEL,
     EarlyStoppingSpec,
     LaneSweepSpec,
     dataset_snapshot_name,
+    mlflow_job_name,
     natural_goal,
     trial_name,
 )
-from lanex_operator.plan.steps import DerivedName, derived_names
+from lanex_operator.plan.steps import (TERMINATION_LOG, ContainerRun, DerivedName, TrackingContext, derived_names,
+                                       mlflow_secret_env)
 
 FINAL_PHASES = ("Succeeded", "Failed", "Stopped")
 
@@ -183,6 +187,45 @@ def next_trials(spec: LaneSweepSpec, trials: Sequence[TrialView]) -> list[TrialV
     return [t for t in trials if not t.started][:max(0, room)]
 
 
+def tracking_context(meta: Mapping[str, Any]) -> TrackingContext:
+    """A LaneExperiment's sweep as its metadata tells it (label lanex.dev/sweep, the LaneSweep owning it, the
+    parent run annotation), for its MLflow run; empty for an experiment of its own."""
+    sweep = (meta.get("labels") or {}).get(SWEEP_LABEL)
+    if not sweep:
+        return TrackingContext()
+    owner = next((ref for ref in meta.get("ownerReferences") or []
+                  if ref.get("kind") == SWEEP_KIND and ref.get("name") == sweep), {})
+    return TrackingContext(sweep=sweep, sweep_uid=owner.get("uid"),
+                           parent_run_id=(meta.get("annotations") or {}).get(MLFLOW_PARENT_ANNOTATION))
+
+
+def mlflow_sweep_run(namespace: str, sweep: str, sweep_uid: str, spec: LaneSweepSpec, image: str,
+                     image_pull_policy: str, end: Optional[str] = None, tags: Optional[Mapping[str, str]] = None,
+                     termination_log: Optional[str] = TERMINATION_LOG, wait_seconds: Optional[float] = None,
+                     ) -> ContainerRun:
+    """What the sweep's MLflow Job runs (and `lanex run` locally): `lanex mlflow sweep-run`, finding or creating the
+    parent run (or, with `end`, ending it), with the server's credentials from credentialsSecretRef. None of it is
+    secret."""
+    mlflow = spec.template.tracking.mlflow if spec.template.tracking is not None else None
+    if mlflow is None:
+        raise ValueError(f"sweep {sweep}: spec.template.tracking.mlflow is not set")
+    params = {"parameters": [p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in spec.parameters],
+              "algorithm": spec.algorithm.model_dump(mode="json", by_alias=True, exclude_none=True),
+              "objective": spec.objective.model_dump(mode="json", by_alias=True, exclude_none=True),
+              "parallelism": spec.parallelism, "valMetric": spec.val_metric}
+    command = ["lanex", "mlflow", "sweep-run", "--tracking-uri", mlflow.tracking_uri,
+               "--experiment-name", mlflow.experiment_name, "--sweep", f"{namespace}/{sweep}", "--sweep-uid", sweep_uid,
+               "--params", json.dumps(params, sort_keys=True, separators=(",", ":")),
+               "--tags", json.dumps({"lanex.image": image, **(tags or {})}, sort_keys=True, separators=(",", ":"))]
+    if termination_log is not None:
+        command += ["--termination-log", termination_log]
+    if wait_seconds is not None:
+        command += ["--wait-seconds", f"{wait_seconds:g}"]
+    if end is not None:
+        command += ["--end", end]
+    return ContainerRun(image, image_pull_policy, tuple(command), (), (), secret_env=mlflow_secret_env(spec.template))
+
+
 # --- names: everything derived from a sweep's name ------------------------------------------------
 
 
@@ -195,6 +238,10 @@ def sweep_derived_names(name: str, template: Optional[LaneExperimentSpec] = None
     spec = template if template is not None else LaneExperimentSpec.model_validate({"dataset": {"synthetic": {}}})
     found = [DerivedName(SWEEP_KIND, name, "DNS-1035 label"), DerivedName(f"label {SWEEP_LABEL}", name, "label value"),
              DerivedName("dataset VolumeSnapshot", dataset_snapshot_name(name), "DNS-1123 subdomain")]
+    for end in (False, True):  # the MLflow parent run's Jobs (their pods' job-name label) and pods
+        job = mlflow_job_name(name, end)
+        found += [DerivedName("MLflow Job", job, "DNS-1123 label"),
+                  DerivedName("MLflow Job's pod", f"{job}-xxxxx", "DNS-1123 label")]
     last = trial_name(name, trials - 1)
     found += [DerivedName(f"trial {last}: {item.what}", item.value, item.rule)
               for item in derived_names(last, spec, workers=workers)]
