@@ -13,7 +13,7 @@ from lanex_trainer import train as train_module
 from lanex_trainer.checkpoint import load_checkpoint
 from lanex_trainer.config import build_config
 from lanex_trainer.distributed import Distributed, WorldInfo
-from lanex_trainer.lease import LEASE_FILE, Fenced, Lease, LeaseBusy, OutputOwnership, new_run_id
+from lanex_trainer.lease import LEASE_FILE, Fenced, Lease, LeaseBusy, LeaseUnreadable, OutputOwnership, new_run_id
 from trainer_helpers import LANEX, VENV_BIN
 
 TINY = ["--backbone", "small", "--height", "64", "--width", "160", "--batch-size", "4", "--loader-workers", "0"]
@@ -75,6 +75,47 @@ def test_a_lease_whose_owner_process_on_this_host_is_gone_is_taken_over_at_once(
     gone.wait()
     _lease(tmp_path, "20260101T000000000000Z-aaaaaa", host="node-a", pid=gone.pid).acquire()
     assert _lease(tmp_path, "20260101T000001000000Z-bbbbbb", host="node-a").acquire().pid == gone.pid
+
+
+@pytest.mark.parametrize("content, what", [
+    ("{\"run_id\": \"20260101T000000000000Z-aaaaaa\", \"host\"", "Expecting"),  # cut short
+    ("[1, 2]", "a JSON list, not an object"),
+    ("{\"run_id\": \"r\", \"host\": \"h\", \"heartbeat\": 1.0}", "no 'pid'"),
+])
+def test_an_unreadable_lease_is_never_taken_over_and_is_left_as_it_is(tmp_path, content, what):
+    (tmp_path / LEASE_FILE).write_text(content)
+    with pytest.raises(LeaseUnreadable) as refused:
+        _lease(tmp_path, new_run_id()).acquire()
+    message = str(refused.value)
+    assert message.startswith(f"output_dir {tmp_path}: its lease {tmp_path / LEASE_FILE} is unreadable (")
+    assert what in message and "\n" not in message
+    assert (tmp_path / LEASE_FILE).read_text() == content
+
+
+def test_a_lease_written_in_another_pid_namespace_waits_for_its_heartbeat_even_when_its_pid_is_free_here(tmp_path):
+    # A pod recreated under the same hostname: the old owner's pid means nothing in the new pid namespace.
+    clock = _Clock()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    old = _lease(tmp_path, "20260101T000000000000Z-aaaaaa", host="lanes-launcher", pid=gone.pid, clock=clock)
+    old.acquire()
+    record = json.loads((tmp_path / LEASE_FILE).read_text())
+    assert record["boot_id"] and record["pid_namespace"]
+    (tmp_path / LEASE_FILE).write_text(json.dumps({**record, "pid_namespace": record["pid_namespace"] + 1}))
+    newcomer = _lease(tmp_path, "20260101T000001000000Z-bbbbbb", host="lanes-launcher", clock=clock)
+    with pytest.raises(LeaseBusy):
+        newcomer.acquire()
+    clock.now += 121  # the heartbeat goes stale: now it may
+    assert newcomer.acquire().run_id == old.run_id
+
+
+def test_a_lease_whose_pid_now_names_a_later_process_is_taken_over(tmp_path):
+    old = _lease(tmp_path, "20260101T000000000000Z-aaaaaa", host="node-a", pid=os.getpid())
+    old.acquire()
+    record = json.loads((tmp_path / LEASE_FILE).read_text())
+    assert record["pid_start"] is not None
+    (tmp_path / LEASE_FILE).write_text(json.dumps({**record, "pid_start": record["pid_start"] - 1}))  # pid reused
+    assert _lease(tmp_path, "20260101T000001000000Z-bbbbbb", host="node-a").acquire().run_id == old.run_id
 
 
 def test_a_restarted_launcher_takes_over_from_an_earlier_attempt_of_the_same_job_and_not_the_reverse(tmp_path):
@@ -159,6 +200,21 @@ def test_a_second_lanex_train_on_a_busy_output_directory_refuses_with_the_owner(
     finally:
         first.kill()
         first.wait()
+
+
+def test_lanex_train_on_a_directory_with_a_corrupt_lease_refuses_in_one_line_and_leaves_it(prepared_data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LEASE_FILE).write_text("{not json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    done = subprocess.run([LANEX, "train", "--data-root", str(prepared_data), "--output-dir", str(out), "--no-val",
+                           "--epochs", "1", *TINY], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"its lease {out / LEASE_FILE} is unreadable" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert (out / LEASE_FILE).read_text() == "{not json"
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
 
 
 @pytest.mark.slow

@@ -6,7 +6,10 @@ other's feet, ranks resuming at different steps). So rank 0 holds a lease, `<out
 same directory refuses to start, naming the owner, unless the lease can be taken over:
 
 - its heartbeat is older than `lease_stale_s` (the owner hung or its machine is gone),
-- its owner ran on this host and that process is gone (a `kill -9`: no need to wait), or
+- its owner ran on this host, in this boot and this pid namespace, and that process is gone or its
+  pid now belongs to a process started at another time (a `kill -9`: no need to wait). A pod
+  recreated under the same hostname has a new pid namespace: there a pid says nothing, so only
+  the heartbeat decides. Or
 - it belongs to an earlier attempt of the same job (`LANEX_JOB`, set by the operator's plan):
   a restarted MPIJob launcher's run id (`LANEX_RUN_ID`, made by `lanex launch` from the UTC time,
   so ids of one job sort by start time) is newer than the one of the workers it left behind.
@@ -48,6 +51,10 @@ class LeaseBusy(ConfigError):
     """The output directory is owned by another live training (CLI exit 2)."""
 
 
+class LeaseUnreadable(ConfigError):
+    """lease.json exists but cannot be read as a lease: nobody may take the directory over (CLI exit 2)."""
+
+
 class Fenced(RuntimeError):
     """This run lost its lease to a newer owner and stopped before writing."""
 
@@ -64,6 +71,36 @@ def run_identity(environ: Optional[Mapping[str, str]] = None) -> tuple[Optional[
     return env.get(RUN_ID_ENV) or None, env.get(JOB_ENV) or None
 
 
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """What makes a pid mean one process: the kernel's boot, the pid namespace, the process's start time."""
+
+    boot_id: Optional[str]
+    pid_namespace: Optional[int]  # inode of /proc/self/ns/pid
+    pid_start: Optional[int]  # start time in clock ticks after boot (field 22 of /proc/<pid>/stat)
+
+    @classmethod
+    def of(cls, pid: int) -> "ProcessIdentity":
+        return cls(_read(lambda: BOOT_ID.read_text().strip()), _read(lambda: os.stat("/proc/self/ns/pid").st_ino),
+                   process_start(pid))
+
+
+def _read(value: Callable[[], Any]) -> Any:
+    try:
+        return value()
+    except OSError:  # not Linux, or /proc hidden: the identity is unknown, never guessed
+        return None
+
+
+def process_start(pid: int) -> Optional[int]:
+    """The start time of process `pid` in clock ticks after boot, None when there is no such process."""
+    stat = _read(lambda: Path(f"/proc/{pid}/stat").read_text())
+    return None if stat is None else int(stat.rsplit(")", 1)[1].split()[19])
+
+
 @dataclass(frozen=True)
 class LeaseRecord:
     run_id: str
@@ -72,6 +109,9 @@ class LeaseRecord:
     pid: int
     started: str
     heartbeat: float  # unix time of the last renewal
+    boot_id: Optional[str] = None  # ProcessIdentity of the owner; None in leases written before it existed
+    pid_namespace: Optional[int] = None
+    pid_start: Optional[int] = None
 
     @property
     def owner(self) -> str:
@@ -81,12 +121,20 @@ class LeaseRecord:
         return f"{self.owner}, last heartbeat {max(0.0, now - self.heartbeat):.0f} s ago"
 
     @classmethod
-    def parse(cls, data: Any) -> Optional["LeaseRecord"]:
+    def parse(cls, data: Any) -> "LeaseRecord":
+        """The record in a lease's JSON; ValueError names what is missing or wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
         try:
+            namespace, start = data.get("pid_namespace"), data.get("pid_start")
             return cls(run_id=str(data["run_id"]), job=data.get("job"), host=str(data["host"]), pid=int(data["pid"]),
-                       started=str(data.get("started", "")), heartbeat=float(data["heartbeat"]))
-        except (KeyError, TypeError, ValueError, AttributeError):
-            return None
+                       started=str(data.get("started", "")), heartbeat=float(data["heartbeat"]),
+                       boot_id=data.get("boot_id"), pid_namespace=None if namespace is None else int(namespace),
+                       pid_start=None if start is None else int(start))
+        except KeyError as error:
+            raise ValueError(f"no {error.args[0]!r}") from error
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"a field of the wrong type ({error})") from error
 
 
 def _pid_alive(pid: int) -> bool:
@@ -106,8 +154,12 @@ def takeover_reason(current: LeaseRecord, me: LeaseRecord, now: float, stale_aft
         return "it is this run's own lease"
     if now - current.heartbeat > stale_after_s:
         return f"its heartbeat is {now - current.heartbeat:.0f} s old (stale after {stale_after_s:.0f} s)"
-    if current.host == me.host and not pid_alive(current.pid):
-        return f"its process {current.pid} on this host is gone"
+    if current.host == me.host and current.boot_id is not None and current.boot_id == me.boot_id \
+            and current.pid_namespace is not None and current.pid_namespace == me.pid_namespace:
+        if not pid_alive(current.pid):
+            return f"its process {current.pid} on this host is gone"
+        if current.pid_start is not None and process_start(current.pid) not in (None, current.pid_start):
+            return f"its process {current.pid} on this host is gone (the pid now names a later process)"
     if current.job is not None and current.job == me.job and current.run_id < me.run_id:
         return f"it is an earlier attempt of job {me.job}"
     return None
@@ -126,7 +178,9 @@ class Lease:
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def _record(self) -> LeaseRecord:
-        return LeaseRecord(self.run_id, self.job, self.host, self.pid, self.started, self.clock())
+        identity = ProcessIdentity.of(self.pid)
+        return LeaseRecord(self.run_id, self.job, self.host, self.pid, self.started, self.clock(),
+                           identity.boot_id, identity.pid_namespace, identity.pid_start)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -139,13 +193,16 @@ class Lease:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def read(self) -> Optional[LeaseRecord]:
+        """The lease, None when there is none; LeaseUnreadable when the file is there but not a lease (it is
+        left as it is: whoever wrote it may still be training, and nothing here can tell)."""
         try:
             return LeaseRecord.parse(json.loads(self.path.read_text()))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as error:  # unreadable: nobody can prove ownership with it
-            log.warning("lease %s is unreadable (%s); treating it as free", self.path, error)
-            return None
+        except (OSError, ValueError) as error:
+            raise LeaseUnreadable(
+                f"output_dir {self.directory}: its lease {self.path} is unreadable ({error}); it is left as it is. "
+                f"If no training uses this directory, remove that file and start again") from None
 
     def _write(self, record: LeaseRecord) -> None:
         temp = self.path.with_name(f".{LEASE_FILE}.{self.pid}.tmp")
@@ -172,7 +229,10 @@ class Lease:
 
     def lost_to(self) -> Optional[str]:
         """None while this run holds the lease, else who holds it now (for the fencing message)."""
-        current = self.read()
+        try:
+            current = self.read()
+        except LeaseUnreadable as error:  # someone else wrote it: stop writing rather than guess
+            return f"an unreadable lease ({error})"
         if current is not None and current.run_id == self.run_id:
             return None
         now = self.clock()
@@ -216,7 +276,7 @@ class OutputOwnership:
         if self.lease is not None:
             try:
                 self.lease.acquire()
-            except LeaseBusy as error:
+            except (LeaseBusy, LeaseUnreadable) as error:
                 refusal = str(error)
             except OSError as error:  # e.g. a read-only volume: no training can own it
                 refusal = f"output_dir {self.directory}: cannot take its lease {self.lease.path}: {error}"
