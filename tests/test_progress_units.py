@@ -30,7 +30,7 @@ NOW = datetime(2026, 12, 1, 22, 40, tzinfo=timezone.utc)
 def record(**changes) -> dict:
     base = {"state": "training", "runId": "run-1", "epoch": 12, "epochs": 30, "step": 3600, "steps": 9000,
             "loss": 0.31, "learningRate": 0.02, "imagesPerSecond": 96.5, "dataWaitFraction": 0.1,
-            "etaSeconds": 3900, "validation": None, "validationHistory": [], "gpus": None,
+            "etaSeconds": 3900, "validation": None, "validationHistory": [], "gpus": None, "mlflow": None,
             "updatedAt": "2026-12-01T22:39:50Z"}
     return {**base, **changes}
 
