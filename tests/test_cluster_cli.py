@@ -312,3 +312,28 @@ def test_pod_log_is_streamed_chunk_by_chunk_while_the_container_runs():
                             "?container=launcher&follow=true"]
     finally:
         server.shutdown()
+
+
+def test_stop_ends_a_training_experiment_stopped_and_refuses_one_that_has_ended(api_server, running_operator):
+    kubeconfig = api_server.kubeconfig
+    api_server.knobs.paused.add("MPIJob.running/lanes-long")  # trains until stopped
+    api_server.create(experiment("lanes-long"))
+    training = lanex(kubeconfig, "wait", "lanes-long", "--for", "phase=Training", "--timeout", "30")
+    assert training.returncode == 0, training.stderr
+
+    stopped = lanex(kubeconfig, "stop", "lanes-long", "--reason", "enough epochs seen")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.strip() == ("laneexperiment default/lanes-long: stop asked (enough epochs seen); "
+                                      "the operator ends its training")
+    exp = api_server.wait_for(lambda: (lambda e: e if (e.get("status") or {}).get("phase") == "Stopped" else None)(
+        get_experiment(api_server, "lanes-long")), timeout=30, message="lanes-long to end Stopped")
+    assert "enough epochs seen" in exp["status"]["message"]
+    api_server.wait_for(lambda: api_server.get("mpijobs", "lanes-long-train", "default") is None, timeout=30,
+                        message="its MPIJob to be deleted")
+
+    again = lanex(kubeconfig, "stop", "lanes-long")
+    assert again.returncode == 1
+    assert again.stderr.strip() == ("error: laneexperiment default/lanes-long has already ended (Stopped): "
+                                    "nothing to stop")
+    missing = lanex(kubeconfig, "stop", "no-such")
+    assert missing.returncode == 1 and "no-such" in missing.stderr

@@ -78,6 +78,13 @@ class Cluster:
         self.kube = ClusterClient.connect(namespace, context, str(kubeconfig) if kubeconfig else None)
         """The underlying client (plain dicts as the API serves them), for reads this class has no method for."""
 
+    @classmethod
+    def on(cls, client: ClusterClient) -> "Cluster":
+        """A Cluster over a client already connected (the dashboard's, in the namespace of the object at hand)."""
+        cluster = cls.__new__(cls)
+        cluster.kube = client
+        return cluster
+
     @property
     def namespace(self) -> str:
         return self.kube.namespace
@@ -256,6 +263,17 @@ class Cluster:
                           output_dir=experiment_paths(name).output_dir)
 
     # ---- delete
+
+    def stop(self, name: str, why: str = "stopped on request") -> str:
+        """End an experiment's training now: the operator deletes its MPIJob and the experiment ends Stopped (a
+        snapshot on failure is still taken when its spec asks for one). Before training it stops when training
+        would start. Returns what was asked."""
+        obj = self.kube.get_experiment(name)
+        if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Stopped"):
+            raise ClusterError(f"{self.kube.experiment_ref(name)} has already ended "
+                               f"({obj['status']['phase']}): nothing to stop")
+        self.kube.stop_experiment(name, why)
+        return f"{self.kube.experiment_ref(name)}: stop asked ({why}); the operator ends its training"
 
     def delete(self, name: str, *, wait: bool = False, timeout: Optional[float] = None) -> Deletion:
         """Delete an experiment; the operator's finalizer applies its retention policy first.

@@ -54,6 +54,9 @@ PLURAL = "laneexperiments"
 SINGULAR = "laneexperiment"
 SHORT_NAME = "lx"
 API_VERSION = f"{GROUP}/{VERSION}"
+# On a LaneExperiment: end its training now (its MPIJob deleted), phase Stopped; the value says why. Set by
+# a LaneSweep's early stopping, by `lanex stop NAME`, and by the dashboard's Stop.
+STOP_ANNOTATION = "lanex.dev/stop"
 
 # Every name derived from an experiment's must stay valid for the strictest rule that applies to it;
 # the longest of them is the launcher pod `<name>-train-launcher-xxxxx`, a DNS-1123 label (63), so 42.

@@ -248,6 +248,28 @@ def wait_command(
 # --- delete -------------------------------------------------------------------------------------
 
 
+def stop_command(
+    name: str = typer.Argument(..., help="Experiment name (on a cluster), or a local experiment or sweep."),
+    namespace: Optional[str] = NAMESPACE_OPTION,
+    why: str = typer.Option("stopped on request", "--reason", help="Why: kept as the experiment's message."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace",
+                                             help="Stop the `lanex run` of this local workspace instead (as Ctrl-C "
+                                                  "would: the step is checkpointed; running the file again resumes)."),
+) -> None:
+    """End an experiment's training now. On a cluster the operator deletes its MPIJob and the experiment ends
+    Stopped; locally the run checkpoints its step and ends. Exit codes: 0 asked, 1 not found, ended or not running."""
+    import lanex
+
+    if workspace is not None:
+        try:
+            typer.echo(lanex.Workspace(workspace).stop(name))
+        except lanex.LocalRunError as error:
+            fail(str(error))
+        return
+    with reporting():
+        typer.echo(connect(namespace).stop(name, why))
+
+
 def delete_command(
     name: str = typer.Argument(..., help="Experiment name."),
     namespace: Optional[str] = NAMESPACE_OPTION,
@@ -297,4 +319,5 @@ def register(app: typer.Typer) -> None:
     app.command("describe")(describe_command)
     app.command("logs")(logs_command)
     app.command("wait")(wait_command)
+    app.command("stop")(stop_command)
     app.command("delete")(delete_command)

@@ -98,21 +98,5 @@ def run_sweep(file: Path, workspace: Path, parallel: int, secrets: List[str]) ->
         raise typer.Exit(1)
 
 
-def stop_command(
-    name: str = typer.Argument(..., help="Local experiment or sweep."),
-    workspace: Path = typer.Option(DEFAULT_WORKSPACE, help="Local workspace."),
-) -> None:
-    """Stop the `lanex run` of a local experiment or sweep, as Ctrl-C in its terminal would: training
-    checkpoints its step and ends; running the same file again resumes. Exit codes: 0 asked, 1 not running."""
-    import lanex
-
-    try:
-        typer.echo(lanex.Workspace(workspace).stop(name))
-    except lanex.LocalRunError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from error
-
-
 def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
-    app.command("stop")(stop_command)

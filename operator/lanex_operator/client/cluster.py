@@ -186,6 +186,15 @@ class ClusterClient:
                 GROUP, VERSION, self.namespace, PLURAL, name,
                 body=client.V1DeleteOptions(propagation_policy="Background"), _preload_content=False))
 
+    def stop_experiment(self, name: str, why: str) -> dict[str, Any]:
+        """Ask the operator to end the experiment's training now (the annotation a sweep's early stopping sets)."""
+        from lanex_operator.api.models import STOP_ANNOTATION
+
+        with self._api(self.experiment_ref(name)):
+            return self._json(self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name, {"metadata": {"annotations": {STOP_ANNOTATION: why}}},
+                _preload_content=False))
+
     def watch_experiment(self, name: str, timeout: Optional[float] = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """The experiment's states as they change: ("CURRENT", obj) first, then MODIFIED/DELETED events.
 

@@ -40,6 +40,7 @@ import kopf
 
 from lanex_operator.controller import builders, desired
 from lanex_operator.api.models import (
+    STOP_ANNOTATION,
     API_VERSION,
     PLURAL,
     ChildNames,
@@ -70,7 +71,6 @@ from lanex_operator.controller.waits import STUCK_REASONS
 PREPARED_ANNOTATION = "lanex.dev/prepared"  # on a PVC: its data is prepared, skip the prepare Job
 SPEC_ANNOTATION = desired.SPEC_ANNOTATION  # on the MPIJob: the spec training started with
 GENERATION_ANNOTATION = desired.GENERATION_ANNOTATION  # on the MPIJob: the experiment generation of that spec
-STOP_ANNOTATION = "lanex.dev/stop"  # on the experiment (set by its LaneSweep): end training now, phase Stopped
 JOB_POD_SELECTOR = "batch.kubernetes.io/job-name={name}"
 MPIJOB_POD_SELECTOR = "training.kubeflow.org/job-name={name}"  # its launcher and its workers
 MPI_ROLE_LABEL = "training.kubeflow.org/job-role"  # launcher or worker, set by mpi-operator on its pods

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-import time
 from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
@@ -391,8 +390,19 @@ class ClusterSource:
             return [_sample(p) for p in self._samples.get(key) or []]
 
     def stop(self, key: str) -> str:
-        raise ActionError("stopping a cluster experiment from the page is not offered: `lanex delete` it, or let "
-                          "its sweep's early stopping end it")
+        import lanex
+        from lanex_operator.client.cluster import ClusterClient, ClusterError
+
+        obj = self._object("experiment", key)
+        if obj is None:
+            raise ActionError(f"no laneexperiment {key}")
+        # The call `lanex stop NAME` makes, with this app's credentials, in the experiment's namespace.
+        cluster = lanex.Cluster.on(ClusterClient(self.cluster.api_client,
+                                                 obj["metadata"].get("namespace") or self.cluster.namespace))
+        try:
+            return cluster.stop(obj["metadata"]["name"], "stopped from lanex ui")
+        except (ClusterError, lanex.ClusterError) as error:
+            raise ActionError(getattr(error, "message", str(error))) from None
 
     def delete(self, key: str) -> str:
         from lanex_operator.client.cluster import ClusterClient, ClusterError
