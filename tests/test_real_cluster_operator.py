@@ -136,6 +136,13 @@ UNUSED_ON_THE_REAL_CLUSTER: dict[tuple[str, str, str], str] = {
 }
 
 
+# Used or not depending on timing, so left out of both directions of the check below.
+USED_ONLY_WHEN_SLOW: dict[tuple[str, str, str], str] = {
+    ("", "events", "list"): "the bounded waits read a waiting step's Events once it has waited stuck_check_seconds "
+                            "(20 s); on a fast run no step waits that long (emulator scenario: rbac-nobind)",
+}
+
+
 @pytest.mark.session_audit
 def test_nothing_is_granted_that_the_operator_did_not_use(lanex):
     from chart_rbac import RBAC_KINDS, rules_of
@@ -148,7 +155,7 @@ def test_nothing_is_granted_that_the_operator_did_not_use(lanex):
     bound = lanex.cluster.get("clusterroles,roles", "-A", "-l", "app.kubernetes.io/instance=lanex")["items"]
     granted = {permission for role in bound if role["kind"] in RBAC_KINDS for permission in rules_of(role)}
     assert granted, "no Role or ClusterRole of the release found"
-    unused = granted - used
+    unused = granted - used - set(USED_ONLY_WHEN_SLOW)
     assert unused == set(UNUSED_ON_THE_REAL_CLUSTER), (
         f"granted but never used on the real cluster: {sorted(unused - set(UNUSED_ON_THE_REAL_CLUSTER))}; "
         f"listed as unused but used (or not granted): {sorted(set(UNUSED_ON_THE_REAL_CLUSTER) - unused)}")

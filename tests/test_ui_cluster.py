@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import yaml
@@ -46,11 +46,16 @@ READ_ONLY = [
 
 
 @pytest.fixture(scope="module")
-def cluster(real_cluster: Any) -> Any:
+def cluster(real_cluster: Any) -> Iterator[Any]:
+    from k8s.real_operator import operators_paused
+
     real_cluster.apply_files(list(CRDS.values()))
     real_cluster.wait_established(list(CRDS))
     real_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(READ_ONLY))
-    return real_cluster
+    # These tests write the statuses an operator would; the session's operator (it serves every namespace)
+    # would drive the same objects and race them, so it waits, paused, until they are done.
+    with operators_paused():
+        yield real_cluster
 
 
 def reader_kubeconfig(cluster: Any, path: pathlib.Path) -> pathlib.Path:

@@ -9,8 +9,10 @@ by the chart's RBAC, as in a cluster, and the apiserver's audit log records each
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -172,6 +174,10 @@ def recorded_results(log_file: pathlib.Path) -> dict[str, Any]:
     raise AssertionError(f"no results line in {log_file}")
 
 
+# The session's operators while they run: tests that play the operator's part themselves pause them.
+RUNNING_OPERATORS: list[OperatorProcess] = []
+
+
 def lanex_on_cluster_session(real_cluster: Any, tmp_path_factory: Any) -> Iterator[LanexOnCluster]:
     """The chart installed, the recording served, the operator running as the chart's ServiceAccount."""
     create_tr4896_classes(real_cluster)
@@ -179,7 +185,23 @@ def lanex_on_cluster_session(real_cluster: Any, tmp_path_factory: Any) -> Iterat
     recording = record_launcher_log(tmp_path_factory.mktemp("recording"))
     serve_for_launchers(real_cluster, recording)
     operator = start_operator(real_cluster, chart, tmp_path_factory.mktemp("operator"))
+    RUNNING_OPERATORS.append(operator)
     try:
         yield LanexOnCluster(real_cluster, chart, operator, recorded_results(recording))
     finally:
+        RUNNING_OPERATORS.remove(operator)
         operator.stop()
+
+
+@contextlib.contextmanager
+def operators_paused() -> Iterator[None]:
+    """SIGSTOP the session's operators (they serve every namespace) while a test writes the statuses they would,
+    then SIGCONT them: a paused process keeps its watches and state, and simply catches up."""
+    paused = [op.process for op in RUNNING_OPERATORS if op.process is not None and op.process.poll() is None]
+    for process in paused:
+        process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for process in paused:
+            process.send_signal(signal.SIGCONT)
