@@ -71,12 +71,9 @@ def set_status(cluster: Any, name: str, status: dict[str, Any]) -> None:
 
 
 def ui_calls(cluster: Any) -> list[dict[str, Any]]:
-    calls = []
-    for line in cluster.audit_log.read_text().splitlines():
-        event = json.loads(line)
-        if event.get("stage") == "ResponseComplete" and event.get("user", {}).get("username") == USER:
-            calls.append(event)
-    return calls
+    from lanex_cluster.audit import completed_calls
+
+    return completed_calls(cluster.audit_log, USER)
 
 
 def test_the_home_page_lists_an_experiment_and_follows_its_phase_with_read_only_rights(

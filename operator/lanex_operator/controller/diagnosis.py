@@ -89,14 +89,32 @@ class WaitDiagnosis:
         if book.set_condition(step, "Unknown", reason, message):
             book.event("Warning", reason, message)
 
+    async def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """A waiting step's pods, read at most once per `stuck_check_seconds` (none when the read fails)."""
+        return await self.reads.read(("pods", namespace, selector), lambda: self.quiet(
+            self.kube.list(object_path("v1", "pods", namespace), label_selector=selector), []))
+
+    async def claim_unbound(self, book: Book, step: str, namespace: str, claim: str,
+                            phase: str | None) -> tuple[str | None, float]:
+        """A claim that is not Bound yet: its provisioner's latest Warning shown in the step's condition while it
+        waits. Returns (the failure message once it waited `dataset_bound_timeout_seconds`, else None; the seconds
+        left until then)."""
+        elapsed, limit = book.since(step), self.config.dataset_bound_timeout_seconds
+        if elapsed >= limit:
+            warning = await self.last_warning(namespace, "PersistentVolumeClaim", claim)
+            return clip(f"PersistentVolumeClaim {claim} was not bound after {int(elapsed)}s"
+                        + (f": {warning}" if warning else "")), 0.0
+        await self.show_warning(book, step, namespace, "PersistentVolumeClaim", claim, elapsed,
+                                f"PersistentVolumeClaim {claim} is {phase or 'Pending'}")
+        return None, limit - elapsed
+
     async def stuck_pod(self, book: Book, step: str, namespace: str, selector: str) -> StuckPod | None:
         """The stuck pod of a step that has waited at least `stuck_check_seconds`: from pod status (the
         kubelet's and the scheduler's reasons), else from the Warning Events of pods that are still
         creating their containers (a volume that cannot be attached or mounted says so only there)."""
         if book.since(step) < self.config.stuck_check_seconds:
             return None
-        pods = await self.reads.read(("pods", namespace, selector), lambda: self.quiet(
-            self.kube.list(object_path("v1", "pods", namespace), label_selector=selector), []))
+        pods = await self.pods(namespace, selector)
         found = stuck_pod(pods)
         if found is not None:
             return found

@@ -360,15 +360,12 @@ class Reconciler:
         if status.get("phase") == "Lost":
             book.fail(FailureReason.DATASET_FAILED, f"PersistentVolumeClaim {claim} lost its volume")
             return None
-        elapsed, limit = book.since(C.DATASET_READY.value), self.config.dataset_bound_timeout_seconds
-        if elapsed >= limit:
-            warning = await self.diagnosis.last_warning(plan.namespace, PVC.kind, claim)
-            book.fail(FailureReason.DATASET_FAILED, clip(f"PersistentVolumeClaim {claim} was not bound after "
-                                                          f"{int(elapsed)}s" + (f": {warning}" if warning else "")))
+        failure, left = await self.diagnosis.claim_unbound(book, C.DATASET_READY.value, plan.namespace, claim,
+                                                           status.get("phase"))
+        if failure:
+            book.fail(FailureReason.DATASET_FAILED, failure)
             return None
-        await self.diagnosis.show_warning(book, C.DATASET_READY.value, plan.namespace, PVC.kind, claim, elapsed,
-                                 f"PersistentVolumeClaim {claim} is {status.get('phase') or 'Pending'}")
-        return limit - elapsed
+        return left
 
     async def _claim_manifest(self, body: Mapping[str, Any], book: StatusBook, spec: LaneExperimentSpec,
                               plan: ExperimentPlan) -> dict[str, Any] | None:
@@ -567,9 +564,7 @@ class Reconciler:
 
     async def _start_blocker(self, book: StatusBook, plan: ExperimentPlan) -> str:
         """What an MPIJob that has not started waits for, from its pods (the same throttled read as stuck pods)."""
-        selector = MPIJOB_POD_SELECTOR.format(name=plan.names.mpijob)
-        pods = await self.diagnosis.reads.read(("pods", plan.namespace, selector), lambda: self.diagnosis.quiet(
-            self.kube.list(object_path("v1", "pods", plan.namespace), label_selector=selector), []))
+        pods = await self.diagnosis.pods(plan.namespace, MPIJOB_POD_SELECTOR.format(name=plan.names.mpijob))
         roles = [((pod.get("metadata") or {}).get("labels") or {}).get(MPI_ROLE_LABEL) for pod in pods]
         ready = sum(1 for pod, role in zip(pods, roles) if role == "worker" and _true(
             (pod.get("status") or {}).get("conditions"), "Ready"))

@@ -390,16 +390,12 @@ class SweepReconciler:
             if book.condition("DatasetReady") is None:
                 book.set_condition("DatasetReady", "Unknown", "Provisioning", f"waiting for PersistentVolumeClaim "
                                                                               f"{claim} to be bound")
-            elapsed, limit = book.since("DatasetReady"), self.config.dataset_bound_timeout_seconds
-            if elapsed >= limit:
-                warning = await self.diagnosis.last_warning(namespace, PVC.kind, claim)
-                self._fail(book, "DatasetFailed", clip(f"PersistentVolumeClaim {claim} was not bound after "
-                                                       f"{int(elapsed)}s" + (f": {warning}" if warning else "")))
+            failure, left = await self.diagnosis.claim_unbound(book, "DatasetReady", namespace, claim,
+                                                               (pvc.get("status") or {}).get("phase"))
+            if failure:
+                self._fail(book, "DatasetFailed", failure)
                 return None
-            await self.diagnosis.show_warning(book, "DatasetReady", namespace, PVC.kind, claim, elapsed,
-                                              f"PersistentVolumeClaim {claim} is "
-                                              f"{(pvc.get('status') or {}).get('phase') or 'Pending'}")
-            return min(self.config.resync_seconds, limit - elapsed)
+            return min(self.config.resync_seconds, left)
         prepared = ((pvc.get("metadata") or {}).get("annotations") or {}).get(PREPARED_ANNOTATION) == "true"
         if plan.prepare is not None and not prepared:
             book.set("prepareJob", plan.names.prepare_job)
